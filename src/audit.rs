@@ -1,0 +1,144 @@
+//! Evidence records: one JSON line per decision, written off the hot path by a
+//! dedicated thread. A record is emitted on every return path — including a cancelled
+//! request — because `PendingRecord` writes itself when dropped.
+//! Never carries credentials, tokens, user codes, raw user identifiers or raw arguments:
+//! arguments appear only as a fingerprint.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Where evidence lines go. Cheap to clone.
+#[derive(Clone)]
+pub struct EvidenceSink {
+    tx: mpsc::Sender<String>,
+}
+
+impl EvidenceSink {
+    pub fn stdout() -> Self {
+        Self::spawn(Box::new(std::io::stdout()))
+    }
+
+    pub fn file(path: &Path) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self::spawn(Box::new(f)))
+    }
+
+    /// A sink that keeps lines in memory (tests).
+    pub fn memory() -> (Self, Arc<std::sync::Mutex<Vec<String>>>) {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let store = lines.clone();
+        std::thread::spawn(move || {
+            for line in rx {
+                if let Ok(mut v) = store.lock() {
+                    v.push(line);
+                }
+            }
+        });
+        (EvidenceSink { tx }, lines)
+    }
+
+    fn spawn(out: Box<dyn Write + Send>) -> Self {
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::Builder::new()
+            .name("evidence-writer".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(out);
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // Drain whatever queued meanwhile, then flush once.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            })
+            .expect("spawning the evidence writer thread");
+        EvidenceSink { tx }
+    }
+
+    fn write(&self, record: &EvidenceRecord) {
+        if let Ok(mut line) = serde_json::to_string(record) {
+            line.push('\n');
+            let _ = self.tx.send(line);
+        }
+    }
+}
+
+/// One decision, as written.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EvidenceRecord {
+    pub time: String,
+    pub request_id: String,
+    pub agent: String,
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_fingerprint: Option<String>,
+    pub decision: &'static str,
+    pub reason: String,
+    pub policy_revision: String,
+    /// What happened to the call: forwarded, blocked, rejected (bad input), cancelled.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_tools: Option<usize>,
+}
+
+/// A record being filled in; it is written exactly once, at `finish` or on drop.
+pub struct PendingRecord {
+    sink: EvidenceSink,
+    started: Instant,
+    record: Option<EvidenceRecord>,
+}
+
+impl PendingRecord {
+    pub fn new(sink: &EvidenceSink, started: Instant, record: EvidenceRecord) -> Self {
+        PendingRecord {
+            sink: sink.clone(),
+            started,
+            record: Some(record),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut EvidenceRecord {
+        self.record.get_or_insert_with(EvidenceRecord::default)
+    }
+
+    pub fn finish(mut self, outcome: &'static str, upstream_status: Option<u16>) {
+        self.emit(outcome, upstream_status);
+    }
+
+    fn emit(&mut self, outcome: &'static str, upstream_status: Option<u16>) {
+        if let Some(mut r) = self.record.take() {
+            r.time = now_rfc3339();
+            r.outcome = outcome;
+            r.upstream_status = upstream_status;
+            r.latency_ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+            self.sink.write(&r);
+        }
+    }
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        // The request went away before an answer was recorded (client gone, timeout).
+        self.emit("cancelled", None);
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}

@@ -1,0 +1,11 @@
+//! ciba-gate: a sidecar that checks every tool call an agent makes against Rego
+//! policy and, for sensitive calls, asks the user to approve on their phone.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod devop;
+pub mod fingerprint;
+pub mod policy;
+pub mod proxy;
+pub mod run;

@@ -1,0 +1,569 @@
+//! A compiled policy set and the decision procedure.
+//!
+//! Compiled once per revision: the interpreter `Engine` (prepared, cloned once per
+//! worker thread) and, when regorus' compiler supports every construct used, an RVM
+//! `Program` shared by `Arc` and run by one `RegoVM` per worker thread. Nothing on
+//! the decision path parses policy text.
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{CompiledPolicy, Engine, Value};
+use serde::Deserialize;
+
+use super::files::{FileSet, Kind, merge_data};
+use super::{
+    Decision, Effect, EvalPath, PACKAGE, PolicyError, PolicyOptions, Reason, RuleValues, codes,
+};
+
+/// The three rules the gateway reads, in evaluation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    Deny = 0,
+    Approval = 1,
+    Allow = 2,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 3] = [Rule::Deny, Rule::Approval, Rule::Allow];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Deny => "deny",
+            Rule::Approval => "approval",
+            Rule::Allow => "allow",
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Rule::Deny => "data.ciba_gate.deny",
+            Rule::Approval => "data.ciba_gate.approval",
+            Rule::Allow => "data.ciba_gate.allow",
+        }
+    }
+}
+
+/// Distinguishes compiled policy sets in the per-thread caches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Per-thread evaluators, at most this many policy sets at once (the current one,
+/// plus one being swapped out, plus tests that hold several engines).
+const THREAD_CACHE: usize = 4;
+
+thread_local! {
+    static VMS: RefCell<Vec<(u64, RegoVM)>> = const { RefCell::new(Vec::new()) };
+    static ENGINES: RefCell<Vec<(u64, Engine)>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Rvm {
+    program: Arc<Program>,
+    policy: CompiledPolicy,
+}
+
+struct Ready {
+    /// Prepared interpreter (evaluated once, so clones are cheap).
+    engine: Engine,
+    rvm: Option<Rvm>,
+    data: Value,
+    /// Which of deny / approval / allow the policy defines.
+    defined: [bool; 3],
+    options: PolicyOptions,
+}
+
+pub(crate) struct Compiled {
+    pub revision: Arc<str>,
+    id: u64,
+    ready: Result<Ready, String>,
+}
+
+fn compile_err(name: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError::Compile {
+        path: PathBuf::from(name),
+        message: message.into(),
+    }
+}
+
+fn timer_config(options: &PolicyOptions) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: options.time_limit,
+        check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+    }
+}
+
+/// Builds an interpreter engine holding every policy file (and test file, when the
+/// set has them) and the merged data.
+pub(crate) fn build_engine(
+    set: &FileSet,
+    options: &PolicyOptions,
+) -> Result<(Engine, Value, [bool; 3]), PolicyError> {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(false);
+    engine.set_execution_timer_config(timer_config(options));
+    let mut defined = [false; 3];
+    let mut any_rego = false;
+    for f in &set.files {
+        if !matches!(f.kind, Kind::Rego | Kind::Test) {
+            continue;
+        }
+        any_rego = true;
+        let package = engine
+            .add_policy(f.name.clone(), f.content.clone())
+            .map_err(|e| compile_err(&f.name, first_lines(&e.to_string())))?;
+        if package == format!("data.{PACKAGE}") {
+            for rule in Rule::ALL {
+                if engine
+                    .has_declared_rule_rooted_at(&f.name, rule.name())
+                    .unwrap_or(false)
+                {
+                    defined[rule as usize] = true;
+                }
+            }
+        }
+    }
+    if !any_rego {
+        return Err(PolicyError::Compile {
+            path: set.dir.clone(),
+            message: "no .rego files".to_string(),
+        });
+    }
+    let data_json = merge_data(set)?;
+    let data = Value::from(data_json);
+    engine
+        .add_data(data.clone())
+        .map_err(|e| compile_err("data", first_lines(&e.to_string())))?;
+    Ok((engine, data, defined))
+}
+
+/// Error messages from regorus can be long (source excerpts); keep them log-sized.
+fn first_lines(msg: &str) -> String {
+    let mut out: String = msg.lines().take(6).collect::<Vec<_>>().join("\n");
+    if out.len() > 1200 {
+        let mut cut = 1200;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+impl Compiled {
+    pub fn build(set: &FileSet, options: &PolicyOptions) -> Result<Self, PolicyError> {
+        let (mut engine, data, defined) = build_engine(set, options)?;
+        if !defined.iter().any(|d| *d) {
+            return Err(PolicyError::Compile {
+                path: set.dir.clone(),
+                message: format!("no rule deny, approval or allow in package {PACKAGE}"),
+            });
+        }
+        let entry_points: Vec<&str> = Rule::ALL
+            .iter()
+            .filter(|r| defined[**r as usize])
+            .map(|r| r.path())
+            .collect();
+
+        // Type-check: unknown functions, bad references and the like fail here, with
+        // the file name in the message.
+        let first = regorus::Rc::from(entry_points[0]);
+        let policy = engine.compile_with_entrypoint(&first).map_err(|e| {
+            let msg = e.to_string();
+            compile_err(&locate(&msg, set), first_lines(&msg))
+        })?;
+        // Evaluate once so per-thread clones of the engine are cheap. An input-dependent
+        // error here is not a load error: decisions report it.
+        engine.set_input(Value::new_object());
+        for ep in &entry_points {
+            let _ = engine.eval_rule((*ep).to_string());
+        }
+        engine.set_input(Value::Null);
+
+        let revision: Arc<str> = Arc::from(set.revision());
+        let rvm = if options.prefer_rvm {
+            match compile_rvm(policy, &entry_points) {
+                Ok(rvm) => Some(rvm),
+                Err(e) => {
+                    tracing::warn!(
+                        revision = %revision,
+                        error = %first_lines(&e),
+                        "policy uses constructs the bytecode VM cannot compile; using the interpreter"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::debug!(
+            revision = %revision,
+            eval_path = if rvm.is_some() { "rvm" } else { "interpreter" },
+            "policy compiled"
+        );
+        Ok(Compiled {
+            revision,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ready: Ok(Ready {
+                engine,
+                rvm,
+                data,
+                defined,
+                options: *options,
+            }),
+        })
+    }
+
+    pub fn unavailable(message: String) -> Self {
+        Compiled {
+            revision: Arc::from("none"),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ready: Err(message),
+        }
+    }
+
+    pub fn eval_path(&self) -> EvalPath {
+        match &self.ready {
+            Ok(r) if r.rvm.is_some() => EvalPath::Rvm,
+            _ => EvalPath::Interpreter,
+        }
+    }
+
+    pub fn decide(&self, input: &serde_json::Value, path: Option<EvalPath>) -> Decision {
+        let ready = match &self.ready {
+            Ok(r) => r,
+            Err(msg) => {
+                return Decision::deny(
+                    codes::POLICY_UNAVAILABLE,
+                    format!("no policy is loaded: {msg}"),
+                    self.revision.clone(),
+                );
+            }
+        };
+        let path = self.resolve_path(path);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.decide_ready(ready, input, path)
+        }));
+        match outcome {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(msg)) => {
+                let msg = scrub(&msg, input);
+                tracing::warn!(revision = %self.revision, error = %msg, "policy evaluation failed");
+                Decision::deny(
+                    codes::POLICY_ERROR,
+                    format!("policy evaluation failed: {msg}"),
+                    self.revision.clone(),
+                )
+            }
+            Err(_) => {
+                // The evaluator's state is unknown after a panic: drop this thread's copies.
+                drop_thread_caches(self.id);
+                tracing::error!(revision = %self.revision, "policy evaluation panicked");
+                Decision::deny(
+                    codes::POLICY_ERROR,
+                    "policy evaluation failed: internal error in the policy engine",
+                    self.revision.clone(),
+                )
+            }
+        }
+    }
+
+    fn resolve_path(&self, path: Option<EvalPath>) -> EvalPath {
+        let available = self.eval_path();
+        match path {
+            Some(EvalPath::Interpreter) => EvalPath::Interpreter,
+            _ => available,
+        }
+    }
+
+    fn decide_ready(
+        &self,
+        ready: &Ready,
+        input: &serde_json::Value,
+        path: EvalPath,
+    ) -> Result<Decision, String> {
+        let value = to_value(input)?;
+        let mut eval = Evaluator::new(self.id, ready, path, value);
+
+        let deny = eval.rule(Rule::Deny)?;
+        let reasons = deny_reasons(&deny)?;
+        if !reasons.is_empty() {
+            return Ok(Decision {
+                effect: Effect::Deny,
+                reasons,
+                approval: None,
+                revision: self.revision.clone(),
+            });
+        }
+
+        let approved_phase = input.get("phase").and_then(|p| p.as_str()) == Some("approved");
+        if !approved_phase {
+            let approval = eval.rule(Rule::Approval)?;
+            match approval {
+                Value::Undefined => {}
+                Value::Object(_) => {
+                    let json = serde_json::to_value(&approval).map_err(|e| e.to_string())?;
+                    return Ok(Decision {
+                        effect: Effect::Approve,
+                        reasons: Vec::new(),
+                        approval: Some(json),
+                        revision: self.revision.clone(),
+                    });
+                }
+                _ => return Err("rule approval must be an object".to_string()),
+            }
+        }
+
+        match eval.rule(Rule::Allow)? {
+            Value::Bool(true) => Ok(Decision {
+                effect: Effect::Allow,
+                reasons: Vec::new(),
+                approval: None,
+                revision: self.revision.clone(),
+            }),
+            Value::Bool(false) | Value::Undefined => Ok(Decision::deny(
+                codes::NO_MATCHING_RULE,
+                if approved_phase {
+                    "the policy does not allow this call after approval"
+                } else {
+                    "no policy rule allows this call"
+                },
+                self.revision.clone(),
+            )),
+            _ => Err("rule allow must be a boolean".to_string()),
+        }
+    }
+
+    pub fn evaluate(
+        &self,
+        input: &serde_json::Value,
+        path: EvalPath,
+    ) -> Result<RuleValues, PolicyError> {
+        let ready = self.ready.as_ref().map_err(|msg| PolicyError::Compile {
+            path: PathBuf::from("policy"),
+            message: msg.clone(),
+        })?;
+        let path = self.resolve_path(Some(path));
+        let eval_err = |msg: String| PolicyError::Compile {
+            path: PathBuf::from(Rule::Deny.path().trim_end_matches(".deny")),
+            message: msg,
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<RuleValues, String> {
+            let value = to_value(input)?;
+            let mut eval = Evaluator::new(self.id, ready, path, value);
+            let mut out = [None, None, None];
+            for rule in Rule::ALL {
+                let v = eval.rule(rule)?;
+                if v != Value::Undefined {
+                    out[rule as usize] = Some(serde_json::to_value(&v).map_err(|e| e.to_string())?);
+                }
+            }
+            let [deny, approval, allow] = out;
+            Ok(RuleValues {
+                deny,
+                approval,
+                allow,
+            })
+        }));
+        match outcome {
+            Ok(r) => r.map_err(eval_err),
+            Err(_) => {
+                drop_thread_caches(self.id);
+                Err(eval_err("internal error in the policy engine".to_string()))
+            }
+        }
+    }
+}
+
+fn to_value(input: &serde_json::Value) -> Result<Value, String> {
+    Value::deserialize(input).map_err(|e| format!("input is not a valid document: {e}"))
+}
+
+/// Evaluates rules for one input on one thread's cached evaluator.
+struct Evaluator<'a> {
+    id: u64,
+    ready: &'a Ready,
+    path: EvalPath,
+    input: Value,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(id: u64, ready: &'a Ready, path: EvalPath, input: Value) -> Self {
+        Evaluator {
+            id,
+            ready,
+            path,
+            input,
+        }
+    }
+
+    fn rule(&mut self, rule: Rule) -> Result<Value, String> {
+        if !self.ready.defined[rule as usize] {
+            return Ok(Value::Undefined);
+        }
+        match (self.path, &self.ready.rvm) {
+            (EvalPath::Rvm, Some(rvm)) => self.rule_rvm(rvm, rule),
+            _ => self.rule_interpreter(rule),
+        }
+    }
+
+    fn rule_rvm(&self, rvm: &Rvm, rule: Rule) -> Result<Value, String> {
+        VMS.with(|cell| {
+            let mut vms = cell.borrow_mut();
+            let idx = match vms.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    let mut vm = RegoVM::new_with_policy(rvm.policy.clone());
+                    vm.load_program(rvm.program.clone());
+                    vm.set_data(self.ready.data.clone())
+                        .map_err(|e| e.to_string())?;
+                    vm.set_max_instructions(self.ready.options.max_instructions);
+                    vm.set_execution_timer_config(Some(timer_config(&self.ready.options)));
+                    if vms.len() >= THREAD_CACHE {
+                        vms.remove(0);
+                    }
+                    vms.push((self.id, vm));
+                    vms.len() - 1
+                }
+            };
+            let vm = &mut vms[idx].1;
+            vm.set_input(self.input.clone());
+            let out = vm
+                .execute_entry_point_by_name(rule.path())
+                .map_err(|e| e.to_string());
+            // Do not keep the caller's input alive in the cached VM.
+            vm.set_input(Value::Null);
+            out
+        })
+    }
+
+    fn rule_interpreter(&self, rule: Rule) -> Result<Value, String> {
+        ENGINES.with(|cell| {
+            let mut engines = cell.borrow_mut();
+            let idx = match engines.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    if engines.len() >= THREAD_CACHE {
+                        engines.remove(0);
+                    }
+                    engines.push((self.id, self.ready.engine.clone()));
+                    engines.len() - 1
+                }
+            };
+            let engine = &mut engines[idx].1;
+            engine.set_input(self.input.clone());
+            let out = engine
+                .eval_rule(rule.path().to_string())
+                .map_err(|e| first_lines(&e.to_string()));
+            engine.set_input(Value::Null);
+            out
+        })
+    }
+}
+
+fn drop_thread_caches(id: u64) {
+    let _ = VMS.try_with(|c| {
+        if let Ok(mut v) = c.try_borrow_mut() {
+            v.retain(|(i, _)| *i != id);
+        }
+    });
+    let _ = ENGINES.try_with(|c| {
+        if let Ok(mut v) = c.try_borrow_mut() {
+            v.retain(|(i, _)| *i != id);
+        }
+    });
+}
+
+fn compile_rvm(policy: CompiledPolicy, entry_points: &[&str]) -> Result<Rvm, String> {
+    let program = Compiler::compile_from_policy(&policy, entry_points).map_err(|e| e.to_string())?;
+    Ok(Rvm { program, policy })
+}
+
+/// Turns the value of `deny` into reasons. Set (or array) elements: a string is a
+/// `policy_denied` reason, an object gives its own `code` and `message`. A boolean
+/// `deny` (someone wrote `deny if ...`) is honoured too. Anything else fails closed.
+pub(crate) fn deny_reasons(deny: &Value) -> Result<Vec<Reason>, String> {
+    let items: Vec<&Value> = match deny {
+        Value::Undefined | Value::Bool(false) | Value::Null => return Ok(Vec::new()),
+        Value::Bool(true) => {
+            return Ok(vec![Reason {
+                code: codes::POLICY_DENIED.to_string(),
+                message: "denied by policy".to_string(),
+            }]);
+        }
+        Value::Set(s) => s.iter().collect(),
+        Value::Array(a) => a.iter().collect(),
+        _ => return Err("rule deny must be a set".to_string()),
+    };
+    let mut reasons = Vec::with_capacity(items.len());
+    for item in items {
+        reasons.push(match item {
+            Value::String(s) => Reason {
+                code: codes::POLICY_DENIED.to_string(),
+                message: s.to_string(),
+            },
+            Value::Object(obj) => {
+                let get = |k: &str| match obj.get(&Value::from(k)) {
+                    Some(Value::String(s)) => Some(s.to_string()),
+                    _ => None,
+                };
+                let code = get("code").unwrap_or_else(|| codes::POLICY_DENIED.to_string());
+                let message = get("message").unwrap_or_else(|| format!("denied by policy ({code})"));
+                Reason { code, message }
+            }
+            other => Reason {
+                code: codes::POLICY_DENIED.to_string(),
+                message: serde_json::to_string(other).unwrap_or_else(|_| "denied".to_string()),
+            },
+        });
+    }
+    Ok(reasons)
+}
+
+/// Evaluation errors go to logs and to the agent; they must not carry input values
+/// (arguments may be secrets). Replace every input string of 3+ characters.
+fn scrub(msg: &str, input: &serde_json::Value) -> String {
+    let mut strings = Vec::new();
+    collect_strings(input, &mut strings, 0);
+    strings.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = first_lines(msg);
+    for s in strings {
+        if s.len() >= 3 && out.contains(s) {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
+}
+
+fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>, depth: usize) {
+    if depth > 64 || out.len() > 4096 {
+        return;
+    }
+    match v {
+        serde_json::Value::String(s) => out.push(s),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out, depth + 1)),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                out.push(k);
+                collect_strings(x, out, depth + 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Best-effort: which file an error message points at (regorus prints `file:line:col`).
+fn locate(msg: &str, set: &FileSet) -> String {
+    set.files
+        .iter()
+        .find(|f| msg.contains(&f.name))
+        .map(|f| f.name.clone())
+        .unwrap_or_else(|| set.dir.display().to_string())
+}

@@ -1,0 +1,291 @@
+//! Offline policy tests (`ciba-gate policy test`): every rule named `test_*` in every
+//! package, evaluated on the interpreter (test rules use `with`, which the bytecode
+//! VM does not support). A test passes iff it evaluates to `true`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use regorus::{Engine, Value};
+use serde::Serialize;
+
+use super::engine::build_engine;
+use super::files::{self, Kind};
+use super::{PolicyError, PolicyOptions};
+
+/// One `test_*` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestResult {
+    /// Package without the `data.` prefix, e.g. `ciba_gate_test`.
+    pub package: String,
+    pub name: String,
+    pub passed: bool,
+    /// Evaluation error, or why the result did not count as a pass.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestReport {
+    pub results: Vec<TestResult>,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl TestReport {
+    /// True when there was at least one test and none failed.
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.passed > 0
+    }
+
+    /// Human-readable output; the last line is exactly `N passed, M failed`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for r in &self.results {
+            let status = if r.passed { "PASS" } else { "FAIL" };
+            let _ = write!(out, "{status} data.{}.{}", r.package, r.name);
+            if let Some(err) = &r.error {
+                let _ = write!(out, ": {}", err.lines().next().unwrap_or(""));
+            }
+            out.push('\n');
+        }
+        if !self.results.is_empty() {
+            out.push_str("--------------------------------------------------------------------------------\n");
+        }
+        let _ = writeln!(out, "{} passed, {} failed", self.passed, self.failed);
+        out
+    }
+}
+
+/// Loads every `.rego` (including `*_test.rego`) and data file under `dir` and runs
+/// every `test_*` rule.
+pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
+    let set = files::scan(dir, true)?;
+    let (engine, _data, _defined) = build_engine(&set, &PolicyOptions::default())?;
+
+    // (package, rule) pairs, in file order, without duplicates (a rule may have
+    // several bodies, in one file or several).
+    let mut tests: Vec<(String, String)> = Vec::new();
+    let mut probe = Engine::new();
+    for f in set.files.iter().filter(|f| matches!(f.kind, Kind::Rego | Kind::Test)) {
+        let package = probe
+            .add_policy(f.name.clone(), f.content.clone())
+            .map_err(|e| PolicyError::Compile {
+                path: f.name.clone().into(),
+                message: e.to_string(),
+            })?;
+        let package = package.trim_start_matches("data.").to_string();
+        for name in test_rule_names(&f.content) {
+            // The parser is the authority: skip names that are not rules of this file.
+            if probe
+                .has_declared_rule_rooted_at(&f.name, &name)
+                .unwrap_or(false)
+                && !tests.iter().any(|(p, n)| p == &package && n == &name)
+            {
+                tests.push((package.clone(), name));
+            }
+        }
+    }
+
+    let mut report = TestReport::default();
+    for (package, name) in tests {
+        let mut e = engine.clone();
+        e.set_input(Value::new_object());
+        let result = e.eval_rule(format!("data.{package}.{name}"));
+        let (passed, error) = match result {
+            Ok(Value::Bool(true)) => (true, None),
+            Ok(Value::Undefined) => (false, Some("undefined (a condition did not hold)".into())),
+            Ok(other) => (
+                false,
+                Some(format!(
+                    "expected true, got {}",
+                    serde_json::to_string(&other).unwrap_or_default()
+                )),
+            ),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        if passed {
+            report.passed += 1;
+        } else {
+            report.failed += 1;
+        }
+        report.results.push(TestResult {
+            package,
+            name,
+            passed,
+            error,
+        });
+    }
+    Ok(report)
+}
+
+/// Candidate `test_*` rule names: identifiers at the start of a line (rules are not
+/// indented in idiomatic Rego; indented ones are checked against the parser too).
+fn test_rule_names(src: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in src.lines() {
+        let line = line.trim_start();
+        if !line.starts_with("test_") {
+            continue;
+        }
+        let name: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// An input document for the bundled example policies and the decision they give.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    pub name: String,
+    pub input: serde_json::Value,
+    pub effect: super::Effect,
+    /// Reason code for Deny, approval `action` for Approve, `None` for Allow.
+    pub code: Option<String>,
+}
+
+/// Varied inputs for the bundled policies (`policies/`) with their expected
+/// decisions: used by the integration tests, the benchmark and the OPA differential
+/// test, and handy for smoke-testing a deployment.
+pub fn bundled_examples() -> Vec<Example> {
+    use super::Effect::{Allow, Approve, Deny};
+    use serde_json::{Value as J, json};
+
+    let agent = json!({"id": "billing-agent", "namespace": "agents"});
+    let mcp_req = |method: &str, body_method: J, kind: &str| {
+        json!({
+            "phase": "request",
+            "agent": agent,
+            "upstream": {"name": "tools", "kind": "mcp"},
+            "request": {"method": method, "path": "/mcp",
+                        "headers": {"content-type": "application/json",
+                                    "mcp-protocol-version": "2025-06-18"}},
+            "mcp": {"method": body_method, "kind": kind,
+                    "protocol_version": "2025-06-18", "session": true},
+        })
+    };
+    let call = |phase: &str, tool: &str, args: Option<J>| {
+        let mut doc = mcp_req("POST", json!("tools/call"), "request");
+        doc["phase"] = json!(phase);
+        let mut t = json!({"name": tool});
+        if let Some(a) = args {
+            t["arguments"] = a;
+        }
+        doc["tool"] = t;
+        doc
+    };
+    let approved = |tool: &str, args: J, approval: J| {
+        let mut doc = call("approved", tool, Some(args));
+        doc["approval"] = approval;
+        doc
+    };
+    let http = |phase: &str, method: &str, path: &str, tool: Option<(&str, J)>| {
+        let mut doc = json!({
+            "phase": phase,
+            "agent": agent,
+            "upstream": {"name": "tickets", "kind": "http"},
+            "request": {"method": method, "path": path,
+                        "headers": {"content-type": "application/json"}},
+        });
+        if let Some((name, args)) = tool {
+            doc["tool"] = json!({"name": name, "arguments": args});
+        }
+        doc
+    };
+    let evidence = |msg: &str| {
+        json!({"subject_hash": "3f1c9a", "acr": "urn:example:acr:pwd", "amr": ["pwd"],
+               "auth_time": 1_764_000_000, "binding_message": msg})
+    };
+
+    let v: Vec<(&str, J, super::Effect, Option<&str>)> = vec![
+        // Housekeeping.
+        ("initialize", mcp_req("POST", json!("initialize"), "request"), Allow, None),
+        ("initialized notification", mcp_req("POST", json!("notifications/initialized"), "notification"), Allow, None),
+        ("cancelled notification", mcp_req("POST", json!("notifications/cancelled"), "notification"), Allow, None),
+        ("ping", mcp_req("POST", json!("ping"), "request"), Allow, None),
+        ("tools/list", mcp_req("POST", json!("tools/list"), "request"), Allow, None),
+        ("resources/list", mcp_req("POST", json!("resources/list"), "request"), Allow, None),
+        ("prompts/list", mcp_req("POST", json!("prompts/list"), "request"), Allow, None),
+        ("server/discover", mcp_req("POST", json!("server/discover"), "request"), Allow, None),
+        ("client response", mcp_req("POST", J::Null, "response"), Allow, None),
+        ("GET stream", mcp_req("GET", J::Null, "request"), Allow, None),
+        ("DELETE session", mcp_req("DELETE", J::Null, "request"), Allow, None),
+        ("resources/read not opened", mcp_req("POST", json!("resources/read"), "request"), Deny, Some("no_matching_rule")),
+        ("unknown method", mcp_req("POST", json!("sampling/createMessage"), "request"), Deny, Some("no_matching_rule")),
+        ("PUT on mcp", mcp_req("PUT", J::Null, "request"), Deny, Some("no_matching_rule")),
+        // Read-only.
+        ("list_deployments", call("request", "list_deployments", Some(json!({}))), Allow, None),
+        ("list_deployments with filter", call("request", "list_deployments", Some(json!({"env": "prod", "limit": 5}))), Allow, None),
+        ("list_deployments no args", call("request", "list_deployments", None), Allow, None),
+        ("read-only tool marked destructive", {
+            let mut d = call("request", "list_deployments", Some(json!({})));
+            d["tool"]["annotations"] = json!({"readOnlyHint": false, "destructiveHint": true});
+            d
+        }, Deny, Some("annotation_conflict")),
+        // Sensitive: deploy.
+        ("deploy payments prod", call("request", "deploy_service", Some(json!({"service": "payments", "env": "prod"}))), Approve, Some("deploy")),
+        ("deploy billing staging", call("request", "deploy_service", Some(json!({"service": "billing", "env": "staging"}))), Approve, Some("deploy")),
+        ("deploy search dev extra arg", call("request", "deploy_service", Some(json!({"service": "search", "env": "dev", "version": "1.2.3"}))), Approve, Some("deploy")),
+        ("deploy to unknown env", call("request", "deploy_service", Some(json!({"service": "payments", "env": "moon"}))), Deny, Some("unknown_environment")),
+        ("deploy unknown service", call("request", "deploy_service", Some(json!({"service": "mainframe", "env": "prod"}))), Deny, Some("unknown_service")),
+        ("deploy missing env", call("request", "deploy_service", Some(json!({"service": "payments"}))), Deny, Some("invalid_arguments")),
+        ("deploy env not a string", call("request", "deploy_service", Some(json!({"service": "payments", "env": 7}))), Deny, Some("invalid_arguments")),
+        ("deploy empty service", call("request", "deploy_service", Some(json!({"service": "", "env": "prod"}))), Deny, Some("invalid_arguments")),
+        ("deploy no arguments", call("request", "deploy_service", None), Deny, Some("invalid_arguments")),
+        ("deploy arguments not an object", call("request", "deploy_service", Some(json!(["payments", "prod"]))), Deny, Some("invalid_arguments")),
+        ("deploy unicode env", call("request", "deploy_service", Some(json!({"service": "payments", "env": "prød"}))), Deny, Some("unknown_environment")),
+        // Destructive.
+        ("delete_repository", call("request", "delete_repository", Some(json!({"repo": "acme/payments"}))), Deny, Some("destructive_tool")),
+        ("delete_repository no args", call("request", "delete_repository", Some(json!({}))), Deny, Some("destructive_tool")),
+        // Unknown tools.
+        ("unknown tool", call("request", "drop_database", Some(json!({"name": "prod"}))), Deny, Some("no_matching_rule")),
+        ("tool name not a string", {
+            let mut d = call("request", "x", Some(json!({})));
+            d["tool"]["name"] = json!(42);
+            d
+        }, Deny, Some("no_matching_rule")),
+        // Phase approved.
+        ("approved deploy", approved("deploy_service", json!({"service": "payments", "env": "prod"}), evidence("Deploy payments to prod")), Allow, None),
+        ("approved deploy without binding message", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"subject_hash": "3f1c9a"})), Allow, None),
+        ("approved without subject", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"acr": "x"})), Deny, Some("no_matching_rule")),
+        ("approved empty subject", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"subject_hash": ""})), Deny, Some("no_matching_rule")),
+        ("approved message mismatch", approved("deploy_service", json!({"service": "payments", "env": "prod"}), evidence("Deploy billing to prod")), Deny, Some("approval_mismatch")),
+        ("approved unknown env", approved("deploy_service", json!({"service": "payments", "env": "moon"}), evidence("Deploy payments to moon")), Deny, Some("unknown_environment")),
+        ("approved destructive", approved("delete_repository", json!({"repo": "acme/x"}), evidence("x")), Deny, Some("destructive_tool")),
+        ("approved read-only", approved("list_deployments", json!({}), evidence("x")), Allow, None),
+        ("approved missing approval", call("approved", "deploy_service", Some(json!({"service": "payments", "env": "prod"}))), Deny, Some("no_matching_rule")),
+        // Phase list.
+        ("list deploy_service", call("list", "deploy_service", None), Allow, None),
+        ("list list_deployments", call("list", "list_deployments", None), Allow, None),
+        ("list delete_repository", call("list", "delete_repository", None), Deny, Some("destructive_tool")),
+        ("list unknown tool", call("list", "drop_database", None), Deny, Some("no_matching_rule")),
+        ("list with annotations", {
+            let mut d = call("list", "deploy_service", None);
+            d["tool"]["annotations"] = json!({"destructiveHint": false, "idempotentHint": true});
+            d
+        }, Allow, None),
+        // Plain HTTP ticket API.
+        ("create_issue", http("request", "POST", "/projects/web/issues", Some(("create_issue", json!({"project": "web"})))), Allow, None),
+        ("create_issue bad project", http("request", "POST", "/projects/Web%20App/issues", Some(("create_issue", json!({"project": "Web App"})))), Deny, Some("invalid_arguments")),
+        ("delete_issue", http("request", "DELETE", "/projects/web/issues/42", Some(("delete_issue", json!({"project": "web", "id": "42"})))), Approve, Some("delete_issue")),
+        ("delete_issue bad id", http("request", "DELETE", "/projects/web/issues/4x", Some(("delete_issue", json!({"project": "web", "id": "4x"})))), Deny, Some("invalid_arguments")),
+        ("delete_issue approved", {
+            let mut d = http("approved", "DELETE", "/projects/web/issues/42", Some(("delete_issue", json!({"project": "web", "id": "42"}))));
+            d["approval"] = evidence("Delete issue #42 in web");
+            d
+        }, Allow, None),
+        ("unrouted http", http("request", "GET", "/projects/web", None), Deny, Some("no_matching_rule")),
+        ("empty input", json!({}), Deny, Some("no_matching_rule")),
+    ];
+    v.into_iter()
+        .map(|(name, input, effect, code)| Example {
+            name: name.to_string(),
+            input,
+            effect,
+            code: code.map(str::to_string),
+        })
+        .collect()
+}

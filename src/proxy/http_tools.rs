@@ -1,0 +1,169 @@
+//! Plain HTTP tool APIs through the gateway: the route names the tool, the path
+//! parameters, query and JSON body are its arguments; blocked calls get 403 JSON.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use super::mcp_handler::read_body;
+use super::upstream::remove_hop_by_hop;
+use super::{BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, mcp, routes};
+use crate::fingerprint;
+use crate::policy::Effect;
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || m.ends_with("+json"))
+}
+
+/// Merges `more` into `args`; the same key from two places with different values is
+/// ambiguous (policy and tool server could read different ones), so it is refused.
+fn merge(args: &mut Map<String, Value>, more: Map<String, Value>, from: &str) -> Result<(), String> {
+    for (k, v) in more {
+        match args.get(&k) {
+            Some(existing) if *existing != v => {
+                return Err(format!("argument {k:?} is given twice with different values (in the {from} and elsewhere)"));
+            }
+            _ => {
+                args.insert(k, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<Incoming>, ctx: RequestContext) -> Response<BoxBody> {
+    let (parts, body) = req.into_parts();
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let mut rec = gw.record(&ctx, &mount.upstream.name);
+    let reject = |mut rec: crate::audit::PendingRecord, status: StatusCode, reason: &str, msg: &str| {
+        rec.get_mut().decision = "reject";
+        rec.get_mut().reason = reason.to_string();
+        rec.finish("rejected", None);
+        answer::http_error(status, reason, msg)
+    };
+
+    let mut arguments = Map::new();
+    let route = routes::find(&mount.routes, &parts.method, rest);
+    if let Some((_, params)) = &route {
+        arguments = params.clone();
+    }
+    match routes::query_arguments(parts.uri.query()) {
+        Ok(q) => {
+            if let Err(m) = merge(&mut arguments, q, "query") {
+                return reject(rec, StatusCode::BAD_REQUEST, "ambiguous_arguments", &m);
+            }
+        }
+        Err(e) => return reject(rec, StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
+    }
+
+    // A JSON body is read (up to the limit) so policy can see it; any other body
+    // streams through unread, still under the size limit.
+    let inspected = is_json(&parts.headers);
+    let mut held_body = None;
+    let mut stream_body = None;
+    if inspected {
+        let bytes = match read_body(body, &parts.headers, gw.max_body_bytes, false).await {
+            Ok(b) => b,
+            Err(resp) => {
+                rec.get_mut().decision = "reject";
+                rec.get_mut().reason = "bad_body".into();
+                rec.finish("rejected", None);
+                return resp;
+            }
+        };
+        if !bytes.is_empty() {
+            if mcp::json_depth_exceeds(&bytes, gw.max_json_depth) {
+                return reject(
+                    rec,
+                    StatusCode::BAD_REQUEST,
+                    "json_too_deep",
+                    &format!("JSON nesting deeper than {} levels", gw.max_json_depth),
+                );
+            }
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(obj)) => {
+                    if let Err(m) = merge(&mut arguments, obj, "body") {
+                        return reject(rec, StatusCode::BAD_REQUEST, "ambiguous_arguments", &m);
+                    }
+                }
+                Ok(other) => {
+                    arguments.insert("body".into(), other);
+                }
+                Err(e) => return reject(rec, StatusCode::BAD_REQUEST, "parse_error", &format!("body is not valid JSON: {e}")),
+            }
+        }
+        held_body = Some(bytes);
+    } else {
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > gw.max_body_bytes as u64
+        {
+            return reject(
+                rec,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("the request body exceeds the gateway's limit of {} bytes", gw.max_body_bytes),
+            );
+        }
+        stream_body = Some(Limited::new(body, gw.max_body_bytes).boxed_unsync());
+    }
+
+    let mut input = gw.base_input(mount, &parts.method, parts.uri.path(), &parts.headers);
+    let arguments = Value::Object(arguments);
+    if let Some((r, _)) = &route {
+        rec.get_mut().tool = Some(r.tool.clone());
+        rec.get_mut().args_fingerprint = Some(fingerprint::of_json(&arguments));
+        input.insert("tool".into(), json!({"name": r.tool, "arguments": arguments}));
+        input.insert("http".into(), json!({"route": r.template.to_string()}));
+    }
+    let decision = gw.decide(input);
+    rec.get_mut().decision = effect_name(&decision);
+    rec.get_mut().policy_revision = decision.revision.to_string();
+    if decision.effect != Effect::Allow {
+        let (reason, message) = block_reason(&decision);
+        rec.get_mut().reason = reason.clone();
+        rec.finish("blocked", None);
+        let sentence = match decision.effect {
+            Effect::Approve => message,
+            _ => format!("blocked by policy: {message}"),
+        };
+        return answer::http_error(StatusCode::FORBIDDEN, &reason, &sentence);
+    }
+    rec.get_mut().reason = "allowed".into();
+
+    let uri = match mount.upstream.target(rest, parts.uri.query()) {
+        Ok(u) => u,
+        Err(e) => return answer::http_error(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+    };
+    let body: BoxBody = match (held_body, stream_body) {
+        (Some(b), _) => answer::full(b),
+        (None, Some(s)) => s,
+        (None, None) => answer::empty(),
+    };
+    let mut out = Request::builder().method(parts.method).uri(uri).body(body).unwrap_or_default();
+    *out.headers_mut() = parts.headers;
+    match mount.upstream.send(out).await {
+        Ok(resp) => {
+            rec.finish("forwarded", Some(resp.status().as_u16()));
+            let (mut rparts, rbody) = resp.into_parts();
+            remove_hop_by_hop(&mut rparts.headers);
+            Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync())
+        }
+        Err(e) => {
+            rec.get_mut().reason = e.reason().to_string();
+            rec.finish("upstream_failed", None);
+            answer::http_error(e.status(), e.reason(), &e.to_string())
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The way out to a tool server: a pooled hyper client per upstream, header hygiene
+//! (hop-by-hop headers, spoofed gateway headers, the agent's own credential), injection
+//! of the upstream's credential, and timeouts that become typed errors (502 / 504).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::BoxBody;
+use crate::config::{Secret, UpstreamConfig};
+
+/// Inbound headers starting with this prefix claim a gateway decision: always stripped.
+pub const GATEWAY_HEADER_PREFIX: &str = "x-ciba-gate-";
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream connection failed: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "upstream_unreachable",
+            UpstreamError::Timeout(_) => "upstream_timeout",
+            UpstreamError::Protocol(_) => "upstream_error",
+        }
+    }
+}
+
+/// One configured tool server.
+pub struct Upstream {
+    pub name: String,
+    base: Uri,
+    authority: HeaderValue,
+    credential: Option<(HeaderName, HeaderValue)>,
+    forward_agent_authorization: bool,
+    response_timeout: Duration,
+    client: Client<HttpConnector, BoxBody>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, secret: Option<Secret>) -> anyhow::Result<Self> {
+        let base: Uri = cfg.url.parse()?;
+        let authority = base
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("upstream url has no host"))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let credential = match (&cfg.credential, secret) {
+            (Some(c), Some(s)) => {
+                let mut v = HeaderValue::from_str(s.expose())?;
+                v.set_sensitive(true);
+                Some((HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes())?, v))
+            }
+            _ => None,
+        };
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            authority: HeaderValue::from_str(authority.as_str())?,
+            base,
+            credential,
+            forward_agent_authorization: cfg.forward_agent_authorization,
+            response_timeout: cfg.response_timeout,
+            client,
+        })
+    }
+
+    /// The upstream URI for a path below the mount (`rest` starts with '/' or is empty).
+    pub fn target(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let base_path = self.base.path().trim_end_matches('/');
+        let mut pq = String::with_capacity(base_path.len() + rest.len() + 1);
+        pq.push_str(base_path);
+        pq.push_str(rest);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.base.scheme_str().unwrap_or("http"))
+            .authority(self.base.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query(pq)
+            .build()
+    }
+
+    /// Sends the request with clean headers and the upstream's credential.
+    pub async fn send(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, UpstreamError> {
+        clean_request_headers(req.headers_mut(), self.forward_agent_authorization);
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.authority.clone());
+        if let Some((name, value)) = &self.credential {
+            h.insert(name.clone(), value.clone());
+        }
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Removes hop-by-hop headers (including those named by `Connection`).
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Everything the agent must not be able to send through: hop-by-hop headers, headers
+/// that claim a gateway decision, and (by default) its own `Authorization`.
+pub fn clean_request_headers(h: &mut HeaderMap, forward_agent_authorization: bool) {
+    remove_hop_by_hop(h);
+    let spoofed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        h.remove(k);
+    }
+    if !forward_agent_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
+    h.remove(header::HOST);
+    // The body may be re-framed by the gateway; hyper recomputes the length.
+    h.remove(header::CONTENT_LENGTH);
+}
+
+/// Sets the body's length header when the gateway sends a body it holds in full.
+pub fn set_content_length(h: &mut HeaderMap, body: &Bytes) {
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_spoofed_and_agent_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-custom".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-ciba-gate-decision", "allow".parse().unwrap());
+        h.insert("X-Ciba-Gate-Approved", "yes".parse().unwrap());
+        h.insert("authorization", "Bearer agent".parse().unwrap());
+        h.insert("mcp-session-id", "abc".parse().unwrap());
+        h.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        clean_request_headers(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["mcp-session-id", "traceparent"]);
+    }
+}

@@ -1,0 +1,246 @@
+// MCP tool server built on the official MCP TypeScript SDK (McpServer over the
+// Streamable HTTP server transport), used as the real upstream behind ciba-gate
+// in tests/mcp_sdk_interop.rs.
+//
+//   node mcp-server.mjs --port N [--mode json|sse] [--stateful]
+//                       [--calls-log PATH] [--http-log PATH] [--progress-delay-ms N]
+//
+// --mode json   answers requests with a single JSON body (enableJsonResponse)
+// --mode sse    answers requests with an SSE stream (default); list_deployments
+//               sends one notifications/progress first when asked for progress,
+//               then waits --progress-delay-ms (default 500) before the result
+// --stateful    sessions (Mcp-Session-Id from initialize, DELETE ends them);
+//               default is stateless (fresh server + transport per request)
+// --calls-log   every tools/call the server receives, one JSON line
+//               {tool, args, authorization}
+// --http-log    every HTTP request the server receives, one JSON line
+//               {method, path, session, authorization, rpc}
+//
+// Prints "READY <port>" on stdout once listening. --port 0 picks a free port.
+
+import { createServer } from 'node:http';
+import { appendFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+
+function parseArgs(argv) {
+  const opts = { port: 0, mode: 'sse', stateful: false, callsLog: null, httpLog: null, progressDelayMs: 500 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`missing value for ${a}`);
+      return argv[++i];
+    };
+    switch (a) {
+      case '--port': opts.port = Number(next()); break;
+      case '--mode': opts.mode = next(); break;
+      case '--stateful': opts.stateful = true; break;
+      case '--calls-log': opts.callsLog = next(); break;
+      case '--http-log': opts.httpLog = next(); break;
+      case '--progress-delay-ms': opts.progressDelayMs = Number(next()); break;
+      default: throw new Error(`unknown argument ${a}`);
+    }
+  }
+  if (!['json', 'sse'].includes(opts.mode)) throw new Error(`--mode must be json or sse, got ${opts.mode}`);
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) throw new Error('bad --port');
+  return opts;
+}
+
+const opts = parseArgs(process.argv.slice(2));
+
+function logLine(path, obj) {
+  if (path) appendFileSync(path, JSON.stringify(obj) + '\n');
+}
+
+function header(extra, name) {
+  const h = extra?.requestInfo?.headers?.[name];
+  return Array.isArray(h) ? h.join(', ') : (h ?? null);
+}
+
+const DEPLOYMENTS = [
+  { service: 'payments', env: 'prod', version: 'v1.42.0' },
+  { service: 'billing', env: 'staging', version: 'v2.3.1' },
+];
+
+function buildServer() {
+  const server = new McpServer(
+    { name: 'interop-tools', version: '1.0.0' },
+    { capabilities: { tools: {} } },
+  );
+
+  const recordCall = (tool, args, extra) =>
+    logLine(opts.callsLog, { tool, args: args ?? {}, authorization: header(extra, 'authorization') });
+
+  server.registerTool(
+    'list_deployments',
+    {
+      description: 'List the current deployments',
+      annotations: { readOnlyHint: true },
+    },
+    async (extra) => {
+      recordCall('list_deployments', {}, extra);
+      const progressToken = extra?._meta?.progressToken;
+      if (opts.mode === 'sse' && progressToken !== undefined) {
+        await extra.sendNotification({
+          method: 'notifications/progress',
+          params: { progressToken, progress: 1, total: 2, message: 'reading deployments' },
+        });
+        // Hold the result back so a proxy that buffers the stream is visible
+        // to the client as progress arriving together with the result.
+        await new Promise((r) => setTimeout(r, opts.progressDelayMs));
+      }
+      const text = DEPLOYMENTS.map((d) => `${d.service} ${d.env} ${d.version}`).join('\n');
+      return { content: [{ type: 'text', text: `deployments:\n${text}` }] };
+    },
+  );
+
+  server.registerTool(
+    'deploy_service',
+    {
+      description: 'Deploy a service to an environment',
+      inputSchema: { service: z.string(), env: z.string() },
+    },
+    async (args, extra) => {
+      recordCall('deploy_service', args, extra);
+      return { content: [{ type: 'text', text: `deployed ${args.service} to ${args.env}` }] };
+    },
+  );
+
+  server.registerTool(
+    'delete_repository',
+    {
+      description: 'Delete a source repository',
+      inputSchema: { repo: z.string() },
+      annotations: { destructiveHint: true },
+    },
+    async (args, extra) => {
+      recordCall('delete_repository', args, extra);
+      return { content: [{ type: 'text', text: `deleted ${args.repo}` }] };
+    },
+  );
+
+  server.registerTool(
+    'hidden_unknown_tool',
+    { description: 'A tool that no policy knows about' },
+    async (extra) => {
+      recordCall('hidden_unknown_tool', {}, extra);
+      return { content: [{ type: 'text', text: 'this should never run behind the gateway' }] };
+    },
+  );
+
+  return server;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function rpcSummary(body) {
+  const msgs = Array.isArray(body) ? body : body ? [body] : [];
+  return msgs.map((m) => (m && typeof m === 'object' ? (m.method ?? 'response') : 'invalid'));
+}
+
+function sendJsonRpcError(res, status, message) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32000, message }, id: null }));
+}
+
+const sessions = new Map(); // session id -> transport (stateful mode)
+
+async function handle(req, res) {
+  const url = new URL(req.url, 'http://localhost');
+  let body;
+  if (req.method === 'POST') {
+    const raw = await readBody(req);
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      body = undefined;
+    }
+  }
+  const sessionId = req.headers['mcp-session-id'] ?? null;
+  logLine(opts.httpLog, {
+    method: req.method,
+    path: url.pathname,
+    session: sessionId,
+    authorization: req.headers.authorization ?? null,
+    rpc: rpcSummary(body),
+  });
+
+  if (url.pathname !== '/mcp') {
+    res.writeHead(404).end();
+    return;
+  }
+
+  const jsonResponse = opts.mode === 'json';
+
+  if (!opts.stateful) {
+    if (req.method !== 'POST') {
+      sendJsonRpcError(res, 405, 'Method not allowed (stateless server)');
+      return;
+    }
+    const server = buildServer();
+    const transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: undefined,
+      enableJsonResponse: jsonResponse,
+    });
+    res.on('close', () => {
+      transport.close();
+      server.close();
+    });
+    await server.connect(transport);
+    await transport.handleRequest(req, res, body);
+    return;
+  }
+
+  let transport = sessionId ? sessions.get(sessionId) : undefined;
+  if (!transport) {
+    if (sessionId) {
+      sendJsonRpcError(res, 404, 'Session not found');
+      return;
+    }
+    if (req.method !== 'POST' || !isInitializeRequest(body)) {
+      sendJsonRpcError(res, 400, 'Bad Request: no valid session id');
+      return;
+    }
+    transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      enableJsonResponse: jsonResponse,
+      onsessioninitialized: (id) => sessions.set(id, transport),
+      onsessionclosed: (id) => sessions.delete(id),
+    });
+    const server = buildServer();
+    transport.onclose = () => {
+      if (transport.sessionId) sessions.delete(transport.sessionId);
+    };
+    await server.connect(transport);
+  }
+  await transport.handleRequest(req, res, body);
+}
+
+const httpServer = createServer((req, res) => {
+  handle(req, res).catch((err) => {
+    console.error('request failed:', err);
+    if (!res.headersSent) sendJsonRpcError(res, 500, 'Internal server error');
+    else res.end();
+  });
+});
+
+httpServer.listen(opts.port, '127.0.0.1', () => {
+  process.stdout.write(`READY ${httpServer.address().port}\n`);
+});
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    httpServer.close();
+    process.exit(0);
+  });
+}

@@ -1,0 +1,100 @@
+//! The bundled example policies (`policies/`): expected decisions on varied inputs,
+//! the bytecode VM and the interpreter agree, and the policies' own tests pass.
+
+use std::path::Path;
+
+use ciba_gate::policy::testing::{bundled_examples, run_tests};
+use ciba_gate::policy::{Effect, EvalPath, PolicyEngine};
+
+fn bundled() -> PolicyEngine {
+    PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .expect("bundled policies load")
+}
+
+#[test]
+fn bundled_policies_compile_for_the_vm() {
+    assert_eq!(bundled().eval_path(), EvalPath::Rvm);
+}
+
+#[test]
+fn bundled_examples_decide_as_expected() {
+    let engine = bundled();
+    let mut failures = Vec::new();
+    for ex in bundled_examples() {
+        for path in [EvalPath::Rvm, EvalPath::Interpreter] {
+            let d = engine.decide_on(&ex.input, path);
+            let code = match d.effect {
+                Effect::Deny => d.reason_code().map(str::to_string),
+                Effect::Approve => d
+                    .approval
+                    .as_ref()
+                    .and_then(|a| a["action"].as_str())
+                    .map(str::to_string),
+                Effect::Allow => None,
+            };
+            if d.effect != ex.effect || code != ex.code {
+                failures.push(format!(
+                    "{} [{path:?}]: expected {:?} {:?}, got {:?} {:?} ({:?})",
+                    ex.name, ex.effect, ex.code, d.effect, code, d.reasons
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn vm_and_interpreter_agree_on_every_rule_value() {
+    let engine = bundled();
+    for ex in bundled_examples() {
+        let rvm = engine.evaluate(&ex.input, EvalPath::Rvm).expect("rvm");
+        let interp = engine
+            .evaluate(&ex.input, EvalPath::Interpreter)
+            .expect("interpreter");
+        assert_eq!(rvm, interp, "rule values differ for {}", ex.name);
+        let a = engine.decide_on(&ex.input, EvalPath::Rvm);
+        let b = engine.decide_on(&ex.input, EvalPath::Interpreter);
+        assert_eq!(
+            (a.effect, &a.reasons, &a.approval),
+            (b.effect, &b.reasons, &b.approval),
+            "decisions differ for {}",
+            ex.name
+        );
+    }
+}
+
+#[test]
+fn approval_objects_are_complete_and_phone_safe() {
+    let engine = bundled();
+    for ex in bundled_examples() {
+        let d = engine.decide(&ex.input);
+        if d.effect != Effect::Approve {
+            continue;
+        }
+        let a = d.approval.expect("approval object");
+        let msg = a["binding_message"].as_str().expect("binding_message");
+        assert!(msg.len() <= 64, "{msg}");
+        assert!(
+            msg.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " -._+/!?#,:".contains(c)),
+            "{msg}"
+        );
+        assert_eq!(a["scope"], "openid");
+        assert!(a["requested_expiry"].as_u64().is_some());
+    }
+    let d = engine.decide(&bundled_examples()[18].input);
+    assert_eq!(
+        d.approval.expect("approval")["binding_message"],
+        "Deploy payments to prod"
+    );
+}
+
+#[test]
+fn bundled_policy_tests_pass() {
+    let report = run_tests(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .expect("policy tests load");
+    let out = report.render();
+    assert!(report.success(), "{out}");
+    assert!(report.passed >= 30, "{out}");
+    assert!(out.trim_end().ends_with(&format!("{} passed, 0 failed", report.passed)));
+}

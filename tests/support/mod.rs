@@ -1,0 +1,246 @@
+//! Shared helpers for integration tests that run real processes over real sockets:
+//! free ports, child processes that die with the test, waiting for a port, and
+//! installing the Node peers in `tests/interop` when they are missing.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0 to pick a free port")
+}
+
+/// Directory of the Node peers (official MCP SDK client and server).
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("interop")
+}
+
+/// A child process that is killed (and reaped) when dropped. Its stderr (and
+/// stdout unless piped) go to files so that a failing test can show them.
+pub struct ChildGuard {
+    pub name: String,
+    child: Option<Child>,
+    stdout_path: Option<PathBuf>,
+    stderr_path: PathBuf,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd` with stdin closed, stderr to `<log_dir>/<name>.stderr` and
+    /// stdout to `<log_dir>/<name>.stdout` (or piped when `pipe_stdout`).
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path, pipe_stdout: bool) -> ChildGuard {
+        let stderr_path = log_dir.join(format!("{name}.stderr"));
+        let stdout_path = log_dir.join(format!("{name}.stdout"));
+        cmd.stdin(Stdio::null());
+        cmd.stderr(File::create(&stderr_path).expect("create stderr log"));
+        if pipe_stdout {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(File::create(&stdout_path).expect("create stdout log"));
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
+        ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            stdout_path: (!pipe_stdout).then_some(stdout_path),
+            stderr_path,
+        }
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child already reaped")
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Exit status if the process has already ended.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child_mut().try_wait().ok().flatten()
+    }
+
+    /// Wait for the process to end by itself, killing it after `timeout`.
+    /// Returns `None` on timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_status() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout_path
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Everything the process wrote so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("----- {} (pid {}) stderr -----\n{}", self.name, self.id(), self.stderr_text());
+        if self.stdout_path.is_some() {
+            s.push_str(&format!("\n----- {} stdout -----\n{}", self.name, self.stdout_text()));
+        }
+        s
+    }
+
+    /// Read the piped stdout until a line starting with `prefix` shows up and
+    /// return that line. Panics (with the process's stderr) on EOF or timeout.
+    pub fn wait_for_stdout_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let stdout = self
+            .child_mut()
+            .stdout
+            .take()
+            .expect("wait_for_stdout_line needs a piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let prefix_owned = prefix.to_string();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(_) => {
+                        if line.starts_with(&prefix_owned) {
+                            let _ = tx.send(Some(line.trim_end().to_string()));
+                            // keep draining so the child never blocks on a full pipe
+                            let mut sink = String::new();
+                            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                                sink.clear();
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "{} ended its stdout before printing {prefix:?}\n{}",
+                self.name,
+                self.logs()
+            ),
+            Err(_) => panic!(
+                "{} did not print {prefix:?} within {timeout:?}\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until something accepts TCP connections on 127.0.0.1:`port`.
+/// If `child` ends first, panic with its logs.
+pub fn wait_for_port(port: u16, timeout: Duration, mut child: Option<&mut ChildGuard>) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Some(c) = child.as_deref_mut() {
+            if let Some(st) = c.try_status() {
+                panic!("{} exited ({st}) before listening on {addr}\n{}", c.name, c.logs());
+            }
+        }
+        if Instant::now() >= deadline {
+            let logs = child.map(|c| c.logs()).unwrap_or_default();
+            panic!("nothing listening on {addr} after {timeout:?}\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+static NPM_CI: Mutex<bool> = Mutex::new(false);
+
+/// Make sure `tests/interop/node_modules` holds the pinned MCP SDK: runs `npm ci`
+/// (from package-lock.json) once per test process when it is missing, so that
+/// `cargo test` works on a clean clone. Panics with a message naming npm when
+/// Node.js or npm is unavailable or the install fails.
+pub fn ensure_node_peers() -> PathBuf {
+    let dir = interop_dir();
+    let mut done = NPM_CI.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return dir;
+    }
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => panic!(
+            "these tests need Node.js (>= 18) and npm on PATH: `node --version` failed. \
+             Install Node.js/npm, then run `npm ci` in {}",
+            dir.display()
+        ),
+    }
+    let marker = dir
+        .join("node_modules")
+        .join("@modelcontextprotocol")
+        .join("sdk")
+        .join("package.json");
+    if !marker.exists() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "`npm ci` could not be started in {} ({e}); these tests need npm on PATH \
+                     to install the pinned @modelcontextprotocol/sdk",
+                    dir.display()
+                )
+            });
+        if !out.status.success() {
+            panic!(
+                "`npm ci` failed in {} ({}); it installs the pinned @modelcontextprotocol/sdk \
+                 from package-lock.json and needs the npm registry.\nstdout:\n{}\nstderr:\n{}",
+                dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(marker.exists(), "`npm ci` succeeded but {} is missing", marker.display());
+    }
+    *done = true;
+    dir
+}
