@@ -27,6 +27,7 @@ allow if input.mcp.method in housekeeping_methods
 
 allow if {
 	input.mcp.kind == "notification"
+	is_string(input.mcp.method)
 	startswith(input.mcp.method, "notifications/")
 }
 
@@ -37,6 +38,7 @@ allow if input.mcp.kind == "response"
 allow if {
 	input.upstream.kind == "mcp"
 	input.request.method in {"GET", "DELETE"}
+	is_object(input.mcp)
 	object.get(input.mcp, "method", null) == null
 }
 

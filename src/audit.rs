@@ -26,7 +26,10 @@ impl EvidenceSink {
     }
 
     pub fn file(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         Ok(Self::spawn(Box::new(f)))
     }
 
@@ -126,7 +129,8 @@ impl PendingRecord {
             r.time = now_rfc3339();
             r.outcome = outcome;
             r.upstream_status = upstream_status;
-            r.latency_ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+            r.latency_ms =
+                (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
             self.sink.write(&r);
         }
     }
@@ -140,5 +144,7 @@ impl Drop for PendingRecord {
 }
 
 pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }

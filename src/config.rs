@@ -236,7 +236,11 @@ impl LoadedConfig {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_string() } else { key };
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
             ConfigError::new(file, key, e.inner().to_string())
         })?;
         let base = file
@@ -293,8 +297,16 @@ impl LoadedConfig {
         let mut mounts = HashSet::new();
         for (i, u) in c.upstreams.iter().enumerate() {
             let key = |k: &str| format!("upstreams[{i}].{k}");
-            if u.name.is_empty() || !u.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-                return Err(self.err(key("name"), "must be non-empty letters, digits, '-', '_' or '.'"));
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(self.err(
+                    key("name"),
+                    "must be non-empty letters, digits, '-', '_' or '.'",
+                ));
             }
             if !names.insert(u.name.as_str()) {
                 return Err(self.err(key("name"), format!("duplicate upstream name {:?}", u.name)));

@@ -21,12 +21,18 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
         assert_eq!(of_json(&a), of_json(&b));
-        assert_ne!(of_json(&a), of_json(&json!({"b": 2, "a": {"x": "s", "y": [1, 2]}})));
+        assert_ne!(
+            of_json(&a),
+            of_json(&json!({"b": 2, "a": {"x": "s", "y": [1, 2]}}))
+        );
         assert_eq!(of_json(&a).len(), 64);
     }
 
     #[test]
     fn numbers_are_canonical() {
-        assert_eq!(of_json(&json!({"n": 1.0})), of_json(&serde_json::from_str::<Value>(r#"{"n":1}"#).unwrap()));
+        assert_eq!(
+            of_json(&json!({"n": 1.0})),
+            of_json(&serde_json::from_str::<Value>(r#"{"n":1}"#).unwrap())
+        );
     }
 }

@@ -103,7 +103,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -114,7 +116,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(ciba_gate::run::serve(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { listen, policies, tools_listen } => {
+        Command::Dev {
+            listen,
+            policies,
+            tools_listen,
+        } => {
             init_logging();
             runtime()?.block_on(dev(listen, &policies, tools_listen))?;
             Ok(ExitCode::SUCCESS)
@@ -142,20 +148,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Test { dir } } => {
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => {
             let report = policy::testing::run_tests(&dir)?;
             print!("{}", report.render());
-            Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Policy { command: PolicyCommand::Eval { policies, input } } => {
+        Command::Policy {
+            command: PolicyCommand::Eval { policies, input },
+        } => {
             let engine = PolicyEngine::load(&policies)?;
             let text = if input == Path::new("-") {
                 std::io::read_to_string(std::io::stdin())?
             } else {
-                std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
+                std::fs::read_to_string(&input)
+                    .with_context(|| format!("reading {}", input.display()))?
             };
-            let value: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", input.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", input.display()))?;
             let decision = engine.decide(&value);
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(ExitCode::SUCCESS)
@@ -167,14 +182,20 @@ async fn dev(listen: SocketAddr, policies: &Path, tools_listen: SocketAddr) -> a
     let tools = ciba_gate::devop::demo_tools::spawn(tools_listen).await?;
     let dir = std::env::temp_dir().join(format!("ciba-gate-dev-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let policies = std::fs::canonicalize(policies)
-        .with_context(|| format!("policy directory {} (run from the repository root, or pass --policies)", policies.display()))?;
+    let policies = std::fs::canonicalize(policies).with_context(|| {
+        format!(
+            "policy directory {} (run from the repository root, or pass --policies)",
+            policies.display()
+        )
+    })?;
     let config_path = dir.join("dev.yaml");
     let yaml = format!(
         "listen: \"{listen}\"\nagent: {{id: dev-agent, namespace: dev}}\npolicy: {{dir: {policies:?}, reload_interval: 1s}}\nevidence: {{sink: stdout}}\nupstreams:\n  - name: demo-tools\n    kind: mcp\n    mount: /mcp\n    url: http://{tools}/mcp\n",
     );
     std::fs::write(&config_path, yaml)?;
     let cfg = LoadedConfig::load(&config_path)?;
-    eprintln!("ciba-gate dev: MCP endpoint http://{listen}/mcp (demo tools behind it at http://{tools}/mcp)");
+    eprintln!(
+        "ciba-gate dev: MCP endpoint http://{listen}/mcp (demo tools behind it at http://{tools}/mcp)"
+    );
     ciba_gate::run::serve(cfg).await
 }

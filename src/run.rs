@@ -21,8 +21,14 @@ pub fn build_gateway(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
     let evidence = match cfg.config.evidence.sink {
         SinkKind::Stdout => EvidenceSink::stdout(),
         SinkKind::File => {
-            let path = cfg.config.evidence.path.as_deref().context("evidence.path is required")?;
-            EvidenceSink::file(path).with_context(|| format!("opening evidence file {}", path.display()))?
+            let path = cfg
+                .config
+                .evidence
+                .path
+                .as_deref()
+                .context("evidence.path is required")?;
+            EvidenceSink::file(path)
+                .with_context(|| format!("opening evidence file {}", path.display()))?
         }
     };
     Gateway::from_config(cfg, secrets, policy, evidence)
@@ -32,7 +38,9 @@ pub fn build_gateway(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
 pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
     let gateway = build_gateway(&cfg)?;
     if !cfg.config.policy.reload_interval.is_zero() {
-        gateway.policy.spawn_reloader(cfg.config.policy.reload_interval);
+        gateway
+            .policy
+            .spawn_reloader(cfg.config.policy.reload_interval);
     }
     let listener = TcpListener::bind(cfg.config.listen)
         .await
@@ -43,7 +51,13 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
 pub async fn run_listener(listener: TcpListener, gateway: Arc<Gateway>) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, revision = %gateway.policy.revision(), "ciba-gate listening");
-    server::serve(listener, gateway, shutdown_signal(), Duration::from_secs(10)).await;
+    server::serve(
+        listener,
+        gateway,
+        shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await;
     tracing::info!("ciba-gate stopped");
     Ok(())
 }

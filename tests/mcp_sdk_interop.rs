@@ -57,8 +57,9 @@ fn json_lines(p: &Path) -> Vec<Value> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{} has a line that is not JSON ({e}): {l}", p.display()))
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{} has a line that is not JSON ({e}): {l}", p.display())
+            })
         })
         .collect()
 }
@@ -89,7 +90,10 @@ impl Stack {
         }
         let mut server = ChildGuard::spawn("mcp-server", cmd, dir.path(), true);
         let ready = server.wait_for_stdout_line("READY ", Duration::from_secs(30));
-        let server_port: u16 = ready["READY ".len()..].trim().parse().expect("port after READY");
+        let server_port: u16 = ready["READY ".len()..]
+            .trim()
+            .parse()
+            .expect("port after READY");
 
         let gateway_port = free_port();
         let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -118,7 +122,10 @@ upstreams:
             .arg("--config")
             .arg(&config)
             .env(TOKEN_ENV, UPSTREAM_TOKEN)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let mut gateway = ChildGuard::spawn("ciba-gate", cmd, dir.path(), false);
         wait_for_port(gateway_port, Duration::from_secs(30), Some(&mut gateway));
 
@@ -208,16 +215,26 @@ fn assert_connected(out: &Value) {
         out["serverInfo"]["name"], "interop-tools",
         "initialize answer (serverInfo) must come from the upstream server"
     );
-    assert!(out["errors"].get("tools/list").is_none(), "tools/list failed: {}", out["errors"]);
+    assert!(
+        out["errors"].get("tools/list").is_none(),
+        "tools/list failed: {}",
+        out["errors"]
+    );
 }
 
 fn assert_only_policy_visible_tools(out: &Value) {
     let tools = tool_names(out);
     for visible in ["list_deployments", "deploy_service"] {
-        assert!(tools.iter().any(|t| t == visible), "{visible} missing from tools/list: {tools:?}");
+        assert!(
+            tools.iter().any(|t| t == visible),
+            "{visible} missing from tools/list: {tools:?}"
+        );
     }
     for hidden in ["delete_repository", "hidden_unknown_tool"] {
-        assert!(!tools.iter().any(|t| t == hidden), "{hidden} must be filtered from tools/list: {tools:?}");
+        assert!(
+            !tools.iter().any(|t| t == hidden),
+            "{hidden} must be filtered from tools/list: {tools:?}"
+        );
     }
     assert_eq!(
         out["toolAnnotations"]["list_deployments"]["readOnlyHint"], true,
@@ -232,7 +249,10 @@ fn assert_list_deployments_forwarded(out: &Value) {
         out["errors"]
     );
     let res = &out["calls"]["list_deployments"];
-    assert_ne!(res["isError"], true, "list_deployments came back as an error: {res}");
+    assert_ne!(
+        res["isError"], true,
+        "list_deployments came back as an error: {res}"
+    );
     let text = first_text(res);
     assert!(
         text.starts_with("deployments:") && text.contains("payments prod v1.42.0"),
@@ -248,29 +268,56 @@ fn assert_blocked(out: &Value, tool: &str, decision: &str, reason: Option<&str>)
         out["errors"][tool]
     );
     let res = &out["calls"][tool];
-    assert_eq!(res["isError"], true, "{tool}: expected isError: true, got {res}");
-    assert_eq!(res["_meta"]["ciba-gate/decision"], decision, "{tool}: decision in {res}");
+    assert_eq!(
+        res["isError"], true,
+        "{tool}: expected isError: true, got {res}"
+    );
+    assert_eq!(
+        res["_meta"]["ciba-gate/decision"], decision,
+        "{tool}: decision in {res}"
+    );
     if let Some(reason) = reason {
-        assert_eq!(res["_meta"]["ciba-gate/reason"], reason, "{tool}: reason in {res}");
+        assert_eq!(
+            res["_meta"]["ciba-gate/reason"], reason,
+            "{tool}: reason in {res}"
+        );
     }
-    assert!(!first_text(res).is_empty(), "{tool}: the model needs a sentence, got {res}");
+    assert!(
+        !first_text(res).is_empty(),
+        "{tool}: the model needs a sentence, got {res}"
+    );
 }
 
 /// The upstream saw exactly the allowed call, with the gateway's credential.
 fn assert_upstream_saw_only_allowed_calls(stack: &Stack) {
     let calls = json_lines(&stack.calls_log);
-    let tools: Vec<&str> = calls.iter().map(|c| c["tool"].as_str().unwrap_or("?")).collect();
-    assert_eq!(tools, ["list_deployments"], "tools/call requests that reached the upstream");
+    let tools: Vec<&str> = calls
+        .iter()
+        .map(|c| c["tool"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        tools,
+        ["list_deployments"],
+        "tools/call requests that reached the upstream"
+    );
     let expected_auth = format!("Bearer {UPSTREAM_TOKEN}");
     for c in &calls {
-        assert_eq!(c["authorization"], expected_auth.as_str(), "credential injected by the gateway: {c}");
+        assert_eq!(
+            c["authorization"],
+            expected_auth.as_str(),
+            "credential injected by the gateway: {c}"
+        );
     }
     // Every request the gateway forwarded carries the upstream credential, not
     // only tools/call.
     let http = json_lines(&stack.http_log);
     assert!(!http.is_empty(), "upstream received no HTTP request at all");
     for r in &http {
-        assert_eq!(r["authorization"], expected_auth.as_str(), "forwarded request without the upstream credential: {r}");
+        assert_eq!(
+            r["authorization"],
+            expected_auth.as_str(),
+            "forwarded request without the upstream credential: {r}"
+        );
     }
 }
 
@@ -289,20 +336,37 @@ fn assert_evidence(stack: &Stack) {
         "delete_repository",
         "hidden_unknown_tool",
     ]);
-    assert!(!lines.is_empty(), "no evidence written to {}", stack.evidence.display());
+    assert!(
+        !lines.is_empty(),
+        "no evidence written to {}",
+        stack.evidence.display()
+    );
     for l in &lines {
-        assert!(l.get("decision").is_some(), "evidence line without decision: {l}");
+        assert!(
+            l.get("decision").is_some(),
+            "evidence line without decision: {l}"
+        );
     }
     let raw = read(&stack.evidence);
-    assert!(!raw.contains(UPSTREAM_TOKEN), "evidence contains the upstream credential");
+    assert!(
+        !raw.contains(UPSTREAM_TOKEN),
+        "evidence contains the upstream credential"
+    );
 
     let calls: Vec<&Value> = lines
         .iter()
         .filter(|l| l["mcp_method"] == "tools/call")
         .collect();
     let one = |tool: &str| -> &Value {
-        let matching: Vec<&&Value> = calls.iter().filter(|l| evidence_tool(l) == Some(tool)).collect();
-        assert_eq!(matching.len(), 1, "expected exactly one tools/call evidence line for {tool}, got {matching:?}");
+        let matching: Vec<&&Value> = calls
+            .iter()
+            .filter(|l| evidence_tool(l) == Some(tool))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "expected exactly one tools/call evidence line for {tool}, got {matching:?}"
+        );
         matching[0]
     };
     let del = one("delete_repository");
@@ -310,7 +374,10 @@ fn assert_evidence(stack: &Stack) {
     assert_eq!(del["reason"], "destructive_tool", "{del}");
     let dep = one("deploy_service");
     assert_eq!(dep["decision"], "approve", "{dep}");
-    assert!(del["upstream_status"].is_null(), "a denied call has no upstream status: {del}");
+    assert!(
+        del["upstream_status"].is_null(),
+        "a denied call has no upstream status: {del}"
+    );
     let list = one("list_deployments");
     assert_eq!(list["decision"], "allow", "{list}");
     assert_eq!(list["upstream_status"], 200, "{list}");
@@ -325,7 +392,12 @@ fn check_policy_enforced_through_gateway(mode: &str) -> (Stack, Value) {
     assert_only_policy_visible_tools(&out);
     assert_list_deployments_forwarded(&out);
     assert_blocked(&out, "delete_repository", "deny", Some("destructive_tool"));
-    assert_blocked(&out, "deploy_service", "approve", Some("approval_not_configured"));
+    assert_blocked(
+        &out,
+        "deploy_service",
+        "approve",
+        Some("approval_not_configured"),
+    );
     assert_blocked(&out, "hidden_unknown_tool", "deny", None);
     assert_upstream_saw_only_allowed_calls(&stack);
     assert_evidence(&stack);
@@ -343,7 +415,11 @@ fn sdk_client_through_gateway_sees_allowed_tools_only_sse_mode() {
     // The server sends one progress notification, then waits 500 ms before the
     // result: the client must get the notification as its own event, early.
     let progress = out["progress"].as_array().expect("progress array");
-    assert_eq!(progress.len(), 1, "progress notifications through the gateway: {progress:?}");
+    assert_eq!(
+        progress.len(),
+        1,
+        "progress notifications through the gateway: {progress:?}"
+    );
     assert_eq!(progress[0]["message"], "reading deployments");
     let at = progress[0]["atMs"].as_f64().unwrap();
     let done = out["listDeploymentsDoneMs"].as_f64().unwrap();
@@ -367,15 +443,35 @@ fn sdk_client_session_passes_through_gateway_and_delete_is_forwarded() {
         .as_str()
         .unwrap_or_else(|| panic!("client got no Mcp-Session-Id through the gateway: {out}"))
         .to_string();
-    assert!(out["errors"].get("terminate").is_none(), "terminateSession failed: {}", out["errors"]);
+    assert!(
+        out["errors"].get("terminate").is_none(),
+        "terminateSession failed: {}",
+        out["errors"]
+    );
     assert_eq!(out["terminated"], true);
 
     let http = json_lines(&stack.http_log);
-    assert_eq!(http[0]["rpc"][0], "initialize", "first upstream request: {}", http[0]);
-    assert!(http[0]["session"].is_null(), "initialize carries no session: {}", http[0]);
+    assert_eq!(
+        http[0]["rpc"][0], "initialize",
+        "first upstream request: {}",
+        http[0]
+    );
+    assert!(
+        http[0]["session"].is_null(),
+        "initialize carries no session: {}",
+        http[0]
+    );
     for r in &http[1..] {
-        assert_eq!(r["session"], session.as_str(), "session id must pass through unchanged: {r}");
+        assert_eq!(
+            r["session"],
+            session.as_str(),
+            "session id must pass through unchanged: {r}"
+        );
     }
     let deletes: Vec<&Value> = http.iter().filter(|r| r["method"] == "DELETE").collect();
-    assert_eq!(deletes.len(), 1, "DELETE (session end) forwarded to the upstream: {http:?}");
+    assert_eq!(
+        deletes.len(),
+        1,
+        "DELETE (session end) forwarded to the upstream: {http:?}"
+    );
 }

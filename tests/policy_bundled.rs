@@ -96,5 +96,8 @@ fn bundled_policy_tests_pass() {
     let out = report.render();
     assert!(report.success(), "{out}");
     assert!(report.passed >= 30, "{out}");
-    assert!(out.trim_end().ends_with(&format!("{} passed, 0 failed", report.passed)));
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("{} passed, 0 failed", report.passed))
+    );
 }

@@ -1,5 +1,8 @@
 # Helpers shared by the gateway policy: which tool is being called, how it is
 # classified, and whether its arguments are well formed. No decisions here.
+#
+# Built-in errors (e.g. a regex on a number) fail the whole decision closed in the
+# gateway, so every value from the input is type-checked before a built-in sees it.
 package ciba_gate.lib
 
 import rego.v1
@@ -45,6 +48,12 @@ valid_string_arg(name) if {
 
 # Identifiers that are echoed into approval messages (project names, issue ids)
 # are kept to a small, phone-safe alphabet and length.
-valid_project(p) if regex.match(`^[a-z0-9][a-z0-9._-]{0,31}$`, p)
+valid_project(p) if {
+	is_string(p)
+	regex.match(`^[a-z0-9][a-z0-9._-]{0,31}$`, p)
+}
 
-valid_issue_id(id) if regex.match(`^[0-9]{1,10}$`, id)
+valid_issue_id(id) if {
+	is_string(id)
+	regex.match(`^[0-9]{1,10}$`, id)
+}

@@ -28,21 +28,31 @@ pub async fn spawn(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 pub async fn serve(listener: TcpListener) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         tokio::spawn(async move {
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(|r| async { Ok::<_, Infallible>(handle(r).await) }))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(|r| async { Ok::<_, Infallible>(handle(r).await) }),
+                )
                 .await;
         });
     }
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())));
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(v).unwrap_or_default(),
+    )));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -56,7 +66,10 @@ async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     let Ok(body) = Limited::new(req.into_body(), 4 << 20).collect().await else {
-        return json_response(StatusCode::BAD_REQUEST, &json!({"error": "unreadable body"}));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "unreadable body"}),
+        );
     };
     let Ok(value) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
         return json_response(
@@ -97,8 +110,15 @@ fn answer(msg: &Value) -> Option<Value> {
         .is_some();
     let result = match method {
         "initialize" => {
-            let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or(LATEST_STATEFUL);
-            let version = if SUPPORTED.contains(&asked) { asked } else { LATEST_STATEFUL };
+            let asked = params
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(LATEST_STATEFUL);
+            let version = if SUPPORTED.contains(&asked) {
+                asked
+            } else {
+                LATEST_STATEFUL
+            };
             Ok(json!({
                 "protocolVersion": version,
                 "capabilities": {"tools": {"listChanged": false}},
@@ -122,7 +142,9 @@ fn answer(msg: &Value) -> Option<Value> {
             }
             json!({"jsonrpc": "2.0", "id": id, "result": r})
         }
-        Err((code, message)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+        Err((code, message)) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        }
     })
 }
 
@@ -164,7 +186,11 @@ fn call(params: &Value) -> Result<Value, (i64, String)> {
     match name {
         "list_deployments" => {
             let env = arg("env");
-            let rows = [("payments", "prod", "v2.14.1"), ("payments", "staging", "v2.15.0"), ("search", "prod", "v7.2.0")];
+            let rows = [
+                ("payments", "prod", "v2.14.1"),
+                ("payments", "staging", "v2.15.0"),
+                ("search", "prod", "v7.2.0"),
+            ];
             let lines: Vec<String> = rows
                 .iter()
                 .filter(|(_, e, _)| env.as_deref().is_none_or(|want| want == *e))

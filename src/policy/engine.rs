@@ -108,6 +108,7 @@ pub(crate) fn build_engine(
     let mut engine = Engine::new();
     engine.set_rego_v0(false);
     engine.set_execution_timer_config(timer_config(options));
+    engine.set_strict_builtin_errors(options.strict_builtin_errors);
     let mut defined = [false; 3];
     let mut any_rego = false;
     for f in &set.files {
@@ -188,21 +189,26 @@ impl Compiled {
         engine.set_input(Value::Null);
 
         let revision: Arc<str> = Arc::from(set.revision());
-        let rvm = if options.prefer_rvm {
-            match compile_rvm(policy, &entry_points) {
-                Ok(rvm) => Some(rvm),
-                Err(e) => {
+        // The VM compiler is also the only place that rejects calls to unknown
+        // functions up front (the interpreter finds them at evaluation time), so it
+        // runs even when the VM is not wanted.
+        let rvm = match compile_rvm(policy, &entry_points) {
+            Ok(rvm) => Some(rvm),
+            Err(e) if e.contains("Unknown function") => {
+                return Err(compile_err(&locate(&e, set), first_lines(&e)));
+            }
+            Err(e) => {
+                if options.prefer_rvm {
                     tracing::warn!(
                         revision = %revision,
                         error = %first_lines(&e),
                         "policy uses constructs the bytecode VM cannot compile; using the interpreter"
                     );
-                    None
                 }
+                None
             }
-        } else {
-            None
         };
+        let rvm = rvm.filter(|_| options.prefer_rvm);
         tracing::debug!(
             revision = %revision,
             eval_path = if rvm.is_some() { "rvm" } else { "interpreter" },
@@ -248,9 +254,7 @@ impl Compiled {
             }
         };
         let path = self.resolve_path(path);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            self.decide_ready(ready, input, path)
-        }));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.decide_ready(ready, input, path)));
         match outcome {
             Ok(Ok(decision)) => decision,
             Ok(Err(msg)) => {
@@ -425,6 +429,7 @@ impl<'a> Evaluator<'a> {
                     vm.set_data(self.ready.data.clone())
                         .map_err(|e| e.to_string())?;
                     vm.set_max_instructions(self.ready.options.max_instructions);
+                    vm.set_strict_builtin_errors(self.ready.options.strict_builtin_errors);
                     vm.set_execution_timer_config(Some(timer_config(&self.ready.options)));
                     if vms.len() >= THREAD_CACHE {
                         vms.remove(0);
@@ -482,7 +487,8 @@ fn drop_thread_caches(id: u64) {
 }
 
 fn compile_rvm(policy: CompiledPolicy, entry_points: &[&str]) -> Result<Rvm, String> {
-    let program = Compiler::compile_from_policy(&policy, entry_points).map_err(|e| e.to_string())?;
+    let program =
+        Compiler::compile_from_policy(&policy, entry_points).map_err(|e| e.to_string())?;
     Ok(Rvm { program, policy })
 }
 
@@ -515,7 +521,8 @@ pub(crate) fn deny_reasons(deny: &Value) -> Result<Vec<Reason>, String> {
                     _ => None,
                 };
                 let code = get("code").unwrap_or_else(|| codes::POLICY_DENIED.to_string());
-                let message = get("message").unwrap_or_else(|| format!("denied by policy ({code})"));
+                let message =
+                    get("message").unwrap_or_else(|| format!("denied by policy ({code})"));
                 Reason { code, message }
             }
             other => Reason {

@@ -202,7 +202,9 @@ fn merge_into(
                     .iter()
                     .rev()
                     .find(|(p, _)| {
-                        p == &here || here.starts_with(&format!("{p}/")) || p.starts_with(&format!("{here}/"))
+                        p == &here
+                            || here.starts_with(&format!("{p}/"))
+                            || p.starts_with(&format!("{here}/"))
                     })
                     .map(|(_, f)| f.as_str())
                     .unwrap_or("another data file");

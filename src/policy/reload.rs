@@ -71,7 +71,9 @@ pub(crate) fn check_once(
                 PolicyError::Compile { path, message } => {
                     (path.display().to_string(), message.clone())
                 }
-                PolicyError::Io { path, source } => (path.display().to_string(), source.to_string()),
+                PolicyError::Io { path, source } => {
+                    (path.display().to_string(), source.to_string())
+                }
             };
             tracing::error!(
                 dir = %shared.dir.display(),

@@ -65,7 +65,11 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
     // several bodies, in one file or several).
     let mut tests: Vec<(String, String)> = Vec::new();
     let mut probe = Engine::new();
-    for f in set.files.iter().filter(|f| matches!(f.kind, Kind::Rego | Kind::Test)) {
+    for f in set
+        .files
+        .iter()
+        .filter(|f| matches!(f.kind, Kind::Rego | Kind::Test))
+    {
         let package = probe
             .add_policy(f.name.clone(), f.content.clone())
             .map_err(|e| PolicyError::Compile {
@@ -202,82 +206,453 @@ pub fn bundled_examples() -> Vec<Example> {
 
     let v: Vec<(&str, J, super::Effect, Option<&str>)> = vec![
         // Housekeeping.
-        ("initialize", mcp_req("POST", json!("initialize"), "request"), Allow, None),
-        ("initialized notification", mcp_req("POST", json!("notifications/initialized"), "notification"), Allow, None),
-        ("cancelled notification", mcp_req("POST", json!("notifications/cancelled"), "notification"), Allow, None),
-        ("ping", mcp_req("POST", json!("ping"), "request"), Allow, None),
-        ("tools/list", mcp_req("POST", json!("tools/list"), "request"), Allow, None),
-        ("resources/list", mcp_req("POST", json!("resources/list"), "request"), Allow, None),
-        ("prompts/list", mcp_req("POST", json!("prompts/list"), "request"), Allow, None),
-        ("server/discover", mcp_req("POST", json!("server/discover"), "request"), Allow, None),
-        ("client response", mcp_req("POST", J::Null, "response"), Allow, None),
-        ("GET stream", mcp_req("GET", J::Null, "request"), Allow, None),
-        ("DELETE session", mcp_req("DELETE", J::Null, "request"), Allow, None),
-        ("resources/read not opened", mcp_req("POST", json!("resources/read"), "request"), Deny, Some("no_matching_rule")),
-        ("unknown method", mcp_req("POST", json!("sampling/createMessage"), "request"), Deny, Some("no_matching_rule")),
-        ("PUT on mcp", mcp_req("PUT", J::Null, "request"), Deny, Some("no_matching_rule")),
+        (
+            "initialize",
+            mcp_req("POST", json!("initialize"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "initialized notification",
+            mcp_req("POST", json!("notifications/initialized"), "notification"),
+            Allow,
+            None,
+        ),
+        (
+            "cancelled notification",
+            mcp_req("POST", json!("notifications/cancelled"), "notification"),
+            Allow,
+            None,
+        ),
+        (
+            "ping",
+            mcp_req("POST", json!("ping"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "tools/list",
+            mcp_req("POST", json!("tools/list"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "resources/list",
+            mcp_req("POST", json!("resources/list"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "prompts/list",
+            mcp_req("POST", json!("prompts/list"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "server/discover",
+            mcp_req("POST", json!("server/discover"), "request"),
+            Allow,
+            None,
+        ),
+        (
+            "client response",
+            mcp_req("POST", J::Null, "response"),
+            Allow,
+            None,
+        ),
+        (
+            "GET stream",
+            mcp_req("GET", J::Null, "request"),
+            Allow,
+            None,
+        ),
+        (
+            "DELETE session",
+            mcp_req("DELETE", J::Null, "request"),
+            Allow,
+            None,
+        ),
+        (
+            "resources/read not opened",
+            mcp_req("POST", json!("resources/read"), "request"),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "unknown method",
+            mcp_req("POST", json!("sampling/createMessage"), "request"),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "PUT on mcp",
+            mcp_req("PUT", J::Null, "request"),
+            Deny,
+            Some("no_matching_rule"),
+        ),
         // Read-only.
-        ("list_deployments", call("request", "list_deployments", Some(json!({}))), Allow, None),
-        ("list_deployments with filter", call("request", "list_deployments", Some(json!({"env": "prod", "limit": 5}))), Allow, None),
-        ("list_deployments no args", call("request", "list_deployments", None), Allow, None),
-        ("read-only tool marked destructive", {
-            let mut d = call("request", "list_deployments", Some(json!({})));
-            d["tool"]["annotations"] = json!({"readOnlyHint": false, "destructiveHint": true});
-            d
-        }, Deny, Some("annotation_conflict")),
+        (
+            "list_deployments",
+            call("request", "list_deployments", Some(json!({}))),
+            Allow,
+            None,
+        ),
+        (
+            "list_deployments with filter",
+            call(
+                "request",
+                "list_deployments",
+                Some(json!({"env": "prod", "limit": 5})),
+            ),
+            Allow,
+            None,
+        ),
+        (
+            "list_deployments no args",
+            call("request", "list_deployments", None),
+            Allow,
+            None,
+        ),
+        (
+            "read-only tool marked destructive",
+            {
+                let mut d = call("request", "list_deployments", Some(json!({})));
+                d["tool"]["annotations"] = json!({"readOnlyHint": false, "destructiveHint": true});
+                d
+            },
+            Deny,
+            Some("annotation_conflict"),
+        ),
         // Sensitive: deploy.
-        ("deploy payments prod", call("request", "deploy_service", Some(json!({"service": "payments", "env": "prod"}))), Approve, Some("deploy")),
-        ("deploy billing staging", call("request", "deploy_service", Some(json!({"service": "billing", "env": "staging"}))), Approve, Some("deploy")),
-        ("deploy search dev extra arg", call("request", "deploy_service", Some(json!({"service": "search", "env": "dev", "version": "1.2.3"}))), Approve, Some("deploy")),
-        ("deploy to unknown env", call("request", "deploy_service", Some(json!({"service": "payments", "env": "moon"}))), Deny, Some("unknown_environment")),
-        ("deploy unknown service", call("request", "deploy_service", Some(json!({"service": "mainframe", "env": "prod"}))), Deny, Some("unknown_service")),
-        ("deploy missing env", call("request", "deploy_service", Some(json!({"service": "payments"}))), Deny, Some("invalid_arguments")),
-        ("deploy env not a string", call("request", "deploy_service", Some(json!({"service": "payments", "env": 7}))), Deny, Some("invalid_arguments")),
-        ("deploy empty service", call("request", "deploy_service", Some(json!({"service": "", "env": "prod"}))), Deny, Some("invalid_arguments")),
-        ("deploy no arguments", call("request", "deploy_service", None), Deny, Some("invalid_arguments")),
-        ("deploy arguments not an object", call("request", "deploy_service", Some(json!(["payments", "prod"]))), Deny, Some("invalid_arguments")),
-        ("deploy unicode env", call("request", "deploy_service", Some(json!({"service": "payments", "env": "prød"}))), Deny, Some("unknown_environment")),
+        (
+            "deploy payments prod",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "payments", "env": "prod"})),
+            ),
+            Approve,
+            Some("deploy"),
+        ),
+        (
+            "deploy billing staging",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "billing", "env": "staging"})),
+            ),
+            Approve,
+            Some("deploy"),
+        ),
+        (
+            "deploy search dev extra arg",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "search", "env": "dev", "version": "1.2.3"})),
+            ),
+            Approve,
+            Some("deploy"),
+        ),
+        (
+            "deploy to unknown env",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "payments", "env": "moon"})),
+            ),
+            Deny,
+            Some("unknown_environment"),
+        ),
+        (
+            "deploy unknown service",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "mainframe", "env": "prod"})),
+            ),
+            Deny,
+            Some("unknown_service"),
+        ),
+        (
+            "deploy missing env",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "payments"})),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "deploy env not a string",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "payments", "env": 7})),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "deploy empty service",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "", "env": "prod"})),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "deploy no arguments",
+            call("request", "deploy_service", None),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "deploy arguments not an object",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!(["payments", "prod"])),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "deploy unicode env",
+            call(
+                "request",
+                "deploy_service",
+                Some(json!({"service": "payments", "env": "prød"})),
+            ),
+            Deny,
+            Some("unknown_environment"),
+        ),
         // Destructive.
-        ("delete_repository", call("request", "delete_repository", Some(json!({"repo": "acme/payments"}))), Deny, Some("destructive_tool")),
-        ("delete_repository no args", call("request", "delete_repository", Some(json!({}))), Deny, Some("destructive_tool")),
+        (
+            "delete_repository",
+            call(
+                "request",
+                "delete_repository",
+                Some(json!({"repo": "acme/payments"})),
+            ),
+            Deny,
+            Some("destructive_tool"),
+        ),
+        (
+            "delete_repository no args",
+            call("request", "delete_repository", Some(json!({}))),
+            Deny,
+            Some("destructive_tool"),
+        ),
         // Unknown tools.
-        ("unknown tool", call("request", "drop_database", Some(json!({"name": "prod"}))), Deny, Some("no_matching_rule")),
-        ("tool name not a string", {
-            let mut d = call("request", "x", Some(json!({})));
-            d["tool"]["name"] = json!(42);
-            d
-        }, Deny, Some("no_matching_rule")),
+        (
+            "unknown tool",
+            call("request", "drop_database", Some(json!({"name": "prod"}))),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "tool name not a string",
+            {
+                let mut d = call("request", "x", Some(json!({})));
+                d["tool"]["name"] = json!(42);
+                d
+            },
+            Deny,
+            Some("no_matching_rule"),
+        ),
         // Phase approved.
-        ("approved deploy", approved("deploy_service", json!({"service": "payments", "env": "prod"}), evidence("Deploy payments to prod")), Allow, None),
-        ("approved deploy without binding message", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"subject_hash": "3f1c9a"})), Allow, None),
-        ("approved without subject", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"acr": "x"})), Deny, Some("no_matching_rule")),
-        ("approved empty subject", approved("deploy_service", json!({"service": "payments", "env": "prod"}), json!({"subject_hash": ""})), Deny, Some("no_matching_rule")),
-        ("approved message mismatch", approved("deploy_service", json!({"service": "payments", "env": "prod"}), evidence("Deploy billing to prod")), Deny, Some("approval_mismatch")),
-        ("approved unknown env", approved("deploy_service", json!({"service": "payments", "env": "moon"}), evidence("Deploy payments to moon")), Deny, Some("unknown_environment")),
-        ("approved destructive", approved("delete_repository", json!({"repo": "acme/x"}), evidence("x")), Deny, Some("destructive_tool")),
-        ("approved read-only", approved("list_deployments", json!({}), evidence("x")), Allow, None),
-        ("approved missing approval", call("approved", "deploy_service", Some(json!({"service": "payments", "env": "prod"}))), Deny, Some("no_matching_rule")),
+        (
+            "approved deploy",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "prod"}),
+                evidence("Deploy payments to prod"),
+            ),
+            Allow,
+            None,
+        ),
+        (
+            "approved deploy without binding message",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "prod"}),
+                json!({"subject_hash": "3f1c9a"}),
+            ),
+            Allow,
+            None,
+        ),
+        (
+            "approved without subject",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "prod"}),
+                json!({"acr": "x"}),
+            ),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "approved empty subject",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "prod"}),
+                json!({"subject_hash": ""}),
+            ),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "approved message mismatch",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "prod"}),
+                evidence("Deploy billing to prod"),
+            ),
+            Deny,
+            Some("approval_mismatch"),
+        ),
+        (
+            "approved unknown env",
+            approved(
+                "deploy_service",
+                json!({"service": "payments", "env": "moon"}),
+                evidence("Deploy payments to moon"),
+            ),
+            Deny,
+            Some("unknown_environment"),
+        ),
+        (
+            "approved destructive",
+            approved(
+                "delete_repository",
+                json!({"repo": "acme/x"}),
+                evidence("x"),
+            ),
+            Deny,
+            Some("destructive_tool"),
+        ),
+        (
+            "approved read-only",
+            approved("list_deployments", json!({}), evidence("x")),
+            Allow,
+            None,
+        ),
+        (
+            "approved missing approval",
+            call(
+                "approved",
+                "deploy_service",
+                Some(json!({"service": "payments", "env": "prod"})),
+            ),
+            Deny,
+            Some("no_matching_rule"),
+        ),
         // Phase list.
-        ("list deploy_service", call("list", "deploy_service", None), Allow, None),
-        ("list list_deployments", call("list", "list_deployments", None), Allow, None),
-        ("list delete_repository", call("list", "delete_repository", None), Deny, Some("destructive_tool")),
-        ("list unknown tool", call("list", "drop_database", None), Deny, Some("no_matching_rule")),
-        ("list with annotations", {
-            let mut d = call("list", "deploy_service", None);
-            d["tool"]["annotations"] = json!({"destructiveHint": false, "idempotentHint": true});
-            d
-        }, Allow, None),
+        (
+            "list deploy_service",
+            call("list", "deploy_service", None),
+            Allow,
+            None,
+        ),
+        (
+            "list list_deployments",
+            call("list", "list_deployments", None),
+            Allow,
+            None,
+        ),
+        (
+            "list delete_repository",
+            call("list", "delete_repository", None),
+            Deny,
+            Some("destructive_tool"),
+        ),
+        (
+            "list unknown tool",
+            call("list", "drop_database", None),
+            Deny,
+            Some("no_matching_rule"),
+        ),
+        (
+            "list with annotations",
+            {
+                let mut d = call("list", "deploy_service", None);
+                d["tool"]["annotations"] =
+                    json!({"destructiveHint": false, "idempotentHint": true});
+                d
+            },
+            Allow,
+            None,
+        ),
         // Plain HTTP ticket API.
-        ("create_issue", http("request", "POST", "/projects/web/issues", Some(("create_issue", json!({"project": "web"})))), Allow, None),
-        ("create_issue bad project", http("request", "POST", "/projects/Web%20App/issues", Some(("create_issue", json!({"project": "Web App"})))), Deny, Some("invalid_arguments")),
-        ("delete_issue", http("request", "DELETE", "/projects/web/issues/42", Some(("delete_issue", json!({"project": "web", "id": "42"})))), Approve, Some("delete_issue")),
-        ("delete_issue bad id", http("request", "DELETE", "/projects/web/issues/4x", Some(("delete_issue", json!({"project": "web", "id": "4x"})))), Deny, Some("invalid_arguments")),
-        ("delete_issue approved", {
-            let mut d = http("approved", "DELETE", "/projects/web/issues/42", Some(("delete_issue", json!({"project": "web", "id": "42"}))));
-            d["approval"] = evidence("Delete issue #42 in web");
-            d
-        }, Allow, None),
-        ("unrouted http", http("request", "GET", "/projects/web", None), Deny, Some("no_matching_rule")),
+        (
+            "create_issue",
+            http(
+                "request",
+                "POST",
+                "/projects/web/issues",
+                Some(("create_issue", json!({"project": "web"}))),
+            ),
+            Allow,
+            None,
+        ),
+        (
+            "create_issue bad project",
+            http(
+                "request",
+                "POST",
+                "/projects/Web%20App/issues",
+                Some(("create_issue", json!({"project": "Web App"}))),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "delete_issue",
+            http(
+                "request",
+                "DELETE",
+                "/projects/web/issues/42",
+                Some(("delete_issue", json!({"project": "web", "id": "42"}))),
+            ),
+            Approve,
+            Some("delete_issue"),
+        ),
+        (
+            "delete_issue bad id",
+            http(
+                "request",
+                "DELETE",
+                "/projects/web/issues/4x",
+                Some(("delete_issue", json!({"project": "web", "id": "4x"}))),
+            ),
+            Deny,
+            Some("invalid_arguments"),
+        ),
+        (
+            "delete_issue approved",
+            {
+                let mut d = http(
+                    "approved",
+                    "DELETE",
+                    "/projects/web/issues/42",
+                    Some(("delete_issue", json!({"project": "web", "id": "42"}))),
+                );
+                d["approval"] = evidence("Delete issue #42 in web");
+                d
+            },
+            Allow,
+            None,
+        ),
+        (
+            "unrouted http",
+            http("request", "GET", "/projects/web", None),
+            Deny,
+            Some("no_matching_rule"),
+        ),
         ("empty input", json!({}), Deny, Some("no_matching_rule")),
     ];
     v.into_iter()

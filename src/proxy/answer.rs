@@ -10,7 +10,9 @@ use super::BoxBody;
 use super::mcp::{codes, error_response};
 
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> BoxBody {
@@ -21,8 +23,10 @@ pub fn json(status: StatusCode, value: &Value) -> Response<BoxBody> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -32,12 +36,23 @@ pub fn http_error(status: StatusCode, reason: &str, message: &str) -> Response<B
 }
 
 /// A JSON-RPC error that answers a whole POST (no single message to answer).
-pub fn jsonrpc_error(status: StatusCode, id: Value, code: i64, reason: &str, message: &str) -> Response<BoxBody> {
+pub fn jsonrpc_error(
+    status: StatusCode,
+    id: Value,
+    code: i64,
+    reason: &str,
+    message: &str,
+) -> Response<BoxBody> {
     json(status, &error_response(id, code, message, reason))
 }
 
 /// Bad input before any message could be read: JSON-RPC shape on MCP mounts.
-pub fn bad_input(is_mcp: bool, status: StatusCode, reason: &str, message: &str) -> Response<BoxBody> {
+pub fn bad_input(
+    is_mcp: bool,
+    status: StatusCode,
+    reason: &str,
+    message: &str,
+) -> Response<BoxBody> {
     if is_mcp {
         jsonrpc_error(status, Value::Null, codes::INVALID_REQUEST, reason, message)
     } else {

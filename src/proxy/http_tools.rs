@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::mcp_handler::read_body;
 use super::upstream::remove_hop_by_hop;
-use super::{BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, mcp, routes};
+use super::{
+    BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, mcp, routes,
+};
 use crate::fingerprint;
 use crate::policy::Effect;
 
@@ -25,11 +27,17 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 
 /// Merges `more` into `args`; the same key from two places with different values is
 /// ambiguous (policy and tool server could read different ones), so it is refused.
-fn merge(args: &mut Map<String, Value>, more: Map<String, Value>, from: &str) -> Result<(), String> {
+fn merge(
+    args: &mut Map<String, Value>,
+    more: Map<String, Value>,
+    from: &str,
+) -> Result<(), String> {
     for (k, v) in more {
         match args.get(&k) {
             Some(existing) if *existing != v => {
-                return Err(format!("argument {k:?} is given twice with different values (in the {from} and elsewhere)"));
+                return Err(format!(
+                    "argument {k:?} is given twice with different values (in the {from} and elsewhere)"
+                ));
             }
             _ => {
                 args.insert(k, v);
@@ -39,16 +47,23 @@ fn merge(args: &mut Map<String, Value>, more: Map<String, Value>, from: &str) ->
     Ok(())
 }
 
-pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<Incoming>, ctx: RequestContext) -> Response<BoxBody> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    mount: &Mount,
+    rest: &str,
+    req: Request<Incoming>,
+    ctx: RequestContext,
+) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
     let rest = if rest.is_empty() { "/" } else { rest };
     let mut rec = gw.record(&ctx, &mount.upstream.name);
-    let reject = |mut rec: crate::audit::PendingRecord, status: StatusCode, reason: &str, msg: &str| {
-        rec.get_mut().decision = "reject";
-        rec.get_mut().reason = reason.to_string();
-        rec.finish("rejected", None);
-        answer::http_error(status, reason, msg)
-    };
+    let reject =
+        |mut rec: crate::audit::PendingRecord, status: StatusCode, reason: &str, msg: &str| {
+            rec.get_mut().decision = "reject";
+            rec.get_mut().reason = reason.to_string();
+            rec.finish("rejected", None);
+            answer::http_error(status, reason, msg)
+        };
 
     let mut arguments = Map::new();
     let route = routes::find(&mount.routes, &parts.method, rest);
@@ -97,7 +112,14 @@ pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<I
                 Ok(other) => {
                     arguments.insert("body".into(), other);
                 }
-                Err(e) => return reject(rec, StatusCode::BAD_REQUEST, "parse_error", &format!("body is not valid JSON: {e}")),
+                Err(e) => {
+                    return reject(
+                        rec,
+                        StatusCode::BAD_REQUEST,
+                        "parse_error",
+                        &format!("body is not valid JSON: {e}"),
+                    );
+                }
             }
         }
         held_body = Some(bytes);
@@ -113,7 +135,10 @@ pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<I
                 rec,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                &format!("the request body exceeds the gateway's limit of {} bytes", gw.max_body_bytes),
+                &format!(
+                    "the request body exceeds the gateway's limit of {} bytes",
+                    gw.max_body_bytes
+                ),
             );
         }
         stream_body = Some(Limited::new(body, gw.max_body_bytes).boxed_unsync());
@@ -124,7 +149,10 @@ pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<I
     if let Some((r, _)) = &route {
         rec.get_mut().tool = Some(r.tool.clone());
         rec.get_mut().args_fingerprint = Some(fingerprint::of_json(&arguments));
-        input.insert("tool".into(), json!({"name": r.tool, "arguments": arguments}));
+        input.insert(
+            "tool".into(),
+            json!({"name": r.tool, "arguments": arguments}),
+        );
         input.insert("http".into(), json!({"route": r.template.to_string()}));
     }
     let decision = gw.decide(input);
@@ -144,14 +172,20 @@ pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<I
 
     let uri = match mount.upstream.target(rest, parts.uri.query()) {
         Ok(u) => u,
-        Err(e) => return answer::http_error(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string()),
+        Err(e) => {
+            return answer::http_error(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string());
+        }
     };
     let body: BoxBody = match (held_body, stream_body) {
         (Some(b), _) => answer::full(b),
         (None, Some(s)) => s,
         (None, None) => answer::empty(),
     };
-    let mut out = Request::builder().method(parts.method).uri(uri).body(body).unwrap_or_default();
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(body)
+        .unwrap_or_default();
     *out.headers_mut() = parts.headers;
     match mount.upstream.send(out).await {
         Ok(resp) => {

@@ -140,13 +140,21 @@ impl Message {
             .ok_or_else(|| invalid(self.id.as_ref(), "tools/call needs \"params\" as an object"))?;
         let name = match params.get("name") {
             Some(Value::String(n)) if !n.is_empty() => n.clone(),
-            _ => return Err(invalid(self.id.as_ref(), "tools/call needs a non-empty string \"params.name\"")),
+            _ => {
+                return Err(invalid(
+                    self.id.as_ref(),
+                    "tools/call needs a non-empty string \"params.name\"",
+                ));
+            }
         };
         let args = match params.get("arguments") {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(v @ Value::Object(_)) => v.clone(),
             Some(_) => {
-                return Err(invalid(self.id.as_ref(), "tools/call \"params.arguments\" must be an object"));
+                return Err(invalid(
+                    self.id.as_ref(),
+                    "tools/call \"params.arguments\" must be an object",
+                ));
             }
         };
         Ok(Some((name, args)))
@@ -157,7 +165,9 @@ impl Message {
         let params = self.params()?;
         match self.method.as_deref()? {
             "tools/call" | "prompts/get" => params.get("name")?.as_str(),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params.get("uri")?.as_str(),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                params.get("uri")?.as_str()
+            }
             _ => None,
         }
     }
@@ -228,13 +238,18 @@ impl BodyError {
 }
 
 /// Parses a POST body. `revision` is the `MCP-Protocol-Version` header, if any.
-pub fn parse_body(bytes: &[u8], max_depth: usize, revision: Option<&str>) -> Result<Body, BodyError> {
+pub fn parse_body(
+    bytes: &[u8],
+    max_depth: usize,
+    revision: Option<&str>,
+) -> Result<Body, BodyError> {
     // Depth is checked on the raw bytes first so a hostile body never reaches the
     // recursive parser's own limit (or the stack).
     if json_depth_exceeds(bytes, max_depth) {
         return Err(BodyError::TooDeep(max_depth));
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| BodyError::Parse(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| BodyError::Parse(e.to_string()))?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -286,7 +301,11 @@ pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
 /// MCP 2026-07-28 mirrors the method (and the tool/prompt/resource name) in headers;
 /// a proxy must reject a request whose headers disagree with its body, since routing
 /// by header and deciding by body must see the same call. Policy always reads the body.
-pub fn check_mirror_headers(headers: &HeaderMap, msg: &Message, revision: Option<&str>) -> Result<(), String> {
+pub fn check_mirror_headers(
+    headers: &HeaderMap,
+    msg: &Message,
+    revision: Option<&str>,
+) -> Result<(), String> {
     let header = |name: &str| -> Result<Option<&str>, String> {
         let mut values = headers.get_all(name).iter();
         let first = values.next();
@@ -294,7 +313,10 @@ pub fn check_mirror_headers(headers: &HeaderMap, msg: &Message, revision: Option
             return Err(format!("{name} header appears more than once"));
         }
         first
-            .map(|v| v.to_str().map_err(|_| format!("{name} header is not visible ASCII")))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| format!("{name} header is not visible ASCII"))
+            })
             .transpose()
     };
     let method_h = header("mcp-method")?;
@@ -303,18 +325,28 @@ pub fn check_mirror_headers(headers: &HeaderMap, msg: &Message, revision: Option
     let body_method = msg.method.as_deref();
     match (method_h, body_method) {
         (Some(h), Some(b)) if h != b => {
-            return Err(format!("Mcp-Method header {h:?} does not match the body's method {b:?}"));
+            return Err(format!(
+                "Mcp-Method header {h:?} does not match the body's method {b:?}"
+            ));
         }
-        (Some(_), None) => return Err("Mcp-Method header is set on a message without a method".into()),
+        (Some(_), None) => {
+            return Err("Mcp-Method header is set on a message without a method".into());
+        }
         (None, Some(_)) if stateless => {
-            return Err(format!("protocol revision {REV_STATELESS} requires the Mcp-Method header"));
+            return Err(format!(
+                "protocol revision {REV_STATELESS} requires the Mcp-Method header"
+            ));
         }
         _ => {}
     }
     match (name_h, msg.mirrored_name()) {
-        (Some(h), Some(b)) if h != b => Err(format!("Mcp-Name header {h:?} does not match the body's {b:?}")),
+        (Some(h), Some(b)) if h != b => Err(format!(
+            "Mcp-Name header {h:?} does not match the body's {b:?}"
+        )),
         (Some(_), None) => Err("Mcp-Name header is set but the body names nothing".into()),
-        (None, Some(_)) if stateless => Err(format!("protocol revision {REV_STATELESS} requires the Mcp-Name header")),
+        (None, Some(_)) if stateless => Err(format!(
+            "protocol revision {REV_STATELESS} requires the Mcp-Name header"
+        )),
         _ => Ok(()),
     }
 }
@@ -330,7 +362,13 @@ pub fn error_response(id: Value, code: i64, message: &str, reason: &str) -> Valu
 
 /// A `tools/call` blocked by the gateway, as a tool-execution error the model can read
 /// and adapt to, with the machine-readable decision beside it in `_meta`.
-pub fn blocked_tool_result(id: Value, decision: &str, reason: &str, text: &str, stateless: bool) -> Value {
+pub fn blocked_tool_result(
+    id: Value,
+    decision: &str,
+    reason: &str,
+    text: &str,
+    stateless: bool,
+) -> Value {
     let mut result = json!({
         "content": [{"type": "text", "text": text}],
         "isError": true,
@@ -357,10 +395,16 @@ mod tests {
 
     #[test]
     fn tools_call_yields_name_and_arguments() {
-        let m = msg(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"deploy_service","arguments":{"env":"prod"}}}));
+        let m = msg(
+            json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"deploy_service","arguments":{"env":"prod"}}}),
+        );
         assert_eq!(m.kind, MessageKind::Request);
-        assert_eq!(m.tool_call().unwrap(), Some(("deploy_service".into(), json!({"env":"prod"}))));
-        let no_args = msg(json!({"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t"}}));
+        assert_eq!(
+            m.tool_call().unwrap(),
+            Some(("deploy_service".into(), json!({"env":"prod"})))
+        );
+        let no_args =
+            msg(json!({"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t"}}));
         assert_eq!(no_args.tool_call().unwrap(), Some(("t".into(), json!({}))));
     }
 
@@ -368,14 +412,22 @@ mod tests {
     fn malformed_tools_call_is_invalid_with_its_id() {
         let bad = msg(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":5}}));
         assert_eq!(bad.tool_call().unwrap_err().id, json!(3));
-        let bad_args = msg(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":[1]}}));
+        let bad_args = msg(
+            json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":[1]}}),
+        );
         assert!(bad_args.tool_call().is_err());
     }
 
     #[test]
     fn kinds_are_told_apart() {
-        assert_eq!(msg(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).kind, MessageKind::Notification);
-        assert_eq!(msg(json!({"jsonrpc":"2.0","id":1,"result":{}})).kind, MessageKind::Response);
+        assert_eq!(
+            msg(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).kind,
+            MessageKind::Notification
+        );
+        assert_eq!(
+            msg(json!({"jsonrpc":"2.0","id":1,"result":{}})).kind,
+            MessageKind::Response
+        );
         for bad in [
             json!({"jsonrpc":"1.0","id":1,"method":"x"}),
             json!({"id":1,"method":"x"}),
@@ -410,10 +462,22 @@ mod tests {
             Body::Single(_) => panic!("expected a batch"),
         }
         assert!(parse_body(b, 64, Some("2025-03-26")).is_ok());
-        assert!(matches!(parse_body(b, 64, Some("2025-06-18")), Err(BodyError::BatchNotAllowed(_))));
-        assert!(matches!(parse_body(b"[]", 64, None), Err(BodyError::EmptyBatch)));
-        assert!(matches!(parse_body(b"{", 64, None), Err(BodyError::Parse(_))));
-        assert!(matches!(parse_body(&[0xff, 0xfe], 64, None), Err(BodyError::Parse(_))));
+        assert!(matches!(
+            parse_body(b, 64, Some("2025-06-18")),
+            Err(BodyError::BatchNotAllowed(_))
+        ));
+        assert!(matches!(
+            parse_body(b"[]", 64, None),
+            Err(BodyError::EmptyBatch)
+        ));
+        assert!(matches!(
+            parse_body(b"{", 64, None),
+            Err(BodyError::Parse(_))
+        ));
+        assert!(matches!(
+            parse_body(&[0xff, 0xfe], 64, None),
+            Err(BodyError::Parse(_))
+        ));
     }
 
     #[test]

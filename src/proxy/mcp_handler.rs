@@ -19,10 +19,21 @@ use crate::audit::PendingRecord;
 use crate::fingerprint;
 use crate::policy::Effect;
 
-pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<Incoming>, ctx: RequestContext) -> Response<BoxBody> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    mount: &Mount,
+    rest: &str,
+    req: Request<Incoming>,
+    ctx: RequestContext,
+) -> Response<BoxBody> {
     // The MCP endpoint is one path; nothing lives below it.
     if !rest.is_empty() {
-        return answer::bad_input(true, StatusCode::NOT_FOUND, "no_such_route", "the MCP endpoint has no sub-paths");
+        return answer::bad_input(
+            true,
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+            "the MCP endpoint has no sub-paths",
+        );
     }
     match *req.method() {
         Method::POST => post(gw, mount, req, ctx).await,
@@ -34,7 +45,10 @@ pub async fn handle(gw: &Arc<Gateway>, mount: &Mount, rest: &str, req: Request<I
                 "method_not_allowed",
                 "the MCP endpoint accepts POST, GET and DELETE",
             );
-            r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, POST, DELETE"));
+            r.headers_mut().insert(
+                header::ALLOW,
+                header::HeaderValue::from_static("GET, POST, DELETE"),
+            );
             r
         }
     }
@@ -47,8 +61,15 @@ fn revision_header(headers: &HeaderMap) -> Result<Option<String>, &'static str> 
     if all.next().is_some() {
         return Err("MCP-Protocol-Version appears more than once");
     }
-    let s = v.to_str().map_err(|_| "MCP-Protocol-Version is not visible ASCII")?;
-    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    let s = v
+        .to_str()
+        .map_err(|_| "MCP-Protocol-Version is not visible ASCII")?;
+    if s.is_empty()
+        || s.len() > 32
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return Err("MCP-Protocol-Version is not a protocol revision");
     }
     Ok(Some(s.to_string()))
@@ -63,7 +84,12 @@ fn is_json_content(headers: &HeaderMap) -> bool {
 }
 
 /// Reads a request body up to `limit` bytes: `Err` is the answer to give.
-pub(super) async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize, is_mcp: bool) -> Result<Bytes, Response<BoxBody>> {
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    is_mcp: bool,
+) -> Result<Bytes, Response<BoxBody>> {
     let too_large = || {
         answer::bad_input(
             is_mcp,
@@ -98,7 +124,10 @@ enum Verdict {
     /// Answer a request ourselves with this JSON-RPC response.
     Answer(Value),
     /// Refuse a notification or response (nothing to answer by id).
-    Refuse { reason: String, message: String },
+    Refuse {
+        reason: String,
+        message: String,
+    },
 }
 
 /// One message's decision and its evidence record.
@@ -109,7 +138,12 @@ struct Decided {
     record: PendingRecord,
 }
 
-async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: RequestContext) -> Response<BoxBody> {
+async fn post(
+    gw: &Arc<Gateway>,
+    mount: &Mount,
+    req: Request<Incoming>,
+    ctx: RequestContext,
+) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
     let reject = |reason: &str| {
         let mut rec = gw.record(&ctx, &mount.upstream.name);
@@ -131,7 +165,13 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
         Ok(r) => r,
         Err(msg) => {
             reject("bad_header");
-            return answer::jsonrpc_error(StatusCode::BAD_REQUEST, Value::Null, codes::INVALID_REQUEST, "bad_header", msg);
+            return answer::jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                codes::INVALID_REQUEST,
+                "bad_header",
+                msg,
+            );
         }
     };
     let bytes = match read_body(body, &parts.headers, gw.max_body_bytes, true).await {
@@ -145,14 +185,23 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
         Ok(b) => b,
         Err(e) => {
             reject(e.reason());
-            return answer::jsonrpc_error(StatusCode::BAD_REQUEST, e.id(), e.code(), e.reason(), &e.to_string());
+            return answer::jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                e.id(),
+                e.code(),
+                e.reason(),
+                &e.to_string(),
+            );
         }
     };
 
     let input_base = gw.base_input(mount, &parts.method, parts.uri.path(), &parts.headers);
     match parsed {
         Body::Single(msg) => {
-            let rev = revision.as_deref().or(msg.declared_revision()).map(str::to_string);
+            let rev = revision
+                .as_deref()
+                .or(msg.declared_revision())
+                .map(str::to_string);
             if let Err(m) = mcp::check_mirror_headers(&parts.headers, &msg, rev.as_deref()) {
                 reject("header_mismatch");
                 return answer::jsonrpc_error(
@@ -164,7 +213,15 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
                 );
             }
             let stateless = rev.as_deref().is_some_and(|r| r >= mcp::REV_STATELESS);
-            let decided = decide_message(gw, mount, &ctx, &input_base, &msg, rev.as_deref(), stateless);
+            let decided = decide_message(
+                gw,
+                mount,
+                &ctx,
+                &input_base,
+                &msg,
+                rev.as_deref(),
+                stateless,
+            );
             match decided.verdict {
                 Verdict::Forward => {
                     let lists: HashSet<String> = decided
@@ -173,7 +230,18 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
                         .flatten()
                         .into_iter()
                         .collect();
-                    forward(gw, mount, parts, bytes, vec![decided.record], lists, Vec::new(), false, rev).await
+                    forward(
+                        gw,
+                        mount,
+                        parts,
+                        bytes,
+                        vec![decided.record],
+                        lists,
+                        Vec::new(),
+                        false,
+                        rev,
+                    )
+                    .await
                 }
                 Verdict::Answer(v) => {
                     decided.record.finish("blocked", None);
@@ -181,7 +249,13 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
                 }
                 Verdict::Refuse { reason, message } => {
                     decided.record.finish("blocked", None);
-                    answer::jsonrpc_error(StatusCode::FORBIDDEN, Value::Null, codes::BLOCKED, &reason, &message)
+                    answer::jsonrpc_error(
+                        StatusCode::FORBIDDEN,
+                        Value::Null,
+                        codes::BLOCKED,
+                        &reason,
+                        &message,
+                    )
                 }
             }
         }
@@ -197,10 +271,23 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
                         rec.get_mut().decision = "reject";
                         rec.get_mut().reason = "invalid_request".into();
                         rec.finish("rejected", None);
-                        answers.push(mcp::error_response(inv.id, codes::INVALID_REQUEST, &inv.message, "invalid_request"));
+                        answers.push(mcp::error_response(
+                            inv.id,
+                            codes::INVALID_REQUEST,
+                            &inv.message,
+                            "invalid_request",
+                        ));
                     }
                     Ok(msg) => {
-                        let d = decide_message(gw, mount, &ctx, &input_base, &msg, revision.as_deref(), false);
+                        let d = decide_message(
+                            gw,
+                            mount,
+                            &ctx,
+                            &input_base,
+                            &msg,
+                            revision.as_deref(),
+                            false,
+                        );
                         match d.verdict {
                             Verdict::Forward => {
                                 if d.is_tools_list
@@ -227,8 +314,12 @@ async fn post(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: Req
                     answer::json(StatusCode::OK, &Value::Array(answers))
                 };
             }
-            let body = Bytes::from(serde_json::to_vec(&Value::Array(forwarded)).unwrap_or_default());
-            forward(gw, mount, parts, body, records, lists, answers, true, revision).await
+            let body =
+                Bytes::from(serde_json::to_vec(&Value::Array(forwarded)).unwrap_or_default());
+            forward(
+                gw, mount, parts, body, records, lists, answers, true, revision,
+            )
+            .await
         }
     }
 }
@@ -262,7 +353,12 @@ fn decide_message(
             return Decided {
                 msg_id: msg.id.clone(),
                 is_tools_list: false,
-                verdict: Verdict::Answer(mcp::error_response(inv.id, -32602, &inv.message, "invalid_params")),
+                verdict: Verdict::Answer(mcp::error_response(
+                    inv.id,
+                    -32602,
+                    &inv.message,
+                    "invalid_params",
+                )),
                 record,
             };
         }
@@ -278,7 +374,8 @@ fn decide_message(
         r.decision = effect_name(&decision);
         r.policy_revision = decision.revision.to_string();
     }
-    let is_tools_list = msg.method.as_deref() == Some("tools/list") && msg.kind == MessageKind::Request;
+    let is_tools_list =
+        msg.method.as_deref() == Some("tools/list") && msg.kind == MessageKind::Request;
     let verdict = if decision.effect == Effect::Allow {
         record.get_mut().reason = "allowed".into();
         Verdict::Forward
@@ -290,9 +387,17 @@ fn decide_message(
             (MessageKind::Request, Some((name, _)), Some(id)) => {
                 let text = match decision.effect {
                     Effect::Approve => format!("The tool call {name} was not run: {message}"),
-                    _ => format!("The tool call {name} was blocked by policy ({reason}): {message}"),
+                    _ => {
+                        format!("The tool call {name} was blocked by policy ({reason}): {message}")
+                    }
                 };
-                Verdict::Answer(mcp::blocked_tool_result(id.clone(), decision_name, &reason, &text, stateless))
+                Verdict::Answer(mcp::blocked_tool_result(
+                    id.clone(),
+                    decision_name,
+                    &reason,
+                    &text,
+                    stateless,
+                ))
             }
             (MessageKind::Request, None, Some(id)) => Verdict::Answer(mcp::error_response(
                 id.clone(),
@@ -329,9 +434,21 @@ async fn forward(
 ) -> Response<BoxBody> {
     let uri = match mount.upstream.target("", parts.uri.query()) {
         Ok(u) => u,
-        Err(e) => return answer::jsonrpc_error(StatusCode::BAD_GATEWAY, Value::Null, codes::UPSTREAM_UNAVAILABLE, "upstream_error", &e.to_string()),
+        Err(e) => {
+            return answer::jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                Value::Null,
+                codes::UPSTREAM_UNAVAILABLE,
+                "upstream_error",
+                &e.to_string(),
+            );
+        }
     };
-    let mut req = Request::builder().method(parts.method).uri(uri).body(answer::full(body.clone())).unwrap_or_default();
+    let mut req = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .body(answer::full(body.clone()))
+        .unwrap_or_default();
     *req.headers_mut() = parts.headers;
     *req.version_mut() = http::Version::HTTP_11;
     let resp = mount.upstream.send(req).await;
@@ -366,7 +483,10 @@ async fn forward(
         filter_tools_list(&gw2, &mount_name, mount_kind, v, revision.as_deref())
     };
     if content_type.starts_with("text/event-stream") {
-        let prefix = answers.iter().map(|a| Bytes::from(mcp::sse_event(a))).collect();
+        let prefix = answers
+            .iter()
+            .map(|a| Bytes::from(mcp::sse_event(a)))
+            .collect();
         let stream = super::sse::rewrite_stream(rbody, prefix, Box::new(move |v| filter(v)));
         rparts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(rparts, StreamBody::new(stream).boxed_unsync());
@@ -396,7 +516,10 @@ async fn forward(
             single => {
                 let out = filter(&single).unwrap_or(single);
                 rparts.headers.remove(header::CONTENT_LENGTH);
-                return Response::from_parts(rparts, answer::full(serde_json::to_vec(&out).unwrap_or_default()));
+                return Response::from_parts(
+                    rparts,
+                    answer::full(serde_json::to_vec(&out).unwrap_or_default()),
+                );
             }
         };
         for item in items.iter_mut() {
@@ -406,7 +529,10 @@ async fn forward(
         }
         items.extend(answers);
         rparts.headers.remove(header::CONTENT_LENGTH);
-        return Response::from_parts(rparts, answer::full(serde_json::to_vec(&Value::Array(items)).unwrap_or_default()));
+        return Response::from_parts(
+            rparts,
+            answer::full(serde_json::to_vec(&Value::Array(items)).unwrap_or_default()),
+        );
     }
     if !answers.is_empty() && (rparts.status == StatusCode::ACCEPTED || content_type.is_empty()) {
         // Only notifications went upstream; the blocked requests still need answers.
@@ -417,7 +543,13 @@ async fn forward(
 
 /// The upstream could not be reached or timed out: every forwarded request gets a
 /// JSON-RPC error, with the gateway's own answers for the rest of a batch.
-fn upstream_failed(e: UpstreamError, records: Vec<PendingRecord>, mut answers: Vec<Value>, batch: bool, sent: &Bytes) -> Response<BoxBody> {
+fn upstream_failed(
+    e: UpstreamError,
+    records: Vec<PendingRecord>,
+    mut answers: Vec<Value>,
+    batch: bool,
+    sent: &Bytes,
+) -> Response<BoxBody> {
     tracing::warn!(error = %e, "upstream request failed");
     for mut r in records {
         r.get_mut().reason = e.reason().to_string();
@@ -437,15 +569,25 @@ fn upstream_failed(e: UpstreamError, records: Vec<PendingRecord>, mut answers: V
         answers.extend(errors);
         return answer::json(e.status(), &Value::Array(answers));
     }
-    let one = errors
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| mcp::error_response(Value::Null, codes::UPSTREAM_UNAVAILABLE, &message, e.reason()));
+    let one = errors.into_iter().next().unwrap_or_else(|| {
+        mcp::error_response(
+            Value::Null,
+            codes::UPSTREAM_UNAVAILABLE,
+            &message,
+            e.reason(),
+        )
+    });
     answer::json(e.status(), &one)
 }
 
 /// Hides the tools that policy denies outright (phase `list`).
-fn filter_tools_list(gw: &Gateway, upstream: &str, kind: crate::config::UpstreamKind, response: &Value, revision: Option<&str>) -> Option<Value> {
+fn filter_tools_list(
+    gw: &Gateway,
+    upstream: &str,
+    kind: crate::config::UpstreamKind,
+    response: &Value,
+    revision: Option<&str>,
+) -> Option<Value> {
     let tools = response.get("result")?.get("tools")?.as_array()?;
     let mut kept = Vec::with_capacity(tools.len());
     let mut hidden = 0usize;
@@ -485,7 +627,11 @@ fn filter_tools_list(gw: &Gateway, upstream: &str, kind: crate::config::Upstream
 
 fn clean_response_headers(h: &mut HeaderMap) {
     remove_hop_by_hop(h);
-    let spoofed: Vec<_> = h.keys().filter(|k| k.as_str().starts_with(GATEWAY_HEADER_PREFIX)).cloned().collect();
+    let spoofed: Vec<_> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+        .cloned()
+        .collect();
     for k in spoofed {
         h.remove(k);
     }
@@ -493,11 +639,19 @@ fn clean_response_headers(h: &mut HeaderMap) {
 
 /// GET (the server's SSE stream) and DELETE (end of a session): no JSON-RPC body, but
 /// still put to policy; the answer streams through.
-async fn stream_or_session(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incoming>, ctx: RequestContext) -> Response<BoxBody> {
+async fn stream_or_session(
+    gw: &Arc<Gateway>,
+    mount: &Mount,
+    req: Request<Incoming>,
+    ctx: RequestContext,
+) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
     let mut input = gw.base_input(mount, &parts.method, parts.uri.path(), &parts.headers);
     let revision = revision_header(&parts.headers).ok().flatten();
-    input.insert("mcp".into(), json!({"method": null, "kind": "request", "protocol_version": revision}));
+    input.insert(
+        "mcp".into(),
+        json!({"method": null, "kind": "request", "protocol_version": revision}),
+    );
     let decision = gw.decide(input);
     let mut rec = gw.record(&ctx, &mount.upstream.name);
     rec.get_mut().decision = effect_name(&decision);
@@ -506,12 +660,26 @@ async fn stream_or_session(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incomi
         let (reason, message) = block_reason(&decision);
         rec.get_mut().reason = reason.clone();
         rec.finish("blocked", None);
-        return answer::jsonrpc_error(StatusCode::FORBIDDEN, Value::Null, codes::BLOCKED, &reason, &format!("blocked by policy: {message}"));
+        return answer::jsonrpc_error(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            codes::BLOCKED,
+            &reason,
+            &format!("blocked by policy: {message}"),
+        );
     }
     rec.get_mut().reason = "allowed".into();
     let uri = match mount.upstream.target("", parts.uri.query()) {
         Ok(u) => u,
-        Err(e) => return answer::jsonrpc_error(StatusCode::BAD_GATEWAY, Value::Null, codes::UPSTREAM_UNAVAILABLE, "upstream_error", &e.to_string()),
+        Err(e) => {
+            return answer::jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                Value::Null,
+                codes::UPSTREAM_UNAVAILABLE,
+                "upstream_error",
+                &e.to_string(),
+            );
+        }
     };
     let mut req = Request::builder()
         .method(parts.method)
@@ -529,7 +697,13 @@ async fn stream_or_session(gw: &Arc<Gateway>, mount: &Mount, req: Request<Incomi
         Err(e) => {
             rec.get_mut().reason = e.reason().to_string();
             rec.finish("upstream_failed", None);
-            answer::jsonrpc_error(e.status(), Value::Null, codes::UPSTREAM_UNAVAILABLE, e.reason(), &e.to_string())
+            answer::jsonrpc_error(
+                e.status(),
+                Value::Null,
+                codes::UPSTREAM_UNAVAILABLE,
+                e.reason(),
+                &e.to_string(),
+            )
         }
     }
 }

@@ -124,10 +124,19 @@ impl Gateway {
             rec.get_mut().decision = "reject";
             rec.get_mut().reason = "bad_path".into();
             rec.finish("rejected", None);
-            return answer::bad_input(is_mcp, http::StatusCode::BAD_REQUEST, "bad_path", &e.to_string());
+            return answer::bad_input(
+                is_mcp,
+                http::StatusCode::BAD_REQUEST,
+                "bad_path",
+                &e.to_string(),
+            );
         }
         let Some(mount) = mount else {
-            return answer::http_error(http::StatusCode::NOT_FOUND, "no_such_route", "no upstream is mounted at this path");
+            return answer::http_error(
+                http::StatusCode::NOT_FOUND,
+                "no_such_route",
+                "no upstream is mounted at this path",
+            );
         };
         let rest = mount.rest(&path).unwrap_or_default().to_string();
         match mount.kind {
@@ -137,7 +146,13 @@ impl Gateway {
     }
 
     /// The parts of the policy input every call shares.
-    fn base_input(&self, mount: &Mount, method: &Method, path: &str, headers: &HeaderMap) -> Map<String, Value> {
+    fn base_input(
+        &self,
+        mount: &Mount,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Map<String, Value> {
         let mut h = Map::new();
         for name in POLICY_HEADERS {
             if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {

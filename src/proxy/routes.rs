@@ -109,7 +109,11 @@ pub struct Route {
 }
 
 /// Finds the route for a request below the mount.
-pub fn find<'a>(routes: &'a [Route], method: &http::Method, path: &str) -> Option<(&'a Route, Map<String, Value>)> {
+pub fn find<'a>(
+    routes: &'a [Route],
+    method: &http::Method,
+    path: &str,
+) -> Option<(&'a Route, Map<String, Value>)> {
     routes.iter().find_map(|r| {
         if r.method != method {
             return None;
@@ -163,7 +167,10 @@ mod tests {
     fn template_extracts_decoded_parameters() {
         let t = PathTemplate::parse("/projects/{project}/issues/{id}").unwrap();
         let p = t.matches("/projects/pay%20ments/issues/42").unwrap();
-        assert_eq!(Value::Object(p), json!({"project": "pay ments", "id": "42"}));
+        assert_eq!(
+            Value::Object(p),
+            json!({"project": "pay ments", "id": "42"})
+        );
         assert!(t.matches("/projects/x/issues").is_none());
         assert!(t.matches("/projects/x/issues/1/extra").is_none());
         assert!(t.matches("/project/x/issues/1").is_none());
@@ -182,7 +189,10 @@ mod tests {
     #[test]
     fn repeated_query_keys_become_arrays() {
         let q = query_arguments(Some("a=1&b=x+y&a=2&c")).unwrap();
-        assert_eq!(Value::Object(q), json!({"a": ["1", "2"], "b": "x y", "c": ""}));
+        assert_eq!(
+            Value::Object(q),
+            json!({"a": ["1", "2"], "b": "x y", "c": ""})
+        );
         assert!(query_arguments(Some("a=%FF")).is_err());
     }
 }

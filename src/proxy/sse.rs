@@ -138,11 +138,9 @@ mod tests {
     use serde_json::json;
 
     async fn collect(prefix: Vec<Bytes>, input: &'static [u8], rewrite: Rewrite) -> Vec<String> {
-        let body = StreamBody::new(futures_util::stream::iter(
-            input
-                .chunks(7)
-                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c)))),
-        ));
+        let body = StreamBody::new(futures_util::stream::iter(input.chunks(7).map(|c| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c)))
+        })));
         let s = rewrite_stream(body, prefix, rewrite);
         s.map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
             .collect()
@@ -161,13 +159,24 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[0], "data: pre\n\n");
         assert!(out[1].contains("notifications/progress"));
-        assert_eq!(out[2], "event: message\ndata: {\"id\":2,\"rewritten\":true}\n\n");
+        assert_eq!(
+            out[2],
+            "event: message\ndata: {\"id\":2,\"rewritten\":true}\n\n"
+        );
     }
 
     #[tokio::test]
     async fn non_json_and_partial_events_pass_untouched() {
-        let out = collect(vec![], b": keep-alive\n\ndata: not json\n\ndata: tail", Box::new(|_| Some(json!(1)))).await;
-        assert_eq!(out, vec![": keep-alive\n\n", "data: not json\n\n", "data: tail"]);
+        let out = collect(
+            vec![],
+            b": keep-alive\n\ndata: not json\n\ndata: tail",
+            Box::new(|_| Some(json!(1))),
+        )
+        .await;
+        assert_eq!(
+            out,
+            vec![": keep-alive\n\n", "data: not json\n\n", "data: tail"]
+        );
         let _ = Full::new(Bytes::new());
     }
 }

@@ -84,7 +84,10 @@ impl Upstream {
             (Some(c), Some(s)) => {
                 let mut v = HeaderValue::from_str(s.expose())?;
                 v.set_sensitive(true);
-                Some((HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes())?, v))
+                Some((
+                    HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes())?,
+                    v,
+                ))
             }
             _ => None,
         };
@@ -114,13 +117,21 @@ impl Upstream {
         }
         Uri::builder()
             .scheme(self.base.scheme_str().unwrap_or("http"))
-            .authority(self.base.authority().map(|a| a.as_str()).unwrap_or_default())
+            .authority(
+                self.base
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default(),
+            )
             .path_and_query(pq)
             .build()
     }
 
     /// Sends the request with clean headers and the upstream's credential.
-    pub async fn send(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        mut req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         clean_request_headers(req.headers_mut(), self.forward_agent_authorization);
         let h = req.headers_mut();
         h.insert(header::HOST, self.authority.clone());
@@ -204,7 +215,12 @@ mod tests {
         h.insert("X-Ciba-Gate-Approved", "yes".parse().unwrap());
         h.insert("authorization", "Bearer agent".parse().unwrap());
         h.insert("mcp-session-id", "abc".parse().unwrap());
-        h.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        h.insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                .parse()
+                .unwrap(),
+        );
         clean_request_headers(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["mcp-session-id", "traceparent"]);

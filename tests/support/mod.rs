@@ -21,7 +21,9 @@ pub fn free_port() -> u16 {
 
 /// Directory of the Node peers (official MCP SDK client and server).
 pub fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("interop")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("interop")
 }
 
 /// A child process that is killed (and reaped) when dropped. Its stderr (and
@@ -106,9 +108,18 @@ impl ChildGuard {
 
     /// Everything the process wrote so far, for failure messages.
     pub fn logs(&self) -> String {
-        let mut s = format!("----- {} (pid {}) stderr -----\n{}", self.name, self.id(), self.stderr_text());
+        let mut s = format!(
+            "----- {} (pid {}) stderr -----\n{}",
+            self.name,
+            self.id(),
+            self.stderr_text()
+        );
         if self.stdout_path.is_some() {
-            s.push_str(&format!("\n----- {} stdout -----\n{}", self.name, self.stdout_text()));
+            s.push_str(&format!(
+                "\n----- {} stdout -----\n{}",
+                self.name,
+                self.stdout_text()
+            ));
         }
         s
     }
@@ -180,7 +191,11 @@ pub fn wait_for_port(port: u16, timeout: Duration, mut child: Option<&mut ChildG
         }
         if let Some(c) = child.as_deref_mut() {
             if let Some(st) = c.try_status() {
-                panic!("{} exited ({st}) before listening on {addr}\n{}", c.name, c.logs());
+                panic!(
+                    "{} exited ({st}) before listening on {addr}\n{}",
+                    c.name,
+                    c.logs()
+                );
             }
         }
         if Instant::now() >= deadline {
@@ -239,7 +254,11 @@ pub fn ensure_node_peers() -> PathBuf {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        assert!(marker.exists(), "`npm ci` succeeded but {} is missing", marker.display());
+        assert!(
+            marker.exists(),
+            "`npm ci` succeeded but {} is missing",
+            marker.display()
+        );
     }
     *done = true;
     dir

@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# Load benchmark: MCP `tools/call` of an allowed tool with varied arguments, measured
+# in one run against
+#   (a) the demo MCP tool server directly,
+#   (b) nginx as a plain reverse proxy (HTTP/1.1 keepalive pool to the upstream),
+#   (c) ciba-gate (full JSON-RPC parsing + a Rego decision + an evidence record per call).
+#
+# Usage: benches/load/run.sh          (from anywhere; needs cargo, wrk, nginx, curl)
+# Knobs (environment):
+#   THREADS=2 CONNS=32 DURATION=10s WARMUP=3s   wrk settings, identical for every target
+#   ROUNDS=1              repeat direct/nginx/gateway this many times (interleaved)
+#   NGINX_WORKERS=$(nproc)  NGINX_KEEPALIVE=64  NGINX_ACCESS_LOG=off (or "on": buffered file log)
+#   PORT_UPSTREAM=19180 PORT_NGINX=19181 PORT_GATEWAY=19182   (all on 127.0.0.1)
+#   SKIP_BUILD=0          1 = use the existing target/release/ciba-gate
+#   BUILD_TIMEOUT=1800    seconds
+#   QUIET_WAIT=900        seconds to wait for other cargo/rustc processes to finish first
+#   KEEP_TMP=0            1 = keep the temp dir (configs, logs, wrk outputs, evidence)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LUA="$ROOT/benches/load/tools_call.lua"
+BIN="$ROOT/target/release/ciba-gate"
+
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+ROUNDS=${ROUNDS:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-$(nproc)}
+NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}
+NGINX_ACCESS_LOG=${NGINX_ACCESS_LOG:-off}
+PORT_UPSTREAM=${PORT_UPSTREAM:-19180}
+PORT_NGINX=${PORT_NGINX:-19181}
+PORT_GATEWAY=${PORT_GATEWAY:-19182}
+SKIP_BUILD=${SKIP_BUILD:-0}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+QUIET_WAIT=${QUIET_WAIT:-900}
+KEEP_TMP=${KEEP_TMP:-0}
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in cargo wrk nginx curl ss timeout; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nginx-light curl)"
+done
+
+# "10s" / "1m" / "10" -> seconds
+secs() {
+    local v=$1
+    case $v in
+        *ms) echo 1 ;;
+        *s) echo "${v%s}" ;;
+        *m) echo $(( ${v%m} * 60 )) ;;
+        *) echo "$v" ;;
+    esac
+}
+
+TMP=$(mktemp -d /tmp/ciba-gate-load.XXXXXX)
+chmod 755 "$TMP"   # nginx workers may run as an unprivileged user
+PIDS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.3
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [ "$KEEP_TMP" = 1 ]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_quiet() {
+    local waited=0
+    while pgrep -x 'cargo|rustc' >/dev/null; do
+        if [ "$waited" -ge "$QUIET_WAIT" ]; then
+            log "warning: cargo/rustc still running after ${QUIET_WAIT}s; numbers will be noisy"
+            return
+        fi
+        [ "$waited" = 0 ] && log "waiting for other cargo/rustc processes to finish (max ${QUIET_WAIT}s)"
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+
+for p in "$PORT_UPSTREAM" "$PORT_NGINX" "$PORT_GATEWAY"; do
+    if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use"; fi
+done
+
+# --- build --------------------------------------------------------------------------
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "cargo build --release"
+    (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --bin ciba-gate) || die "release build failed"
+fi
+[ -x "$BIN" ] || die "$BIN missing"
+
+# --- start everything ----------------------------------------------------------------
+BODY_OK='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_deployments","arguments":{"env":"prod"}}}'
+probe() { # url body -> prints the answer
+    curl -sS --max-time 2 -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+        -H 'MCP-Protocol-Version: 2025-06-18' --data "$2" "$1"
+}
+wait_up() { # name url
+    for _ in $(seq 1 100); do
+        if probe "$2" "$BODY_OK" 2>/dev/null | grep -q '"isError":false'; then return 0; fi
+        sleep 0.1
+    done
+    die "$1 did not answer a tools/call at $2 within 10s"
+}
+
+log "starting demo tool server on 127.0.0.1:$PORT_UPSTREAM"
+"$BIN" demo-tools --listen "127.0.0.1:$PORT_UPSTREAM" >"$TMP/upstream.log" 2>&1 &
+UP_PID=$!; PIDS+=("$UP_PID")
+wait_up upstream "http://127.0.0.1:$PORT_UPSTREAM/mcp"
+
+mkdir -p "$TMP/nginx"
+if [ "$NGINX_ACCESS_LOG" = on ]; then
+    ACCESS="access_log $TMP/nginx/access.log combined buffer=64k flush=1s;"
+else
+    ACCESS="access_log off;"
+fi
+cat >"$TMP/nginx/nginx.conf" <<NGINX
+worker_processes $NGINX_WORKERS;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    $ACCESS
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;   # do not make wrk reconnect every 1000 requests
+    keepalive_timeout 75s;
+    upstream tools {
+        server 127.0.0.1:$PORT_UPSTREAM;
+        keepalive $NGINX_KEEPALIVE;            # idle keepalive connections per worker
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX;
+        location /mcp {
+            proxy_pass http://tools;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINX
+log "starting nginx ($NGINX_WORKERS workers, upstream keepalive $NGINX_KEEPALIVE) on 127.0.0.1:$PORT_NGINX"
+nginx -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" || die "nginx config test failed"
+nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/stdout.log" 2>&1 &
+NGX_PID=$!; PIDS+=("$NGX_PID")
+wait_up nginx "http://127.0.0.1:$PORT_NGINX/mcp"
+
+cat >"$TMP/gateway.yaml" <<YAML
+listen: "127.0.0.1:$PORT_GATEWAY"
+agent: {id: bench-agent, namespace: agents}
+policy: {dir: $ROOT/policies, reload_interval: 0s}
+evidence: {sink: file, path: $TMP/evidence.jsonl}
+upstreams:
+  - name: tools
+    kind: mcp
+    mount: /mcp
+    url: http://127.0.0.1:$PORT_UPSTREAM/mcp
+YAML
+log "starting ciba-gate on 127.0.0.1:$PORT_GATEWAY"
+"$BIN" serve --config "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 &
+GW_PID=$!; PIDS+=("$GW_PID")
+wait_up ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp"
+
+# The gateway really decides: a destructive tool is blocked, the allowed one is not.
+DENIED=$(probe "http://127.0.0.1:$PORT_GATEWAY/mcp" \
+    '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository","arguments":{"repo":"x"}}}')
+echo "$DENIED" | grep -q '"ciba-gate/decision":"deny"' || die "gateway did not deny delete_repository: $DENIED"
+log "policy check: delete_repository denied, list_deployments allowed"
+
+# --- measure -------------------------------------------------------------------------
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pids... -> summed utime+stime of these processes and their children
+    local total=0 pid t
+    for pid in "$@"; do
+        for p in "$pid" $(pgrep -P "$pid" || true); do
+            t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+            total=$((total + t))
+        done
+    done
+    echo "$total"
+}
+
+DUR_S=$(secs "$DURATION")
+WARM_S=$(secs "$WARMUP")
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+
+run_one() { # name url proxy_pid
+    local name=$1 url=$2 ppid=$3 out="$TMP/wrk-$1-$4.txt"
+    wait_quiet
+    log "$name: warm-up $WARMUP"
+    timeout $((WARM_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$LUA" "$url" >/dev/null
+    sleep 1
+    local up0 px0 up1 px1 ev0 ev1
+    ev0=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
+    up0=$(cpu_ticks "$UP_PID"); px0=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
+    log "$name: $DURATION, -t$THREADS -c$CONNS"
+    timeout $((DUR_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$LUA" "$url" | tee "$out" >&2
+    up1=$(cpu_ticks "$UP_PID"); px1=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
+    sleep 1
+    ev1=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
+    local line; line=$(grep '^WRK_RESULT' "$out") || die "no WRK_RESULT in $out"
+    # shellcheck disable=SC2086
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$line" "$((up1 - up0))" "$((px1 - px0))" "$((ev1 - ev0))" "$4" >>"$RESULTS"
+    sleep 1
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    run_one direct "http://127.0.0.1:$PORT_UPSTREAM/mcp" "" "$round"
+    run_one nginx "http://127.0.0.1:$PORT_NGINX/mcp" "$NGX_PID" "$round"
+    run_one ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp" "$GW_PID" "$round"
+done
+
+# --- report --------------------------------------------------------------------------
+field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+echo
+echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency (warm-up $WARMUP), $(nproc) CPUs, nginx: $NGINX_WORKERS workers, upstream keepalive $NGINX_KEEPALIVE, access_log $NGINX_ACCESS_LOG"
+echo
+echo "| round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | proxy CPU µs/req | upstream CPU µs/req | evidence lines |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+while IFS=$'\t' read -r name line up_t px_t ev round; do
+    req=$(field "$line" req); rps=$(field "$line" rps)
+    p50=$(field "$line" p50_us); p90=$(field "$line" p90_us); p99=$(field "$line" p99_us); max=$(field "$line" max_us)
+    errs=$(( $(field "$line" non2xx) + $(field "$line" bad_body) + $(field "$line" sock_err) ))
+    px="-"; evs="-"
+    if [ "$name" != direct ]; then px=$(awk -v t="$px_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}'); fi
+    if [ "$name" = ciba-gate ]; then evs=$ev; fi
+    upc=$(awk -v t="$up_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}')
+    awk -v ro="$round" -v n="$name" -v rps="$rps" -v a="$p50" -v b="$p90" -v c="$p99" -v d="$max" -v e="$errs" -v px="$px" -v up="$upc" -v ev="$evs" \
+        'BEGIN{printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s |\n", ro, n, rps, a/1000, b/1000, c/1000, d/1000, e, px, up, ev}'
+done <"$RESULTS"
+echo
+echo "errors = non-2xx + 2xx without a successful tool result + socket errors."
+echo "evidence lines = records the gateway wrote during the measured run (one per call)."

@@ -1,0 +1,512 @@
+//! Decision semantics of the policy engine, loading rules and limits, on small
+//! policies written for each case.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use ciba_gate::policy::testing::run_tests;
+use ciba_gate::policy::{Effect, EvalPath, PolicyEngine, PolicyError, PolicyOptions};
+use serde_json::json;
+
+fn write(dir: &Path, name: &str, content: &str) {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, content).unwrap();
+}
+
+/// A policy directory with one `ciba_gate` module.
+fn policy(rego: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "policy.rego",
+        &format!("package ciba_gate\nimport rego.v1\n{rego}\n"),
+    );
+    dir
+}
+
+fn both(engine: &PolicyEngine, input: &serde_json::Value) -> ciba_gate::policy::Decision {
+    let a = engine.decide_on(input, EvalPath::Rvm);
+    let b = engine.decide_on(input, EvalPath::Interpreter);
+    assert_eq!(
+        (a.effect, &a.reasons, &a.approval),
+        (b.effect, &b.reasons, &b.approval),
+        "vm and interpreter disagree on {input}"
+    );
+    a
+}
+
+const LAYERED: &str = r#"
+deny contains "blocked by rule" if input.block
+deny contains {"code": "too_big", "message": "amount too big"} if input.amount > 100
+approval := {"action": "pay", "binding_message": "Pay", "scope": "openid"} if input.pay
+allow if input.ok
+"#;
+
+#[test]
+fn deny_wins_over_approval_and_allow() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    let d = both(
+        &e,
+        &json!({"phase": "request", "block": true, "pay": true, "ok": true}),
+    );
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("policy_denied"));
+    assert_eq!(d.reasons[0].message, "blocked by rule");
+    assert!(d.approval.is_none());
+}
+
+#[test]
+fn approval_wins_over_allow_in_request_and_list() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    for phase in ["request", "list"] {
+        let d = both(&e, &json!({"phase": phase, "pay": true, "ok": true}));
+        assert_eq!(d.effect, Effect::Approve);
+        assert_eq!(d.approval.unwrap()["action"], "pay");
+        assert!(d.reasons.is_empty());
+    }
+}
+
+#[test]
+fn approval_is_ignored_in_phase_approved() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    let d = both(&e, &json!({"phase": "approved", "pay": true}));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("no_matching_rule"));
+    let d = both(&e, &json!({"phase": "approved", "pay": true, "ok": true}));
+    assert_eq!(d.effect, Effect::Allow);
+    assert!(d.approval.is_none());
+}
+
+#[test]
+fn allow_alone_allows() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        both(&e, &json!({"phase": "request", "ok": true})).effect,
+        Effect::Allow
+    );
+}
+
+#[test]
+fn no_match_is_deny() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    let d = both(&e, &json!({"phase": "request"}));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("no_matching_rule"));
+    assert_eq!(d.revision, e.revision());
+}
+
+#[test]
+fn object_and_string_deny_reasons() {
+    let dir = policy(LAYERED);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    let d = both(&e, &json!({"block": true, "amount": 500}));
+    let mut got: Vec<(String, String)> = d
+        .reasons
+        .iter()
+        .map(|r| (r.code.clone(), r.message.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("policy_denied".to_string(), "blocked by rule".to_string()),
+            ("too_big".to_string(), "amount too big".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn eval_error_is_deny_policy_error_without_input_values() {
+    let dir = policy(r#"deny contains x if { x := to_number(input.secret) }"#);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    let secret = "hunter2-super-secret";
+    for path in [EvalPath::Rvm, EvalPath::Interpreter] {
+        let d = e.decide_on(&json!({"secret": secret}), path);
+        assert_eq!(d.effect, Effect::Deny);
+        assert_eq!(
+            d.reason_code(),
+            Some("policy_error"),
+            "{path:?} {:?}",
+            d.reasons
+        );
+        assert!(
+            !d.reasons[0].message.contains(secret),
+            "input value leaked: {}",
+            d.reasons[0].message
+        );
+    }
+}
+
+#[test]
+fn builtin_errors_can_follow_opa_semantics() {
+    let dir = policy(
+        r#"deny contains x if { x := to_number(input.n) }
+allow := true"#,
+    );
+    let opts = PolicyOptions {
+        strict_builtin_errors: false,
+        ..PolicyOptions::default()
+    };
+    let e = PolicyEngine::load_with(dir.path(), opts).unwrap();
+    // OPA: a built-in error makes the expression undefined.
+    assert_eq!(both(&e, &json!({"n": "abc"})).effect, Effect::Allow);
+    assert_eq!(both(&e, &json!({"n": "12"})).effect, Effect::Deny);
+}
+
+/// Two bodies of a complete rule giving different values. OPA and the interpreter
+/// report a conflict error; regorus' VM treats the rule as undefined. Both must
+/// fail closed for `allow`.
+#[test]
+fn conflicting_allow_fails_closed_on_both_paths() {
+    let dir = policy(
+        r#"
+allow := input.a if input.a
+allow := input.b if input.b
+"#,
+    );
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        both(&e, &json!({"a": true, "b": false})).effect,
+        Effect::Allow
+    );
+    let conflict = json!({"a": "yes", "b": "no"});
+    for path in [EvalPath::Rvm, EvalPath::Interpreter] {
+        assert_eq!(
+            e.decide_on(&conflict, path).effect,
+            Effect::Deny,
+            "{path:?}"
+        );
+    }
+    assert_eq!(
+        e.decide_on(&conflict, EvalPath::Interpreter).reason_code(),
+        Some("policy_error")
+    );
+}
+
+#[test]
+fn malformed_rule_values_fail_closed() {
+    let dir = policy(
+        r#"
+approval := "yes" if input.pay
+allow := "sure" if input.ok
+"#,
+    );
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        both(&e, &json!({"pay": true})).reason_code(),
+        Some("policy_error")
+    );
+    assert_eq!(
+        both(&e, &json!({"ok": true})).reason_code(),
+        Some("policy_error")
+    );
+}
+
+#[test]
+fn boolean_deny_is_honoured() {
+    let dir = policy("default deny := false\ndeny if input.block\nallow := true");
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(both(&e, &json!({"block": true})).effect, Effect::Deny);
+    assert_eq!(both(&e, &json!({})).effect, Effect::Allow);
+}
+
+#[test]
+fn instruction_limit_is_deny_policy_error() {
+    let dir = policy(
+        r#"
+allow if {
+    some i in numbers.range(1, 200000)
+    i == -1
+}
+"#,
+    );
+    let opts = PolicyOptions {
+        max_instructions: 10_000,
+        time_limit: Duration::from_secs(10),
+        prefer_rvm: true,
+        ..PolicyOptions::default()
+    };
+    let e = PolicyEngine::load_with(dir.path(), opts).unwrap();
+    assert_eq!(e.eval_path(), EvalPath::Rvm);
+    let d = e.decide(&json!({}));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("policy_error"));
+    assert!(
+        d.reasons[0].message.contains("instruction"),
+        "{}",
+        d.reasons[0].message
+    );
+}
+
+#[test]
+fn time_limit_is_deny_policy_error_on_the_interpreter() {
+    let dir = policy(
+        r#"
+allow if {
+    some i in numbers.range(1, 3000)
+    some j in numbers.range(1, 3000)
+    i * j == -1
+}
+"#,
+    );
+    let opts = PolicyOptions {
+        max_instructions: usize::MAX,
+        time_limit: Duration::from_millis(20),
+        prefer_rvm: false,
+        ..PolicyOptions::default()
+    };
+    let e = PolicyEngine::load_with(dir.path(), opts).unwrap();
+    assert_eq!(e.eval_path(), EvalPath::Interpreter);
+    let start = std::time::Instant::now();
+    let d = e.decide(&json!({}));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("policy_error"), "{:?}", d.reasons);
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn syntax_error_is_a_load_error_naming_the_file() {
+    let dir = policy("allow if {");
+    write(
+        dir.path(),
+        "other.rego",
+        "package ciba_gate.x\nimport rego.v1\ny := 1\n",
+    );
+    let err = PolicyEngine::load(dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PolicyError::Compile { .. }));
+    assert!(msg.contains("policy.rego"), "{msg}");
+}
+
+#[test]
+fn unknown_function_is_a_load_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.rego",
+        "package ciba_gate\nimport rego.v1\nallow if input.x\n",
+    );
+    write(
+        dir.path(),
+        "lib/b.rego",
+        "package ciba_gate\nimport rego.v1\ndeny contains x if x := no_such_fn(input.y)\n",
+    );
+    let msg = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("lib/b.rego"), "{msg}");
+}
+
+#[test]
+fn empty_directory_and_missing_rules_are_load_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(PolicyEngine::load(dir.path()).is_err());
+    write(
+        dir.path(),
+        "x.rego",
+        "package other\nimport rego.v1\nallow := true\n",
+    );
+    let msg = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("no rule deny, approval or allow"), "{msg}");
+    assert!(PolicyEngine::load(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn load_or_unavailable_denies_policy_unavailable() {
+    let dir = policy("allow if {");
+    let (e, err) = PolicyEngine::load_or_unavailable(dir.path(), PolicyOptions::default());
+    assert!(err.is_some());
+    let d = e.decide(&json!({"phase": "request"}));
+    assert_eq!(d.reason_code(), Some("policy_unavailable"));
+    // Fixing the file and reloading brings the policy in.
+    write(
+        dir.path(),
+        "policy.rego",
+        "package ciba_gate\nimport rego.v1\nallow := true\n",
+    );
+    assert!(e.reload_now().unwrap());
+    assert_eq!(e.decide(&json!({})).effect, Effect::Allow);
+}
+
+#[test]
+fn test_files_are_not_served() {
+    let dir = policy("allow if input.ok");
+    // A test file that would break the serving policy if it were loaded with it.
+    write(
+        dir.path(),
+        "policy_test.rego",
+        "package ciba_gate\nimport rego.v1\nallow := false\ntest_ok if allow with input as {\"ok\": true}\n",
+    );
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(e.decide(&json!({"ok": true})).effect, Effect::Allow);
+}
+
+#[test]
+fn data_files_merge_without_namespacing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.rego",
+        "package ciba_gate\nimport rego.v1\nallow if { input.env in data.envs; input.tool in data.tools.safe; data.limits.max == 3 }\n",
+    );
+    write(
+        dir.path(),
+        "data.yaml",
+        "envs: [dev, prod]\ntools:\n  safe: [a]\n",
+    );
+    write(
+        dir.path(),
+        "sub/more.json",
+        r#"{"tools": {"other": ["b"]}, "limits": {"max": 3}}"#,
+    );
+    write(dir.path(), "notes.txt", "ignored");
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        both(&e, &json!({"env": "dev", "tool": "a"})).effect,
+        Effect::Allow
+    );
+    assert_eq!(
+        both(&e, &json!({"env": "qa", "tool": "a"})).effect,
+        Effect::Deny
+    );
+}
+
+#[test]
+fn conflicting_data_is_a_load_error_naming_both_files() {
+    let dir = policy("allow := true");
+    write(dir.path(), "a.yaml", "limits:\n  max: 3\n");
+    write(dir.path(), "b.json", r#"{"limits": {"max": 4}}"#);
+    let msg = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("a.yaml") && msg.contains("b.json"), "{msg}");
+    assert!(msg.contains("data.limits.max"), "{msg}");
+}
+
+#[test]
+fn bad_data_file_is_a_load_error_naming_it() {
+    let dir = policy("allow := true");
+    write(dir.path(), "broken.json", "{not json");
+    let msg = PolicyEngine::load(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("broken.json"), "{msg}");
+}
+
+#[test]
+fn revision_is_a_content_hash() {
+    let a = policy("allow := true");
+    let b = policy("allow := true");
+    let ea = PolicyEngine::load(a.path()).unwrap();
+    let eb = PolicyEngine::load(b.path()).unwrap();
+    assert_eq!(ea.revision(), eb.revision());
+    assert_eq!(ea.revision().len(), 12);
+    assert!(ea.revision().chars().all(|c| c.is_ascii_hexdigit()));
+    let c = policy("allow := false");
+    assert_ne!(
+        PolicyEngine::load(c.path()).unwrap().revision(),
+        ea.revision()
+    );
+}
+
+#[test]
+fn regex_with_unicode_classes_works() {
+    let dir = policy(r#"allow if regex.match(`(?i)^\s*deploy\b\d*`, input.text)"#);
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(
+        both(&e, &json!({"text": "  DEPLOY now"})).effect,
+        Effect::Allow
+    );
+    assert_eq!(both(&e, &json!({"text": "nope"})).effect, Effect::Deny);
+}
+
+#[test]
+fn constructs_the_vm_cannot_compile_fall_back_to_the_interpreter() {
+    // `with` in a policy rule: not supported by the bytecode VM compiler.
+    let dir = policy("inner if input.x == 1\nallow if inner with input as {\"x\": 1}\n");
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(e.eval_path(), EvalPath::Interpreter);
+    assert_eq!(e.decide(&json!({})).effect, Effect::Allow);
+}
+
+#[test]
+fn decide_never_panics_on_odd_inputs() {
+    let e = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+    let mut deep = json!("x");
+    for _ in 0..200 {
+        deep = json!({"a": deep});
+    }
+    for input in [
+        json!(null),
+        json!(42),
+        json!("phase"),
+        json!([1, 2, 3]),
+        json!({"phase": 1, "tool": [], "mcp": "x"}),
+        json!({"phase": "request", "mcp": {"method": "tools/call"}, "tool": {"name": "deploy_service", "arguments": {"service": {"a": 1}, "env": [1]}}}),
+        json!({"phase": "request", "tool": deep}),
+        json!({"big": 1e308, "neg": -0.0, "u": u64::MAX}),
+    ] {
+        let d = e.decide(&input);
+        assert_eq!(d.effect, Effect::Deny, "{input}");
+    }
+}
+
+#[test]
+fn engine_is_shareable_across_threads() {
+    let e = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+    let examples = ciba_gate::policy::testing::bundled_examples();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for ex in &examples {
+                    assert_eq!(e.decide(&ex.input).effect, ex.effect, "{}", ex.name);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn test_runner_reports_pass_fail_and_errors() {
+    let dir = policy("allow if input.ok");
+    write(
+        dir.path(),
+        "policy_test.rego",
+        r#"package ciba_gate_test
+import rego.v1
+import data.ciba_gate
+test_allows if ciba_gate.allow with input as {"ok": true}
+test_fails if ciba_gate.allow with input as {"ok": false}
+test_errors if to_number("x") == 1
+test_not_bool := 5
+helper := true
+"#,
+    );
+    let report = run_tests(dir.path()).unwrap();
+    let by_name = |n: &str| report.results.iter().find(|r| r.name == n).unwrap();
+    assert!(by_name("test_allows").passed);
+    assert!(!by_name("test_fails").passed);
+    assert!(!by_name("test_errors").passed);
+    assert!(by_name("test_errors").error.is_some());
+    assert!(!by_name("test_not_bool").passed);
+    assert!(!report.results.iter().any(|r| r.name == "helper"));
+    assert_eq!((report.passed, report.failed), (1, 3));
+    let out = report.render();
+    assert_eq!(out.lines().last(), Some("1 passed, 3 failed"), "{out}");
+    assert!(!report.success());
+}
+
+#[test]
+fn test_runner_rejects_broken_test_files() {
+    let dir = policy("allow := true");
+    write(
+        dir.path(),
+        "x_test.rego",
+        "package t\nimport rego.v1\ntest_x if {",
+    );
+    let msg = run_tests(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("x_test.rego"), "{msg}");
+}
