@@ -98,6 +98,9 @@ pub struct EvidenceRecord {
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden_tools: Option<usize>,
+    /// The approval behind an `approve` decision (no tokens, hints or user codes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::ApprovalEvidence>,
 }
 
 /// A record being filled in; it is written exactly once, at `finish` or on drop.

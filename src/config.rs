@@ -45,6 +45,10 @@ pub struct Config {
     #[serde(default)]
     pub evidence: EvidenceConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Human approval of sensitive calls (OpenID Connect CIBA). Without it, a policy's
+    /// `approve` blocks the call with `approval_not_configured`.
+    #[serde(default)]
+    pub approvals: Option<ApprovalsConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -366,7 +370,7 @@ impl LoadedConfig {
                 }
             }
         }
-        Ok(())
+        self.validate_approvals()
     }
 
     /// Reads every secret the config refers to; a missing one is an error naming its key.
@@ -409,5 +413,453 @@ impl LoadedConfig {
                 Ok(Some(Secret(value)))
             })
             .collect()
+    }
+}
+
+/// A secret from the environment or a file; never inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    fn read(&self, cfg: &LoadedConfig, key: &str) -> Result<Secret, ConfigError> {
+        let raw = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                cfg.err(
+                    format!("{key}.env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                cfg.err(
+                    format!("{key}.file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?,
+            _ => {
+                return Err(cfg.err(
+                    key,
+                    "give exactly one of `env` or `file` (secrets are never inline)",
+                ));
+            }
+        };
+        let v = raw.trim_end_matches(['\r', '\n']).to_string();
+        if v.is_empty() {
+            return Err(cfg.err(key, "the secret is empty"));
+        }
+        Ok(Secret(v))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    pub op: OpConfig,
+    /// The user this agent acts for: whose phone is asked.
+    pub user: UserConfig,
+    /// What the OP accepts as a binding message: a shipped profile name
+    /// (oidc-provider, okta, keycloak, auth0, curity, ciba-gate-dev) or
+    /// `{max_chars, extra_chars}`.
+    #[serde(default = "default_profile")]
+    pub binding_message_profile: crate::approval::binding::ProfileConfig,
+    /// `hold` (default) keeps the call open until the answer; `park` answers "pending" at once.
+    #[serde(default = "default_mode")]
+    pub mode: crate::approval::Mode,
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Longest hold without a stream for keep-alives; longer waits are parked.
+    #[serde(default = "default_plain_wait", with = "humantime_serde")]
+    pub max_plain_wait: Duration,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(default = "default_progress", with = "humantime_serde")]
+    pub progress_interval: Duration,
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub park_retry_after: Duration,
+    /// Ping mode: poll this often anyway, for OPs that never retry a lost ping.
+    #[serde(default = "default_fallback_poll", with = "humantime_serde")]
+    pub ping_fallback_poll: Duration,
+    /// How long a denied / expired / failed answer is kept for the agent's retry.
+    #[serde(default = "default_result_ttl", with = "humantime_serde")]
+    pub result_ttl: Duration,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    /// Where the OP's ping/push notifications arrive (required for ping and push).
+    #[serde(default)]
+    pub callback: Option<CallbackConfig>,
+    /// Key for requestState MACs and pseudonymous user hashes. Replicas must share it.
+    /// Without it a random per-process key is used (single replica only).
+    #[serde(default)]
+    pub state_key: Option<SecretRef>,
+    /// Send RFC 9396 `authorization_details` with the tool and action (e.g. Auth0).
+    #[serde(default)]
+    pub authorization_details: bool,
+}
+
+fn default_profile() -> crate::approval::binding::ProfileConfig {
+    crate::approval::binding::ProfileConfig::Named("oidc-provider".into())
+}
+fn default_mode() -> crate::approval::Mode {
+    crate::approval::Mode::Hold
+}
+fn default_max_wait() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_plain_wait() -> Duration {
+    Duration::from_secs(50)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_progress() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_fallback_poll() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_result_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpConfig {
+    /// The OP's issuer; discovery is fetched from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_auth: ClientAuthConfig,
+    pub delivery: crate::ciba::DeliveryMode,
+    /// Sign authentication requests (FAPI-CIBA).
+    #[serde(default)]
+    pub request_signing: Option<KeyConfig>,
+    /// Allow an `http://` issuer: development and tests on loopback only.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    #[serde(default = "default_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub http_timeout: Duration,
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientAuthConfig {
+    ClientSecretBasic { secret: SecretRef },
+    ClientSecretPost { secret: SecretRef },
+    PrivateKeyJwt { key: KeyConfig },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// RS256, PS256 or ES256.
+    pub alg: String,
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// PEM private key file. Relative to the config file.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HintType {
+    LoginHint,
+    IdTokenHint,
+    LoginHintToken,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    #[serde(default = "default_hint_type")]
+    pub hint_type: HintType,
+    /// The hint itself, inline (it identifies the user; it is not a credential).
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn default_hint_type() -> HintType {
+    HintType::LoginHint
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    #[serde(default)]
+    pub per_agent: Option<crate::approval::Limit>,
+    #[serde(default)]
+    pub per_user: Option<crate::approval::Limit>,
+    #[serde(default)]
+    pub per_action: Option<crate::approval::Limit>,
+    /// After a denial, no new request for the same user for this long.
+    #[serde(default, with = "humantime_serde")]
+    pub denial_cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_callback_path")]
+    pub path: String,
+    /// Certificate and key files (PEM), reloaded when they change.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP. Only for development on loopback or behind a TLS-terminating proxy.
+    #[serde(default)]
+    pub insecure_http: bool,
+}
+
+fn default_callback_path() -> String {
+    "/ciba/callback".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Approval settings with their secrets read.
+pub struct ResolvedApprovals {
+    pub client: crate::ciba::ClientConfig,
+    pub hint: crate::ciba::UserHint,
+    pub profile: crate::approval::binding::Profile,
+    pub settings: crate::approval::Settings,
+    pub state_key: Vec<u8>,
+    pub callback: Option<CallbackConfig>,
+}
+
+fn parse_alg(alg: &str) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm as A;
+    Some(match alg {
+        "RS256" => A::RS256,
+        "PS256" => A::PS256,
+        "ES256" => A::ES256,
+        _ => return None,
+    })
+}
+
+impl LoadedConfig {
+    fn validate_approvals(&self) -> Result<(), ConfigError> {
+        let Some(a) = &self.config.approvals else {
+            return Ok(());
+        };
+        if let Err(e) = a.binding_message_profile.resolve() {
+            return Err(self.err("approvals.binding_message_profile", e));
+        }
+        if a.op.client_id.is_empty() {
+            return Err(self.err("approvals.op.client_id", "must not be empty"));
+        }
+        match url::Url::parse(&a.op.issuer) {
+            Ok(u) if u.scheme() == "https" => {}
+            Ok(u) if u.scheme() == "http" && a.op.allow_insecure_http => {}
+            Ok(_) => {
+                return Err(self.err(
+                    "approvals.op.issuer",
+                    "must be an https:// URL (allow_insecure_http is for development only)",
+                ));
+            }
+            Err(e) => return Err(self.err("approvals.op.issuer", format!("not a URL: {e}"))),
+        }
+        let key_ok = |k: &KeyConfig, key: &str| -> Result<(), ConfigError> {
+            if parse_alg(&k.alg).is_none() {
+                return Err(self.err(format!("{key}.alg"), "must be RS256, PS256 or ES256"));
+            }
+            Ok(())
+        };
+        if let ClientAuthConfig::PrivateKeyJwt { key } = &a.op.client_auth {
+            key_ok(key, "approvals.op.client_auth.key")?;
+        }
+        if let Some(k) = &a.op.request_signing {
+            key_ok(k, "approvals.op.request_signing")?;
+        }
+        let given = [
+            a.user.value.is_some(),
+            a.user.env.is_some(),
+            a.user.file.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given != 1 {
+            return Err(self.err(
+                "approvals.user",
+                "give exactly one of `value`, `env` or `file`",
+            ));
+        }
+        let needs_callback = !matches!(a.op.delivery, crate::ciba::DeliveryMode::Poll);
+        match (&a.callback, needs_callback) {
+            (None, true) => {
+                return Err(self.err(
+                    "approvals.callback",
+                    "ping and push delivery need a callback listener",
+                ));
+            }
+            (Some(cb), _) => {
+                if !cb.path.starts_with('/') {
+                    return Err(self.err("approvals.callback.path", "must start with '/'"));
+                }
+                match (&cb.tls, cb.insecure_http) {
+                    (None, false) => {
+                        return Err(self.err(
+                            "approvals.callback.tls",
+                            "required unless insecure_http: true",
+                        ));
+                    }
+                    (Some(_), true) => {
+                        return Err(
+                            self.err("approvals.callback", "give tls or insecure_http, not both")
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        if a.max_wait.is_zero() {
+            return Err(self.err("approvals.max_wait", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// Reads the approval secrets and keys. `None` when approvals are not configured.
+    pub fn resolve_approvals(&self) -> Result<Option<ResolvedApprovals>, ConfigError> {
+        let Some(a) = &self.config.approvals else {
+            return Ok(None);
+        };
+        let base = self
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let load_key = |k: &KeyConfig, key: &str| -> Result<crate::ciba::SigningKey, ConfigError> {
+            let alg = parse_alg(&k.alg)
+                .ok_or_else(|| self.err(format!("{key}.alg"), "must be RS256, PS256 or ES256"))?;
+            let path = base.join(&k.file);
+            let pem = std::fs::read(&path).map_err(|e| {
+                self.err(
+                    format!("{key}.file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            crate::ciba::SigningKey::from_pem(alg, k.kid.clone(), &pem)
+                .map_err(|e| self.err(format!("{key}.file"), e.to_string()))
+        };
+        let auth = match &a.op.client_auth {
+            ClientAuthConfig::ClientSecretBasic { secret } => {
+                crate::ciba::ClientAuth::SecretBasic {
+                    secret: secret.read(self, "approvals.op.client_auth.secret")?.0,
+                }
+            }
+            ClientAuthConfig::ClientSecretPost { secret } => crate::ciba::ClientAuth::SecretPost {
+                secret: secret.read(self, "approvals.op.client_auth.secret")?.0,
+            },
+            ClientAuthConfig::PrivateKeyJwt { key } => crate::ciba::ClientAuth::PrivateKeyJwt {
+                key: load_key(key, "approvals.op.client_auth.key")?,
+            },
+        };
+        let mut client = crate::ciba::ClientConfig::new(
+            a.op.issuer.clone(),
+            a.op.client_id.clone(),
+            auth,
+            a.op.delivery,
+        );
+        client.allow_http = a.op.allow_insecure_http;
+        client.clock_skew = a.op.clock_skew;
+        client.http_timeout = a.op.http_timeout;
+        if let Some(k) = &a.op.request_signing {
+            client.request_signing = Some(load_key(k, "approvals.op.request_signing")?);
+        }
+        let raw_hint = match (&a.user.value, &a.user.env, &a.user.file) {
+            (Some(v), None, None) => v.clone(),
+            (None, Some(var), None) => std::env::var(var).map_err(|_| {
+                self.err(
+                    "approvals.user.env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            (None, None, Some(f)) => std::fs::read_to_string(base.join(f))
+                .map_err(|e| {
+                    self.err(
+                        "approvals.user.file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            _ => {
+                return Err(self.err(
+                    "approvals.user",
+                    "give exactly one of `value`, `env` or `file`",
+                ));
+            }
+        };
+        if raw_hint.is_empty() {
+            return Err(self.err("approvals.user", "the user hint is empty"));
+        }
+        let hint = match a.user.hint_type {
+            HintType::LoginHint => crate::ciba::UserHint::LoginHint(raw_hint),
+            HintType::IdTokenHint => crate::ciba::UserHint::IdTokenHint(raw_hint),
+            HintType::LoginHintToken => crate::ciba::UserHint::LoginHintToken(raw_hint),
+        };
+        let profile = a
+            .binding_message_profile
+            .resolve()
+            .map_err(|e| self.err("approvals.binding_message_profile", e))?;
+        let state_key = match &a.state_key {
+            Some(s) => s.read(self, "approvals.state_key")?.0.into_bytes(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+        let settings = crate::approval::Settings {
+            mode: a.mode,
+            max_wait: a.max_wait,
+            max_plain_wait: a.max_plain_wait,
+            keepalive: a.keepalive,
+            progress_interval: a.progress_interval,
+            park_retry_after: a.park_retry_after,
+            ping_fallback_poll: a.ping_fallback_poll,
+            result_ttl: a.result_ttl,
+            per_agent: a.throttle.per_agent,
+            per_user: a.throttle.per_user,
+            per_action: a.throttle.per_action,
+            denial_cooldown: a.throttle.denial_cooldown.unwrap_or_default(),
+            send_authorization_details: a.authorization_details,
+        };
+        let mut callback = a.callback.clone();
+        if let Some(cb) = &mut callback
+            && let Some(tls) = &mut cb.tls
+        {
+            tls.cert_file = base.join(&tls.cert_file);
+            tls.key_file = base.join(&tls.key_file);
+        }
+        Ok(Some(ResolvedApprovals {
+            client,
+            hint,
+            profile,
+            settings,
+            state_key,
+            callback,
+        }))
     }
 }

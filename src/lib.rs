@@ -2,10 +2,13 @@
 //! policy and, for sensitive calls, asks the user to approve on their phone.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod audit;
+pub mod ciba;
 pub mod config;
 pub mod devop;
 pub mod fingerprint;
 pub mod policy;
 pub mod proxy;
 pub mod run;
+pub mod store;

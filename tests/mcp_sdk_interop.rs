@@ -17,6 +17,8 @@ use support::{ChildGuard, ensure_node_peers, free_port, wait_for_port};
 
 const UPSTREAM_TOKEN: &str = "s3cr3t-upstream-token";
 const TOKEN_ENV: &str = "TOOLS_API_TOKEN";
+/// The agent's own credential: the gateway must not pass it through upstream.
+const AGENT_TOKEN: &str = "agent-own-token";
 
 /// An SDK server, the gateway in front of it, and the files they write.
 struct Stack {
@@ -149,7 +151,7 @@ upstreams:
         let mut cmd = Command::new("node");
         cmd.current_dir(&self.interop)
             .arg("mcp-client.mjs")
-            .args(["--url", &url])
+            .args(["--url", &url, "--agent-token", AGENT_TOKEN])
             .args(extra_args)
             // the agent side never holds the upstream credential
             .env_remove(TOKEN_ENV);
@@ -310,6 +312,11 @@ fn assert_upstream_saw_only_allowed_calls(stack: &Stack) {
     }
     // Every request the gateway forwarded carries the upstream credential, not
     // only tools/call.
+    // The agent's own Authorization header is replaced, never passed through.
+    assert!(
+        !read(&stack.http_log).contains(AGENT_TOKEN),
+        "the agent's credential reached the upstream (token passthrough)"
+    );
     let http = json_lines(&stack.http_log);
     assert!(!http.is_empty(), "upstream received no HTTP request at all");
     for r in &http {
@@ -430,9 +437,9 @@ fn sdk_client_through_gateway_sees_allowed_tools_only_sse_mode() {
 }
 
 #[test]
-fn sdk_client_session_passes_through_gateway_and_delete_is_forwarded() {
+fn sdk_client_session_and_event_stream_pass_through_gateway_and_delete_is_forwarded() {
     let mut stack = Stack::start("sse", true);
-    let out = stack.run_client(&["--terminate"]);
+    let out = stack.run_client(&["--wait-list-changed", "--terminate"]);
     assert_connected(&out);
     assert_only_policy_visible_tools(&out);
     assert_list_deployments_forwarded(&out);
@@ -468,6 +475,17 @@ fn sdk_client_session_passes_through_gateway_and_delete_is_forwarded() {
             "session id must pass through unchanged: {r}"
         );
     }
+    // A server-initiated notification on the standalone GET stream reaches the client.
+    assert!(
+        out["errors"].get("list_changed").is_none(),
+        "GET stream: {}",
+        out["errors"]
+    );
+    assert_eq!(
+        out["notifications"],
+        serde_json::json!(["notifications/tools/list_changed"])
+    );
+
     let deletes: Vec<&Value> = http.iter().filter(|r| r["method"] == "DELETE").collect();
     assert_eq!(
         deletes.len(),

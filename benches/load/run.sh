@@ -221,17 +221,20 @@ run_one() { # name url proxy_pid
     log "$name: warm-up $WARMUP"
     timeout $((WARM_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$LUA" "$url" >/dev/null
     sleep 1
-    local up0 px0 up1 px1 ev0 ev1
+    local up0 px0 up1 px1 ev0 ev1 quiet0=yes
+    if pgrep -x 'cargo|rustc' >/dev/null; then quiet0=no; fi
     ev0=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
     up0=$(cpu_ticks "$UP_PID"); px0=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
     log "$name: $DURATION, -t$THREADS -c$CONNS"
     timeout $((DUR_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$LUA" "$url" | tee "$out" >&2
     up1=$(cpu_ticks "$UP_PID"); px1=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
+    local quiet=yes
+    if [ "$quiet0" != yes ] || pgrep -x 'cargo|rustc' >/dev/null; then quiet=no; fi
     sleep 1
     ev1=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
     local line; line=$(grep '^WRK_RESULT' "$out") || die "no WRK_RESULT in $out"
     # shellcheck disable=SC2086
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$line" "$((up1 - up0))" "$((px1 - px0))" "$((ev1 - ev0))" "$4" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$line" "$((up1 - up0))" "$((px1 - px0))" "$((ev1 - ev0))" "$4" "$quiet" >>"$RESULTS"
     sleep 1
 }
 
@@ -246,9 +249,9 @@ field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency (warm-up $WARMUP), $(nproc) CPUs, nginx: $NGINX_WORKERS workers, upstream keepalive $NGINX_KEEPALIVE, access_log $NGINX_ACCESS_LOG"
 echo
-echo "| round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | proxy CPU µs/req | upstream CPU µs/req | evidence lines |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-while IFS=$'\t' read -r name line up_t px_t ev round; do
+echo "| round | target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | proxy CPU µs/req | upstream CPU µs/req | evidence lines | quiet box |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+while IFS=$'\t' read -r name line up_t px_t ev round quiet; do
     req=$(field "$line" req); rps=$(field "$line" rps)
     p50=$(field "$line" p50_us); p90=$(field "$line" p90_us); p99=$(field "$line" p99_us); max=$(field "$line" max_us)
     errs=$(( $(field "$line" non2xx) + $(field "$line" bad_body) + $(field "$line" sock_err) ))
@@ -256,9 +259,11 @@ while IFS=$'\t' read -r name line up_t px_t ev round; do
     if [ "$name" != direct ]; then px=$(awk -v t="$px_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}'); fi
     if [ "$name" = ciba-gate ]; then evs=$ev; fi
     upc=$(awk -v t="$up_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}')
-    awk -v ro="$round" -v n="$name" -v rps="$rps" -v a="$p50" -v b="$p90" -v c="$p99" -v d="$max" -v e="$errs" -v px="$px" -v up="$upc" -v ev="$evs" \
-        'BEGIN{printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s |\n", ro, n, rps, a/1000, b/1000, c/1000, d/1000, e, px, up, ev}'
+    awk -v ro="$round" -v n="$name" -v rps="$rps" -v a="$p50" -v b="$p90" -v c="$p99" -v d="$max" -v e="$errs" -v px="$px" -v up="$upc" -v ev="$evs" -v q="$quiet" \
+        'BEGIN{printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s |\n", ro, n, rps, a/1000, b/1000, c/1000, d/1000, e, px, up, ev, q}'
 done <"$RESULTS"
 echo
 echo "errors = non-2xx + 2xx without a successful tool result + socket errors."
-echo "evidence lines = records the gateway wrote during the measured run (one per call)."
+echo "evidence lines = records the gateway wrote during the measured run (one per call, plus records of"
+echo "  warm-up requests cut off when the warm-up ended). CPU columns: utime+stime from /proc per request."
+echo "quiet box = no cargo/rustc process at the start and end of the measured run."

@@ -2,3 +2,4 @@
 //! approvals feature, a development OpenID Provider). Never used by `serve`.
 
 pub mod demo_tools;
+pub mod op;

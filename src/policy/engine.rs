@@ -108,7 +108,10 @@ pub(crate) fn build_engine(
     let mut engine = Engine::new();
     engine.set_rego_v0(false);
     engine.set_execution_timer_config(timer_config(options));
-    engine.set_strict_builtin_errors(options.strict_builtin_errors);
+    // OPA semantics: a built-in error (e.g. `to_number("x")`) makes the expression
+    // undefined. regorus' VM always behaves so inside rule bodies; the interpreter
+    // must match or the two paths would decide differently.
+    engine.set_strict_builtin_errors(false);
     let mut defined = [false; 3];
     let mut any_rego = false;
     for f in &set.files {
@@ -429,7 +432,7 @@ impl<'a> Evaluator<'a> {
                     vm.set_data(self.ready.data.clone())
                         .map_err(|e| e.to_string())?;
                     vm.set_max_instructions(self.ready.options.max_instructions);
-                    vm.set_strict_builtin_errors(self.ready.options.strict_builtin_errors);
+                    vm.set_strict_builtin_errors(false);
                     vm.set_execution_timer_config(Some(timer_config(&self.ready.options)));
                     if vms.len() >= THREAD_CACHE {
                         vms.remove(0);
@@ -573,4 +576,40 @@ fn locate(msg: &str, set: &FileSet) -> String {
         .find(|f| msg.contains(&f.name))
         .map(|f| f.name.clone())
         .unwrap_or_else(|| set.dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_input_strings() {
+        let input =
+            serde_json::json!({"tool": {"arguments": {"token": "s3cr3t-value", "n": "ab"}}});
+        let out = scrub("bad value s3cr3t-value in arguments near ab", &input);
+        assert!(!out.contains("s3cr3t-value"), "{out}");
+        assert!(out.contains("<redacted>"));
+        // Short strings are left alone (they would mangle the message).
+        assert!(out.contains("near ab"));
+    }
+
+    #[test]
+    fn deny_reasons_shapes() {
+        let v =
+            Value::from_json_str(r#"["a", {"code": "c", "message": "m"}, {"message": "only"}, 3]"#)
+                .unwrap_or(Value::Undefined);
+        let r = deny_reasons(&v).unwrap_or_default();
+        let codes: Vec<&str> = r.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            ["policy_denied", "c", "policy_denied", "policy_denied"]
+        );
+        assert_eq!(r[2].message, "only");
+        assert!(deny_reasons(&Value::from("x")).is_err());
+        assert!(
+            deny_reasons(&Value::Undefined)
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
 }

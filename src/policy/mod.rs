@@ -123,10 +123,6 @@ pub struct PolicyOptions {
     pub time_limit: Duration,
     /// Use the bytecode VM when it can compile the policy set.
     pub prefer_rvm: bool,
-    /// A built-in function error (e.g. `to_number("x")`) fails the evaluation (Deny
-    /// `policy_error`) instead of making the expression undefined as OPA does by
-    /// default. On by default: a gateway fails closed.
-    pub strict_builtin_errors: bool,
 }
 
 impl Default for PolicyOptions {
@@ -135,7 +131,6 @@ impl Default for PolicyOptions {
             max_instructions: 1_000_000,
             time_limit: Duration::from_millis(100),
             prefer_rvm: true,
-            strict_builtin_errors: true,
         }
     }
 }

@@ -121,6 +121,13 @@ pub(super) async fn read_body(
 /// What to do with one message.
 enum Verdict {
     Forward,
+    /// Policy wants a person's approval for this `tools/call`.
+    Approve {
+        tool: String,
+        arguments: Value,
+        params: Value,
+        input: Map<String, Value>,
+    },
     /// Answer a request ourselves with this JSON-RPC response.
     Answer(Value),
     /// Refuse a notification or response (nothing to answer by id).
@@ -257,6 +264,34 @@ async fn post(
                         &message,
                     )
                 }
+                Verdict::Approve { tool, arguments, params, input } => {
+                    let meta = msg.params().and_then(|p| p.get("_meta"));
+                    let caller = super::approve::Caller::Mcp {
+                        id: msg.id.clone().unwrap_or(Value::Null),
+                        progress_token: meta.and_then(|m| m.get("progressToken")).cloned(),
+                        accepts_sse: parts
+                            .headers
+                            .get_all(header::ACCEPT)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .any(|v| v.contains("text/event-stream")),
+                        stateless,
+                        request_state: msg
+                            .params()
+                            .and_then(|p| p.get("requestState"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                    };
+                    let out = super::approve::Outbound {
+                        method: parts.method.clone(),
+                        uri_rest: String::new(),
+                        query: parts.uri.query().map(str::to_string),
+                        headers: parts.headers.clone(),
+                        body: bytes.clone(),
+                    };
+                    let call = super::approve::PendingCall { tool, arguments, params, input };
+                    super::approve::run(gw, mount, call, caller, out, decided.record).await
+                }
             }
         }
         Body::Batch(items) => {
@@ -301,6 +336,22 @@ async fn post(
                             Verdict::Answer(v) => {
                                 d.record.finish("blocked", None);
                                 answers.push(v);
+                            }
+                            Verdict::Approve { tool, .. } => {
+                                // Approvals hold or park one call; a batch member cannot.
+                                let mut rec = d.record;
+                                rec.get_mut().reason = "approval_in_batch".into();
+                                rec.finish("blocked", None);
+                                let text = format!(
+                                    "The tool call {tool} needs a person's approval, which cannot be given inside a JSON-RPC batch; send it on its own."
+                                );
+                                answers.push(mcp::blocked_tool_result(
+                                    d.msg_id.clone().unwrap_or(Value::Null),
+                                    "approve",
+                                    "approval_in_batch",
+                                    &text,
+                                    false,
+                                ));
                             }
                             Verdict::Refuse { .. } => d.record.finish("blocked", None),
                         }
@@ -368,7 +419,7 @@ fn decide_message(
         record.get_mut().args_fingerprint = Some(fingerprint::of_json(args));
         input.insert("tool".into(), json!({"name": name, "arguments": args}));
     }
-    let decision = gw.decide(input);
+    let decision = gw.decide(input.clone());
     {
         let r = record.get_mut();
         r.decision = effect_name(&decision);
@@ -379,6 +430,15 @@ fn decide_message(
     let verdict = if decision.effect == Effect::Allow {
         record.get_mut().reason = "allowed".into();
         Verdict::Forward
+    } else if let (Effect::Approve, MessageKind::Request, Some((name, args)), Some(params)) =
+        (decision.effect, msg.kind, &tool, &decision.approval)
+    {
+        Verdict::Approve {
+            tool: name.clone(),
+            arguments: args.clone(),
+            params: params.clone(),
+            input,
+        }
     } else {
         let (reason, message) = block_reason(&decision);
         record.get_mut().reason = reason.clone();

@@ -5,6 +5,7 @@
 //! unless policy said `allow` for every message in it.
 
 pub mod answer;
+pub mod approve;
 pub mod http_tools;
 pub mod mcp;
 pub mod mcp_handler;
@@ -58,6 +59,11 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_inspected_response_bytes: usize,
+    /// Human approvals (CIBA); `None`: an `approve` decision blocks the call.
+    pub approvals: Option<Arc<crate::approval::Approvals>>,
+    /// Turns true when held calls must give up (shutdown drain deadline).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
 }
 
 /// Headers a policy may read (lower-cased); all others stay out of the input document.
@@ -100,7 +106,11 @@ impl Gateway {
         }
         // Longest prefix first, so /mcp/admin wins over /mcp.
         mounts.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
         Ok(Gateway {
+            approvals: None,
+            shutdown,
+            shutdown_tx,
             agent_id: c.agent.id.clone(),
             agent_namespace: c.agent.namespace.clone(),
             mounts,
@@ -110,6 +120,12 @@ impl Gateway {
             max_json_depth: c.limits.max_json_depth,
             max_inspected_response_bytes: c.limits.max_inspected_response_bytes,
         })
+    }
+
+    /// Held calls stop waiting and answer "shutting down, retry" (their approvals stay
+    /// in the store for the retry).
+    pub fn abandon_holds(&self) {
+        let _ = self.shutdown_tx.send(true);
     }
 
     /// Handles one request from the agent. Never fails: every problem is an answer.

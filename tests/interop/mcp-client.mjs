@@ -3,6 +3,7 @@
 // ciba-gate in tests/mcp_sdk_interop.rs.
 //
 //   node mcp-client.mjs --url http://127.0.0.1:PORT/mcp [--terminate] [--timeout-ms N]
+//                       [--agent-token T] [--wait-list-changed]
 //
 // Runs one scenario (initialize, tools/list, then tools/call of list_deployments
 // with a progress token, deploy_service, delete_repository, hidden_unknown_tool)
@@ -14,12 +15,17 @@
 // so a caller can tell whether progress arrived before the result.
 // Per-step failures are recorded in `errors` instead of aborting the run.
 // --terminate ends the session with terminateSession() (HTTP DELETE) at the end.
+// --agent-token sends "Authorization: Bearer T" on every request (the agent's
+// own credential, which must never reach the tool server).
+// --wait-list-changed waits (up to 5 s) for notifications/tools/list_changed on
+// the standalone GET stream before finishing; `notifications` lists what came.
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 
 function parseArgs(argv) {
-  const opts = { url: null, terminate: false, timeoutMs: 20000 };
+  const opts = { url: null, terminate: false, timeoutMs: 20000, agentToken: null, waitListChanged: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -30,6 +36,8 @@ function parseArgs(argv) {
       case '--url': opts.url = next(); break;
       case '--terminate': opts.terminate = true; break;
       case '--timeout-ms': opts.timeoutMs = Number(next()); break;
+      case '--agent-token': opts.agentToken = next(); break;
+      case '--wait-list-changed': opts.waitListChanged = true; break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -57,12 +65,22 @@ async function main() {
     errors: {},
     progress: [],
     listDeploymentsDoneMs: null,
+    notifications: [],
     terminated: false,
   };
   const reqOpts = { timeout: opts.timeoutMs };
 
   const client = new Client({ name: 'interop-agent', version: '1.0.0' });
-  const transport = new StreamableHTTPClientTransport(new URL(opts.url));
+  let listChanged;
+  const listChangedSeen = new Promise((resolve) => { listChanged = resolve; });
+  client.setNotificationHandler(ToolListChangedNotificationSchema, (n) => {
+    out.notifications.push(n.method);
+    listChanged();
+  });
+  const requestInit = opts.agentToken
+    ? { headers: { Authorization: `Bearer ${opts.agentToken}` } }
+    : undefined;
+  const transport = new StreamableHTTPClientTransport(new URL(opts.url), { requestInit });
 
   const step = async (name, fn) => {
     try {
@@ -105,6 +123,17 @@ async function main() {
     await call('deploy_service', { service: 'payments', env: 'prod' });
     await call('delete_repository', { repo: 'payments-api' });
     await call('hidden_unknown_tool', {});
+
+    if (opts.waitListChanged) {
+      await step('list_changed', () =>
+        Promise.race([
+          listChangedSeen,
+          new Promise((_, reject) =>
+            setTimeout(() => reject(new Error('no notifications/tools/list_changed within 5 s')), 5000),
+          ),
+        ]),
+      );
+    }
 
     if (opts.terminate) {
       await step('terminate', async () => {

@@ -10,7 +10,9 @@
 //               sends one notifications/progress first when asked for progress,
 //               then waits --progress-delay-ms (default 500) before the result
 // --stateful    sessions (Mcp-Session-Id from initialize, DELETE ends them);
-//               default is stateless (fresh server + transport per request)
+//               list_deployments also sends notifications/tools/list_changed on
+//               the session's GET stream. Default is stateless (fresh server +
+//               transport per request, GET/DELETE answered 405)
 // --calls-log   every tools/call the server receives, one JSON line
 //               {tool, args, authorization}
 // --http-log    every HTTP request the server receives, one JSON line
@@ -91,6 +93,11 @@ function buildServer() {
         // Hold the result back so a proxy that buffers the stream is visible
         // to the client as progress arriving together with the result.
         await new Promise((r) => setTimeout(r, opts.progressDelayMs));
+      }
+      if (opts.stateful) {
+        // Unrelated to this request, so it goes out on the client's standalone
+        // GET event stream: proves that stream is relayed too.
+        server.sendToolListChanged();
       }
       const text = DEPLOYMENTS.map((d) => `${d.service} ${d.env} ${d.version}`).join('\n');
       return { content: [{ type: 'text', text: `deployments:\n${text}` }] };

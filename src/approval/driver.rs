@@ -1,0 +1,197 @@
+//! One background task per CIBA request: sends the authentication request, then
+//! waits for the answer the configured delivery mode brings (poll; ping with a slow
+//! fallback poll; push) and records the result in the store exactly once. It runs
+//! apart from any agent connection, so a dropped connection loses nothing: the
+//! identical retry joins the same record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Approvals;
+use crate::ciba::{
+    AuthRequest, CibaError, DeliveryMode, IdTokenCheck, Poller, TokenPoll, TokenSet,
+};
+use crate::store::{Approver, Resolution, Status, now_ms};
+
+/// Drives one approval from request to result.
+pub async fn drive(
+    approvals: Arc<Approvals>,
+    fingerprint: String,
+    request: AuthRequest,
+    created_at_ms: u64,
+) {
+    let ack = match approvals.ciba.authenticate(&request).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(code = e.code(), error = %e, "CIBA authentication request failed");
+            let _ = approvals
+                .store
+                .resolve(&fingerprint, Resolution::Failed(e.code().to_string()))
+                .await;
+            return;
+        }
+    };
+    // The deadline counts from our own receive time, capped by the configured maximum.
+    let now = now_ms();
+    let op_deadline = now + ack.expires_in.saturating_mul(1000);
+    let max_deadline = created_at_ms + approvals.settings.max_wait.as_millis() as u64;
+    let deadline = op_deadline.min(max_deadline);
+    if let Err(e) = approvals
+        .store
+        .set_acknowledged(
+            &fingerprint,
+            &ack.auth_req_id,
+            ack.expires_in,
+            ack.interval,
+            deadline,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not record the CIBA acknowledgement; the call fails closed");
+        let _ = approvals
+            .store
+            .resolve(&fingerprint, Resolution::Failed("store_unavailable".into()))
+            .await;
+        return;
+    }
+    let delivery = approvals.ciba.config().delivery;
+    let mut poller = Poller::new(ack.interval);
+    let mut last_transport_error: Option<String> = None;
+    loop {
+        let now = now_ms();
+        if now >= deadline {
+            let resolution = match last_transport_error.take() {
+                Some(code) => Resolution::Failed(code),
+                None => Resolution::Expired,
+            };
+            let _ = approvals.store.resolve(&fingerprint, resolution).await;
+            return;
+        }
+        let remaining = Duration::from_millis(deadline - now);
+        let wait = match delivery {
+            DeliveryMode::Poll => poller.next_wait(),
+            // A lost ping is never retried by some OPs: poll now and then anyway.
+            DeliveryMode::Ping => approvals
+                .settings
+                .ping_fallback_poll
+                .max(poller.next_wait()),
+            // Push brings the tokens; nothing to ask the OP.
+            DeliveryMode::Push => remaining,
+        }
+        .min(remaining);
+        // Wake early when a callback (on any replica) resolved the record.
+        approvals.store.wait_change(&fingerprint, wait).await;
+        match approvals.store.get(&fingerprint).await {
+            Ok(Some(r)) if r.status == Status::Pending => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "approval store unavailable while waiting");
+                continue;
+            }
+        }
+        if delivery == DeliveryMode::Push || now_ms() >= deadline {
+            continue;
+        }
+        match token_step(&approvals, &ack.auth_req_id, &mut poller).await {
+            Step::Resolved(resolution) => {
+                finish(&approvals, &fingerprint, resolution).await;
+                return;
+            }
+            Step::KeepWaiting => last_transport_error = None,
+            Step::Transport(code) => last_transport_error = Some(code),
+        }
+    }
+}
+
+pub(crate) enum Step {
+    Resolved(Resolution),
+    KeepWaiting,
+    /// The OP could not be reached this time; keep trying until the deadline.
+    Transport(String),
+}
+
+/// One token request and what it means.
+pub(crate) async fn token_step(
+    approvals: &Approvals,
+    auth_req_id: &str,
+    poller: &mut Poller,
+) -> Step {
+    match approvals.ciba.poll_token(auth_req_id).await {
+        Ok(TokenPoll::Granted(tokens)) => {
+            Step::Resolved(validate(approvals, auth_req_id, &tokens, false).await)
+        }
+        Ok(TokenPoll::Pending) => Step::KeepWaiting,
+        Ok(TokenPoll::SlowDown) => {
+            poller.on_slow_down();
+            Step::KeepWaiting
+        }
+        Ok(TokenPoll::RetryAfter(d)) => {
+            poller.on_retry_after(d);
+            Step::KeepWaiting
+        }
+        Err(e) => classify_error(&e),
+    }
+}
+
+fn classify_error(e: &CibaError) -> Step {
+    if e.is_retryable() {
+        tracing::debug!(code = e.code(), error = %e, "token request failed; will retry");
+        return Step::Transport(e.code().to_string());
+    }
+    let code = e.code();
+    tracing::info!(code, "CIBA request ended at the token endpoint");
+    Step::Resolved(match code {
+        "access_denied" => Resolution::Denied(code.to_string()),
+        "expired_token" => Resolution::Expired,
+        _ => Resolution::Failed(code.to_string()),
+    })
+}
+
+/// Validates the ID token of a token response; the approver's subject becomes a pseudonym.
+pub(crate) async fn validate(
+    approvals: &Approvals,
+    auth_req_id: &str,
+    tokens: &TokenSet,
+    push: bool,
+) -> Resolution {
+    let check = IdTokenCheck {
+        auth_req_id: Some(auth_req_id),
+        access_token: Some(tokens.access_token.as_str()),
+        refresh_token: tokens.refresh_token.as_deref(),
+        push,
+        expected_acr: None,
+    };
+    match approvals
+        .ciba
+        .validate_id_token(&tokens.id_token, &check)
+        .await
+    {
+        Ok(ev) => Resolution::Granted(Approver {
+            subject_hash: approvals.pseudonym("sub", &format!("{}|{}", ev.issuer, ev.subject)),
+            acr: ev.acr,
+            amr: ev.amr,
+            auth_time: ev.auth_time,
+        }),
+        Err(e) => {
+            tracing::warn!(code = e.code(), error = %e, "ID token rejected; the call fails closed");
+            Resolution::Failed("invalid_id_token".into())
+        }
+    }
+}
+
+/// Records the result and remembers a denial for the cool-down.
+pub(crate) async fn finish(approvals: &Approvals, fingerprint: &str, resolution: Resolution) {
+    let denied = matches!(resolution, Resolution::Denied(_));
+    match approvals.store.resolve(fingerprint, resolution).await {
+        Ok(true) if denied && !approvals.settings.denial_cooldown.is_zero() => {
+            if let Ok(Some(r)) = approvals.store.get(fingerprint).await {
+                let _ = approvals
+                    .store
+                    .note_denial(&r.user_key, approvals.settings.denial_cooldown)
+                    .await;
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not record the approval result"),
+    }
+}

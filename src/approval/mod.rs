@@ -1,0 +1,595 @@
+//! Approval orchestration: turns a policy's `approve` into a CIBA request, binds it to
+//! the exact call (fingerprint), lets identical calls join one pending request, waits
+//! (hold) or answers "pending" (park), and hands out a granted approval exactly once.
+//! It never forwards anything itself: the proxy re-checks policy with the approver's
+//! evidence and forwards only on `allow`.
+
+pub mod binding;
+pub mod callback;
+pub mod driver;
+pub mod request_state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::ciba::{AuthRequest, CibaClient, DeliveryMode, UserHint};
+use crate::store::{ApprovalRecord, ApprovalStore, Joined, Status, now_ms};
+use binding::Profile;
+
+/// How a held call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Keep the request open until the decision or the deadline.
+    Hold,
+    /// Answer at once with "pending"; the identical retry picks up the decision.
+    Park,
+}
+
+/// A rate limit: at most `limit` new approval requests per `window`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// Resolved approval settings (from config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    /// Longest a call is held, whatever the OP's expiry says.
+    pub max_wait: Duration,
+    /// Longest a hold runs without a stream that can carry keep-alives; longer waits park.
+    pub max_plain_wait: Duration,
+    pub keepalive: Duration,
+    pub progress_interval: Duration,
+    pub park_retry_after: Duration,
+    pub ping_fallback_poll: Duration,
+    /// How long a final non-granted answer (denied, expired, failed) is kept for retries.
+    pub result_ttl: Duration,
+    pub per_agent: Option<Limit>,
+    pub per_user: Option<Limit>,
+    pub per_action: Option<Limit>,
+    pub denial_cooldown: Duration,
+    pub send_authorization_details: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Hold,
+            max_wait: Duration::from_secs(300),
+            max_plain_wait: Duration::from_secs(50),
+            keepalive: Duration::from_secs(15),
+            progress_interval: Duration::from_secs(10),
+            park_retry_after: Duration::from_secs(5),
+            ping_fallback_poll: Duration::from_secs(30),
+            result_ttl: Duration::from_secs(60),
+            per_agent: None,
+            per_user: None,
+            per_action: None,
+            denial_cooldown: Duration::from_secs(0),
+            send_authorization_details: false,
+        }
+    }
+}
+
+/// A call that policy says needs approval.
+pub struct CallForApproval<'a> {
+    pub agent: &'a str,
+    pub upstream: &'a str,
+    pub tool: &'a str,
+    pub arguments: &'a Value,
+    /// The policy's `approval` object.
+    pub params: &'a Value,
+}
+
+/// What the policy asked for, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalParams {
+    pub action: String,
+    pub binding_message: String,
+    pub scope: String,
+    pub acr_values: Option<String>,
+    pub requested_expiry: Option<u64>,
+    pub mode: Option<Mode>,
+}
+
+/// A call's place in the approval flow.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub fingerprint: String,
+    pub params: ApprovalParams,
+    /// True when this call started the CIBA request (false: it joined one).
+    pub started: bool,
+    pub deadline_ms: u64,
+}
+
+/// Why an approval did not lead to a forward. `code` is stable: the agent's answer,
+/// the evidence record and metrics use the same one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub code: String,
+    pub message: String,
+}
+
+impl Blocked {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Blocked {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of waiting.
+#[derive(Debug, Clone)]
+pub enum Settled {
+    /// Granted, and this call took it (single use): re-check policy, then forward.
+    Approved(ApprovalRecord),
+    /// Not decided yet (park mode, or the hold's time is up for this request).
+    Pending(ApprovalRecord),
+    Blocked(Blocked, Option<ApprovalRecord>),
+}
+
+/// What the evidence record says about the approval (no tokens, hints or user codes).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ApprovalEvidence {
+    pub op_issuer: String,
+    pub client_id: String,
+    pub backchannel_endpoint: String,
+    pub delivery_mode: String,
+    pub scope: String,
+    pub hint_type: String,
+    pub binding_message: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// Joined an existing request instead of starting one.
+    pub joined: bool,
+    /// approved | denied | expired | failed | pending
+    pub user_decision: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver_subject_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+}
+
+pub struct Approvals {
+    pub ciba: Arc<CibaClient>,
+    pub store: Arc<dyn ApprovalStore>,
+    pub settings: Settings,
+    pub profile: Profile,
+    hint: UserHint,
+    hint_type: &'static str,
+    /// Keyed hash of the user hint.
+    user_key: String,
+    /// HMAC key for requestState and keyed hashes.
+    key: Vec<u8>,
+}
+
+impl Approvals {
+    pub fn new(
+        ciba: Arc<CibaClient>,
+        store: Arc<dyn ApprovalStore>,
+        settings: Settings,
+        profile: Profile,
+        hint: UserHint,
+        key: Vec<u8>,
+    ) -> Arc<Self> {
+        let (hint_type, raw) = match &hint {
+            UserHint::LoginHint(v) => ("login_hint", v.as_str()),
+            UserHint::IdTokenHint(v) => ("id_token_hint", v.as_str()),
+            UserHint::LoginHintToken(v) => ("login_hint_token", v.as_str()),
+        };
+        let user_key = keyed_hash(&key, "user", raw);
+        Arc::new(Approvals {
+            ciba,
+            store,
+            settings,
+            profile,
+            hint,
+            hint_type,
+            user_key,
+            key,
+        })
+    }
+
+    pub fn hint_type(&self) -> &'static str {
+        self.hint_type
+    }
+
+    pub fn state_key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// A keyed hash: pseudonymous identifiers for evidence and throttling.
+    pub fn pseudonym(&self, purpose: &str, value: &str) -> String {
+        keyed_hash(&self.key, purpose, value)
+    }
+
+    /// Checks the policy's approval object against the OP's limits.
+    pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Blocked> {
+        let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
+        let binding_message = s("binding_message").ok_or_else(|| {
+            Blocked::new(
+                "approval_misconfigured",
+                "the policy's approval has no binding_message",
+            )
+        })?;
+        self.profile.check(&binding_message).map_err(|e| {
+            Blocked::new(
+                "invalid_binding_message",
+                format!("the policy's binding message does not fit the OP ({e}); this is a configuration error"),
+            )
+        })?;
+        let mut scope = s("scope").unwrap_or_else(|| "openid".into());
+        if !scope.split(' ').any(|x| x == "openid") {
+            scope = format!("openid {scope}");
+        }
+        let acr_values = match params.get("acr_values") {
+            Some(Value::String(a)) if !a.is_empty() => Some(a.clone()),
+            Some(Value::Array(items)) => {
+                let v: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                (!v.is_empty()).then(|| v.join(" "))
+            }
+            _ => None,
+        };
+        let mode = match params.get("mode").and_then(Value::as_str) {
+            Some("hold") => Some(Mode::Hold),
+            Some("park") => Some(Mode::Park),
+            Some(other) => {
+                return Err(Blocked::new(
+                    "approval_misconfigured",
+                    format!("the policy's approval mode {other:?} is not hold or park"),
+                ));
+            }
+            None => None,
+        };
+        Ok(ApprovalParams {
+            action: s("action").unwrap_or_else(|| "approve".into()),
+            binding_message,
+            scope,
+            acr_values,
+            requested_expiry: params.get("requested_expiry").and_then(Value::as_u64),
+            mode,
+        })
+    }
+
+    /// The fingerprint of the exact call.
+    pub fn fingerprint(call: &CallForApproval<'_>) -> String {
+        crate::fingerprint::of_json(&json!({
+            "agent": call.agent,
+            "upstream": call.upstream,
+            "tool": call.tool,
+            "arguments": call.arguments,
+        }))
+    }
+
+    /// Finds or starts the approval for this call. Fails closed: any store problem blocks.
+    pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Blocked> {
+        let params = self.parse_params(call.params)?;
+        let fingerprint = Self::fingerprint(call);
+        let unavailable = |e: crate::store::StoreError| {
+            Blocked::new(
+                "store_unavailable",
+                format!("approvals cannot be checked right now: {e}"),
+            )
+        };
+
+        // A call that joins an existing request is never throttled: it prompts nobody.
+        if let Some(existing) = self.store.get(&fingerprint).await.map_err(unavailable)? {
+            return Ok(Ticket {
+                deadline_ms: existing.deadline_ms,
+                fingerprint,
+                params,
+                started: false,
+            });
+        }
+        self.throttle(&params, call.agent).await?;
+
+        let created_at = now_ms();
+        let max_wait_ms = self.settings.max_wait.as_millis() as u64;
+        let requested = params
+            .requested_expiry
+            .map(|s| s * 1000)
+            .unwrap_or(max_wait_ms);
+        let provisional_deadline = created_at + requested.min(max_wait_ms);
+        let delivery = self.ciba.config().delivery;
+        let notification_token = matches!(delivery, DeliveryMode::Ping | DeliveryMode::Push)
+            .then(crate::ciba::new_notification_token);
+        let record = ApprovalRecord {
+            fingerprint: fingerprint.clone(),
+            status: Status::Pending,
+            auth_req_id: None,
+            // Recorded before the request is sent: a ping can beat the acknowledgement.
+            notification_token_hash: notification_token.as_deref().map(crate::ciba::token_hash),
+            binding_message: params.binding_message.clone(),
+            action: params.action.clone(),
+            user_key: self.user_key.clone(),
+            created_at_ms: created_at,
+            deadline_ms: provisional_deadline,
+            expires_in: None,
+            interval: None,
+            approver: None,
+            failure: None,
+        };
+        match self
+            .store
+            .create_or_join(record, self.settings.result_ttl)
+            .await
+            .map_err(unavailable)?
+        {
+            Joined::Existing(existing) => Ok(Ticket {
+                deadline_ms: existing.deadline_ms,
+                fingerprint,
+                params,
+                started: false,
+            }),
+            Joined::Created => {
+                let request = AuthRequest {
+                    scope: params.scope.clone(),
+                    hint: self.hint.clone(),
+                    binding_message: Some(params.binding_message.clone()),
+                    user_code: None,
+                    acr_values: params.acr_values.clone(),
+                    requested_expiry: params.requested_expiry,
+                    authorization_details: self.settings.send_authorization_details.then(|| {
+                        json!([{
+                            "type": "tool_call",
+                            "actions": [params.action],
+                            "tool": call.tool,
+                            "binding_message": params.binding_message,
+                        }])
+                    }),
+                    client_notification_token: notification_token,
+                };
+                let this = self.clone();
+                let fp = fingerprint.clone();
+                tokio::spawn(async move { driver::drive(this, fp, request, created_at).await });
+                Ok(Ticket {
+                    deadline_ms: provisional_deadline,
+                    fingerprint,
+                    params,
+                    started: true,
+                })
+            }
+        }
+    }
+
+    async fn throttle(&self, params: &ApprovalParams, agent: &str) -> Result<(), Blocked> {
+        let unavailable = |e: crate::store::StoreError| {
+            Blocked::new(
+                "store_unavailable",
+                format!("approvals cannot be checked right now: {e}"),
+            )
+        };
+        if !self.settings.denial_cooldown.is_zero()
+            && self
+                .store
+                .recently_denied(&self.user_key)
+                .await
+                .map_err(unavailable)?
+        {
+            return Err(Blocked::new(
+                "denial_cooldown",
+                "the user recently denied an approval; no new request is sent until the cool-down passes",
+            ));
+        }
+        let checks = [
+            (
+                self.settings.per_agent,
+                format!("agent:{agent}"),
+                "per agent",
+            ),
+            (
+                self.settings.per_user,
+                format!("user:{}", self.user_key),
+                "per user",
+            ),
+            (
+                self.settings.per_action,
+                format!("action:{}", params.action),
+                "per action",
+            ),
+        ];
+        for (limit, key, what) in checks {
+            if let Some(l) = limit
+                && !self
+                    .store
+                    .rate_limit(&key, l.limit, l.window)
+                    .await
+                    .map_err(unavailable)?
+            {
+                return Err(Blocked::new(
+                    "approval_rate_limited",
+                    format!(
+                        "too many approval requests {what} (at most {} per {:?})",
+                        l.limit, l.window
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the decision (hold: until `until_ms` at the latest; park: not at all)
+    /// and takes a granted approval for this call, exactly once.
+    pub async fn settle(&self, ticket: &Ticket, until_ms: u64) -> Settled {
+        loop {
+            let rec = match self.store.get(&ticket.fingerprint).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Settled::Blocked(
+                        Blocked::new(
+                            "approval_already_used",
+                            "the approval for this exact call was used by an identical call; call again to ask for a new approval",
+                        ),
+                        None,
+                    );
+                }
+                Err(e) => {
+                    return Settled::Blocked(
+                        Blocked::new("store_unavailable", e.to_string()),
+                        None,
+                    );
+                }
+            };
+            match rec.status {
+                Status::Granted => {
+                    return match self.store.consume(&ticket.fingerprint).await {
+                        Ok(Some(r)) => Settled::Approved(r),
+                        Ok(None) => Settled::Blocked(
+                            Blocked::new(
+                                "approval_already_used",
+                                "the approval for this exact call was used by an identical call; call again to ask for a new approval",
+                            ),
+                            Some(rec),
+                        ),
+                        Err(e) => Settled::Blocked(
+                            Blocked::new("store_unavailable", e.to_string()),
+                            Some(rec),
+                        ),
+                    };
+                }
+                Status::Consumed => {
+                    return Settled::Blocked(
+                        Blocked::new(
+                            "approval_already_used",
+                            "the approval for this exact call was already used",
+                        ),
+                        Some(rec),
+                    );
+                }
+                Status::Denied => {
+                    return Settled::Blocked(
+                        Blocked::new(
+                            "approval_denied",
+                            "the user denied the request on their phone",
+                        ),
+                        Some(rec),
+                    );
+                }
+                Status::Expired => {
+                    return Settled::Blocked(
+                        Blocked::new("approval_expired", "nobody approved the request in time"),
+                        Some(rec),
+                    );
+                }
+                Status::Failed => {
+                    let code = rec
+                        .failure
+                        .clone()
+                        .unwrap_or_else(|| "approval_failed".into());
+                    let message = failure_sentence(&code);
+                    return Settled::Blocked(Blocked::new(&code, message), Some(rec));
+                }
+                Status::Pending => {
+                    let now = now_ms();
+                    let limit = until_ms.min(rec.deadline_ms);
+                    if now >= limit {
+                        if now >= rec.deadline_ms {
+                            // The driver resolves expiry; until it does, nothing is granted.
+                            return Settled::Blocked(
+                                Blocked::new(
+                                    "approval_expired",
+                                    "nobody approved the request in time",
+                                ),
+                                Some(rec),
+                            );
+                        }
+                        return Settled::Pending(rec);
+                    }
+                    // Re-read on every wake-up and at least once a second: a missed
+                    // notice only delays, it never strands a call.
+                    let wait = Duration::from_millis((limit - now).min(1000));
+                    self.store.wait_change(&ticket.fingerprint, wait).await;
+                }
+            }
+        }
+    }
+
+    /// The evidence for a record (and this call's part in it).
+    pub fn evidence(&self, ticket: &Ticket, rec: Option<&ApprovalRecord>) -> ApprovalEvidence {
+        let cfg = self.ciba.config();
+        let decision = match rec.map(|r| r.status) {
+            Some(Status::Granted) | Some(Status::Consumed) => "approved",
+            Some(Status::Denied) => "denied",
+            Some(Status::Expired) => "expired",
+            Some(Status::Failed) => "failed",
+            Some(Status::Pending) => "pending",
+            None => "unknown",
+        };
+        ApprovalEvidence {
+            op_issuer: cfg.issuer.clone(),
+            client_id: cfg.client_id.clone(),
+            backchannel_endpoint: self
+                .ciba
+                .metadata()
+                .backchannel_authentication_endpoint
+                .clone(),
+            delivery_mode: delivery_name(cfg.delivery).into(),
+            scope: ticket.params.scope.clone(),
+            hint_type: self.hint_type.into(),
+            binding_message: ticket.params.binding_message.clone(),
+            action: ticket.params.action.clone(),
+            expires_in: rec.and_then(|r| r.expires_in),
+            interval: rec.and_then(|r| r.interval),
+            joined: !ticket.started,
+            user_decision: decision.into(),
+            failure: rec.and_then(|r| r.failure.clone()),
+            approver_subject_hash: rec
+                .and_then(|r| r.approver.as_ref())
+                .map(|a| a.subject_hash.clone()),
+            acr: rec
+                .and_then(|r| r.approver.as_ref())
+                .and_then(|a| a.acr.clone()),
+        }
+    }
+}
+
+pub fn delivery_name(d: DeliveryMode) -> &'static str {
+    match d {
+        DeliveryMode::Poll => "poll",
+        DeliveryMode::Ping => "ping",
+        DeliveryMode::Push => "push",
+    }
+}
+
+fn failure_sentence(code: &str) -> String {
+    match code {
+        "invalid_binding_message" => {
+            "the OP rejected the binding message; this is a configuration error".into()
+        }
+        "unknown_user_id" => "the OP does not know the user this agent acts for".into(),
+        "invalid_client" | "unauthorized_client" => {
+            "the OP rejected the gateway's client credentials".into()
+        }
+        "op_unreachable" => "the OpenID Provider could not be reached".into(),
+        "op_error" => "the OpenID Provider answered with an error".into(),
+        "invalid_id_token" => "the approval's ID token failed validation".into(),
+        "store_unavailable" => "the approval store is unavailable".into(),
+        "shutting_down" => "the gateway is shutting down; retry the call".into(),
+        other => format!("the approval failed ({other})"),
+    }
+}
+
+fn keyed_hash(key: &[u8], purpose: &str, value: &str) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(purpose.as_bytes());
+    mac.update(b"\0");
+    mac.update(value.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}

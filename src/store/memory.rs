@@ -1,0 +1,262 @@
+//! The in-memory store: one process, no persistence. One mutex guards all maps so every
+//! operation is atomic; waiters are woken through a per-fingerprint `Notify`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{ApprovalRecord, ApprovalStore, Joined, Resolution, Status, StoreError, now_ms};
+
+#[derive(Default)]
+struct Inner {
+    records: HashMap<String, (ApprovalRecord, u64)>,
+    by_auth_req_id: HashMap<String, String>,
+    by_token_hash: HashMap<String, String>,
+    /// key → (window start ms, count)
+    counters: HashMap<String, (u64, u32)>,
+    /// user key → until ms
+    denials: HashMap<String, u64>,
+    notifies: HashMap<String, Arc<Notify>>,
+    ops_since_sweep: u32,
+}
+
+impl Inner {
+    fn notify(&self, fingerprint: &str) {
+        if let Some(n) = self.notifies.get(fingerprint) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Drops expired entries now and then, so memory never grows without bound.
+    fn maybe_sweep(&mut self) {
+        self.ops_since_sweep += 1;
+        if self.ops_since_sweep < 256 {
+            return;
+        }
+        self.ops_since_sweep = 0;
+        let now = now_ms();
+        self.records.retain(|_, (_, expires)| *expires > now);
+        let live: std::collections::HashSet<String> = self.records.keys().cloned().collect();
+        self.by_auth_req_id.retain(|_, fp| live.contains(fp));
+        self.by_token_hash.retain(|_, fp| live.contains(fp));
+        self.denials.retain(|_, until| *until > now);
+        self.counters
+            .retain(|_, (start, _)| now.saturating_sub(*start) < 3_600_000);
+        self.notifies
+            .retain(|fp, n| live.contains(fp) || Arc::strong_count(n) > 1);
+    }
+
+    fn live(&self, fingerprint: &str) -> Option<&ApprovalRecord> {
+        self.records
+            .get(fingerprint)
+            .filter(|(_, expires)| *expires > now_ms())
+            .map(|(r, _)| r)
+    }
+}
+
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Unavailable("in-memory store lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl ApprovalStore for MemoryStore {
+    async fn create_or_join(
+        &self,
+        record: ApprovalRecord,
+        grace: Duration,
+    ) -> Result<Joined, StoreError> {
+        let mut g = self.lock()?;
+        g.maybe_sweep();
+        if let Some(existing) = g.live(&record.fingerprint) {
+            return Ok(Joined::Existing(existing.clone()));
+        }
+        let expires = record.deadline_ms + grace.as_millis() as u64;
+        if let Some(h) = &record.notification_token_hash {
+            g.by_token_hash
+                .insert(h.clone(), record.fingerprint.clone());
+        }
+        g.records
+            .insert(record.fingerprint.clone(), (record, expires));
+        Ok(Joined::Created)
+    }
+
+    async fn get(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        Ok(self.lock()?.live(fingerprint).cloned())
+    }
+
+    async fn set_acknowledged(
+        &self,
+        fingerprint: &str,
+        auth_req_id: &str,
+        expires_in: u64,
+        interval: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
+            return Ok(());
+        };
+        rec.auth_req_id = Some(auth_req_id.to_string());
+        rec.expires_in = Some(expires_in);
+        rec.interval = interval;
+        let grace = expires.saturating_sub(rec.deadline_ms);
+        rec.deadline_ms = deadline_ms;
+        *expires = deadline_ms + grace;
+        g.by_auth_req_id
+            .insert(auth_req_id.to_string(), fingerprint.to_string());
+        g.notify(fingerprint);
+        Ok(())
+    }
+
+    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let now = now_ms();
+        let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
+            return Ok(false);
+        };
+        if *expires <= now || rec.status != Status::Pending {
+            return Ok(false);
+        }
+        // A final "no" is kept only for the grace period, for retries to read.
+        if !matches!(resolution, Resolution::Granted(_)) {
+            let grace = expires.saturating_sub(rec.deadline_ms);
+            *expires = (*expires).min(now + grace);
+        }
+        match resolution {
+            Resolution::Granted(a) => {
+                rec.status = Status::Granted;
+                rec.approver = Some(a);
+            }
+            Resolution::Denied(code) => {
+                rec.status = Status::Denied;
+                rec.failure = Some(code);
+            }
+            Resolution::Expired => {
+                rec.status = Status::Expired;
+                rec.failure = Some("expired".into());
+            }
+            Resolution::Failed(code) => {
+                rec.status = Status::Failed;
+                rec.failure = Some(code);
+            }
+        }
+        g.notify(fingerprint);
+        Ok(true)
+    }
+
+    async fn consume(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let mut g = self.lock()?;
+        let now = now_ms();
+        let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
+            return Ok(None);
+        };
+        if *expires <= now || rec.status != Status::Granted {
+            return Ok(None);
+        }
+        // Taken and forgotten in one step: a later identical call needs a new approval.
+        let mut out = rec.clone();
+        out.status = Status::Consumed;
+        g.records.remove(fingerprint);
+        if let Some(id) = &out.auth_req_id {
+            g.by_auth_req_id.remove(id);
+        }
+        if let Some(h) = &out.notification_token_hash {
+            g.by_token_hash.remove(h);
+        }
+        g.notify(fingerprint);
+        Ok(Some(out))
+    }
+
+    async fn remove(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if let Some((rec, _)) = g.records.remove(fingerprint) {
+            if let Some(id) = rec.auth_req_id {
+                g.by_auth_req_id.remove(&id);
+            }
+            if let Some(h) = rec.notification_token_hash {
+                g.by_token_hash.remove(&h);
+            }
+        }
+        g.notify(fingerprint);
+        Ok(())
+    }
+
+    async fn find_by_auth_req_id(&self, auth_req_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.by_auth_req_id.get(auth_req_id).cloned())
+    }
+
+    async fn find_by_notification_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.by_token_hash.get(token_hash).cloned())
+    }
+
+    async fn wait_change(&self, fingerprint: &str, timeout: Duration) {
+        let notify = match self.inner.lock() {
+            Ok(mut g) => g
+                .notifies
+                .entry(fingerprint.to_string())
+                .or_default()
+                .clone(),
+            Err(_) => return,
+        };
+        let _ = tokio::time::timeout(timeout, notify.notified()).await;
+    }
+
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let now = now_ms();
+        let w = window.as_millis() as u64;
+        let entry = g.counters.entry(key.to_string()).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= w {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        Ok(entry.1 <= limit)
+    }
+
+    async fn note_denial(&self, user_key: &str, cooldown: Duration) -> Result<(), StoreError> {
+        let until = now_ms() + cooldown.as_millis() as u64;
+        self.lock()?.denials.insert(user_key.to_string(), until);
+        Ok(())
+    }
+
+    async fn recently_denied(&self, user_key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .denials
+            .get(user_key)
+            .is_some_and(|until| *until > now_ms()))
+    }
+
+    async fn pending_count(&self) -> Result<usize, StoreError> {
+        let g = self.lock()?;
+        let now = now_ms();
+        Ok(g.records
+            .values()
+            .filter(|(r, e)| *e > now && r.status == Status::Pending)
+            .count())
+    }
+}

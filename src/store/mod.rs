@@ -1,0 +1,167 @@
+//! Where pending approvals live. The store knows records, states and expiry — not CIBA
+//! wire formats, not HTTP. Every state change that matters is atomic: create-or-join,
+//! record-a-result-once, consume-once. `memory` is the embedded default (one process,
+//! `dev`); other implementations must pass the same contract tests (`tests/store_contract.rs`).
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Record made; the CIBA request is being sent or the user has not answered yet.
+    Pending,
+    /// The user approved and the ID token checked out; waiting to be consumed once.
+    Granted,
+    /// The user said no.
+    Denied,
+    /// Nobody answered in time.
+    Expired,
+    /// The OP or the validation failed; `failure` says how.
+    Failed,
+    /// A granted approval that has been used by its call.
+    Consumed,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Pending)
+    }
+}
+
+/// What the approver's ID token proved (no raw identifiers: the subject is a keyed hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Approver {
+    pub subject_hash: String,
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+    pub auth_time: Option<i64>,
+}
+
+/// One approval, keyed by the fingerprint of the exact call it approves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub fingerprint: String,
+    pub status: Status,
+    /// Set once the OP acknowledged the request. Never logged.
+    pub auth_req_id: Option<String>,
+    /// SHA-256 of the ping/push notification token (the token itself is never stored).
+    pub notification_token_hash: Option<String>,
+    pub binding_message: String,
+    pub action: String,
+    /// Keyed hash of the user hint (throttling and audit without the raw identifier).
+    pub user_key: String,
+    pub created_at_ms: u64,
+    /// When the wait ends whatever happens (min of the OP's expiry and the configured max).
+    pub deadline_ms: u64,
+    pub expires_in: Option<u64>,
+    pub interval: Option<u64>,
+    pub approver: Option<Approver>,
+    /// Reason code when Failed (or the OP's error when Denied/Expired).
+    pub failure: Option<String>,
+}
+
+impl ApprovalRecord {
+    pub fn remaining(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.deadline_ms.saturating_sub(now_ms))
+    }
+}
+
+/// The final word on an approval, recorded exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Granted(Approver),
+    Denied(String),
+    Expired,
+    Failed(String),
+}
+
+/// What `create_or_join` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    /// This caller made the record and must start the CIBA request.
+    Created,
+    /// A record already exists for the fingerprint.
+    Existing(ApprovalRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("approval store unavailable: {0}")]
+    Unavailable(String),
+    #[error("approval store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait ApprovalStore: Send + Sync + 'static {
+    /// Creates the record if no record exists for its fingerprint, else returns the existing one.
+    /// The record lives until `deadline + grace`.
+    async fn create_or_join(
+        &self,
+        record: ApprovalRecord,
+        grace: Duration,
+    ) -> Result<Joined, StoreError>;
+
+    async fn get(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// Records the OP's acknowledgement on a pending record (and indexes the auth_req_id).
+    async fn set_acknowledged(
+        &self,
+        fingerprint: &str,
+        auth_req_id: &str,
+        expires_in: u64,
+        interval: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Moves a pending record to its final state. Returns false if it was not pending
+    /// (someone else resolved it first, or it is gone): the first answer wins. A final
+    /// "no" (denied, expired, failed) is then kept only for the grace period.
+    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError>;
+
+    /// Takes a granted approval for use, exactly once: returns the record (status
+    /// Consumed) only to the one caller that took it, and forgets it, so that a later
+    /// identical call needs a new approval.
+    async fn consume(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+
+    /// Forgets a record (a later identical call then needs a new approval).
+    async fn remove(&self, fingerprint: &str) -> Result<(), StoreError>;
+
+    async fn find_by_auth_req_id(&self, auth_req_id: &str) -> Result<Option<String>, StoreError>;
+
+    async fn find_by_notification_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Waits until the record changes (or `timeout` passes). Waiters must re-read after
+    /// waking: a change notice carries no state, and a missed one only costs a timeout.
+    async fn wait_change(&self, fingerprint: &str, timeout: Duration);
+
+    /// Counts one event under `key` in a fixed window; false once `limit` is exceeded.
+    async fn rate_limit(&self, key: &str, limit: u32, window: Duration)
+    -> Result<bool, StoreError>;
+
+    /// Remembers a denial for `user_key` for `cooldown`.
+    async fn note_denial(&self, user_key: &str, cooldown: Duration) -> Result<(), StoreError>;
+
+    /// True while a recent denial for `user_key` is remembered.
+    async fn recently_denied(&self, user_key: &str) -> Result<bool, StoreError>;
+
+    /// Number of pending records (gauge).
+    async fn pending_count(&self) -> Result<usize, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
