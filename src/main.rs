@@ -42,6 +42,19 @@ enum Command {
         /// Where the demo tool server listens (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:0")]
         tools_listen: SocketAddr,
+        /// Where the development OpenID Provider (and its phone page) listens. Use
+        /// 0.0.0.0:9400 to open the approval page from a phone on the same network.
+        #[arg(long, default_value = "127.0.0.1:9400")]
+        op_listen: SocketAddr,
+        /// Where the gateway receives the OP's ping/push notifications.
+        #[arg(long, default_value = "127.0.0.1:9401")]
+        callback_listen: SocketAddr,
+        /// How the OP delivers the user's answer: poll, ping or push.
+        #[arg(long, default_value = "ping")]
+        delivery: String,
+        /// Park calls (answer "pending" at once) instead of holding them.
+        #[arg(long)]
+        park: bool,
     },
     /// Work with Rego policies offline.
     Policy {
@@ -120,9 +133,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             policies,
             tools_listen,
+            op_listen,
+            callback_listen,
+            delivery,
+            park,
         } => {
             init_logging();
-            runtime()?.block_on(dev(listen, &policies, tools_listen))?;
+            let opts = DevOptions {
+                listen,
+                tools_listen,
+                op_listen,
+                callback_listen,
+                delivery,
+                park,
+            };
+            runtime()?.block_on(dev(opts, &policies))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoTools { listen } => {
@@ -178,8 +203,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn dev(listen: SocketAddr, policies: &Path, tools_listen: SocketAddr) -> anyhow::Result<()> {
-    let tools = ciba_gate::devop::demo_tools::spawn(tools_listen).await?;
+struct DevOptions {
+    listen: SocketAddr,
+    tools_listen: SocketAddr,
+    op_listen: SocketAddr,
+    callback_listen: SocketAddr,
+    delivery: String,
+    park: bool,
+}
+
+/// `ciba-gate dev`: demo tools, the development OP and the gateway in one process.
+async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
+    use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
+    let delivery = match opts.delivery.as_str() {
+        "poll" => DeliveryMode::Poll,
+        "ping" => DeliveryMode::Ping,
+        "push" => DeliveryMode::Push,
+        other => anyhow::bail!("--delivery must be poll, ping or push, not {other:?}"),
+    };
+    let tools = ciba_gate::devop::demo_tools::spawn(opts.tools_listen).await?;
     let dir = std::env::temp_dir().join(format!("ciba-gate-dev-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let policies = std::fs::canonicalize(policies).with_context(|| {
@@ -188,14 +230,76 @@ async fn dev(listen: SocketAddr, policies: &Path, tools_listen: SocketAddr) -> a
             policies.display()
         )
     })?;
-    let config_path = dir.join("dev.yaml");
+
+    // The development OP, with one client registered for this gateway.
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let secret_file = dir.join("client-secret");
+    std::fs::write(&secret_file, &secret)?;
+    let callback_url = format!("http://{}/ciba/callback", opts.callback_listen);
+    let op_listener = tokio::net::TcpListener::bind(opts.op_listen)
+        .await
+        .with_context(|| format!("binding the development OP on {}", opts.op_listen))?;
+    let op = DevOp::spawn(
+        op_listener,
+        DevOpConfig {
+            clients: vec![DevClient {
+                client_id: "ciba-gate-dev".into(),
+                secret,
+                delivery,
+                notification_endpoint: (delivery != DeliveryMode::Poll)
+                    .then(|| callback_url.clone()),
+            }],
+            users: vec!["demo@example.com".into()],
+            interval: Some(2),
+            default_expiry: 120,
+            ..DevOpConfig::default()
+        },
+    )
+    .await?;
+
+    let callback = if delivery == DeliveryMode::Poll {
+        String::new()
+    } else {
+        format!(
+            "  callback: {{listen: \"{}\", insecure_http: true}}\n",
+            opts.callback_listen
+        )
+    };
     let yaml = format!(
-        "listen: \"{listen}\"\nagent: {{id: dev-agent, namespace: dev}}\npolicy: {{dir: {policies:?}, reload_interval: 1s}}\nevidence: {{sink: stdout}}\nupstreams:\n  - name: demo-tools\n    kind: mcp\n    mount: /mcp\n    url: http://{tools}/mcp\n",
+        "listen: \"{listen}\"\n\
+         agent: {{id: dev-agent, namespace: dev}}\n\
+         policy: {{dir: {policies:?}, reload_interval: 1s}}\n\
+         evidence: {{sink: stdout}}\n\
+         upstreams:\n  - name: demo-tools\n    kind: mcp\n    mount: /mcp\n    url: http://{tools}/mcp\n\
+         approvals:\n\
+         \x20 op:\n\
+         \x20   issuer: \"{issuer}\"\n\
+         \x20   client_id: ciba-gate-dev\n\
+         \x20   client_auth: {{method: client_secret_basic, secret: {{file: {secret_file:?}}}}}\n\
+         \x20   delivery: {delivery}\n\
+         \x20   allow_insecure_http: true\n\
+         \x20 user: {{value: demo@example.com}}\n\
+         \x20 binding_message_profile: ciba-gate-dev\n\
+         \x20 mode: {mode}\n\
+         \x20 max_wait: 120s\n\
+         \x20 ping_fallback_poll: 10s\n\
+         {callback}",
+        listen = opts.listen,
+        issuer = op.issuer(),
+        delivery = delivery.as_str(),
+        mode = if opts.park { "park" } else { "hold" },
     );
+    let config_path = dir.join("dev.yaml");
     std::fs::write(&config_path, yaml)?;
     let cfg = LoadedConfig::load(&config_path)?;
+    eprintln!();
+    eprintln!("  ciba-gate dev — for trying things out, not for production");
+    eprintln!("  MCP endpoint:   http://{}/mcp", opts.listen);
     eprintln!(
-        "ciba-gate dev: MCP endpoint http://{listen}/mcp (demo tools behind it at http://{tools}/mcp)"
+        "  approval page:  {}/   (open it on your phone or in a browser)",
+        op.issuer()
     );
+    eprintln!("  delivery mode:  {}", delivery.as_str());
+    eprintln!();
     ciba_gate::run::serve(cfg).await
 }

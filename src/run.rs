@@ -1,17 +1,24 @@
-//! Start-up: config → policy → evidence sink → gateway → listener, and shutdown on
+//! Start-up: config → policy → evidence sink → gateway → listeners, and shutdown on
 //! SIGTERM / Ctrl-C. Shared by `serve` and `dev`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::approval::{Approvals, callback};
 use crate::audit::EvidenceSink;
-use crate::config::{EvidenceSink as SinkKind, LoadedConfig};
+use crate::ciba::CibaClient;
+use crate::config::{EvidenceSink as SinkKind, LoadedConfig, ResolvedApprovals};
 use crate::policy::PolicyEngine;
 use crate::proxy::{Gateway, server};
+use crate::store::{ApprovalStore, memory::MemoryStore};
+
+/// How long held calls may keep running after SIGTERM before they are answered
+/// "shutting down, retry".
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Builds the gateway a config describes (secrets resolved, policy compiled).
 pub fn build_gateway(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
@@ -36,11 +43,17 @@ pub fn build_gateway(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
-    let gateway = build_gateway(&cfg)?;
+    let mut gateway = build_gateway(&cfg)?;
     if !cfg.config.policy.reload_interval.is_zero() {
         gateway
             .policy
             .spawn_reloader(cfg.config.policy.reload_interval);
+    }
+    if let Some(resolved) = cfg.resolve_approvals()? {
+        let slot = Arc::new(OnceLock::new());
+        gateway.approvals = Some(slot.clone());
+        let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
+        start_approvals(resolved, store, slot).await?;
     }
     let listener = TcpListener::bind(cfg.config.listen)
         .await
@@ -48,16 +61,74 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
     run_listener(listener, Arc::new(gateway)).await
 }
 
+/// Binds the callback port now (so a bad address fails start-up), then fetches the
+/// OP's metadata in the background, retrying: until it arrives, calls that need
+/// approval are blocked with `op_unavailable` and everything else keeps flowing.
+pub async fn start_approvals(
+    resolved: ResolvedApprovals,
+    store: Arc<dyn ApprovalStore>,
+    slot: Arc<OnceLock<Arc<Approvals>>>,
+) -> anyhow::Result<()> {
+    let callback_listener = match &resolved.callback {
+        Some(cb) => Some(
+            callback::bind(cb.listen)
+                .await
+                .with_context(|| format!("binding the CIBA callback listener on {}", cb.listen))?,
+        ),
+        None => None,
+    };
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        let ciba = loop {
+            match CibaClient::discover(resolved.client.clone()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, issuer = %resolved.client.issuer, "OpenID Provider discovery failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        tracing::info!(issuer = %resolved.client.issuer, delivery = %resolved.client.delivery, "OpenID Provider metadata loaded");
+        let approvals = Approvals::new(
+            Arc::new(ciba),
+            store,
+            resolved.settings,
+            resolved.profile,
+            resolved.hint,
+            resolved.state_key,
+        );
+        let _ = slot.set(approvals.clone());
+        if let (Some(listener), Some(cb)) = (callback_listener, resolved.callback) {
+            let tls = cb.tls.map(|t| callback::TlsFiles {
+                cert: t.cert_file,
+                key: t.key_file,
+            });
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, tls = tls.is_some(), "CIBA callback listener ready");
+            }
+            if let Err(e) = callback::serve(listener, approvals, cb.path, tls).await {
+                tracing::error!(error = %e, "CIBA callback listener failed");
+            }
+        }
+    });
+    Ok(())
+}
+
 pub async fn run_listener(listener: TcpListener, gateway: Arc<Gateway>) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, revision = %gateway.policy.revision(), "ciba-gate listening");
-    server::serve(
-        listener,
-        gateway,
-        shutdown_signal(),
-        Duration::from_secs(10),
-    )
-    .await;
+    let gw = gateway.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Held calls get most of the drain time, then a clear "retry" answer.
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN.saturating_sub(Duration::from_secs(2))).await;
+            gw.abandon_holds();
+        });
+    };
+    server::serve(listener, gateway, shutdown, DRAIN).await;
     tracing::info!("ciba-gate stopped");
     Ok(())
 }

@@ -213,6 +213,7 @@ struct Keys {
     ec2_pem: String,
     rsa_pem: String,
     ed_pem: String,
+    ed_public: Vec<u8>,
 }
 
 fn keys() -> &'static Keys {
@@ -223,13 +224,13 @@ fn keys() -> &'static Keys {
                 .expect("ec key")
                 .serialize_pem()
         };
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed key");
         Keys {
             ec_pem: ec(),
             ec2_pem: ec(),
             rsa_pem: rsa_pem(),
-            ed_pem: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-                .expect("ed key")
-                .serialize_pem(),
+            ed_pem: ed.serialize_pem(),
+            ed_public: ed.public_key_raw().to_vec(),
         }
     })
 }
@@ -269,6 +270,11 @@ fn pem_for(alg: Algorithm) -> &'static str {
 }
 
 fn jwk(alg: Algorithm, pem: &str, kid: &str) -> Value {
+    if alg == Algorithm::EdDSA {
+        // jsonwebtoken cannot derive an OKP JWK from a private key here; build it by hand.
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&keys().ed_public);
+        return json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid});
+    }
     let mut j = Jwk::from_encoding_key(&enc_key(alg, pem), alg).expect("jwk");
     j.common.key_id = Some(kid.into());
     serde_json::to_value(j).expect("jwk json")
@@ -876,6 +882,7 @@ async fn id_token_each_signature_alg() {
         s.jwks = json!({"keys": [
             jwk(Algorithm::ES256, &keys().ec_pem, "op-ec"),
             jwk(Algorithm::RS256, &keys().rsa_pem, "op-rsa"),
+            jwk(Algorithm::PS256, &keys().rsa_pem, "op-rsa-pss"),
             jwk(Algorithm::EdDSA, &keys().ed_pem, "op-ed"),
         ]})
     });
@@ -883,7 +890,7 @@ async fn id_token_each_signature_alg() {
     for (alg, kid) in [
         (Algorithm::ES256, "op-ec"),
         (Algorithm::RS256, "op-rsa"),
-        (Algorithm::PS256, "op-rsa"),
+        (Algorithm::PS256, "op-rsa-pss"),
         (Algorithm::EdDSA, "op-ed"),
     ] {
         let t = mint(alg, pem_for(alg), Some(kid), &base_claims(&op.issuer));
@@ -891,6 +898,17 @@ async fn id_token_each_signature_alg() {
             .await
             .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
     }
+    // A JWK whose "alg" is RS256 must not verify a PS256 token.
+    let t = mint(
+        Algorithm::PS256,
+        &keys().rsa_pem,
+        Some("op-rsa"),
+        &base_claims(&op.issuer),
+    );
+    assert!(matches!(
+        validate(&c, &t, IdTokenCheck::default()).await,
+        Err(CibaError::InvalidIdToken(_))
+    ));
 }
 
 #[tokio::test]

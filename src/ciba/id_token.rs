@@ -216,12 +216,12 @@ pub(crate) async fn validate(
 
     // auth_req_id binding.
     match (&c.auth_req_id, check.auth_req_id) {
-        (Some(claim), Some(expected)) => {
-            if !bool::from(claim.as_bytes().ct_eq(expected.as_bytes())) {
-                return Err(invalid(format!(
-                    "the {AUTH_REQ_ID_CLAIM} claim does not match the request"
-                )));
-            }
+        (Some(claim), Some(expected))
+            if !bool::from(claim.as_bytes().ct_eq(expected.as_bytes())) =>
+        {
+            return Err(invalid(format!(
+                "the {AUTH_REQ_ID_CLAIM} claim does not match the request"
+            )));
         }
         (None, _) if check.push => {
             return Err(invalid(format!(
@@ -238,10 +238,8 @@ pub(crate) async fn validate(
 
     // at_hash.
     match (&c.at_hash, check.access_token) {
-        (Some(h), Some(at)) => {
-            if !hash_matches(h, at, alg) {
-                return Err(invalid("at_hash does not match the access token"));
-            }
+        (Some(h), Some(at)) if !hash_matches(h, at, alg) => {
+            return Err(invalid("at_hash does not match the access token"));
         }
         (None, _) if check.push => {
             return Err(invalid("at_hash is required in push mode"));
@@ -256,12 +254,10 @@ pub(crate) async fn validate(
 
     // rt_hash.
     match (&c.rt_hash, check.refresh_token) {
-        (Some(h), Some(rt)) => {
-            if !hash_matches(h, rt, alg) {
-                return Err(invalid(format!(
-                    "the {RT_HASH_CLAIM} claim does not match the refresh token"
-                )));
-            }
+        (Some(h), Some(rt)) if !hash_matches(h, rt, alg) => {
+            return Err(invalid(format!(
+                "the {RT_HASH_CLAIM} claim does not match the refresh token"
+            )));
         }
         (None, Some(_)) if check.push => {
             return Err(invalid(format!(

@@ -98,7 +98,7 @@ pub async fn run(
     out: Outbound,
     mut rec: PendingRecord,
 ) -> Response<BoxBody> {
-    let Some(approvals) = gw.approvals.clone() else {
+    let Some(slot) = gw.approvals.clone() else {
         rec.get_mut().reason = "approval_not_configured".into();
         rec.finish("blocked", None);
         let text = format!(
@@ -108,6 +108,18 @@ pub async fn run(
         return respond(
             &caller,
             &blocked(&caller, "approve", "approval_not_configured", &text),
+        );
+    };
+    let Some(approvals) = slot.get().cloned() else {
+        rec.get_mut().reason = "op_unavailable".into();
+        rec.finish("blocked", None);
+        let text = format!(
+            "The tool call {} was not run: it needs a person's approval, and the OpenID Provider's metadata could not be fetched yet. Try again shortly.",
+            call.tool
+        );
+        return respond(
+            &caller,
+            &blocked(&caller, "approve", "op_unavailable", &text),
         );
     };
     let for_approval = CallForApproval {

@@ -264,7 +264,12 @@ async fn post(
                         &message,
                     )
                 }
-                Verdict::Approve { tool, arguments, params, input } => {
+                Verdict::Approve {
+                    tool,
+                    arguments,
+                    params,
+                    input,
+                } => {
                     let meta = msg.params().and_then(|p| p.get("_meta"));
                     let caller = super::approve::Caller::Mcp {
                         id: msg.id.clone().unwrap_or(Value::Null),
@@ -289,7 +294,12 @@ async fn post(
                         headers: parts.headers.clone(),
                         body: bytes.clone(),
                     };
-                    let call = super::approve::PendingCall { tool, arguments, params, input };
+                    let call = super::approve::PendingCall {
+                        tool,
+                        arguments,
+                        params,
+                        input,
+                    };
                     super::approve::run(gw, mount, call, caller, out, decided.record).await
                 }
             }

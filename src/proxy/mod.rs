@@ -59,8 +59,9 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_inspected_response_bytes: usize,
-    /// Human approvals (CIBA); `None`: an `approve` decision blocks the call.
-    pub approvals: Option<Arc<crate::approval::Approvals>>,
+    /// Human approvals (CIBA); `None`: not configured, an `approve` decision blocks the
+    /// call. The slot fills once the OP's metadata has been fetched.
+    pub approvals: Option<Arc<std::sync::OnceLock<Arc<crate::approval::Approvals>>>>,
     /// Turns true when held calls must give up (shutdown drain deadline).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
