@@ -435,12 +435,19 @@ impl SecretRef {
                     format!("environment variable {var} is not set"),
                 )
             })?,
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                cfg.err(
-                    format!("{key}.file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?,
+            (None, Some(path)) => {
+                // Relative to the config file, like every path in it.
+                let path = match cfg.file.parent() {
+                    Some(dir) => dir.join(path),
+                    None => path.clone(),
+                };
+                std::fs::read_to_string(&path).map_err(|e| {
+                    cfg.err(
+                        format!("{key}.file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+            }
             _ => {
                 return Err(cfg.err(
                     key,
@@ -595,6 +602,10 @@ pub struct UserConfig {
     pub env: Option<String>,
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// The user's CIBA `user_code` (a secret the user chose at the OP), for OPs and
+    /// client registrations that require it. Never inline.
+    #[serde(default)]
+    pub user_code: Option<SecretRef>,
 }
 
 fn default_hint_type() -> HintType {
@@ -644,6 +655,7 @@ pub struct TlsConfig {
 pub struct ResolvedApprovals {
     pub client: crate::ciba::ClientConfig,
     pub hint: crate::ciba::UserHint,
+    pub user_code: Option<String>,
     pub profile: crate::approval::binding::Profile,
     pub settings: crate::approval::Settings,
     pub state_key: Vec<u8>,
@@ -853,9 +865,14 @@ impl LoadedConfig {
             tls.cert_file = base.join(&tls.cert_file);
             tls.key_file = base.join(&tls.key_file);
         }
+        let user_code = match &a.user.user_code {
+            Some(r) => Some(r.read(self, "approvals.user.user_code")?.0),
+            None => None,
+        };
         Ok(Some(ResolvedApprovals {
             client,
             hint,
+            user_code,
             profile,
             settings,
             state_key,

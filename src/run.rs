@@ -96,6 +96,7 @@ pub async fn start_approvals(
             resolved.settings,
             resolved.profile,
             resolved.hint,
+            resolved.user_code,
             resolved.state_key,
         );
         let _ = slot.set(approvals.clone());

@@ -207,7 +207,6 @@ allow if {
         max_instructions: 10_000,
         time_limit: Duration::from_secs(10),
         prefer_rvm: true,
-        ..PolicyOptions::default()
     };
     let e = PolicyEngine::load_with(dir.path(), opts).unwrap();
     assert_eq!(e.eval_path(), EvalPath::Rvm);
@@ -236,7 +235,6 @@ allow if {
         max_instructions: usize::MAX,
         time_limit: Duration::from_millis(20),
         prefer_rvm: false,
-        ..PolicyOptions::default()
     };
     let e = PolicyEngine::load_with(dir.path(), opts).unwrap();
     assert_eq!(e.eval_path(), EvalPath::Interpreter);

@@ -105,7 +105,7 @@ async fn start_upstream(mode: Mode) -> Upstream {
                         let answer = match &body {
                             Value::Array(items) => {
                                 let a: Vec<Value> = items.iter().filter_map(mcp_answer).collect();
-                                (!a.is_empty()).then(|| Value::Array(a))
+                                (!a.is_empty()).then_some(Value::Array(a))
                             }
                             one => mcp_answer(one),
                         };
@@ -282,7 +282,10 @@ async fn post_raw(
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(_) => Value::String(text),
+    };
     (status, headers, value)
 }
 
@@ -656,7 +659,9 @@ async fn malformed_bodies_get_typed_json_rpc_errors_and_nothing_is_forwarded() {
         "[".repeat(40),
         "]".repeat(40)
     );
-    let cases: Vec<(&str, &str, Vec<u8>, u16, i64, &str)> = vec![
+    // (what, content type, body, HTTP status, JSON-RPC code, reason)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, i64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             "application/json",

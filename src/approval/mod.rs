@@ -172,6 +172,7 @@ pub struct Approvals {
     pub settings: Settings,
     pub profile: Profile,
     hint: UserHint,
+    user_code: Option<String>,
     hint_type: &'static str,
     /// Keyed hash of the user hint.
     user_key: String,
@@ -186,6 +187,7 @@ impl Approvals {
         settings: Settings,
         profile: Profile,
         hint: UserHint,
+        user_code: Option<String>,
         key: Vec<u8>,
     ) -> Arc<Self> {
         let (hint_type, raw) = match &hint {
@@ -200,6 +202,7 @@ impl Approvals {
             settings,
             profile,
             hint,
+            user_code,
             hint_type,
             user_key,
             key,
@@ -342,7 +345,7 @@ impl Approvals {
                     scope: params.scope.clone(),
                     hint: self.hint.clone(),
                     binding_message: Some(params.binding_message.clone()),
-                    user_code: None,
+                    user_code: self.user_code.clone(),
                     acr_values: params.acr_values.clone(),
                     requested_expiry: params.requested_expiry,
                     authorization_details: self.settings.send_authorization_details.then(|| {

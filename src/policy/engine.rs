@@ -52,6 +52,29 @@ impl Rule {
     }
 }
 
+/// Evaluates the three rules in one VM run, so helper rules they share are computed
+/// once. Each value is wrapped (`{"v": value}`, `{}` when undefined) to keep
+/// "undefined" distinct from every value.
+const COMBINED_PATH: &str = "data.ciba_gate_internal.decision";
+const COMBINED_MODULE: &str = r#"package ciba_gate_internal
+
+import rego.v1
+
+default deny_w := {}
+
+deny_w := {"v": data.ciba_gate.deny}
+
+default approval_w := {}
+
+approval_w := {"v": data.ciba_gate.approval}
+
+default allow_w := {}
+
+allow_w := {"v": data.ciba_gate.allow}
+
+decision := [deny_w, approval_w, allow_w]
+"#;
+
 /// Distinguishes compiled policy sets in the per-thread caches.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -178,6 +201,12 @@ impl Compiled {
 
         // Type-check: unknown functions, bad references and the like fail here, with
         // the file name in the message.
+        engine
+            .add_policy(
+                "<ciba-gate>/decision.rego".to_string(),
+                COMBINED_MODULE.to_string(),
+            )
+            .map_err(|e| compile_err("<ciba-gate>/decision.rego", e.to_string()))?;
         let first = regorus::Rc::from(entry_points[0]);
         let policy = engine.compile_with_entrypoint(&first).map_err(|e| {
             let msg = e.to_string();
@@ -195,7 +224,7 @@ impl Compiled {
         // The VM compiler is also the only place that rejects calls to unknown
         // functions up front (the interpreter finds them at evaluation time), so it
         // runs even when the VM is not wanted.
-        let rvm = match compile_rvm(policy, &entry_points) {
+        let rvm = match compile_rvm(policy, &[COMBINED_PATH]) {
             Ok(rvm) => Some(rvm),
             Err(e) if e.contains("Unknown function") => {
                 return Err(compile_err(&locate(&e, set), first_lines(&e)));
@@ -399,6 +428,8 @@ struct Evaluator<'a> {
     ready: &'a Ready,
     path: EvalPath,
     input: Value,
+    /// Values of deny, approval, allow from one combined VM run.
+    combined: Option<[Value; 3]>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -408,6 +439,7 @@ impl<'a> Evaluator<'a> {
             ready,
             path,
             input,
+            combined: None,
         }
     }
 
@@ -416,12 +448,22 @@ impl<'a> Evaluator<'a> {
             return Ok(Value::Undefined);
         }
         match (self.path, &self.ready.rvm) {
-            (EvalPath::Rvm, Some(rvm)) => self.rule_rvm(rvm, rule),
+            (EvalPath::Rvm, Some(rvm)) => {
+                if self.combined.is_none() {
+                    let out = self.run_rvm(rvm)?;
+                    self.combined = Some(unwrap_combined(&out)?);
+                }
+                Ok(self
+                    .combined
+                    .as_ref()
+                    .map(|c| c[rule as usize].clone())
+                    .unwrap_or(Value::Undefined))
+            }
             _ => self.rule_interpreter(rule),
         }
     }
 
-    fn rule_rvm(&self, rvm: &Rvm, rule: Rule) -> Result<Value, String> {
+    fn run_rvm(&self, rvm: &Rvm) -> Result<Value, String> {
         VMS.with(|cell| {
             let mut vms = cell.borrow_mut();
             let idx = match vms.iter().position(|(id, _)| *id == self.id) {
@@ -444,7 +486,7 @@ impl<'a> Evaluator<'a> {
             let vm = &mut vms[idx].1;
             vm.set_input(self.input.clone());
             let out = vm
-                .execute_entry_point_by_name(rule.path())
+                .execute_entry_point_by_name(COMBINED_PATH)
                 .map_err(|e| e.to_string());
             // Do not keep the caller's input alive in the cached VM.
             vm.set_input(Value::Null);
@@ -474,6 +516,19 @@ impl<'a> Evaluator<'a> {
             out
         })
     }
+}
+
+/// Splits the combined VM result into the three rule values.
+fn unwrap_combined(out: &Value) -> Result<[Value; 3], String> {
+    let Value::Array(items) = out else {
+        return Err("policy evaluation gave no result".to_string());
+    };
+    let v = Value::from("v");
+    let get = |i: usize| match items.get(i) {
+        Some(Value::Object(o)) => Ok(o.get(&v).cloned().unwrap_or(Value::Undefined)),
+        _ => Err("policy evaluation gave a malformed result".to_string()),
+    };
+    Ok([get(0)?, get(1)?, get(2)?])
 }
 
 fn drop_thread_caches(id: u64) {

@@ -155,9 +155,50 @@ pub async fn handle(
         );
         input.insert("http".into(), json!({"route": r.template.to_string()}));
     }
-    let decision = gw.decide(input);
+    let decision = gw.decide(input.clone());
     rec.get_mut().decision = effect_name(&decision);
     rec.get_mut().policy_revision = decision.revision.to_string();
+    if let (Effect::Approve, Some(params), Some((route, _))) = (decision.effect, &decision.approval, &route) {
+        // The approval is bound to the exact request: a body policy could not read is
+        // read now, and its digest joins the arguments that are fingerprinted.
+        let (body, mut bound_args) = match (held_body, stream_body) {
+            (Some(b), _) => (b, arguments.clone()),
+            (None, Some(stream)) => match stream.collect().await {
+                Ok(c) => {
+                    let b = c.to_bytes();
+                    let mut args = arguments.clone();
+                    if !b.is_empty()
+                        && let Value::Object(m) = &mut args
+                    {
+                        use sha2::Digest;
+                        m.insert("$body_sha256".into(), Value::String(hex::encode(sha2::Sha256::digest(&b))));
+                    }
+                    (b, args)
+                }
+                Err(_) => {
+                    return reject(rec, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body exceeds the gateway's limit");
+                }
+            },
+            (None, None) => (bytes::Bytes::new(), arguments.clone()),
+        };
+        if bound_args.is_null() {
+            bound_args = Value::Object(Map::new());
+        }
+        let call = super::approve::PendingCall {
+            tool: route.tool.clone(),
+            arguments: bound_args,
+            params: params.clone(),
+            input,
+        };
+        let out = super::approve::Outbound {
+            method: parts.method.clone(),
+            uri_rest: rest.to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers.clone(),
+            body,
+        };
+        return super::approve::run(gw, mount, call, super::approve::Caller::Http, out, rec).await;
+    }
     if decision.effect != Effect::Allow {
         let (reason, message) = block_reason(&decision);
         rec.get_mut().reason = reason.clone();

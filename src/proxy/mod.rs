@@ -106,7 +106,7 @@ impl Gateway {
             });
         }
         // Longest prefix first, so /mcp/admin wins over /mcp.
-        mounts.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
         Ok(Gateway {
             approvals: None,

@@ -84,7 +84,7 @@ impl ApprovalStore for MemoryStore {
         let mut g = self.lock()?;
         g.maybe_sweep();
         if let Some(existing) = g.live(&record.fingerprint) {
-            return Ok(Joined::Existing(existing.clone()));
+            return Ok(Joined::Existing(Box::new(existing.clone())));
         }
         let expires = record.deadline_ms + grace.as_millis() as u64;
         if let Some(h) = &record.notification_token_hash {

@@ -87,7 +87,7 @@ pub enum Joined {
     /// This caller made the record and must start the CIBA request.
     Created,
     /// A record already exists for the fingerprint.
-    Existing(ApprovalRecord),
+    Existing(Box<ApprovalRecord>),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,778 @@
+//! Approvals end to end, in one process over real sockets: the gateway, the
+//! development OpenID Provider (poll, ping, push, `interval`, `slow_down`), a
+//! recording upstream, and the callback listener. Each test states one behaviour;
+//! every test also checks that nothing is forwarded without a granted approval.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ciba_gate::audit::EvidenceSink;
+use ciba_gate::config::LoadedConfig;
+use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
+use ciba_gate::policy::PolicyEngine;
+use ciba_gate::proxy::{Gateway, server};
+use ciba_gate::store::{ApprovalStore, memory::MemoryStore};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const CLIENT_SECRET: &str = "dev-client-secret-5b1e0c";
+const USER: &str = "alice@example.com";
+
+// --- a recording upstream ------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Upstream {
+    calls: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn start_upstream() -> (SocketAddr, Upstream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let up = Upstream::default();
+    let seen = up.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        seen.calls.lock().unwrap().push(v.clone());
+                        let answer = match v.get("id") {
+                            Some(id) => json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}}),
+                            None => json!({"ok": true}),
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(answer.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, up)
+}
+
+impl Upstream {
+    fn tool_calls(&self) -> Vec<Value> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c["method"] == "tools/call" || c.get("method").is_none())
+            .cloned()
+            .collect()
+    }
+}
+
+// --- the setup -------------------------------------------------------------------------
+
+struct Setup {
+    gw_addr: SocketAddr,
+    op: DevOp,
+    upstream: Upstream,
+    evidence: Arc<Mutex<Vec<String>>>,
+    gateway: Arc<Gateway>,
+    /// Where the OP sends ping/push notifications.
+    callback: String,
+}
+
+struct Opts {
+    delivery: DeliveryMode,
+    mode: &'static str,
+    interval: Option<u64>,
+    slow_down_polls: u32,
+    max_wait: &'static str,
+    extra: &'static str,
+    policies: Option<std::path::PathBuf>,
+    profile: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            delivery: DeliveryMode::Poll,
+            mode: "hold",
+            interval: Some(1),
+            slow_down_polls: 0,
+            max_wait: "30s",
+            extra: "",
+            policies: None,
+            profile: "ciba-gate-dev",
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn setup(o: Opts) -> Setup {
+    let (up_addr, upstream) = start_upstream().await;
+    let callback_port = free_port();
+    let callback_url = format!("http://127.0.0.1:{callback_port}/ciba/callback");
+    let op = DevOp::spawn(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        DevOpConfig {
+            clients: vec![DevClient {
+                client_id: "gate".into(),
+                secret: CLIENT_SECRET.into(),
+                delivery: o.delivery,
+                notification_endpoint: (o.delivery != DeliveryMode::Poll).then(|| callback_url.clone()),
+            }],
+            users: vec![USER.into()],
+            interval: o.interval,
+            slow_down_polls: o.slow_down_polls,
+            default_expiry: 60,
+            ..DevOpConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("secret"), CLIENT_SECRET).unwrap();
+    let policies = o
+        .policies
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies")));
+    let callback = if o.delivery == DeliveryMode::Poll {
+        String::new()
+    } else {
+        format!("  callback: {{listen: \"127.0.0.1:{callback_port}\", insecure_http: true}}\n")
+    };
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+agent: {{id: billing-agent, namespace: agents}}
+policy: {{dir: {policies:?}, reload_interval: 0s}}
+upstreams:
+  - {{name: tools, kind: mcp, mount: /mcp, url: "http://{up_addr}/mcp"}}
+  - name: tickets
+    kind: http
+    mount: /tickets
+    url: "http://{up_addr}/api"
+    routes:
+      - {{method: DELETE, path: "/projects/{{project}}/issues/{{id}}", tool: delete_issue}}
+approvals:
+  op:
+    issuer: "{issuer}"
+    client_id: gate
+    client_auth: {{method: client_secret_basic, secret: {{file: secret}}}}
+    delivery: {delivery}
+    allow_insecure_http: true
+  user: {{value: "{USER}"}}
+  binding_message_profile: {profile}
+  mode: {mode}
+  max_wait: {max_wait}
+  keepalive: 1s
+  progress_interval: 1s
+  park_retry_after: 1s
+  ping_fallback_poll: 60s
+{callback}{extra}"#,
+        issuer = op.issuer(),
+        delivery = o.delivery.as_str(),
+        mode = o.mode,
+        max_wait = o.max_wait,
+        profile = o.profile,
+        extra = o.extra,
+    );
+    let cfg = LoadedConfig::parse(&dir.join("gate.yaml"), &yaml).unwrap();
+    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
+    let (sink, evidence) = EvidenceSink::memory();
+    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
+    let slot = Arc::new(OnceLock::new());
+    gw.approvals = Some(slot.clone());
+    let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
+    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), store, slot.clone())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if slot.get().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(slot.get().is_some(), "OP discovery did not complete");
+    let gateway = Arc::new(gw);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(listener, gateway.clone(), std::future::pending(), Duration::from_secs(1)));
+    Setup {
+        gw_addr,
+        op,
+        upstream,
+        evidence,
+        gateway,
+        callback: callback_url,
+    }
+}
+
+// --- calling --------------------------------------------------------------------------
+
+fn deploy(id: i64, service: &str, env: &str, progress: bool) -> Value {
+    let mut params = json!({"name": "deploy_service", "arguments": {"service": service, "env": env}});
+    if progress {
+        params["_meta"] = json!({"progressToken": format!("p{id}")});
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+/// What the agent got: headers, the SSE events (if any) and the final JSON-RPC response.
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    events: Vec<Value>,
+    comments: usize,
+    result: Value,
+}
+
+async fn call_mcp(addr: SocketAddr, body: Value, headers: &[(&str, &str)]) -> Answer {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .timeout(Duration::from_secs(30))
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let is_sse = headers.get("content-type").is_some_and(|v| v == "text/event-stream");
+    if !is_sse {
+        let result = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Answer { status, headers, events: vec![], comments: 0, result };
+    }
+    let mut events = Vec::new();
+    let mut comments = 0;
+    for block in text.split("\n\n") {
+        if block.starts_with(':') {
+            comments += 1;
+        }
+        if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+            events.push(serde_json::from_str::<Value>(data).unwrap());
+        }
+    }
+    let result = events.iter().rev().find(|e| e.get("id").is_some()).cloned().unwrap_or(Value::Null);
+    Answer { status, headers, events, comments, result }
+}
+
+/// Waits until the OP shows `n` pending requests and returns them.
+async fn pending(op: &DevOp, n: usize) -> Vec<ciba_gate::devop::op::PendingView> {
+    for _ in 0..300 {
+        let p = op.pending();
+        if p.len() >= n {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the OP never saw {n} pending request(s)");
+}
+
+async fn answer_on_phone(op: &DevOp, approve: bool) {
+    let p = pending(op, 1).await;
+    op.decide(&p[0].id, approve).await.unwrap();
+}
+
+async fn evidence(s: &Setup, at_least: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        let lines = s.evidence.lock().unwrap().clone();
+        if lines.len() >= at_least {
+            return lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {at_least} evidence records");
+}
+
+fn tool_text(result: &Value) -> String {
+    result["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+}
+
+fn reason(result: &Value) -> String {
+    result["result"]["_meta"]["ciba-gate/reason"].as_str().unwrap_or_default().to_string()
+}
+
+fn assert_no_secrets(s: &Setup) {
+    let all = s.evidence.lock().unwrap().join("\n");
+    assert!(!all.contains(CLIENT_SECRET), "client secret in evidence");
+    assert!(!all.contains(USER), "raw user hint in evidence");
+    assert!(!all.to_lowercase().contains("eyj"), "a JWT in evidence");
+}
+
+// --- the tests --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn approved_call_is_held_over_sse_with_progress_then_forwarded_once_poll_mode() {
+    let s = setup(Opts::default()).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(1, "payments", "prod", true), &[]));
+    let p = pending(&s.op, 1).await;
+    assert_eq!(p[0].binding_message.as_deref(), Some("Deploy payments to prod"));
+    assert!(s.upstream.tool_calls().is_empty(), "nothing forwarded before the answer");
+    s.op.decide(&p[0].id, true).await.unwrap();
+    let a = call.await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["x-ciba-gate-binding-message"], "Deploy payments to prod");
+    assert_eq!(a.result["id"], 1);
+    assert_eq!(tool_text(&a.result), "done");
+    let progress = &a.events[0];
+    assert_eq!(progress["method"], "notifications/progress");
+    assert_eq!(progress["params"]["progressToken"], "p1");
+    assert!(progress["params"]["message"].as_str().unwrap().contains("Deploy payments to prod"));
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+
+    let ev = evidence(&s, 1).await;
+    let e = ev.iter().find(|e| e["tool"] == "deploy_service").unwrap();
+    assert_eq!(e["decision"], "allow");
+    assert_eq!(e["reason"], "approved");
+    assert_eq!(e["outcome"], "forwarded");
+    assert_eq!(e["upstream_status"], 200);
+    let ap = &e["approval"];
+    assert_eq!(ap["op_issuer"], s.op.issuer());
+    assert_eq!(ap["client_id"], "gate");
+    assert_eq!(ap["delivery_mode"], "poll");
+    assert_eq!(ap["hint_type"], "login_hint");
+    assert_eq!(ap["binding_message"], "Deploy payments to prod");
+    assert_eq!(ap["user_decision"], "approved");
+    assert_eq!(ap["interval"], 1);
+    assert_eq!(ap["backchannel_endpoint"], format!("{}/backchannel", s.op.issuer()));
+    assert!(ap["approver_subject_hash"].as_str().is_some_and(|h| h.len() == 32));
+    assert_no_secrets(&s);
+}
+
+#[tokio::test]
+async fn denied_on_the_phone_blocks_the_call_ping_mode() {
+    let s = setup(Opts { delivery: DeliveryMode::Ping, ..Opts::default() }).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(2, "billing", "staging", true), &[]));
+    answer_on_phone(&s.op, false).await;
+    let a = call.await.unwrap();
+    assert_eq!(a.result["result"]["isError"], true);
+    assert_eq!(reason(&a.result), "approval_denied");
+    assert_eq!(a.result["result"]["_meta"]["ciba-gate/decision"], "approve");
+    assert!(s.upstream.tool_calls().is_empty());
+    let ev = evidence(&s, 1).await;
+    assert_eq!(ev[0]["approval"]["user_decision"], "denied");
+    assert_eq!(ev[0]["approval"]["delivery_mode"], "ping");
+    assert_eq!(ev[0]["outcome"], "blocked");
+}
+
+#[tokio::test]
+async fn ping_wakes_the_held_call_without_waiting_for_a_poll() {
+    let s = setup(Opts { delivery: DeliveryMode::Ping, interval: Some(30), ..Opts::default() }).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(3, "search", "dev", true), &[]));
+    answer_on_phone(&s.op, true).await;
+    // The OP's interval is 30 s and the fallback poll 60 s: only the ping can be this quick.
+    let a = tokio::time::timeout(Duration::from_secs(5), call).await.expect("ping did not wake the call").unwrap();
+    assert_eq!(tool_text(&a.result), "done");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn push_delivers_a_validated_approval() {
+    let s = setup(Opts { delivery: DeliveryMode::Push, ..Opts::default() }).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(4, "checkout", "prod", true), &[]));
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done");
+    let ev = evidence(&s, 1).await;
+    assert_eq!(ev[0]["approval"]["delivery_mode"], "push");
+    assert_eq!(ev[0]["approval"]["acr"], "urn:ciba-gate:dev:phone");
+    assert_no_secrets(&s);
+}
+
+#[tokio::test]
+async fn slow_down_and_interval_from_the_op_are_respected() {
+    let s = setup(Opts { interval: Some(1), slow_down_polls: 1, ..Opts::default() }).await;
+    let started = std::time::Instant::now();
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(5, "payments", "dev", true), &[]));
+    // Still pending at the first poll (1 s), which the OP answers with slow_down.
+    pending(&s.op, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done");
+    // The interval grows from 1 s to 6 s: the second poll comes at about 7 s.
+    assert!(started.elapsed() >= Duration::from_secs(6), "slow_down was not honoured: {:?}", started.elapsed());
+    assert!(a.comments >= 1, "SSE keep-alives were sent while holding");
+}
+
+#[tokio::test]
+async fn identical_concurrent_calls_share_one_prompt_and_one_forward() {
+    let s = setup(Opts::default()).await;
+    let calls: Vec<_> = (0..5)
+        .map(|i| tokio::spawn(call_mcp(s.gw_addr, deploy(100 + i, "payments", "prod", true), &[])))
+        .collect();
+    let p = pending(&s.op, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.op.pending().len(), 1, "one CIBA request for identical calls");
+    s.op.decide(&p[0].id, true).await.unwrap();
+    let mut ran = 0;
+    let mut used = 0;
+    for c in calls {
+        let a = c.await.unwrap();
+        if tool_text(&a.result) == "done" {
+            ran += 1;
+        } else {
+            assert_eq!(reason(&a.result), "approval_already_used");
+            used += 1;
+        }
+    }
+    assert_eq!((ran, used), (1, 4));
+    assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
+    let ev = evidence(&s, 5).await;
+    assert_eq!(ev.iter().filter(|e| e["approval"]["joined"] == false).count(), 1);
+}
+
+#[tokio::test]
+async fn an_approval_is_used_once_and_a_later_identical_call_asks_again() {
+    let s = setup(Opts::default()).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(6, "search", "prod", true), &[]));
+    answer_on_phone(&s.op, true).await;
+    assert_eq!(tool_text(&call.await.unwrap().result), "done");
+    let again = tokio::spawn(call_mcp(s.gw_addr, deploy(7, "search", "prod", true), &[]));
+    let p = pending(&s.op, 1).await;
+    assert_eq!(p.len(), 1, "a new prompt for the new call");
+    s.op.decide(&p[0].id, false).await.unwrap();
+    assert_eq!(reason(&again.await.unwrap().result), "approval_denied");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn parked_mcp_call_answers_pending_and_the_identical_retry_runs_after_approval() {
+    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
+    let first = call_mcp(s.gw_addr, deploy(8, "payments", "prod", false), &[]).await;
+    assert_eq!(reason(&first.result), "approval_pending");
+    assert_eq!(first.result["result"]["isError"], true);
+    assert!(tool_text(&first.result).contains("Deploy payments to prod"));
+    assert_eq!(first.headers["x-ciba-gate-approval"], "pending");
+    // A retry before the answer is still pending and asks nobody again.
+    let second = call_mcp(s.gw_addr, deploy(9, "payments", "prod", false), &[]).await;
+    assert_eq!(reason(&second.result), "approval_pending");
+    assert_eq!(s.op.pending().len(), 1);
+    answer_on_phone(&s.op, true).await;
+    let mut done = None;
+    for i in 0..50 {
+        let a = call_mcp(s.gw_addr, deploy(10 + i, "payments", "prod", false), &[]).await;
+        if reason(&a.result) != "approval_pending" {
+            done = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = done.expect("the retry never picked up the approval");
+    assert_eq!(tool_text(&done.result), "done");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
+    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
+    let h = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "deploy_service")];
+    let first = call_mcp(s.gw_addr, deploy(20, "billing", "prod", false), &h).await;
+    let r = &first.result["result"];
+    assert_eq!(r["resultType"], "input_required");
+    let state = r["requestState"].as_str().unwrap().to_string();
+    assert!(r["inputRequests"].is_object());
+    // A tampered state is refused.
+    let mut tampered = deploy(21, "billing", "prod", false);
+    tampered["params"]["requestState"] = json!(format!("{state}x"));
+    let bad = call_mcp(s.gw_addr, tampered, &h).await;
+    assert_eq!(bad.result["error"]["code"], -32602);
+    // State issued for one call does not open another.
+    let mut other = deploy(22, "billing", "staging", false);
+    other["params"]["requestState"] = json!(state.clone());
+    let bad = call_mcp(s.gw_addr, other, &h).await;
+    assert_eq!(bad.result["error"]["data"]["reason"], "invalid_request_state");
+    answer_on_phone(&s.op, true).await;
+    let mut retry = deploy(23, "billing", "prod", false);
+    retry["params"]["requestState"] = json!(state);
+    let mut done = None;
+    for _ in 0..50 {
+        let a = call_mcp(s.gw_addr, retry.clone(), &h).await;
+        if a.result["result"]["resultType"] != "input_required" {
+            done = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(tool_text(&done.unwrap().result), "done");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn parked_http_call_gets_202_with_retry_after() {
+    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
+    let url = format!("http://{}/tickets/projects/web/issues/42", s.gw_addr);
+    let c = reqwest::Client::new();
+    let r = c.delete(&url).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["x-ciba-gate-binding-message"], "Delete issue #42 in web");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "approval_pending");
+    answer_on_phone(&s.op, true).await;
+    let mut status = 0;
+    for _ in 0..50 {
+        let r = c.delete(&url).send().await.unwrap();
+        status = r.status().as_u16();
+        if status != 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn policy_rechecks_after_approval_and_can_still_block() {
+    // The same policies, but deploys now need an authentication context the OP does not give.
+    let dir = tempfile::tempdir().unwrap().keep();
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    copy_dir(src, &dir);
+    let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
+    std::fs::write(dir.join("data.yaml"), data.replace("acr_values: {}", "acr_values:\n    deploy_service: \"urn:example:acr:mfa\"")).unwrap();
+    let s = setup(Opts { policies: Some(dir), ..Opts::default() }).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(30, "payments", "prod", true), &[]));
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(a.result["result"]["isError"], true);
+    assert_eq!(a.result["result"]["_meta"]["ciba-gate/decision"], "deny");
+    assert!(s.upstream.tool_calls().is_empty(), "approved but not allowed: not forwarded");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let e = entry.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_answer_after_the_deadline_forwards_nothing() {
+    let s = setup(Opts { max_wait: "2s", ..Opts::default() }).await;
+    let a = call_mcp(s.gw_addr, deploy(40, "payments", "prod", true), &[]).await;
+    assert_eq!(reason(&a.result), "approval_expired");
+    // The user answers late: nothing happens.
+    if let Some(p) = s.op.pending().first() {
+        let _ = s.op.decide(&p.id, true).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(s.upstream.tool_calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_binding_message_the_op_cannot_take_is_refused_before_anyone_is_asked() {
+    let s = setup(Opts { profile: "oidc-provider", ..Opts::default() }).await;
+    let a = call_mcp(s.gw_addr, deploy(50, "payments", "prod", true), &[]).await;
+    assert_eq!(reason(&a.result), "invalid_binding_message");
+    assert!(s.op.pending().is_empty());
+    assert!(s.upstream.tool_calls().is_empty());
+}
+
+#[tokio::test]
+async fn throttling_and_denial_cool_down_stop_prompt_spam() {
+    let s = setup(Opts {
+        extra: "  throttle: {per_agent: {limit: 1, window: 1m}, denial_cooldown: 1m}\n",
+        ..Opts::default()
+    })
+    .await;
+    let first = tokio::spawn(call_mcp(s.gw_addr, deploy(60, "payments", "prod", true), &[]));
+    pending(&s.op, 1).await;
+    // A different call: over the per-agent limit.
+    let second = call_mcp(s.gw_addr, deploy(61, "search", "prod", true), &[]).await;
+    assert_eq!(reason(&second.result), "approval_rate_limited");
+    answer_on_phone(&s.op, false).await;
+    assert_eq!(reason(&first.await.unwrap().result), "approval_denied");
+    let third = call_mcp(s.gw_addr, deploy(62, "billing", "prod", true), &[]).await;
+    assert_eq!(reason(&third.result), "denial_cooldown");
+    assert!(s.upstream.tool_calls().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_while_holding_answers_retry_and_forwards_nothing() {
+    let s = setup(Opts::default()).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(70, "payments", "prod", true), &[]));
+    pending(&s.op, 1).await;
+    s.gateway.abandon_holds();
+    let a = call.await.unwrap();
+    assert_eq!(reason(&a.result), "shutting_down");
+    // The approval request stays; approving it now forwards nothing by itself.
+    answer_on_phone(&s.op, true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(s.upstream.tool_calls().is_empty());
+}
+
+// --- callbacks that must change nothing ------------------------------------------------
+
+#[tokio::test]
+async fn forged_unknown_and_late_notifications_are_refused_and_change_nothing() {
+    let s = setup(Opts { delivery: DeliveryMode::Push, ..Opts::default() }).await;
+    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(80, "payments", "prod", true), &[]));
+    pending(&s.op, 1).await;
+    let callback = s.callback.clone();
+    let c = reqwest::Client::new();
+    // No token, a wrong token, a forged push with a made-up ID token.
+    let r = c.post(&callback).json(&json!({"auth_req_id": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(&callback)
+        .bearer_auth("forged-token-forged-token-forged")
+        .json(&json!({"auth_req_id": "x", "access_token": "a", "token_type": "Bearer", "id_token": "e.y.z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(s.upstream.tool_calls().is_empty());
+    assert_eq!(s.op.pending().len(), 1, "still pending after forged callbacks");
+    answer_on_phone(&s.op, true).await;
+    assert_eq!(tool_text(&call.await.unwrap().result), "done");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+// --- an OP that fails ---------------------------------------------------------------------
+
+/// A minimal OP whose discovery works but whose backchannel endpoint misbehaves.
+async fn broken_op(backchannel: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let issuer = format!("http://{addr}");
+    let dead = free_port();
+    let iss = issuer.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let iss = iss.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let iss = iss.clone();
+                    async move {
+                        let bc = if backchannel == "unreachable" {
+                            format!("http://127.0.0.1:{dead}/backchannel")
+                        } else {
+                            format!("{iss}/backchannel")
+                        };
+                        let (status, ctype, body) = match req.uri().path() {
+                            "/.well-known/openid-configuration" => (200, "application/json", json!({
+                                "issuer": iss,
+                                "backchannel_authentication_endpoint": bc,
+                                "token_endpoint": format!("{iss}/token"),
+                                "jwks_uri": format!("{iss}/jwks"),
+                                "backchannel_token_delivery_modes_supported": ["poll"],
+                                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                                "grant_types_supported": ["urn:openid:params:grant-type:ciba"],
+                                "id_token_signing_alg_values_supported": ["ES256"],
+                            }).to_string()),
+                            "/jwks" => (200, "application/json", json!({"keys": []}).to_string()),
+                            _ if backchannel == "500" => (500, "application/json", json!({"error": "server_error"}).to_string()),
+                            _ => (200, "text/html", "<html>hello</html>".to_string()),
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", ctype)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    issuer
+}
+
+async fn gateway_against(issuer: &str) -> (SocketAddr, Upstream, Arc<Mutex<Vec<String>>>) {
+    let (up_addr, upstream) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir.join("secret"), CLIENT_SECRET).unwrap();
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let yaml = format!(
+        r#"
+agent: {{id: billing-agent}}
+policy: {{dir: "{policies}", reload_interval: 0s}}
+upstreams:
+  - {{name: tools, kind: mcp, mount: /mcp, url: "http://{up_addr}/mcp"}}
+approvals:
+  op: {{issuer: "{issuer}", client_id: gate, client_auth: {{method: client_secret_basic, secret: {{file: secret}}}}, delivery: poll, allow_insecure_http: true, http_timeout: 2s}}
+  user: {{value: "{USER}"}}
+  binding_message_profile: ciba-gate-dev
+"#
+    );
+    let cfg = LoadedConfig::parse(&dir.join("gate.yaml"), &yaml).unwrap();
+    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
+    let (sink, evidence) = EvidenceSink::memory();
+    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
+    let slot = Arc::new(OnceLock::new());
+    gw.approvals = Some(slot.clone());
+    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), Arc::new(MemoryStore::new()), slot.clone())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if slot.get().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(listener, Arc::new(gw), std::future::pending(), Duration::from_secs(1)));
+    (addr, upstream, evidence)
+}
+
+#[tokio::test]
+async fn an_op_that_is_unreachable_errs_or_talks_garbage_fails_closed() {
+    for (kind, code) in [("unreachable", "op_unreachable"), ("500", "op_unavailable"), ("garbage", "op_bad_response")] {
+        let issuer = broken_op(kind).await;
+        let (addr, upstream, evidence) = gateway_against(&issuer).await;
+        let a = call_mcp(addr, deploy(90, "payments", "prod", true), &[]).await;
+        assert_eq!(a.result["result"]["isError"], true, "{kind}");
+        assert_eq!(reason(&a.result), code, "{kind}");
+        assert!(upstream.tool_calls().is_empty(), "{kind}");
+        // Calls that need no approval keep flowing while the OP is broken.
+        let ok = call_mcp(addr, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_deployments", "arguments": {}}}), &[]).await;
+        assert_eq!(tool_text(&ok.result), "done", "{kind}");
+        let lines = evidence.lock().unwrap().clone();
+        assert!(lines.iter().any(|l| l.contains(code)), "{kind}: evidence names the failure");
+    }
+}
+
+#[tokio::test]
+async fn without_op_metadata_sensitive_calls_are_blocked_but_others_flow() {
+    // Discovery never succeeds (nothing listens there).
+    let issuer = format!("http://127.0.0.1:{}", free_port());
+    let (addr, upstream, _) = gateway_against(&issuer).await;
+    let a = call_mcp(addr, deploy(91, "payments", "prod", true), &[]).await;
+    assert_eq!(reason(&a.result), "op_unavailable");
+    let ok = call_mcp(addr, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_deployments", "arguments": {}}}), &[]).await;
+    assert_eq!(tool_text(&ok.result), "done");
+    assert_eq!(upstream.tool_calls().len(), 1);
+}
