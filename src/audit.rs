@@ -82,6 +82,8 @@ pub struct EvidenceRecord {
     pub request_id: String,
     pub agent: String,
     pub upstream: String,
+    /// The HTTP method of the agent's request.
+    pub http_method: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mcp_method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

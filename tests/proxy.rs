@@ -474,6 +474,10 @@ async fn tools_list_hides_denied_and_unknown_tools_in_json_answers() {
         tool_names(&body),
         vec!["list_deployments", "deploy_service"]
     );
+    let ev = evidence_lines(&gw, 1).await;
+    assert_eq!(ev[0]["mcp_method"], "tools/list");
+    assert_eq!(ev[0]["hidden_tools"], 2, "delete_repository and mystery_tool");
+    assert_eq!(ev[0]["http_method"], "POST");
 }
 
 #[tokio::test]

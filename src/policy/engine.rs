@@ -4,6 +4,12 @@
 //! worker thread) and, when regorus' compiler supports every construct used, an RVM
 //! `Program` shared by `Arc` and run by one `RegoVM` per worker thread. Nothing on
 //! the decision path parses policy text.
+//!
+//! Known difference between the two evaluators (regorus 0.14): when two bodies of a
+//! complete rule give different values, the interpreter (like OPA) reports an error
+//! while the VM treats the rule as undefined. Both end in Deny for `allow`; a policy
+//! whose `approval` or negated helper rules can conflict should be fixed (the
+//! interpreter-based `policy test` runner reports the conflict).
 
 use std::cell::RefCell;
 use std::num::NonZeroU32;
@@ -172,7 +178,7 @@ pub(crate) fn build_engine(
 
 /// Error messages from regorus can be long (source excerpts); keep them log-sized.
 fn first_lines(msg: &str) -> String {
-    let mut out: String = msg.lines().take(6).collect::<Vec<_>>().join("\n");
+    let mut out: String = msg.lines().take(12).collect::<Vec<_>>().join("\n");
     if out.len() > 1200 {
         let mut cut = 1200;
         while !out.is_char_boundary(cut) {
@@ -199,14 +205,14 @@ impl Compiled {
             .map(|r| r.path())
             .collect();
 
-        // Type-check: unknown functions, bad references and the like fail here, with
-        // the file name in the message.
         engine
             .add_policy(
                 "<ciba-gate>/decision.rego".to_string(),
                 COMBINED_MODULE.to_string(),
             )
             .map_err(|e| compile_err("<ciba-gate>/decision.rego", e.to_string()))?;
+        // Type-check: bad references and the like fail here, with the file name in
+        // the message.
         let first = regorus::Rc::from(entry_points[0]);
         let policy = engine.compile_with_entrypoint(&first).map_err(|e| {
             let msg = e.to_string();

@@ -527,12 +527,26 @@ async fn forward(
         Err(e) => return upstream_failed(e, records, answers, batch, &body),
     };
     let status = resp.status().as_u16();
-    for r in records {
-        r.finish("forwarded", Some(status));
-    }
     let (mut rparts, rbody) = resp.into_parts();
     clean_response_headers(&mut rparts.headers);
     let needs_rewrite = !tools_list_ids.is_empty() || !answers.is_empty();
+    let is_json = rparts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    // Records of a filtered JSON answer are finished once the hidden tools are counted.
+    let hidden = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let _finish_later = FinishOnDrop {
+        records: if needs_rewrite && is_json { records } else {
+            for r in records {
+                r.finish("forwarded", Some(status));
+            }
+            Vec::new()
+        },
+        status,
+        hidden: hidden.clone(),
+    };
     if !needs_rewrite {
         return Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync());
     }
@@ -550,7 +564,9 @@ async fn forward(
         if !tools_list_ids.contains(&id) {
             return None;
         }
-        filter_tools_list(&gw2, &mount_name, mount_kind, v, revision.as_deref())
+        let (out, n) = filter_tools_list(&gw2, &mount_name, mount_kind, v, revision.as_deref())?;
+        hidden.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Some(out)
     };
     if content_type.starts_with("text/event-stream") {
         let prefix = answers
@@ -657,7 +673,7 @@ fn filter_tools_list(
     kind: crate::config::UpstreamKind,
     response: &Value,
     revision: Option<&str>,
-) -> Option<Value> {
+) -> Option<(Value, usize)> {
     let tools = response.get("result")?.get("tools")?.as_array()?;
     let mut kept = Vec::with_capacity(tools.len());
     let mut hidden = 0usize;
@@ -692,7 +708,26 @@ fn filter_tools_list(
     }
     let mut out = response.clone();
     out["result"]["tools"] = Value::Array(kept);
-    Some(out)
+    Some((out, hidden))
+}
+
+/// Finishes evidence records when the answer has been shaped (or abandoned).
+struct FinishOnDrop {
+    records: Vec<PendingRecord>,
+    status: u16,
+    hidden: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        let hidden = self.hidden.load(std::sync::atomic::Ordering::Relaxed);
+        for mut r in self.records.drain(..) {
+            if r.get_mut().mcp_method.as_deref() == Some("tools/list") {
+                r.get_mut().hidden_tools = Some(hidden);
+            }
+            r.finish("forwarded", Some(self.status));
+        }
+    }
 }
 
 fn clean_response_headers(h: &mut HeaderMap) {

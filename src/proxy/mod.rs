@@ -131,7 +131,7 @@ impl Gateway {
 
     /// Handles one request from the agent. Never fails: every problem is an answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
-        let ctx = RequestContext::new();
+        let ctx = RequestContext::new(req.method());
         let path = req.uri().path().to_string();
         let mount = self.mounts.iter().find(|m| m.rest(&path).is_some());
         let is_mcp = mount.is_some_and(|m| m.kind == UpstreamKind::Mcp);
@@ -205,6 +205,7 @@ impl Gateway {
             ctx.started,
             EvidenceRecord {
                 request_id: ctx.id.clone(),
+                http_method: ctx.method.to_string(),
                 agent: self.agent_id.clone(),
                 upstream: upstream.to_string(),
                 ..Default::default()
@@ -217,13 +218,15 @@ impl Gateway {
 pub struct RequestContext {
     pub id: String,
     pub started: Instant,
+    pub method: Method,
 }
 
 impl RequestContext {
-    fn new() -> Self {
+    fn new(method: &Method) -> Self {
         RequestContext {
             id: format!("{:016x}", rand::random::<u64>()),
             started: Instant::now(),
+            method: method.clone(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Shared helpers for integration tests that run real processes over real sockets:
 //! free ports, child processes that die with the test, waiting for a port, and
-//! installing the Node peers in `tests/interop` when they are missing.
+//! installing the Node peers in `tests/interop` and `tests/phone` when they are missing.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -207,6 +207,7 @@ pub fn wait_for_port(port: u16, timeout: Duration, mut child: Option<&mut ChildG
 }
 
 static NPM_CI: Mutex<bool> = Mutex::new(false);
+static NPM_CI_PHONE: Mutex<bool> = Mutex::new(false);
 
 /// Make sure `tests/interop/node_modules` holds the pinned MCP SDK: runs `npm ci`
 /// (from package-lock.json) once per test process when it is missing, so that
@@ -214,9 +215,37 @@ static NPM_CI: Mutex<bool> = Mutex::new(false);
 /// Node.js or npm is unavailable or the install fails.
 pub fn ensure_node_peers() -> PathBuf {
     let dir = interop_dir();
-    let mut done = NPM_CI.lock().unwrap_or_else(|e| e.into_inner());
+    let marker = Path::new("@modelcontextprotocol").join("sdk");
+    npm_ci_once(&NPM_CI, &dir, &marker, "@modelcontextprotocol/sdk");
+    dir
+}
+
+/// Directory of the headless-browser "phone" (tests/phone: playwright-core + tap.mjs).
+pub fn phone_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("phone")
+}
+
+/// Same as [`ensure_node_peers`] for `tests/phone` (the pinned `playwright-core`;
+/// it never downloads a browser, the tests use the system Chromium).
+pub fn ensure_phone_peers() -> PathBuf {
+    let dir = phone_dir();
+    npm_ci_once(
+        &NPM_CI_PHONE,
+        &dir,
+        Path::new("playwright-core"),
+        "playwright-core",
+    );
+    dir
+}
+
+/// `npm ci` in `dir` once per test process unless `node_modules/<package>/package.json`
+/// is already there.
+fn npm_ci_once(once: &Mutex<bool>, dir: &Path, package: &Path, what: &str) {
+    let mut done = once.lock().unwrap_or_else(|e| e.into_inner());
     if *done {
-        return dir;
+        return;
     }
     match Command::new("node").arg("--version").output() {
         Ok(o) if o.status.success() => {}
@@ -226,27 +255,24 @@ pub fn ensure_node_peers() -> PathBuf {
             dir.display()
         ),
     }
-    let marker = dir
-        .join("node_modules")
-        .join("@modelcontextprotocol")
-        .join("sdk")
-        .join("package.json");
+    let marker = dir.join("node_modules").join(package).join("package.json");
     if !marker.exists() {
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| {
                 panic!(
                     "`npm ci` could not be started in {} ({e}); these tests need npm on PATH \
-                     to install the pinned @modelcontextprotocol/sdk",
+                     to install the pinned {what}",
                     dir.display()
                 )
             });
         if !out.status.success() {
             panic!(
-                "`npm ci` failed in {} ({}); it installs the pinned @modelcontextprotocol/sdk \
+                "`npm ci` failed in {} ({}); it installs the pinned {what} \
                  from package-lock.json and needs the npm registry.\nstdout:\n{}\nstderr:\n{}",
                 dir.display(),
                 out.status,
@@ -261,5 +287,4 @@ pub fn ensure_node_peers() -> PathBuf {
         );
     }
     *done = true;
-    dir
 }
