@@ -17,8 +17,13 @@ use time::format_description::well_known::Rfc3339;
 /// Where evidence lines go. Cheap to clone.
 #[derive(Clone)]
 pub struct EvidenceSink {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<EvidenceRecord>,
 }
+
+/// How long the writer lingers after a batch before it blocks again. Senders that
+/// find it lingering hand over records without a thread wake-up, which is what makes
+/// one record per call cheap under load.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl EvidenceSink {
     pub fn stdout() -> Self {
@@ -36,11 +41,11 @@ impl EvidenceSink {
     /// A sink that keeps lines in memory (tests).
     pub fn memory() -> (Self, Arc<std::sync::Mutex<Vec<String>>>) {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<EvidenceRecord>();
         let store = lines.clone();
         std::thread::spawn(move || {
-            for line in rx {
-                if let Ok(mut v) = store.lock() {
+            for record in rx {
+                if let (Ok(line), Ok(mut v)) = (serde_json::to_string(&record), store.lock()) {
                     v.push(line);
                 }
             }
@@ -49,29 +54,40 @@ impl EvidenceSink {
     }
 
     fn spawn(out: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<EvidenceRecord>();
         std::thread::Builder::new()
             .name("evidence-writer".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(out);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    // Drain whatever queued meanwhile, then flush once.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(more.as_bytes());
+                let mut write = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>, r: EvidenceRecord| {
+                    if serde_json::to_writer(&mut *out, &r).is_ok() {
+                        let _ = out.write_all(b"\n");
                     }
-                    let _ = out.flush();
+                };
+                // Block for the first record, then drain and linger while records keep coming.
+                while let Ok(first) = rx.recv() {
+                    write(&mut out, first);
+                    loop {
+                        let mut any = false;
+                        while let Ok(more) = rx.try_recv() {
+                            write(&mut out, more);
+                            any = true;
+                        }
+                        let _ = out.flush();
+                        if !any {
+                            break;
+                        }
+                        std::thread::sleep(LINGER);
+                    }
                 }
+                let _ = out.flush();
             })
             .expect("spawning the evidence writer thread");
         EvidenceSink { tx }
     }
 
-    fn write(&self, record: &EvidenceRecord) {
-        if let Ok(mut line) = serde_json::to_string(record) {
-            line.push('\n');
-            let _ = self.tx.send(line);
-        }
+    fn write(&self, record: EvidenceRecord) {
+        let _ = self.tx.send(record);
     }
 }
 
@@ -136,7 +152,7 @@ impl PendingRecord {
             r.upstream_status = upstream_status;
             r.latency_ms =
                 (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-            self.sink.write(&r);
+            self.sink.write(r);
         }
     }
 }

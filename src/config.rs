@@ -49,6 +49,63 @@ pub struct Config {
     /// `approve` blocks the call with `approval_not_configured`.
     #[serde(default)]
     pub approvals: Option<ApprovalsConfig>,
+    /// Where pending approvals live: `memory` (default, one process) or `redis`
+    /// (shared by replicas, survives restarts).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `store:` — the approval store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// `redis://host:port/db` or `rediss://…` (TLS). Give `url` or `url_env`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the URL (keeps a password out of the file).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The URL names a Redis Cluster node.
+    #[serde(default)]
+    pub cluster: bool,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            url: None,
+            url_env: None,
+            cluster: false,
+            key_prefix: default_key_prefix(),
+            connect_timeout: default_store_timeout(),
+            response_timeout: default_store_timeout(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "ciba-gate:".into()
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_listen() -> SocketAddr {
@@ -370,7 +427,57 @@ impl LoadedConfig {
                 }
             }
         }
+        self.validate_store()?;
         self.validate_approvals()
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let st = &self.config.store;
+        if st.kind == StoreKind::Memory {
+            return Ok(());
+        }
+        match (&st.url, &st.url_env) {
+            (Some(u), None) => check_redis_url(u).map_err(|e| self.err("store.url", e))?,
+            (None, Some(v)) if !v.is_empty() => {}
+            _ => return Err(self.err("store", "give url or url_env (exactly one)")),
+        }
+        if st.key_prefix.contains(['{', '}']) {
+            return Err(self.err("store.key_prefix", "must not contain '{' or '}'"));
+        }
+        if st.connect_timeout.is_zero() {
+            return Err(self.err("store.connect_timeout", "must be greater than 0"));
+        }
+        if st.response_timeout.is_zero() {
+            return Err(self.err("store.response_timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The Redis settings (URL read from the environment if so configured); `None` for
+    /// the in-memory store.
+    pub fn resolve_store(&self) -> Result<Option<crate::store::redis::RedisSettings>, ConfigError> {
+        let st = &self.config.store;
+        if st.kind == StoreKind::Memory {
+            return Ok(None);
+        }
+        let url = match (&st.url, &st.url_env) {
+            (Some(u), _) => u.clone(),
+            (None, Some(var)) => {
+                let u = std::env::var(var).map_err(|_| {
+                    self.err("store.url_env", format!("environment variable {var} is not set"))
+                })?;
+                check_redis_url(&u).map_err(|e| self.err("store.url_env", e))?;
+                u
+            }
+            (None, None) => return Err(self.err("store", "give url or url_env")),
+        };
+        Ok(Some(crate::store::redis::RedisSettings {
+            url,
+            cluster: st.cluster,
+            key_prefix: st.key_prefix.clone(),
+            connect_timeout: st.connect_timeout,
+            response_timeout: st.response_timeout,
+        }))
     }
 
     /// Reads every secret the config refers to; a missing one is an error naming its key.
@@ -879,4 +986,16 @@ impl LoadedConfig {
             callback,
         }))
     }
+}
+
+/// A Redis URL's scheme and host (never echoes the URL: it may hold a password).
+fn check_redis_url(u: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err("must start with redis:// or rediss://".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(())
 }

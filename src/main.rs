@@ -61,10 +61,15 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Validate a configuration file and compile its policies; exits non-zero on any problem.
+    /// Validate a configuration file: read every secret and key, compile the policies,
+    /// check the policy's sample binding messages against the OP's profile and fetch the
+    /// OP's discovery document. Exit code 2 on any problem, naming the file and key.
     Check {
         #[arg(long, short, env = "CIBA_GATE_CONFIG")]
         config: PathBuf,
+        /// Do not contact the OpenID Provider.
+        #[arg(long)]
+        offline: bool,
     },
     /// Run only the demo MCP tool server (for benchmarks and client experiments).
     #[command(hide = true)]
@@ -160,17 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let cfg = LoadedConfig::load(&config)?;
-            cfg.resolve_secrets()?;
-            let engine = PolicyEngine::load(&cfg.config.policy.dir)
-                .with_context(|| format!("{}: policy.dir", config.display()))?;
-            println!(
-                "ok: {} is valid; policies in {} compiled (revision {})",
-                config.display(),
-                cfg.config.policy.dir.display(),
-                engine.revision()
-            );
+        Command::Check { config, offline } => {
+            check(&config, offline)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {
@@ -201,6 +197,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ciba-gate check`: everything start-up would do, without serving.
+fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
+    use ciba_gate::approval::{binding, callback};
+    let cfg = LoadedConfig::load(config)?;
+    cfg.resolve_secrets()?;
+    let engine = PolicyEngine::load(&cfg.config.policy.dir)
+        .with_context(|| format!("{}: policy.dir", config.display()))?;
+    println!(
+        "ok: {} is valid; policies in {} compiled (revision {})",
+        config.display(),
+        cfg.config.policy.dir.display(),
+        engine.revision()
+    );
+    let Some(approvals) = cfg.resolve_approvals()? else {
+        return Ok(());
+    };
+    if let Some(tls) = approvals.callback.as_ref().and_then(|c| c.tls.as_ref()) {
+        callback::ReloadingCert::load(callback::TlsFiles {
+            cert: tls.cert_file.clone(),
+            key: tls.key_file.clone(),
+        })
+        .with_context(|| format!("{}: approvals.callback.tls", config.display()))?;
+    }
+    let (checked, problems) = binding::check_samples(&engine, &cfg.config.policy.dir, &approvals.profile)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{} [{}]: binding message {:?}: {}", p.file, p.index, p.message, p.problem);
+        }
+        anyhow::bail!(
+            "{}: approvals.binding_message_profile: {} sample binding message(s) do not fit the {} profile",
+            config.display(),
+            problems.len(),
+            approvals.profile.name
+        );
+    }
+    println!(
+        "ok: {checked} sample binding message(s) fit the {} profile",
+        approvals.profile.name
+    );
+    if offline {
+        return Ok(());
+    }
+    let issuer = approvals.client.issuer.clone();
+    runtime()?
+        .block_on(ciba_gate::ciba::CibaClient::discover(approvals.client))
+        .with_context(|| format!("{}: approvals.op.issuer: discovery of {issuer}", config.display()))?;
+    println!("ok: discovery of {issuer} checked, JWKS fetched");
+    Ok(())
 }
 
 struct DevOptions {

@@ -14,7 +14,7 @@ use crate::ciba::CibaClient;
 use crate::config::{EvidenceSink as SinkKind, LoadedConfig, ResolvedApprovals};
 use crate::policy::PolicyEngine;
 use crate::proxy::{Gateway, server};
-use crate::store::{ApprovalStore, memory::MemoryStore};
+use crate::store::{ApprovalStore, memory::MemoryStore, redis::RedisStore};
 
 /// How long held calls may keep running after SIGTERM before they are answered
 /// "shutting down, retry".
@@ -52,7 +52,11 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
     if let Some(resolved) = cfg.resolve_approvals()? {
         let slot = Arc::new(OnceLock::new());
         gateway.approvals = Some(slot.clone());
-        let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
+        // `store:` in the config: in-memory (default) or Redis (shared by replicas).
+        let store: Arc<dyn ApprovalStore> = match cfg.resolve_store()? {
+            None => Arc::new(MemoryStore::new()),
+            Some(settings) => RedisStore::connect(settings).context("the approval store")?,
+        };
         start_approvals(resolved, store, slot).await?;
     }
     let listener = TcpListener::bind(cfg.config.listen)

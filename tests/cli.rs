@@ -14,7 +14,8 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-/// Copies the example config next to the bundled policies and a secret file.
+/// Copies the example config next to the bundled policies, a secret file and a
+/// self-signed callback certificate.
 fn example_in_tempdir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo("ciba-gate.example.yaml")).unwrap();
@@ -23,18 +24,31 @@ fn example_in_tempdir() -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&cfg, text).unwrap();
     std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
     std::fs::write(dir.path().join("secrets/tickets-api-key"), "k-123\n").unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["gate.example.com".to_string()]).unwrap();
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    std::fs::write(dir.path().join("tls/callback.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls/callback.key"), cert.signing_key.serialize_pem()).unwrap();
     (dir, cfg)
+}
+
+/// `check` of the example, with every secret it names in the environment.
+fn check_example(cfg: &Path, extra: &[&str]) -> std::process::Output {
+    bin()
+        .args(["check", "--offline", "--config"])
+        .arg(cfg)
+        .args(extra)
+        .env("TOOLS_API_TOKEN", "t")
+        .env("CIBA_CLIENT_SECRET", "s")
+        .env("CIBA_LOGIN_HINT", "alice@example.com")
+        .env("CIBA_GATE_STATE_KEY", "k")
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn the_commented_example_config_is_valid() {
     let (_dir, cfg) = example_in_tempdir();
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .env("TOOLS_API_TOKEN", "t")
-        .output()
-        .unwrap();
+    let out = check_example(&cfg, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -45,13 +59,48 @@ fn the_commented_example_config_is_valid() {
     let loaded = LoadedConfig::load(&cfg).unwrap();
     assert_eq!(loaded.config.upstreams.len(), 2);
     assert_eq!(loaded.config.upstreams[1].routes.len(), 2);
+    assert!(loaded.config.approvals.is_some());
+    assert!(stdout.contains("sample binding message(s) fit the auth0 profile"), "{stdout}");
+}
+
+#[test]
+fn check_finds_binding_messages_the_op_would_refuse() {
+    let (dir, cfg) = example_in_tempdir();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("binding_message_profile: auth0", "binding_message_profile: {max_chars: 8}")).unwrap();
+    let out = check_example(&cfg, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("approvals.binding_message_profile"), "{err}");
+    assert!(err.contains("approvals.sample.json"), "names the sample file: {err}");
+    drop(dir);
+}
+
+#[test]
+fn check_fetches_the_op_discovery_unless_offline() {
+    let (_dir, cfg) = example_in_tempdir();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Nothing listens there: discovery must fail, naming the key.
+    std::fs::write(&cfg, text.replace("issuer: https://login.example.com/", "issuer: https://127.0.0.1:1/")).unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("TOOLS_API_TOKEN", "t")
+        .env("CIBA_CLIENT_SECRET", "s")
+        .env("CIBA_LOGIN_HINT", "alice@example.com")
+        .env("CIBA_GATE_STATE_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("approvals.op.issuer"), "{err}");
 }
 
 #[test]
 fn a_missing_secret_is_named_by_its_key() {
     let (_dir, cfg) = example_in_tempdir();
     let out = bin()
-        .args(["check", "--config"])
+        .args(["check", "--offline", "--config"])
         .arg(&cfg)
         .env_remove("TOOLS_API_TOKEN")
         .output()

@@ -15,11 +15,21 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{ChildGuard, ensure_phone_peers, free_port, wait_for_port};
+use support::{ChildGuard, ensure_node_deps, free_port, wait_for_port};
 use tokio::sync::mpsc;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const BINDING: &str = "Deploy payments to prod";
+
+/// `tests/phone` with its pinned `playwright-core` installed (`npm ci` on first use;
+/// playwright-core never downloads a browser).
+fn ensure_phone_peers() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("phone");
+    ensure_node_deps(&dir, "playwright-core");
+    dir
+}
 
 /// Fail (never skip) when the browser is missing, naming the package to install.
 fn require_chromium() {

@@ -179,3 +179,65 @@ mod tests {
         assert!(ProfileConfig::Named("nope".into()).resolve().is_err());
     }
 }
+
+/// One sample input whose approval message does not fit the profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleProblem {
+    pub file: String,
+    pub index: usize,
+    pub message: String,
+    pub problem: String,
+}
+
+/// Evaluates every sample input (`*.sample.json` in the policy directory: one input
+/// document or an array of them) and checks each approval's binding message against
+/// the profile, so that a message the OP would refuse is found before anyone needs it.
+/// Returns the number of approval messages checked and the problems found.
+pub fn check_samples(
+    engine: &crate::policy::PolicyEngine,
+    dir: &std::path::Path,
+    profile: &Profile,
+) -> Result<(usize, Vec<SampleProblem>), String> {
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(crate::policy::SAMPLE_SUFFIX) && !n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+        let inputs = match value {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for (index, input) in inputs.iter().enumerate() {
+            let decision = engine.decide(input);
+            let Some(approval) = decision.approval else { continue };
+            checked += 1;
+            let file = path.display().to_string();
+            match approval.get("binding_message").and_then(serde_json::Value::as_str) {
+                Some(m) => {
+                    if let Err(e) = profile.check(m) {
+                        problems.push(SampleProblem { file, index, message: m.to_string(), problem: e.to_string() });
+                    }
+                }
+                None => problems.push(SampleProblem {
+                    file,
+                    index,
+                    message: String::new(),
+                    problem: "the approval has no binding_message".into(),
+                }),
+            }
+        }
+    }
+    Ok((checked, problems))
+}

@@ -53,8 +53,14 @@ impl FileSet {
     }
 }
 
+/// Sample input documents (`*.sample.json`) sit beside the policies for `check` and
+/// binding-message validation; they are not data.
+pub const SAMPLE_SUFFIX: &str = ".sample.json";
+
 fn kind_of(name: &str) -> Option<Kind> {
-    if name.ends_with("_test.rego") {
+    if name.ends_with(SAMPLE_SUFFIX) {
+        None
+    } else if name.ends_with("_test.rego") {
         Some(Kind::Test)
     } else if name.ends_with(".rego") {
         Some(Kind::Rego)

@@ -17,6 +17,7 @@
 
 mod engine;
 mod files;
+pub use files::SAMPLE_SUFFIX;
 mod reload;
 pub mod testing;
 

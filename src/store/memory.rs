@@ -10,6 +10,9 @@ use tokio::sync::Notify;
 
 use super::{ApprovalRecord, ApprovalStore, Joined, Resolution, Status, StoreError, now_ms};
 
+/// Shortest time a consumed approval is remembered (`recently_consumed`).
+pub(crate) const CONSUMED_MARK_MS: u64 = 10_000;
+
 #[derive(Default)]
 struct Inner {
     records: HashMap<String, (ApprovalRecord, u64)>,
@@ -20,6 +23,10 @@ struct Inner {
     /// user key → until ms
     denials: HashMap<String, u64>,
     notifies: HashMap<String, Arc<Notify>>,
+    /// fingerprint → (owner, until ms)
+    leases: HashMap<String, (String, u64)>,
+    /// fingerprint → until ms: consumed recently
+    consumed: HashMap<String, u64>,
     ops_since_sweep: u32,
 }
 
@@ -43,6 +50,8 @@ impl Inner {
         self.by_auth_req_id.retain(|_, fp| live.contains(fp));
         self.by_token_hash.retain(|_, fp| live.contains(fp));
         self.denials.retain(|_, until| *until > now);
+        self.leases.retain(|_, (_, until)| *until > now);
+        self.consumed.retain(|_, until| *until > now);
         self.counters
             .retain(|_, (start, _)| now.saturating_sub(*start) < 3_600_000);
         self.notifies
@@ -112,6 +121,10 @@ impl ApprovalStore for MemoryStore {
         let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
             return Ok(());
         };
+        // Only a pending record takes an acknowledgement (a lost one stays lost).
+        if *expires <= now_ms() || rec.status != Status::Pending {
+            return Ok(());
+        }
         rec.auth_req_id = Some(auth_req_id.to_string());
         rec.expires_in = Some(expires_in);
         rec.interval = interval;
@@ -133,29 +146,8 @@ impl ApprovalStore for MemoryStore {
         if *expires <= now || rec.status != Status::Pending {
             return Ok(false);
         }
-        // A final "no" is kept only for the grace period, for retries to read.
-        if !matches!(resolution, Resolution::Granted(_)) {
-            let grace = expires.saturating_sub(rec.deadline_ms);
-            *expires = (*expires).min(now + grace);
-        }
-        match resolution {
-            Resolution::Granted(a) => {
-                rec.status = Status::Granted;
-                rec.approver = Some(a);
-            }
-            Resolution::Denied(code) => {
-                rec.status = Status::Denied;
-                rec.failure = Some(code);
-            }
-            Resolution::Expired => {
-                rec.status = Status::Expired;
-                rec.failure = Some("expired".into());
-            }
-            Resolution::Failed(code) => {
-                rec.status = Status::Failed;
-                rec.failure = Some(code);
-            }
-        }
+        resolve_in_place(rec, expires, now, resolution);
+        g.leases.remove(fingerprint);
         g.notify(fingerprint);
         Ok(true)
     }
@@ -172,7 +164,12 @@ impl ApprovalStore for MemoryStore {
         // Taken and forgotten in one step: a later identical call needs a new approval.
         let mut out = rec.clone();
         out.status = Status::Consumed;
+        let grace = expires.saturating_sub(rec.deadline_ms);
         g.records.remove(fingerprint);
+        g.leases.remove(fingerprint);
+        // Remembered a little while, so a joined waiter can tell "used" from "lost".
+        g.consumed
+            .insert(fingerprint.to_string(), now + grace.max(CONSUMED_MARK_MS));
         if let Some(id) = &out.auth_req_id {
             g.by_auth_req_id.remove(id);
         }
@@ -258,5 +255,115 @@ impl ApprovalStore for MemoryStore {
             .values()
             .filter(|(r, e)| *e > now && r.status == Status::Pending)
             .count())
+    }
+
+    async fn acquire_lease(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let now = now_ms();
+        let until = now + ttl.as_millis() as u64;
+        match g.leases.get_mut(fingerprint) {
+            Some((holder, exp)) if *exp > now && holder != owner => Ok(false),
+            Some((holder, exp)) => {
+                *holder = owner.to_string();
+                *exp = until;
+                Ok(true)
+            }
+            None => {
+                g.leases
+                    .insert(fingerprint.to_string(), (owner.to_string(), until));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_lease(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if g.leases.get(fingerprint).is_some_and(|(h, _)| h == owner) {
+            g.leases.remove(fingerprint);
+        }
+        Ok(())
+    }
+
+    async fn fail_unacknowledged(
+        &self,
+        fingerprint: &str,
+        created_before_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let now = now_ms();
+        let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
+            return Ok(false);
+        };
+        if *expires <= now
+            || rec.status != Status::Pending
+            || rec.auth_req_id.is_some()
+            || rec.created_at_ms >= created_before_ms
+        {
+            return Ok(false);
+        }
+        resolve_in_place(rec, expires, now, Resolution::Failed("request_lost".into()));
+        g.leases.remove(fingerprint);
+        g.notify(fingerprint);
+        Ok(true)
+    }
+
+    async fn remove_failed(&self, fingerprint: &str, code: &str) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let matches = g
+            .live(fingerprint)
+            .is_some_and(|r| r.status == Status::Failed && r.failure.as_deref() == Some(code));
+        if !matches {
+            return Ok(false);
+        }
+        if let Some((rec, _)) = g.records.remove(fingerprint) {
+            if let Some(h) = rec.notification_token_hash {
+                g.by_token_hash.remove(&h);
+            }
+            if let Some(id) = rec.auth_req_id {
+                g.by_auth_req_id.remove(&id);
+            }
+        }
+        g.notify(fingerprint);
+        Ok(true)
+    }
+
+    async fn recently_consumed(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .consumed
+            .get(fingerprint)
+            .is_some_and(|until| *until > now_ms()))
+    }
+}
+
+/// Records a final answer on a pending record. A final "no" is kept only for the
+/// grace period, for retries to read.
+fn resolve_in_place(rec: &mut ApprovalRecord, expires: &mut u64, now: u64, resolution: Resolution) {
+    if !matches!(resolution, Resolution::Granted(_)) {
+        let grace = expires.saturating_sub(rec.deadline_ms);
+        *expires = (*expires).min(now + grace);
+    }
+    match resolution {
+        Resolution::Granted(a) => {
+            rec.status = Status::Granted;
+            rec.approver = Some(a);
+        }
+        Resolution::Denied(code) => {
+            rec.status = Status::Denied;
+            rec.failure = Some(code);
+        }
+        Resolution::Expired => {
+            rec.status = Status::Expired;
+            rec.failure = Some("expired".into());
+        }
+        Resolution::Failed(code) => {
+            rec.status = Status::Failed;
+            rec.failure = Some(code);
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Where pending approvals live. The store knows records, states and expiry — not CIBA
 //! wire formats, not HTTP. Every state change that matters is atomic: create-or-join,
 //! record-a-result-once, consume-once. `memory` is the embedded default (one process,
-//! `dev`); other implementations must pass the same contract tests (`tests/store_contract.rs`).
+//! `dev`); `redis` is shared by replicas (pending approvals survive a restart of the
+//! gateway). Both pass the same contract tests (`tests/store_contract.rs`).
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -156,6 +158,37 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// Number of pending records (gauge).
     async fn pending_count(&self) -> Result<usize, StoreError>;
+
+    /// Takes or renews the poll lease of a record: true if `owner` now holds it for
+    /// `ttl` (it was free, expired, or already `owner`'s). At most one replica polls the
+    /// OP for a given request; when the holder dies the lease runs out and another
+    /// replica takes over.
+    async fn acquire_lease(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `owner` holds it.
+    async fn release_lease(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// A record still pending without an `auth_req_id` that was created before
+    /// `created_before_ms` (its creator died before the OP acknowledged) becomes
+    /// Failed(`request_lost`). True if this call did it.
+    async fn fail_unacknowledged(
+        &self,
+        fingerprint: &str,
+        created_before_ms: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets a record only if it is Failed with reason `code` (a lost request, so the
+    /// retry can start a fresh one). True if it was removed.
+    async fn remove_failed(&self, fingerprint: &str, code: &str) -> Result<bool, StoreError>;
+
+    /// True if `consume` took this fingerprint's approval within the last grace period
+    /// (tells "used by an identical call" apart from "the store lost it").
+    async fn recently_consumed(&self, fingerprint: &str) -> Result<bool, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -6,7 +6,7 @@
 //
 //   node tests/phone/tap.mjs --url http://127.0.0.1:9400/ --binding "Deploy payments to prod" \
 //     --action approve --screenshot /tmp/after.png [--pending-screenshot /tmp/before.png] \
-//     [--timeout-ms 20000] [--chromium /usr/bin/chromium]
+//     [--timeout-ms 20000] [--scale 3] [--chromium /usr/bin/chromium]
 //
 // Uses the system Chromium (Debian package `chromium`); never downloads a browser.
 
@@ -35,6 +35,7 @@ try {
       screenshot: { type: "string" },
       "pending-screenshot": { type: "string" },
       "timeout-ms": { type: "string", default: "20000" },
+      scale: { type: "string", default: "3" },
       chromium: { type: "string", default: "/usr/bin/chromium" },
     },
     strict: true,
@@ -48,7 +49,7 @@ if (missing.length || !["approve", "deny"].includes(opts.action)) {
   finish(2, {
     error:
       "usage: tap.mjs --url URL --binding TEXT --action approve|deny --screenshot PNG " +
-      "[--pending-screenshot PNG] [--timeout-ms N] [--chromium PATH]",
+      "[--pending-screenshot PNG] [--timeout-ms N] [--scale N] [--chromium PATH]",
   });
   process.exit();
 }
@@ -87,10 +88,10 @@ try {
       "--disable-sync",
     ],
     timeout: 30000,
-    // iPhone-like: 390×844 CSS pixels at 3x, touch, mobile viewport meta honoured.
+    // iPhone-like: 390×844 CSS pixels at 3x (--scale), touch, mobile viewport meta honoured.
     viewport: { width: 390, height: 844 },
     screen: { width: 390, height: 844 },
-    deviceScaleFactor: 3,
+    deviceScaleFactor: Number(opts.scale),
     isMobile: true,
     hasTouch: true,
     locale: "en-US",

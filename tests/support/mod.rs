@@ -174,6 +174,64 @@ impl ChildGuard {
     }
 }
 
+impl ChildGuard {
+    /// Like [`ChildGuard::wait_for_stdout_line`], for several lines: reads the piped
+    /// stdout until one line starting with each prefix has shown up (in any order) and
+    /// returns them in the order of `prefixes`. Panics (with the logs) on EOF or timeout.
+    pub fn wait_for_stdout_lines(&mut self, prefixes: &[&str], timeout: Duration) -> Vec<String> {
+        let stdout = self
+            .child_mut()
+            .stdout
+            .take()
+            .expect("wait_for_stdout_lines needs a piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    // keeps draining after the last match so the child never blocks
+                    Ok(_) => {
+                        let _ = tx.send(Some(line.trim_end().to_string()));
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Some(line)) => {
+                    if let Some(i) = prefixes
+                        .iter()
+                        .position(|p| line.starts_with(p))
+                        .filter(|i| found[*i].is_none())
+                    {
+                        found[i] = Some(line);
+                    }
+                }
+                Ok(None) => panic!(
+                    "{} ended its stdout before printing {prefixes:?}\n{}",
+                    self.name,
+                    self.logs()
+                ),
+                Err(_) => panic!(
+                    "{} did not print {prefixes:?} within {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                ),
+            }
+        }
+        found.into_iter().map(Option::unwrap).collect()
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
@@ -206,8 +264,8 @@ pub fn wait_for_port(port: u16, timeout: Duration, mut child: Option<&mut ChildG
     }
 }
 
-static NPM_CI: Mutex<bool> = Mutex::new(false);
-static NPM_CI_PHONE: Mutex<bool> = Mutex::new(false);
+/// Directories whose Node dependencies were checked in this test process.
+static NPM_CI: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Make sure `tests/interop/node_modules` holds the pinned MCP SDK: runs `npm ci`
 /// (from package-lock.json) once per test process when it is missing, so that
@@ -215,42 +273,29 @@ static NPM_CI_PHONE: Mutex<bool> = Mutex::new(false);
 /// Node.js or npm is unavailable or the install fails.
 pub fn ensure_node_peers() -> PathBuf {
     let dir = interop_dir();
-    let marker = Path::new("@modelcontextprotocol").join("sdk");
-    npm_ci_once(&NPM_CI, &dir, &marker, "@modelcontextprotocol/sdk");
+    ensure_node_deps(&dir, "@modelcontextprotocol/sdk");
     dir
 }
 
-/// Directory of the headless-browser "phone" (tests/phone: playwright-core + tap.mjs).
-pub fn phone_dir() -> PathBuf {
+/// Directory of the test OpenID Provider (oidc-provider with a controller API).
+pub fn oidc_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
-        .join("phone")
+        .join("oidc")
 }
 
-/// Same as [`ensure_node_peers`] for `tests/phone` (the pinned `playwright-core`;
-/// it never downloads a browser, the tests use the system Chromium).
-pub fn ensure_phone_peers() -> PathBuf {
-    let dir = phone_dir();
-    npm_ci_once(
-        &NPM_CI_PHONE,
-        &dir,
-        Path::new("playwright-core"),
-        "playwright-core",
-    );
-    dir
-}
-
-/// `npm ci` in `dir` once per test process unless `node_modules/<package>/package.json`
-/// is already there.
-fn npm_ci_once(once: &Mutex<bool>, dir: &Path, package: &Path, what: &str) {
-    let mut done = once.lock().unwrap_or_else(|e| e.into_inner());
-    if *done {
+/// Make sure `<dir>/node_modules/<package>` is installed: runs `npm ci` (from the
+/// directory's package-lock.json) once per test process when it is missing. Panics
+/// with a clear message when Node.js or npm is unavailable or the install fails.
+pub fn ensure_node_deps(dir: &Path, package: &str) {
+    let mut done = NPM_CI.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|d| d == dir) {
         return;
     }
     match Command::new("node").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => panic!(
-            "these tests need Node.js (>= 18) and npm on PATH: `node --version` failed. \
+            "these tests need Node.js (>= 20) and npm on PATH: `node --version` failed. \
              Install Node.js/npm, then run `npm ci` in {}",
             dir.display()
         ),
@@ -259,20 +304,19 @@ fn npm_ci_once(once: &Mutex<bool>, dir: &Path, package: &Path, what: &str) {
     if !marker.exists() {
         let out = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
             .current_dir(dir)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| {
                 panic!(
                     "`npm ci` could not be started in {} ({e}); these tests need npm on PATH \
-                     to install the pinned {what}",
+                     to install the pinned {package}",
                     dir.display()
                 )
             });
         if !out.status.success() {
             panic!(
-                "`npm ci` failed in {} ({}); it installs the pinned {what} \
+                "`npm ci` failed in {} ({}); it installs the pinned {package} \
                  from package-lock.json and needs the npm registry.\nstdout:\n{}\nstderr:\n{}",
                 dir.display(),
                 out.status,
@@ -286,5 +330,5 @@ fn npm_ci_once(once: &Mutex<bool>, dir: &Path, package: &Path, what: &str) {
             marker.display()
         );
     }
-    *done = true;
+    done.push(dir.to_path_buf());
 }

@@ -1,0 +1,1000 @@
+//! The Redis store: pending approvals shared by every replica, surviving a restart of
+//! any of them. One auto-reconnecting connection (`ConnectionManager`, or a cluster
+//! connection) per process, RESP3.
+//!
+//! Keys (`P` is the configured prefix; `{fp}` is a hash tag, so one approval's keys share
+//! a cluster slot and its Lua scripts may touch them together):
+//! - `P ap:{fp}`        hash: the record (`s` status, `b` JSON of the fixed fields, `c`
+//!   created ms, `d` deadline ms, `g` grace ms, `n` notification-token hash, `a`
+//!   auth_req_id, `e` expires_in, `i` interval, `ap` approver JSON, `f` failure).
+//!   Expires at deadline + grace; a final "no" only lives for the grace period.
+//! - `P ap:{fp}:lease`  string: the replica that polls the OP for it (`SET NX PX`).
+//! - `P ap:{fp}:used`   string: consumed within the grace period.
+//! - `P nt:<token hash>`, `P ar:<sha256(auth_req_id)>`  string → fp (lookup indexes;
+//!   never a secret in a key name, and the record is always re-checked).
+//! - `P rl:<key>` counter (fixed window), `P dn:<user key>` denial cool-down.
+//! - channel `P changes`: a changed record's fp is published (from the scripts), and
+//!   every replica's subscription wakes its local waiters. A lost message only costs
+//!   the waiter's next periodic re-read.
+//!
+//! Every state change that matters is one Lua script on one key's slot; there is no
+//! read-modify-write from the client. Any Redis failure is `Unavailable` (the caller
+//! fails closed); undecodable data is `Corrupt`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisFuture, Script};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, OnceCell};
+
+use super::{ApprovalRecord, ApprovalStore, Approver, Joined, Resolution, Status, StoreError};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS, rustls). May carry a password; never logged.
+    pub url: String,
+    pub cluster: bool,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+/// Local waiters, woken by the change channel.
+#[derive(Default)]
+struct Waiters {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn on_push(&self, channel: &[u8], info: PushInfo) {
+        match info.kind {
+            PushKind::Message => {
+                let mut data = info.data.into_iter();
+                let (Some(ch), Some(msg)) = (data.next(), data.next()) else {
+                    return;
+                };
+                if as_bytes(&ch) != Some(channel) {
+                    return;
+                }
+                let Some(fp) = as_bytes(&msg) else { return };
+                let Ok(fp) = std::str::from_utf8(fp) else {
+                    return;
+                };
+                if let Ok(g) = self.map.lock()
+                    && let Some(n) = g.get(fp)
+                {
+                    n.notify_waiters();
+                }
+            }
+            // Messages may have been lost while disconnected: everyone re-reads.
+            PushKind::Disconnection | PushKind::Subscribe => self.wake_all(),
+            _ => {}
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Ok(g) = self.map.lock() {
+            for n in g.values() {
+                n.notify_waiters();
+            }
+        }
+    }
+}
+
+fn as_bytes(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Backend {
+    Single(ConnectionManager),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+struct Scripts {
+    create: Script,
+    set_ack: Script,
+    resolve: Script,
+    consume: Script,
+    remove: Script,
+    fail_unack: Script,
+    remove_failed: Script,
+    rate: Script,
+    lease: Script,
+    release: Script,
+}
+
+/// Shortens a finished record's life to its grace period, drops its lease and
+/// announces the change. Expects KEYS[1] record, KEYS[2] lease, ARGV[1] channel,
+/// ARGV[2] fingerprint.
+const FINISH_NO: &str = r#"
+local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
+if g <= 0 then
+  redis.call('DEL', KEYS[1])
+else
+  local pt = redis.call('PTTL', KEYS[1])
+  if pt < 0 or pt > g then redis.call('PEXPIRE', KEYS[1], g) end
+end
+"#;
+
+fn scripts() -> Scripts {
+    Scripts {
+        // KEYS: record. ARGV: body, created, deadline, grace, expire-at ms, token hash.
+        create: Script::new(
+            r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 's', 'pending', 'b', ARGV[1], 'c', ARGV[2], 'd', ARGV[3], 'g', ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'n', ARGV[6]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+return false
+"#,
+        ),
+        // KEYS: record. ARGV: auth_req_id, expires_in, interval, deadline, channel, fp.
+        set_ack: Script::new(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return false end
+redis.call('HSET', KEYS[1], 'a', ARGV[1], 'e', ARGV[2], 'd', ARGV[4])
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'i') else redis.call('HSET', KEYS[1], 'i', ARGV[3]) end
+local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
+local exp = tonumber(ARGV[4]) + g
+redis.call('PEXPIREAT', KEYS[1], exp)
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {exp, redis.call('HGET', KEYS[1], 'n') or ''}
+"#,
+        ),
+        // KEYS: record, lease. ARGV: channel, fp, status, failure, approver JSON.
+        resolve: Script::new(&format!(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
+if ARGV[3] == 'granted' then
+  redis.call('HSET', KEYS[1], 's', 'granted', 'ap', ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 's', ARGV[3], 'f', ARGV[4])
+  {FINISH_NO}
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#
+        )),
+        // KEYS: record, lease, used. ARGV: channel, fp, shortest marker ms.
+        consume: Script::new(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'granted' then return false end
+local all = redis.call('HGETALL', KEYS[1])
+local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], '1', 'PX', math.max(g, tonumber(ARGV[3])))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return all
+"#,
+        ),
+        // KEYS: record, lease. ARGV: channel, fp.
+        remove: Script::new(
+            r#"
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return all
+"#,
+        ),
+        // KEYS: record, lease. ARGV: channel, fp, created-before ms.
+        fail_unack: Script::new(&format!(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'a') == 1 then return 0 end
+local c = tonumber(redis.call('HGET', KEYS[1], 'c')) or 0
+if c >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 's', 'failed', 'f', 'request_lost')
+{FINISH_NO}
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"#
+        )),
+        // KEYS: record, lease. ARGV: channel, fp, failure code.
+        remove_failed: Script::new(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'failed' then return false end
+if redis.call('HGET', KEYS[1], 'f') ~= ARGV[3] then return false end
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return all
+"#,
+        ),
+        // KEYS: counter. ARGV: window ms.
+        rate: Script::new(
+            r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#,
+        ),
+        // KEYS: lease. ARGV: owner, ttl ms.
+        lease: Script::new(
+            r#"
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if v then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+        ),
+        // KEYS: lease. ARGV: owner.
+        release: Script::new(
+            r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"#,
+        ),
+    }
+}
+
+/// The fixed part of a record, stored as one JSON field.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    m: String,
+    ac: String,
+    u: String,
+}
+
+pub struct RedisStore {
+    backend: Backend,
+    prefix: String,
+    channel: String,
+    op_timeout: Duration,
+    waiters: Arc<Waiters>,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn sha_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl RedisStore {
+    /// Sets up the connection (it connects lazily and reconnects by itself: the gateway
+    /// starts, and recovers, whether or not Redis is up) and the change subscription.
+    pub fn connect(settings: RedisSettings) -> Result<Arc<RedisStore>, StoreError> {
+        if settings.key_prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(
+                "the Redis key prefix must not contain '{' or '}'".into(),
+            ));
+        }
+        let info =
+            settings.url.as_str().into_connection_info().map_err(|e| {
+                StoreError::Unavailable(format!("invalid Redis URL ({:?})", e.kind()))
+            })?;
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis_settings);
+        let channel = format!("{}changes", settings.key_prefix);
+        let waiters = Arc::new(Waiters::default());
+        let sink = waiters.clone();
+        let ch = channel.clone().into_bytes();
+        let push = move |info: PushInfo| {
+            sink.on_push(&ch, info);
+            Ok::<(), redis::aio::SendError>(())
+        };
+        let backend = if settings.cluster {
+            let client = redis::cluster::ClusterClient::builder(vec![info])
+                .use_protocol(ProtocolVersion::RESP3)
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.response_timeout)
+                .retries(2)
+                .push_sender(push)
+                .build()
+                .map_err(unavailable)?;
+            Backend::Cluster {
+                client,
+                conn: OnceCell::new(),
+            }
+        } else {
+            let client = redis::Client::open(info).map_err(unavailable)?;
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1))
+                .set_push_sender(push)
+                .set_automatic_resubscription();
+            Backend::Single(
+                ConnectionManager::new_lazy_with_config(client, cfg).map_err(unavailable)?,
+            )
+        };
+        let store = Arc::new(RedisStore {
+            backend,
+            prefix: settings.key_prefix,
+            channel,
+            // Connecting and answering, plus a little slack: a hard bound on every call.
+            op_timeout: settings.connect_timeout + settings.response_timeout,
+            waiters,
+            scripts: scripts(),
+        });
+        store.spawn_subscriber();
+        Ok(store)
+    }
+
+    /// Subscribes to the change channel (retrying until Redis answers), then pings now
+    /// and then so a dropped connection is noticed, re-established and re-subscribed
+    /// (by the connection manager) even when no call is using the store.
+    fn spawn_subscriber(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut subscribed = false;
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                if !subscribed {
+                    subscribed = store.subscribe().await.is_ok();
+                } else if let Ok(mut c) = store.conn().await {
+                    let _ = store
+                        .run(redis::cmd("PING").query_async::<redis::Value>(&mut c))
+                        .await;
+                }
+                drop(store);
+                let pause = if subscribed { 2000 } else { 500 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        });
+    }
+
+    async fn subscribe(&self) -> Result<(), StoreError> {
+        let fut = async {
+            match &self.backend {
+                Backend::Single(cm) => cm.clone().subscribe(&self.channel).await,
+                Backend::Cluster { .. } => match self.conn().await {
+                    Ok(Conn::Cluster(mut c)) => c.subscribe(&self.channel).await,
+                    _ => Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cluster not connected",
+                    ))),
+                },
+            }
+        };
+        self.run(fut).await?;
+        // Anything published before the subscription took effect: re-read.
+        self.waiters.wake_all();
+        Ok(())
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Single(cm) => Ok(Conn::Single(cm.clone())),
+            Backend::Cluster { client, conn } => {
+                let fut = conn.get_or_try_init(|| client.get_async_connection());
+                match tokio::time::timeout(self.op_timeout, fut).await {
+                    Ok(Ok(c)) => Ok(Conn::Cluster(c.clone())),
+                    Ok(Err(e)) => Err(unavailable(e)),
+                    Err(_) => Err(StoreError::Unavailable(
+                        "redis: connecting timed out".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Every Redis call is bounded: a dead or unreachable Redis answers `Unavailable`
+    /// within connect + response timeout, never later.
+    async fn run<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable("redis: timed out".into())),
+        }
+    }
+
+    /// Sends independent commands: one pipeline on a single node; one by one on a
+    /// cluster (their keys live in different slots).
+    async fn secondary(&self, cmds: Vec<Cmd>) -> Result<(), StoreError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        match c {
+            Conn::Single(_) => {
+                let mut p = redis::pipe();
+                for cmd in cmds {
+                    p.add_command(cmd).ignore();
+                }
+                self.run(p.query_async::<()>(&mut c)).await
+            }
+            Conn::Cluster(_) => {
+                for cmd in cmds {
+                    self.run(cmd.query_async::<redis::Value>(&mut c)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn rec_key(&self, fp: &str) -> String {
+        format!("{}ap:{{{fp}}}", self.prefix)
+    }
+    fn lease_key(&self, fp: &str) -> String {
+        format!("{}ap:{{{fp}}}:lease", self.prefix)
+    }
+    fn used_key(&self, fp: &str) -> String {
+        format!("{}ap:{{{fp}}}:used", self.prefix)
+    }
+    fn nt_key(&self, token_hash: &str) -> String {
+        format!("{}nt:{token_hash}", self.prefix)
+    }
+    fn ar_key(&self, auth_req_id: &str) -> String {
+        format!("{}ar:{}", self.prefix, sha_hex(auth_req_id))
+    }
+
+    /// The index keys pointing at a record, for clean-up once it is gone.
+    fn index_dels(&self, rec: &ApprovalRecord) -> Vec<Cmd> {
+        let mut out = Vec::new();
+        if let Some(h) = &rec.notification_token_hash {
+            out.push(redis::cmd("DEL").arg(self.nt_key(h)).to_owned());
+        }
+        if let Some(a) = &rec.auth_req_id {
+            out.push(redis::cmd("DEL").arg(self.ar_key(a)).to_owned());
+        }
+        out
+    }
+
+    async fn get_string(&self, key: String) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn().await?;
+        let v: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(key).query_async(&mut c))
+            .await?;
+        v.map(|b| String::from_utf8(b).map_err(|_| corrupt("index value is not UTF-8")))
+            .transpose()
+    }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Granted => "granted",
+        Status::Denied => "denied",
+        Status::Expired => "expired",
+        Status::Failed => "failed",
+        Status::Consumed => "consumed",
+    }
+}
+
+fn parse_status(s: &str) -> Result<Status, StoreError> {
+    Ok(match s {
+        "pending" => Status::Pending,
+        "granted" => Status::Granted,
+        "denied" => Status::Denied,
+        "expired" => Status::Expired,
+        "failed" => Status::Failed,
+        "consumed" => Status::Consumed,
+        other => return Err(corrupt(format!("unknown status {other:?}"))),
+    })
+}
+
+/// The fields of a record hash: a flat `[k, v, k, v…]` array (from a script) or a map
+/// (HGETALL over RESP3). `None` when there is no record.
+fn fields(v: redis::Value) -> Result<Option<HashMap<String, String>>, StoreError> {
+    let text = |v: redis::Value| -> Result<String, StoreError> {
+        match v {
+            redis::Value::BulkString(b) => {
+                String::from_utf8(b).map_err(|_| corrupt("record field is not UTF-8"))
+            }
+            redis::Value::SimpleString(s) => Ok(s),
+            redis::Value::Int(i) => Ok(i.to_string()),
+            other => Err(corrupt(format!("unexpected record field {other:?}"))),
+        }
+    };
+    let pairs: Vec<(redis::Value, redis::Value)> = match v {
+        redis::Value::Nil => return Ok(None),
+        redis::Value::Map(m) => m,
+        redis::Value::Array(flat) => {
+            if flat.len() % 2 != 0 {
+                return Err(corrupt("odd number of record fields"));
+            }
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+        other => return Err(corrupt(format!("unexpected record shape {other:?}"))),
+    };
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut m = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        m.insert(text(k)?, text(v)?);
+    }
+    Ok(Some(m))
+}
+
+fn decode(fp: &str, v: redis::Value) -> Result<Option<ApprovalRecord>, StoreError> {
+    fields(v)?.map(|m| decode_map(fp, m)).transpose()
+}
+
+fn decode_map(fp: &str, mut m: HashMap<String, String>) -> Result<ApprovalRecord, StoreError> {
+    let num = |m: &HashMap<String, String>, k: &str| -> Result<Option<u64>, StoreError> {
+        m.get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| corrupt(format!("field {k} is not a number")))
+            })
+            .transpose()
+    };
+    let status = parse_status(m.get("s").ok_or_else(|| corrupt("record without status"))?)?;
+    let body: Body =
+        serde_json::from_str(m.get("b").ok_or_else(|| corrupt("record without body"))?)
+            .map_err(|e| corrupt(format!("record body: {e}")))?;
+    let approver: Option<Approver> = m
+        .get("ap")
+        .map(|v| serde_json::from_str(v).map_err(|e| corrupt(format!("approver: {e}"))))
+        .transpose()?;
+    Ok(ApprovalRecord {
+        fingerprint: fp.to_string(),
+        status,
+        auth_req_id: m.remove("a"),
+        notification_token_hash: m.remove("n").filter(|s| !s.is_empty()),
+        binding_message: body.m,
+        action: body.ac,
+        user_key: body.u,
+        created_at_ms: num(&m, "c")?.ok_or_else(|| corrupt("record without created time"))?,
+        deadline_ms: num(&m, "d")?.ok_or_else(|| corrupt("record without deadline"))?,
+        expires_in: num(&m, "e")?,
+        interval: num(&m, "i")?,
+        approver,
+        failure: m.remove("f"),
+    })
+}
+
+#[async_trait]
+impl ApprovalStore for RedisStore {
+    async fn create_or_join(
+        &self,
+        record: ApprovalRecord,
+        grace: Duration,
+    ) -> Result<Joined, StoreError> {
+        let body = serde_json::to_string(&Body {
+            m: record.binding_message.clone(),
+            ac: record.action.clone(),
+            u: record.user_key.clone(),
+        })
+        .map_err(corrupt)?;
+        let grace_ms = grace.as_millis() as u64;
+        let expire_at = record.deadline_ms + grace_ms;
+        let token_hash = record.notification_token_hash.clone().unwrap_or_default();
+        let mut c = self.conn().await?;
+        let existing: redis::Value = self
+            .run(
+                self.scripts
+                    .create
+                    .key(self.rec_key(&record.fingerprint))
+                    .arg(body)
+                    .arg(record.created_at_ms)
+                    .arg(record.deadline_ms)
+                    .arg(grace_ms)
+                    .arg(expire_at)
+                    .arg(&token_hash)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        if let Some(rec) = decode(&record.fingerprint, existing)? {
+            return Ok(Joined::Existing(Box::new(rec)));
+        }
+        // Indexed before the CIBA request is sent: a ping can beat the acknowledgement.
+        if !token_hash.is_empty() {
+            self.secondary(vec![
+                redis::cmd("SET")
+                    .arg(self.nt_key(&token_hash))
+                    .arg(&record.fingerprint)
+                    .arg("PXAT")
+                    .arg(expire_at)
+                    .to_owned(),
+            ])
+            .await?;
+        }
+        Ok(Joined::Created)
+    }
+
+    async fn get(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let mut c = self.conn().await?;
+        let v: redis::Value = self
+            .run(
+                redis::cmd("HGETALL")
+                    .arg(self.rec_key(fingerprint))
+                    .query_async(&mut c),
+            )
+            .await?;
+        decode(fingerprint, v)
+    }
+
+    async fn set_acknowledged(
+        &self,
+        fingerprint: &str,
+        auth_req_id: &str,
+        expires_in: u64,
+        interval: Option<u64>,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let out: Option<(u64, String)> = self
+            .run(
+                self.scripts
+                    .set_ack
+                    .key(self.rec_key(fingerprint))
+                    .arg(auth_req_id)
+                    .arg(expires_in)
+                    .arg(interval.map(|i| i.to_string()).unwrap_or_default())
+                    .arg(deadline_ms)
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        let Some((expire_at, token_hash)) = out else {
+            return Ok(());
+        };
+        let mut cmds = vec![
+            redis::cmd("SET")
+                .arg(self.ar_key(auth_req_id))
+                .arg(fingerprint)
+                .arg("PXAT")
+                .arg(expire_at)
+                .to_owned(),
+        ];
+        if !token_hash.is_empty() {
+            cmds.push(
+                redis::cmd("PEXPIREAT")
+                    .arg(self.nt_key(&token_hash))
+                    .arg(expire_at)
+                    .to_owned(),
+            );
+        }
+        self.secondary(cmds).await
+    }
+
+    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError> {
+        let (status, failure, approver) = match resolution {
+            Resolution::Granted(a) => (
+                Status::Granted,
+                String::new(),
+                serde_json::to_string(&a).map_err(corrupt)?,
+            ),
+            Resolution::Denied(code) => (Status::Denied, code, String::new()),
+            Resolution::Expired => (Status::Expired, "expired".to_string(), String::new()),
+            Resolution::Failed(code) => (Status::Failed, code, String::new()),
+        };
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .run(
+                self.scripts
+                    .resolve
+                    .key(self.rec_key(fingerprint))
+                    .key(self.lease_key(fingerprint))
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .arg(status_name(status))
+                    .arg(failure)
+                    .arg(approver)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn consume(&self, fingerprint: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let mut c = self.conn().await?;
+        let taken: redis::Value = self
+            .run(
+                self.scripts
+                    .consume
+                    .key(self.rec_key(fingerprint))
+                    .key(self.lease_key(fingerprint))
+                    .key(self.used_key(fingerprint))
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .arg(super::memory::CONSUMED_MARK_MS)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        let Some(mut rec) = decode(fingerprint, taken)? else {
+            return Ok(None);
+        };
+        rec.status = Status::Consumed;
+        // The indexes only point at the record; a failed clean-up leaves harmless
+        // dangling entries that expire with it.
+        if let Err(e) = self.secondary(self.index_dels(&rec)).await {
+            tracing::debug!(error = %e, "index clean-up after consume failed");
+        }
+        Ok(Some(rec))
+    }
+
+    async fn remove(&self, fingerprint: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let flat: redis::Value = self
+            .run(
+                self.scripts
+                    .remove
+                    .key(self.rec_key(fingerprint))
+                    .key(self.lease_key(fingerprint))
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        if let Ok(Some(rec)) = decode(fingerprint, flat) {
+            self.secondary(self.index_dels(&rec)).await?;
+        }
+        Ok(())
+    }
+
+    async fn find_by_auth_req_id(&self, auth_req_id: &str) -> Result<Option<String>, StoreError> {
+        self.get_string(self.ar_key(auth_req_id)).await
+    }
+
+    async fn find_by_notification_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.get_string(self.nt_key(token_hash)).await
+    }
+
+    async fn wait_change(&self, fingerprint: &str, timeout: Duration) {
+        let notify = match self.waiters.map.lock() {
+            Ok(mut g) => g.entry(fingerprint.to_string()).or_default().clone(),
+            Err(_) => return,
+        };
+        let notified = notify.notified();
+        let _ = tokio::time::timeout(timeout, notified).await;
+        if let Ok(mut g) = self.waiters.map.lock()
+            && Arc::strong_count(&notify) <= 2
+        {
+            g.remove(fingerprint);
+        }
+    }
+
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: u64 = self
+            .run(
+                self.scripts
+                    .rate
+                    .key(format!("{}rl:{key}", self.prefix))
+                    .arg(window.as_millis().max(1) as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(n <= u64::from(limit))
+    }
+
+    async fn note_denial(&self, user_key: &str, cooldown: Duration) -> Result<(), StoreError> {
+        let ms = cooldown.as_millis() as u64;
+        if ms == 0 {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        self.run(
+            redis::cmd("SET")
+                .arg(format!("{}dn:{user_key}", self.prefix))
+                .arg(1)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut c),
+        )
+        .await
+    }
+
+    async fn recently_denied(&self, user_key: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        self.run(
+            redis::cmd("EXISTS")
+                .arg(format!("{}dn:{user_key}", self.prefix))
+                .query_async::<bool>(&mut c),
+        )
+        .await
+    }
+
+    async fn pending_count(&self) -> Result<usize, StoreError> {
+        let mut c = self.conn().await?;
+        if matches!(c, Conn::Cluster(_)) {
+            return Err(StoreError::Unavailable(
+                "pending_count is not supported on Redis Cluster".into(),
+            ));
+        }
+        // A gauge: SCAN the record keys (pattern ends at the hash tag, so leases and
+        // markers do not match) and count the pending ones.
+        let pattern = format!("{}ap:{{*}}", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut count = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("HGET").arg(k).arg("s");
+                }
+                let states: Vec<Option<String>> = self.run(p.query_async(&mut c)).await?;
+                count += states
+                    .iter()
+                    .filter(|s| s.as_deref() == Some("pending"))
+                    .count();
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(count);
+            }
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let got: i64 = self
+            .run(
+                self.scripts
+                    .lease
+                    .key(self.lease_key(fingerprint))
+                    .arg(owner)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(got == 1)
+    }
+
+    async fn release_lease(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .run(
+                self.scripts
+                    .release
+                    .key(self.lease_key(fingerprint))
+                    .arg(owner)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn fail_unacknowledged(
+        &self,
+        fingerprint: &str,
+        created_before_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .run(
+                self.scripts
+                    .fail_unack
+                    .key(self.rec_key(fingerprint))
+                    .key(self.lease_key(fingerprint))
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .arg(created_before_ms)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn remove_failed(&self, fingerprint: &str, code: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let flat: redis::Value = self
+            .run(
+                self.scripts
+                    .remove_failed
+                    .key(self.rec_key(fingerprint))
+                    .key(self.lease_key(fingerprint))
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .arg(code)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        match decode(fingerprint, flat) {
+            Ok(None) => Ok(false),
+            Ok(Some(rec)) => {
+                let _ = self.secondary(self.index_dels(&rec)).await;
+                Ok(true)
+            }
+            // Removed, but its indexes could not be read: they expire by themselves.
+            Err(_) => Ok(true),
+        }
+    }
+
+    async fn recently_consumed(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        self.run(
+            redis::cmd("EXISTS")
+                .arg(self.used_key(fingerprint))
+                .query_async::<bool>(&mut c),
+        )
+        .await
+    }
+}
