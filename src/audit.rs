@@ -59,7 +59,8 @@ impl EvidenceSink {
             .name("evidence-writer".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(out);
-                let mut write = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>, r: EvidenceRecord| {
+                let write = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>,
+                             r: EvidenceRecord| {
                     if serde_json::to_writer(&mut *out, &r).is_ok() {
                         let _ = out.write_all(b"\n");
                     }

@@ -53,6 +53,107 @@ pub struct Config {
     /// (shared by replicas, survives restarts).
     #[serde(default)]
     pub store: StoreConfig,
+    /// `admin:` — the listener for /metrics, /healthz and /readyz.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `telemetry:` — OpenTelemetry traces (off unless an endpoint is configured
+    /// here or in `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// `log:` — log level (`RUST_LOG` wins when set).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `shutdown:` — what SIGTERM does.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `admin:` — probes and metrics, on their own port (keep it off the agent's network).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+pub fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// How traces are exported (OTLP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+/// `telemetry:` — OpenTelemetry traces. Unset keys fall back to the standard `OTEL_*`
+/// environment variables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Collector base URL, e.g. `http://otel-collector:4317` (gRPC) or `:4318` (HTTP).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http` (protobuf over HTTP, `/v1/traces`).
+    #[serde(default)]
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of new traces kept (0.0–1.0); an agent's sampled `traceparent` is honoured.
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+/// `log:` — JSON logs on standard error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive: `info`, `debug`, `ciba_gate=debug,info`, …
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// `shutdown:` — on SIGTERM the gateway stops accepting, lets held calls run until
+/// `drain`, then answers the rest "shutting down, retry" and exits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// `store:` — the approval store.
@@ -354,6 +455,19 @@ impl LoadedConfig {
         if c.upstreams.is_empty() {
             return Err(self.err("upstreams", "at least one upstream is required"));
         }
+        if let Some(r) = c.telemetry.sampling_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(self.err("telemetry.sampling_ratio", "must be between 0.0 and 1.0"));
+        }
+        if let Some(e) = &c.telemetry.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(self.err("telemetry.otlp_endpoint", "must be an http:// or https:// URL"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+            return Err(self.err("log.level", "is not a level or filter directive (e.g. info, debug)"));
+        }
         let mut names = HashSet::new();
         let mut mounts = HashSet::new();
         for (i, u) in c.upstreams.iter().enumerate() {
@@ -464,7 +578,10 @@ impl LoadedConfig {
             (Some(u), _) => u.clone(),
             (None, Some(var)) => {
                 let u = std::env::var(var).map_err(|_| {
-                    self.err("store.url_env", format!("environment variable {var} is not set"))
+                    self.err(
+                        "store.url_env",
+                        format!("environment variable {var} is not set"),
+                    )
                 })?;
                 check_redis_url(&u).map_err(|e| self.err("store.url_env", e))?;
                 u

@@ -71,6 +71,25 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Run only the development OpenID Provider (for multi-process tests). Prints
+    /// `READY <issuer>` on stdout once it listens.
+    #[command(hide = true)]
+    DevOp {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// A registered client: ID:SECRET:poll|ping|push[:NOTIFY_URL] (repeatable).
+        #[arg(long = "client", required = true)]
+        clients: Vec<String>,
+        /// An accepted login_hint (repeatable).
+        #[arg(long = "user", default_value = "demo@example.com")]
+        users: Vec<String>,
+        /// `interval` sent in the acknowledgement, in seconds.
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Request lifetime when the client sends no requested_expiry, in seconds.
+        #[arg(long, default_value_t = 120)]
+        expiry: u64,
+    },
     /// Run only the demo MCP tool server (for benchmarks and client experiments).
     #[command(hide = true)]
     DemoTools {
@@ -155,6 +174,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(dev(opts, &policies))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::DevOp {
+            listen,
+            clients,
+            users,
+            interval,
+            expiry,
+        } => {
+            init_logging();
+            runtime()?.block_on(dev_op(listen, &clients, users, interval, expiry))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DemoTools { listen } => {
             init_logging();
             runtime()?.block_on(async move {
@@ -222,11 +252,15 @@ fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
         })
         .with_context(|| format!("{}: approvals.callback.tls", config.display()))?;
     }
-    let (checked, problems) = binding::check_samples(&engine, &cfg.config.policy.dir, &approvals.profile)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let (checked, problems) =
+        binding::check_samples(&engine, &cfg.config.policy.dir, &approvals.profile)
+            .map_err(|e| anyhow::anyhow!(e))?;
     if !problems.is_empty() {
         for p in &problems {
-            eprintln!("{} [{}]: binding message {:?}: {}", p.file, p.index, p.message, p.problem);
+            eprintln!(
+                "{} [{}]: binding message {:?}: {}",
+                p.file, p.index, p.message, p.problem
+            );
         }
         anyhow::bail!(
             "{}: approvals.binding_message_profile: {} sample binding message(s) do not fit the {} profile",
@@ -245,7 +279,12 @@ fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
     let issuer = approvals.client.issuer.clone();
     runtime()?
         .block_on(ciba_gate::ciba::CibaClient::discover(approvals.client))
-        .with_context(|| format!("{}: approvals.op.issuer: discovery of {issuer}", config.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: approvals.op.issuer: discovery of {issuer}",
+                config.display()
+            )
+        })?;
     println!("ok: discovery of {issuer} checked, JWKS fetched");
     Ok(())
 }
@@ -349,4 +388,59 @@ async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
     eprintln!("  delivery mode:  {}", delivery.as_str());
     eprintln!();
     ciba_gate::run::serve(cfg).await
+}
+
+/// `ciba-gate dev-op`: the development OP alone, until SIGTERM or Ctrl-C.
+async fn dev_op(
+    listen: SocketAddr,
+    clients: &[String],
+    users: Vec<String>,
+    interval: Option<u64>,
+    expiry: u64,
+) -> anyhow::Result<()> {
+    use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
+    let mut registered = Vec::new();
+    for c in clients {
+        let mut parts = c.splitn(4, ':');
+        let (Some(id), Some(secret), Some(mode)) = (parts.next(), parts.next(), parts.next())
+        else {
+            anyhow::bail!("--client must be ID:SECRET:poll|ping|push[:NOTIFY_URL]");
+        };
+        let delivery = match mode {
+            "poll" => DeliveryMode::Poll,
+            "ping" => DeliveryMode::Ping,
+            "push" => DeliveryMode::Push,
+            other => anyhow::bail!("--client delivery must be poll, ping or push, not {other:?}"),
+        };
+        let notification_endpoint = parts.next().map(str::to_string);
+        if delivery != DeliveryMode::Poll && notification_endpoint.is_none() {
+            anyhow::bail!("--client {id}: ping and push need a NOTIFY_URL");
+        }
+        registered.push(DevClient {
+            client_id: id.to_string(),
+            secret: secret.to_string(),
+            delivery,
+            notification_endpoint,
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the development OP on {listen}"))?;
+    let op = DevOp::spawn(
+        listener,
+        DevOpConfig {
+            clients: registered,
+            users,
+            interval,
+            default_expiry: expiry,
+            ..DevOpConfig::default()
+        },
+    )
+    .await?;
+    println!("READY {}", op.issuer());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    ciba_gate::run::shutdown_signal().await;
+    op.shutdown();
+    Ok(())
 }

@@ -212,22 +212,33 @@ pub fn check_samples(
         .collect();
     files.sort();
     for path in files {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not valid JSON: {e}", path.display()))?;
         let inputs = match value {
             serde_json::Value::Array(items) => items,
             one => vec![one],
         };
         for (index, input) in inputs.iter().enumerate() {
             let decision = engine.decide(input);
-            let Some(approval) = decision.approval else { continue };
+            let Some(approval) = decision.approval else {
+                continue;
+            };
             checked += 1;
             let file = path.display().to_string();
-            match approval.get("binding_message").and_then(serde_json::Value::as_str) {
+            match approval
+                .get("binding_message")
+                .and_then(serde_json::Value::as_str)
+            {
                 Some(m) => {
                     if let Err(e) = profile.check(m) {
-                        problems.push(SampleProblem { file, index, message: m.to_string(), problem: e.to_string() });
+                        problems.push(SampleProblem {
+                            file,
+                            index,
+                            message: m.to_string(),
+                            problem: e.to_string(),
+                        });
                     }
                 }
                 None => problems.push(SampleProblem {

@@ -13,6 +13,19 @@ use crate::ciba::{
 };
 use crate::store::{Approver, Resolution, Status, now_ms};
 
+/// Extra life of a poll lease beyond the next planned poll: covers a slow token
+/// request. A dead holder is replaced at most this long after its poll was due.
+const LEASE_SLACK: Duration = Duration::from_secs(3);
+
+/// Forgets this process's driver for a fingerprint when the driver ends, however it ends.
+struct DriverGuard<'a>(&'a Approvals, &'a str);
+
+impl Drop for DriverGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release_driver(self.1);
+    }
+}
+
 /// Drives one approval from request to result.
 pub async fn drive(
     approvals: Arc<Approvals>,
@@ -20,6 +33,7 @@ pub async fn drive(
     request: AuthRequest,
     created_at_ms: u64,
 ) {
+    let _guard = DriverGuard(&approvals, &fingerprint);
     let ack = match approvals.ciba.authenticate(&request).await {
         Ok(a) => a,
         Err(e) => {
@@ -54,8 +68,61 @@ pub async fn drive(
             .await;
         return;
     }
+    // The creator polls first: it takes the poll lease before anyone can watch.
+    let first = match approvals.ciba.config().delivery {
+        DeliveryMode::Ping => approvals.settings.ping_fallback_poll,
+        _ => Poller::new(ack.interval).interval(),
+    };
+    let _ = approvals
+        .store
+        .acquire_lease(&fingerprint, &approvals.instance, first + LEASE_SLACK)
+        .await;
+    wait_for_answer(
+        &approvals,
+        &fingerprint,
+        &ack.auth_req_id,
+        ack.interval,
+        deadline,
+    )
+    .await;
+}
+
+/// Takes over a request some other replica (or an earlier run of this one) started:
+/// polls from the stored auth_req_id and interval whenever the poll lease is free
+/// (while its holder is alive, this only renews nothing and watches).
+pub async fn resume(approvals: Arc<Approvals>, fingerprint: String) {
+    let _guard = DriverGuard(&approvals, &fingerprint);
+    let rec = match approvals.store.get(&fingerprint).await {
+        Ok(Some(r)) if r.status == Status::Pending => r,
+        _ => return,
+    };
+    let Some(auth_req_id) = rec.auth_req_id.clone() else {
+        return;
+    };
+    tracing::debug!("watching an approval request started elsewhere");
+    wait_for_answer(
+        &approvals,
+        &fingerprint,
+        &auth_req_id,
+        rec.interval,
+        rec.deadline_ms,
+    )
+    .await;
+}
+
+/// Waits for the answer until the deadline. In poll (and ping-fallback) mode only the
+/// holder of the record's poll lease asks the OP, so replicas never poll one request
+/// twice; whoever finds the lease free (its holder died) takes it over.
+async fn wait_for_answer(
+    approvals: &Approvals,
+    fingerprint: &str,
+    auth_req_id: &str,
+    interval: Option<u64>,
+    deadline: u64,
+) {
+    let fingerprint = fingerprint.to_string();
     let delivery = approvals.ciba.config().delivery;
-    let mut poller = Poller::new(ack.interval);
+    let mut poller = Poller::new(interval);
     let mut last_transport_error: Option<String> = None;
     loop {
         let now = now_ms();
@@ -92,9 +159,27 @@ pub async fn drive(
         if delivery == DeliveryMode::Push || now_ms() >= deadline {
             continue;
         }
-        match token_step(&approvals, &ack.auth_req_id, &mut poller).await {
+        // The lease lasts until the next planned poll plus some slack.
+        let ttl = match delivery {
+            DeliveryMode::Ping => approvals.settings.ping_fallback_poll.max(poller.interval()),
+            _ => poller.interval(),
+        } + LEASE_SLACK;
+        match approvals
+            .store
+            .acquire_lease(&fingerprint, &approvals.instance, ttl)
+            .await
+        {
+            Ok(true) => {}
+            // Another replica polls this one; watch, and take over if it goes away.
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "approval store unavailable while waiting");
+                continue;
+            }
+        }
+        match token_step(approvals, auth_req_id, &mut poller).await {
             Step::Resolved(resolution) => {
-                finish(&approvals, &fingerprint, resolution).await;
+                finish(approvals, &fingerprint, resolution).await;
                 return;
             }
             Step::KeepWaiting => last_transport_error = None,

@@ -178,6 +178,18 @@ pub struct Approvals {
     user_key: String,
     /// HMAC key for requestState and keyed hashes.
     key: Vec<u8>,
+    /// This process's name as a poll-lease holder (random per start).
+    pub(crate) instance: String,
+    /// Fingerprints with a driver (creator or resume) running in this process.
+    pub(crate) local_drivers: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This value's own `Arc`, for spawning drivers from `&self`.
+    me: std::sync::Weak<Approvals>,
+}
+
+/// A record still pending without an `auth_req_id` this long after it was created has
+/// lost its creator (it died before the OP acknowledged): it becomes `request_lost`.
+fn ack_lost_after(http_timeout: Duration) -> Duration {
+    http_timeout * 2 + Duration::from_secs(10)
 }
 
 impl Approvals {
@@ -196,7 +208,7 @@ impl Approvals {
             UserHint::LoginHintToken(v) => ("login_hint_token", v.as_str()),
         };
         let user_key = keyed_hash(&key, "user", raw);
-        Arc::new(Approvals {
+        Arc::new_cyclic(|me| Approvals {
             ciba,
             store,
             settings,
@@ -206,7 +218,44 @@ impl Approvals {
             hint_type,
             user_key,
             key,
+            instance: format!("{:032x}", rand::random::<u128>()),
+            local_drivers: Default::default(),
+            me: me.clone(),
         })
+    }
+
+    /// Marks `fingerprint` as driven by this process; false if a driver already runs here.
+    pub(crate) fn claim_driver(&self, fingerprint: &str) -> bool {
+        self.local_drivers
+            .lock()
+            .map(|mut s| s.insert(fingerprint.to_string()))
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn release_driver(&self, fingerprint: &str) {
+        if let Ok(mut s) = self.local_drivers.lock() {
+            s.remove(fingerprint);
+        }
+    }
+
+    /// Another replica (or a previous run of this one) started this request and may be
+    /// gone: a resume driver polls the OP from the stored auth_req_id whenever the poll
+    /// lease is free, so the request is never stranded. Nothing to poll in push mode
+    /// (the OP pushes to whichever replica its load balancer picks).
+    fn ensure_driver(&self, rec: &ApprovalRecord) {
+        if rec.status != Status::Pending
+            || rec.auth_req_id.is_none()
+            || self.ciba.config().delivery == DeliveryMode::Push
+            || !self.claim_driver(&rec.fingerprint)
+        {
+            return;
+        }
+        let Some(this) = self.me.upgrade() else {
+            self.release_driver(&rec.fingerprint);
+            return;
+        };
+        let fp = rec.fingerprint.clone();
+        tokio::spawn(async move { driver::resume(this, fp).await });
     }
 
     pub fn hint_type(&self) -> &'static str {
@@ -292,7 +341,21 @@ impl Approvals {
         };
 
         // A call that joins an existing request is never throttled: it prompts nobody.
-        if let Some(existing) = self.store.get(&fingerprint).await.map_err(unavailable)? {
+        let mut existing = self.store.get(&fingerprint).await.map_err(unavailable)?;
+        // A lost request (its creator died before the OP acknowledged) is forgotten,
+        // only if it still is that record, so this call starts a fresh one.
+        if existing.as_ref().is_some_and(|r| {
+            r.status == Status::Failed && r.failure.as_deref() == Some("request_lost")
+        }) && self
+            .store
+            .remove_failed(&fingerprint, "request_lost")
+            .await
+            .map_err(unavailable)?
+        {
+            existing = None;
+        }
+        if let Some(existing) = existing {
+            self.ensure_driver(&existing);
             return Ok(Ticket {
                 deadline_ms: existing.deadline_ms,
                 fingerprint,
@@ -334,12 +397,15 @@ impl Approvals {
             .await
             .map_err(unavailable)?
         {
-            Joined::Existing(existing) => Ok(Ticket {
-                deadline_ms: existing.deadline_ms,
-                fingerprint,
-                params,
-                started: false,
-            }),
+            Joined::Existing(existing) => {
+                self.ensure_driver(&existing);
+                Ok(Ticket {
+                    deadline_ms: existing.deadline_ms,
+                    fingerprint,
+                    params,
+                    started: false,
+                })
+            }
             Joined::Created => {
                 let request = AuthRequest {
                     scope: params.scope.clone(),
@@ -360,6 +426,7 @@ impl Approvals {
                 };
                 let this = self.clone();
                 let fp = fingerprint.clone();
+                self.claim_driver(&fp);
                 tokio::spawn(async move { driver::drive(this, fp, request, created_at).await });
                 Ok(Ticket {
                     deadline_ms: provisional_deadline,
@@ -434,6 +501,17 @@ impl Approvals {
             let rec = match self.store.get(&ticket.fingerprint).await {
                 Ok(Some(r)) => r,
                 Ok(None) => {
+                    // Gone: taken by an identical call, or lost by the store (e.g. Redis
+                    // restarted empty). Either way nothing is forwarded on a guess.
+                    if let Ok(false) = self.store.recently_consumed(&ticket.fingerprint).await {
+                        return Settled::Blocked(
+                            Blocked::new(
+                                "approval_lost",
+                                "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval",
+                            ),
+                            None,
+                        );
+                    }
                     return Settled::Blocked(
                         Blocked::new(
                             "approval_already_used",
@@ -500,6 +578,21 @@ impl Approvals {
                 }
                 Status::Pending => {
                     let now = now_ms();
+                    if rec.auth_req_id.is_none() {
+                        let lost_after =
+                            ack_lost_after(self.ciba.config().http_timeout).as_millis() as u64;
+                        if now.saturating_sub(rec.created_at_ms) > lost_after {
+                            // Its creator died before the OP acknowledged: fail it (once,
+                            // atomically) so the retry can start a fresh request.
+                            let _ = self
+                                .store
+                                .fail_unacknowledged(&ticket.fingerprint, now - lost_after)
+                                .await;
+                            continue;
+                        }
+                    } else {
+                        self.ensure_driver(&rec);
+                    }
                     let limit = until_ms.min(rec.deadline_ms);
                     if now >= limit {
                         if now >= rec.deadline_ms {
@@ -584,6 +677,9 @@ fn failure_sentence(code: &str) -> String {
         "invalid_id_token" => "the approval's ID token failed validation".into(),
         "store_unavailable" => "the approval store is unavailable".into(),
         "shutting_down" => "the gateway is shutting down; retry the call".into(),
+        "request_lost" => {
+            "the gateway that sent the approval request stopped before the OP acknowledged it; retry the call to ask again".into()
+        }
         other => format!("the approval failed ({other})"),
     }
 }

@@ -155,10 +155,12 @@ pub async fn handle(
         );
         input.insert("http".into(), json!({"route": r.template.to_string()}));
     }
-    let decision = gw.decide(input.clone());
+    let (decision, input) = gw.decide(input);
     rec.get_mut().decision = effect_name(&decision);
     rec.get_mut().policy_revision = decision.revision.to_string();
-    if let (Effect::Approve, Some(params), Some((route, _))) = (decision.effect, &decision.approval, &route) {
+    if let (Effect::Approve, Some(params), Some((route, _))) =
+        (decision.effect, &decision.approval, &route)
+    {
         // The approval is bound to the exact request: a body policy could not read is
         // read now, and its digest joins the arguments that are fingerprinted.
         let (body, mut bound_args) = match (held_body, stream_body) {
@@ -171,12 +173,20 @@ pub async fn handle(
                         && let Value::Object(m) = &mut args
                     {
                         use sha2::Digest;
-                        m.insert("$body_sha256".into(), Value::String(hex::encode(sha2::Sha256::digest(&b))));
+                        m.insert(
+                            "$body_sha256".into(),
+                            Value::String(hex::encode(sha2::Sha256::digest(&b))),
+                        );
                     }
                     (b, args)
                 }
                 Err(_) => {
-                    return reject(rec, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body exceeds the gateway's limit");
+                    return reject(
+                        rec,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body exceeds the gateway's limit",
+                    );
                 }
             },
             (None, None) => (bytes::Bytes::new(), arguments.clone()),

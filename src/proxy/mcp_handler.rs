@@ -429,7 +429,7 @@ fn decide_message(
         record.get_mut().args_fingerprint = Some(fingerprint::of_json(args));
         input.insert("tool".into(), json!({"name": name, "arguments": args}));
     }
-    let decision = gw.decide(input.clone());
+    let (decision, input) = gw.decide(input);
     {
         let r = record.get_mut();
         r.decision = effect_name(&decision);
@@ -538,7 +538,9 @@ async fn forward(
     // Records of a filtered JSON answer are finished once the hidden tools are counted.
     let hidden = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let _finish_later = FinishOnDrop {
-        records: if needs_rewrite && is_json { records } else {
+        records: if needs_rewrite && is_json {
+            records
+        } else {
             for r in records {
                 r.finish("forwarded", Some(status));
             }
@@ -757,7 +759,7 @@ async fn stream_or_session(
         "mcp".into(),
         json!({"method": null, "kind": "request", "protocol_version": revision}),
     );
-    let decision = gw.decide(input);
+    let (decision, _) = gw.decide(input);
     let mut rec = gw.record(&ctx, &mount.upstream.name);
     rec.get_mut().decision = effect_name(&decision);
     rec.get_mut().policy_revision = decision.revision.to_string();

@@ -195,8 +195,15 @@ impl Gateway {
         input
     }
 
-    fn decide(&self, input: Map<String, Value>) -> Decision {
-        self.policy.decide(&Value::Object(input))
+    /// Decides on `input` and hands it back (the approval path reuses it for phase
+    /// `approved`), so the document is never copied.
+    fn decide(&self, input: Map<String, Value>) -> (Decision, Map<String, Value>) {
+        let input = Value::Object(input);
+        let decision = self.policy.decide(&input);
+        match input {
+            Value::Object(m) => (decision, m),
+            _ => (decision, Map::new()),
+        }
     }
 
     fn record(&self, ctx: &RequestContext, upstream: &str) -> PendingRecord {

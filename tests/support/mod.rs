@@ -332,3 +332,92 @@ pub fn ensure_node_deps(dir: &Path, package: &str) {
     }
     done.push(dir.to_path_buf());
 }
+
+/// A throw-away `redis-server` on a free loopback port (never 6379), no persistence.
+/// Killed (SIGKILL) when dropped; `kill` and `restart` simulate outages and data loss.
+pub struct RedisServer {
+    pub port: u16,
+    guard: Option<ChildGuard>,
+    dir: PathBuf,
+    starts: u32,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut port = free_port();
+        while port == 6379 {
+            port = free_port();
+        }
+        let dir = std::env::temp_dir().join(format!("ciba-gate-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create redis log dir");
+        let mut s = RedisServer {
+            port,
+            guard: None,
+            dir,
+            starts: 0,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// kill -9 (no shutdown, no save).
+    pub fn kill(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.kill();
+        }
+    }
+
+    /// Starts it (again) on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            panic!(
+                "these tests need `redis-server` on PATH (Debian/Ubuntu package `redis-server`: \
+                 apt-get install redis-server)"
+            );
+        }
+        self.starts += 1;
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]);
+        let mut g = ChildGuard::spawn(
+            &format!("redis-{}-{}", self.port, self.starts),
+            cmd,
+            &self.dir,
+            false,
+        );
+        wait_for_port(self.port, Duration::from_secs(10), Some(&mut g));
+        self.guard = Some(g);
+    }
+
+    /// Runs `redis-cli -p PORT args…` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian package `redis-tools`) must be on PATH");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -112,7 +112,7 @@ deny contains {
 approval := object.union(
 	{
 		"action": "deploy",
-		"binding_message": sprintf("Deploy %s to %s", [lib.args.service, lib.args.env]),
+		"binding_message": binding_message("deploy_service"),
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.deploy_service,
 	},
@@ -147,7 +147,7 @@ deny contains {
 approval := object.union(
 	{
 		"action": "delete_issue",
-		"binding_message": sprintf("Delete issue #%s in %s", [lib.args.id, lib.args.project]),
+		"binding_message": binding_message("delete_issue"),
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.delete_issue,
 	},
@@ -157,6 +157,16 @@ approval := object.union(
 	lib.valid_project(lib.args.project)
 	lib.valid_issue_id(lib.args.id)
 }
+
+# ---------------------------------------------------------------------------
+# What the user's phone shows: the tool's template from data.binding_messages with
+# each {name} replaced by that argument. Deterministic: the same call always gives
+# the same text, and only vetted argument values can reach it.
+
+binding_message(tool) := strings.replace_n(
+	{sprintf("{%s}", [k]): sprintf("%v", [v]) | some k, v in lib.args},
+	data.binding_messages[tool],
+)
 
 # ---------------------------------------------------------------------------
 # After approval: the call is forwarded only with evidence of who approved it

@@ -1,0 +1,268 @@
+//! Prometheus metrics (`/metrics` on the admin listener). One process-wide registry;
+//! the hot path only touches atomics (and the family's read lock to find a series).
+//! Every label value comes from a small fixed set or from the configuration (upstream
+//! names): never tool arguments, user hints, tokens or anything an agent sends.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::policy::PolicyEngine;
+
+/// Content type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub effect: &'static str,
+    pub outcome: &'static str,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApprovalLabels {
+    pub outcome: &'static str,
+    pub delivery_mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionLabels {
+    revision: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets (seconds) for in-process work: policy evaluation.
+const FAST_BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+/// Buckets for a tool server's answer.
+const UPSTREAM_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Buckets for a person answering on their phone.
+const HUMAN_BUCKETS: [f64; 10] = [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+fn upstream_histogram() -> Histogram {
+    Histogram::new(UPSTREAM_BUCKETS)
+}
+
+/// Every metric the gateway keeps.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    approvals: Family<ApprovalLabels, Counter>,
+    approvals_pending: Gauge,
+    approval_duration: Histogram,
+    policy_evaluation: Histogram,
+    upstream_duration: HistogramFamily<UpstreamLabels>,
+    store_errors: Counter,
+    op_errors: Family<CodeLabels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_decisions",
+            "Decisions on agent requests, by policy effect (allow, deny, approve; reject for malformed input), outcome (forwarded, blocked, parked, rejected, upstream_failed, cancelled) and upstream",
+            decisions.clone(),
+        );
+        let approvals = Family::<ApprovalLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_approvals",
+            "CIBA approval requests ended, by outcome (granted, denied, expired, failed) and delivery mode",
+            approvals.clone(),
+        );
+        let approvals_pending = Gauge::default();
+        registry.register(
+            "ciba_gate_approvals_pending",
+            "CIBA approval requests this process has sent and is waiting on",
+            approvals_pending.clone(),
+        );
+        let approval_duration = Histogram::new(HUMAN_BUCKETS);
+        registry.register_with_unit(
+            "ciba_gate_approval_duration",
+            "Time from an approval request's creation to its result",
+            Unit::Seconds,
+            approval_duration.clone(),
+        );
+        let policy_evaluation = Histogram::new(FAST_BUCKETS);
+        registry.register_with_unit(
+            "ciba_gate_policy_evaluation_duration",
+            "Time to evaluate the policy for one input document",
+            Unit::Seconds,
+            policy_evaluation.clone(),
+        );
+        let upstream_duration: HistogramFamily<UpstreamLabels> =
+            Family::new_with_constructor(upstream_histogram);
+        registry.register_with_unit(
+            "ciba_gate_upstream_duration",
+            "Time until a tool server's response headers, by upstream and status class (2xx..5xx, timeout, error)",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "ciba_gate_store_errors",
+            "Approval store operations that failed (unreachable, timed out, corrupt data)",
+            store_errors.clone(),
+        );
+        let op_errors = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_op_errors",
+            "Failed exchanges with the OpenID Provider, by reason code",
+            op_errors.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            approvals,
+            approvals_pending,
+            approval_duration,
+            policy_evaluation,
+            upstream_duration,
+            store_errors,
+            op_errors,
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Counts one evidence record (every decision writes exactly one).
+pub fn decision(effect: &'static str, outcome: &'static str, upstream: &str) {
+    let effect = if effect.is_empty() { "none" } else { effect };
+    METRICS
+        .decisions
+        .get_or_create(&DecisionLabels {
+            effect,
+            outcome,
+            upstream: upstream.to_string(),
+        })
+        .inc();
+}
+
+/// Counts one approval request's result (once, by whoever recorded it).
+pub fn approval_resolved(outcome: &'static str, delivery_mode: &'static str) {
+    METRICS
+        .approvals
+        .get_or_create(&ApprovalLabels {
+            outcome,
+            delivery_mode,
+        })
+        .inc();
+}
+
+/// An approval request in flight in this process: counted in the pending gauge until
+/// dropped, when its time to decision is observed.
+pub struct PendingApproval {
+    created_at_ms: u64,
+}
+
+impl PendingApproval {
+    pub fn start(created_at_ms: u64) -> Self {
+        METRICS.approvals_pending.inc();
+        PendingApproval { created_at_ms }
+    }
+}
+
+impl Drop for PendingApproval {
+    fn drop(&mut self) {
+        METRICS.approvals_pending.dec();
+        let ms = crate::store::now_ms().saturating_sub(self.created_at_ms);
+        METRICS.approval_duration.observe(ms as f64 / 1000.0);
+    }
+}
+
+pub fn policy_evaluation(d: Duration) {
+    METRICS.policy_evaluation.observe(d.as_secs_f64());
+}
+
+/// `status`: the response status, or `Err("timeout" | "error")`.
+pub fn upstream(upstream: &str, status: Result<u16, &'static str>, d: Duration) {
+    let status_class = match status {
+        Ok(s) if s < 200 => "1xx",
+        Ok(s) if s < 300 => "2xx",
+        Ok(s) if s < 400 => "3xx",
+        Ok(s) if s < 500 => "4xx",
+        Ok(_) => "5xx",
+        Err(e) => e,
+    };
+    METRICS
+        .upstream_duration
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.to_string(),
+            status_class,
+        })
+        .observe(d.as_secs_f64());
+}
+
+pub fn store_error() {
+    METRICS.store_errors.inc();
+}
+
+/// `code` is a `CibaError::code()` (a fixed set of static names).
+pub fn op_error(code: &'static str) {
+    METRICS.op_errors.get_or_create(&CodeLabels { code }).inc();
+}
+
+/// The exposition: the process-wide registry plus what is read from the policy engine
+/// at scrape time (reload counters, the revision in force).
+pub fn render(policy: Option<&PolicyEngine>) -> String {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::with_capacity(8 * 1024);
+    let _ = encode_registry(&mut out, &METRICS.registry);
+    if let Some(policy) = policy {
+        let mut scrape = Registry::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        reloads
+            .get_or_create(&ResultLabels { result: "success" })
+            .inc_by(policy.reloads());
+        reloads
+            .get_or_create(&ResultLabels { result: "failure" })
+            .inc_by(policy.reload_failures());
+        scrape.register(
+            "ciba_gate_policy_reloads",
+            "Policy reloads since start, by result (a failed reload keeps the previous policy in force)",
+            reloads,
+        );
+        let revision = Family::<RevisionLabels, Gauge>::default();
+        revision
+            .get_or_create(&RevisionLabels {
+                revision: policy.revision().to_string(),
+            })
+            .set(1);
+        scrape.register(
+            "ciba_gate_policy_revision_info",
+            "The policy revision in force (content hash; \"none\" when no policy is loaded)",
+            revision,
+        );
+        let _ = encode_registry(&mut out, &scrape);
+    }
+    let _ = encode_eof(&mut out);
+    out
+}

@@ -1,0 +1,421 @@
+//! The `ApprovalStore` contract: the SAME test functions run against the in-memory store
+//! and the Redis store (each Redis test starts its own `redis-server` on a free port).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ciba_gate::store::memory::MemoryStore;
+use ciba_gate::store::redis::{RedisSettings, RedisStore};
+use ciba_gate::store::{
+    ApprovalRecord, ApprovalStore, Approver, Joined, Resolution, Status, StoreError, now_ms,
+};
+use support::RedisServer;
+
+/// A store under test and (for the shared ones) a second handle on the same data
+/// through another connection, as another replica would see it.
+struct Subject {
+    a: Arc<dyn ApprovalStore>,
+    b: Arc<dyn ApprovalStore>,
+    _redis: Option<RedisServer>,
+}
+
+fn memory() -> Subject {
+    let s = Arc::new(MemoryStore::new());
+    Subject {
+        a: s.clone(),
+        b: s,
+        _redis: None,
+    }
+}
+
+fn redis_settings(server: &RedisServer) -> RedisSettings {
+    RedisSettings {
+        url: server.url(),
+        cluster: false,
+        key_prefix: "test:".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_millis(500),
+    }
+}
+
+fn redis() -> Subject {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(redis_settings(&server)).unwrap();
+    let b = RedisStore::connect(redis_settings(&server)).unwrap();
+    Subject {
+        a,
+        b,
+        _redis: Some(server),
+    }
+}
+
+fn record(fp: &str, deadline_in: Duration) -> ApprovalRecord {
+    let now = now_ms();
+    ApprovalRecord {
+        fingerprint: fp.to_string(),
+        status: Status::Pending,
+        auth_req_id: None,
+        notification_token_hash: Some(format!("nt-{fp}")),
+        binding_message: "Deploy payments v1.2 to prod".into(),
+        action: "deploy".into(),
+        user_key: "user-key-1".into(),
+        created_at_ms: now,
+        deadline_ms: now + deadline_in.as_millis() as u64,
+        expires_in: None,
+        interval: None,
+        approver: None,
+        failure: None,
+    }
+}
+
+fn approver() -> Approver {
+    Approver {
+        subject_hash: "sub-hash".into(),
+        acr: Some("urn:acr:mfa".into()),
+        amr: vec![],
+        auth_time: Some(1_700_000_000),
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(60);
+const MINUTE: Duration = Duration::from_secs(60);
+
+// --- the contract ----------------------------------------------------------------------
+
+async fn create_or_join_race_has_one_creator(s: Subject) {
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            st.create_or_join(record("fp-race", MINUTE), GRACE).await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Joined::Created => created += 1,
+            Joined::Existing(r) => assert_eq!(r.status, Status::Pending),
+        }
+    }
+    assert_eq!(created, 1, "exactly one Created");
+    let got = s.b.get("fp-race").await.unwrap().unwrap();
+    assert_eq!(got, record_like(&got));
+}
+
+/// The stored record round-trips every field.
+fn record_like(r: &ApprovalRecord) -> ApprovalRecord {
+    let mut expect = record("fp-race", MINUTE);
+    expect.created_at_ms = r.created_at_ms;
+    expect.deadline_ms = r.deadline_ms;
+    expect
+}
+
+async fn resolve_once_first_answer_wins(s: Subject) {
+    s.a.create_or_join(record("fp-res", MINUTE), GRACE).await.unwrap();
+    s.a.set_acknowledged("fp-res", "req-1", 120, Some(5), now_ms() + 60_000)
+        .await
+        .unwrap();
+    let r = s.b.get("fp-res").await.unwrap().unwrap();
+    assert_eq!(r.auth_req_id.as_deref(), Some("req-1"));
+    assert_eq!((r.expires_in, r.interval), (Some(120), Some(5)));
+    let (x, y) = tokio::join!(
+        s.a.resolve("fp-res", Resolution::Granted(approver())),
+        s.b.resolve("fp-res", Resolution::Denied("access_denied".into()))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x ^ y, "exactly one resolve wins ({x}, {y})");
+    let r = s.a.get("fp-res").await.unwrap().unwrap();
+    if x {
+        assert_eq!(r.status, Status::Granted);
+        assert_eq!(r.approver, Some(approver()));
+    } else {
+        assert_eq!(r.status, Status::Denied);
+        assert_eq!(r.failure.as_deref(), Some("access_denied"));
+    }
+    assert!(!s.a.resolve("fp-res", Resolution::Expired).await.unwrap());
+    // An acknowledgement never reopens a finished record.
+    s.a.set_acknowledged("fp-res", "req-2", 1, None, now_ms()).await.unwrap();
+    assert_eq!(
+        s.a.get("fp-res").await.unwrap().unwrap().auth_req_id.as_deref(),
+        Some("req-1")
+    );
+}
+
+async fn consume_exactly_once_under_concurrency(s: Subject) {
+    s.a.create_or_join(record("fp-use", MINUTE), GRACE).await.unwrap();
+    s.a.set_acknowledged("fp-use", "req-use", 60, None, now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert!(s.a.consume("fp-use").await.unwrap().is_none(), "pending is not consumable");
+    assert!(s.a.resolve("fp-use", Resolution::Granted(approver())).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
+        tasks.push(tokio::spawn(async move { st.consume("fp-use").await }));
+    }
+    let mut taken = Vec::new();
+    for t in tasks {
+        if let Some(r) = t.await.unwrap().unwrap() {
+            taken.push(r);
+        }
+    }
+    assert_eq!(taken.len(), 1, "exactly one consumer");
+    assert_eq!(taken[0].status, Status::Consumed);
+    assert_eq!(taken[0].approver, Some(approver()));
+    assert!(s.b.get("fp-use").await.unwrap().is_none(), "consumed records are forgotten");
+    assert!(s.b.recently_consumed("fp-use").await.unwrap());
+    assert!(s.b.find_by_auth_req_id("req-use").await.unwrap().is_none());
+    assert!(s.b.find_by_notification_hash("nt-fp-use").await.unwrap().is_none());
+    // A later identical call needs (and gets) a new approval.
+    assert_eq!(
+        s.b.create_or_join(record("fp-use", MINUTE), GRACE).await.unwrap(),
+        Joined::Created
+    );
+}
+
+async fn records_expire_at_deadline_plus_grace(s: Subject) {
+    s.a.create_or_join(record("fp-exp", Duration::from_millis(300)), Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.b.get("fp-exp").await.unwrap().is_some(), "kept through the grace period");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.b.get("fp-exp").await.unwrap().is_none(), "gone after deadline + grace");
+    assert_eq!(
+        s.b.create_or_join(record("fp-exp", MINUTE), GRACE).await.unwrap(),
+        Joined::Created
+    );
+    // A final "no" is kept only for the grace period.
+    s.a.create_or_join(record("fp-no", MINUTE), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(s.a.resolve("fp-no", Resolution::Denied("access_denied".into())).await.unwrap());
+    assert_eq!(s.b.get("fp-no").await.unwrap().unwrap().status, Status::Denied);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.b.get("fp-no").await.unwrap().is_none());
+    // A grant lives until deadline + grace (not just the grace).
+    s.a.create_or_join(record("fp-yes", MINUTE), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(s.a.resolve("fp-yes", Resolution::Granted(approver())).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.b.get("fp-yes").await.unwrap().unwrap().status, Status::Granted);
+}
+
+async fn indexes_find_the_record(s: Subject) {
+    s.a.create_or_join(record("fp-idx", MINUTE), GRACE).await.unwrap();
+    assert_eq!(
+        s.b.find_by_notification_hash("nt-fp-idx").await.unwrap().as_deref(),
+        Some("fp-idx"),
+        "indexed before the request is sent"
+    );
+    assert!(s.b.find_by_auth_req_id("req-idx").await.unwrap().is_none());
+    s.a.set_acknowledged("fp-idx", "req-idx", 60, Some(2), now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.b.find_by_auth_req_id("req-idx").await.unwrap().as_deref(),
+        Some("fp-idx")
+    );
+    assert!(s.b.find_by_notification_hash("nope").await.unwrap().is_none());
+    s.b.remove("fp-idx").await.unwrap();
+    assert!(s.a.get("fp-idx").await.unwrap().is_none());
+    assert!(s.a.find_by_auth_req_id("req-idx").await.unwrap().is_none());
+    assert!(s.a.find_by_notification_hash("nt-fp-idx").await.unwrap().is_none());
+}
+
+async fn rate_limits_and_denials_expire(s: Subject) {
+    let w = Duration::from_millis(400);
+    assert!(s.a.rate_limit("agent:x", 2, w).await.unwrap());
+    assert!(s.b.rate_limit("agent:x", 2, w).await.unwrap());
+    assert!(!s.a.rate_limit("agent:x", 2, w).await.unwrap(), "third in the window");
+    assert!(s.a.rate_limit("agent:y", 2, w).await.unwrap(), "keys are separate");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(s.b.rate_limit("agent:x", 2, w).await.unwrap(), "a new window");
+
+    assert!(!s.a.recently_denied("u1").await.unwrap());
+    s.a.note_denial("u1", Duration::from_millis(300)).await.unwrap();
+    assert!(s.b.recently_denied("u1").await.unwrap());
+    assert!(!s.b.recently_denied("u2").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!s.b.recently_denied("u1").await.unwrap(), "the cool-down passes");
+}
+
+async fn wait_change_wakes_on_another_connections_change(s: Subject) {
+    s.a.create_or_join(record("fp-wait", MINUTE), GRACE).await.unwrap();
+    // Give a fresh subscription a moment (a missed notice would only cost the timeout).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = s.a.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        a.wait_change("fp-wait", Duration::from_secs(5)).await;
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(s.b.resolve("fp-wait", Resolution::Granted(approver())).await.unwrap());
+    let waited = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(1), "woken by the change, not the timeout: {waited:?}");
+    // And without a change, the timeout ends the wait.
+    let t = Instant::now();
+    s.a.wait_change("fp-other", Duration::from_millis(200)).await;
+    assert!(t.elapsed() >= Duration::from_millis(190));
+}
+
+async fn poll_lease_has_one_holder(s: Subject) {
+    let ttl = Duration::from_millis(300);
+    assert!(s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap());
+    assert!(!s.b.acquire_lease("fp-l", "replica-b", ttl).await.unwrap());
+    assert!(s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap(), "renewal");
+    // The holder dies: its lease runs out and another replica takes over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.b.acquire_lease("fp-l", "replica-b", ttl).await.unwrap());
+    assert!(!s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap());
+    s.a.release_lease("fp-l", "replica-a").await.unwrap(); // not a's: no effect
+    assert!(!s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap());
+    s.b.release_lease("fp-l", "replica-b").await.unwrap();
+    assert!(s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap());
+    // Concurrent takers: one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            st.acquire_lease("fp-l2", &format!("r{i}"), MINUTE).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += t.await.unwrap() as u32;
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn unacknowledged_records_become_request_lost(s: Subject) {
+    let mut old = record("fp-lost", MINUTE);
+    old.created_at_ms -= 120_000;
+    s.a.create_or_join(old, GRACE).await.unwrap();
+    // Not older than the cut-off: untouched.
+    assert!(!s.b.fail_unacknowledged("fp-lost", now_ms() - 200_000).await.unwrap());
+    let (x, y) = tokio::join!(
+        s.a.fail_unacknowledged("fp-lost", now_ms() - 60_000),
+        s.b.fail_unacknowledged("fp-lost", now_ms() - 60_000)
+    );
+    assert!(x.unwrap() ^ y.unwrap(), "failed exactly once");
+    let r = s.a.get("fp-lost").await.unwrap().unwrap();
+    assert_eq!((r.status, r.failure.as_deref()), (Status::Failed, Some("request_lost")));
+    assert!(!s.a.remove_failed("fp-lost", "op_error").await.unwrap(), "other reason");
+    assert!(s.a.remove_failed("fp-lost", "request_lost").await.unwrap());
+    assert!(!s.b.remove_failed("fp-lost", "request_lost").await.unwrap(), "only once");
+    assert!(s.b.get("fp-lost").await.unwrap().is_none());
+    // An acknowledged record is never "lost".
+    let mut acked = record("fp-acked", MINUTE);
+    acked.created_at_ms -= 120_000;
+    s.a.create_or_join(acked, GRACE).await.unwrap();
+    s.a.set_acknowledged("fp-acked", "req-a", 60, None, now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert!(!s.a.fail_unacknowledged("fp-acked", now_ms()).await.unwrap());
+}
+
+async fn pending_count_counts_pending(s: Subject) {
+    for i in 0..3 {
+        s.a.create_or_join(record(&format!("fp-pc{i}"), MINUTE), GRACE).await.unwrap();
+    }
+    assert!(s.a.resolve("fp-pc0", Resolution::Expired).await.unwrap());
+    assert_eq!(s.b.pending_count().await.unwrap(), 2);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(memory()).await }
+            )*
+        }
+        mod redis_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(redis()).await }
+            )*
+        }
+    };
+}
+
+contract!(
+    create_or_join_race_has_one_creator,
+    resolve_once_first_answer_wins,
+    consume_exactly_once_under_concurrency,
+    records_expire_at_deadline_plus_grace,
+    indexes_find_the_record,
+    rate_limits_and_denials_expire,
+    wait_change_wakes_on_another_connections_change,
+    poll_lease_has_one_holder,
+    unacknowledged_records_become_request_lost,
+    pending_count_counts_pending,
+);
+
+// --- Redis only ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn redis_corrupt_record_is_an_error_not_a_panic() {
+    let server = RedisServer::start();
+    let st = RedisStore::connect(redis_settings(&server)).unwrap();
+    server.cli(&["HSET", "test:ap:{fp-bad}", "s", "granted", "b", "{not json"]);
+    assert!(matches!(st.get("fp-bad").await, Err(StoreError::Corrupt(_))));
+    server.cli(&["HSET", "test:ap:{fp-bad2}", "s", "weird", "b", "{}"]);
+    assert!(matches!(st.get("fp-bad2").await, Err(StoreError::Corrupt(_))));
+    // A granted-but-corrupt record is consumed (once) yet reported corrupt: fail closed.
+    assert!(st.consume("fp-bad").await.is_err());
+}
+
+#[tokio::test]
+async fn redis_down_fails_within_the_timeout_and_recovers() {
+    let mut server = RedisServer::start();
+    let st = RedisStore::connect(redis_settings(&server)).unwrap();
+    st.create_or_join(record("fp-down", MINUTE), GRACE).await.unwrap();
+    server.kill();
+    let t = Instant::now();
+    let r = st.get("fp-down").await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(1500), "bounded: {:?}", t.elapsed());
+    let t = Instant::now();
+    assert!(st.create_or_join(record("fp-down2", MINUTE), GRACE).await.is_err());
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    // Back, empty: everything works again by itself, and the lost record is just gone.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match st.get("fp-down").await {
+            Ok(v) => {
+                assert!(v.is_none(), "Redis restarted empty");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "did not recover: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        st.create_or_join(record("fp-down", MINUTE), GRACE).await.unwrap(),
+        Joined::Created
+    );
+}
+
+#[tokio::test]
+async fn redis_keys_hold_no_secrets_and_expire() {
+    let server = RedisServer::start();
+    let st = RedisStore::connect(redis_settings(&server)).unwrap();
+    st.create_or_join(record("fp-keys", MINUTE), GRACE).await.unwrap();
+    st.set_acknowledged("fp-keys", "secret-auth-req-id", 60, Some(5), now_ms() + 60_000)
+        .await
+        .unwrap();
+    let keys = server.cli(&["KEYS", "*"]);
+    assert!(!keys.contains("secret-auth-req-id"), "{keys}");
+    for k in keys.lines().filter(|k| !k.is_empty()) {
+        let ttl: i64 = server.cli(&["PTTL", k]).trim().parse().unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+}
