@@ -153,6 +153,7 @@ impl PendingRecord {
             r.upstream_status = upstream_status;
             r.latency_ms =
                 (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+            crate::telemetry::metrics::decision(r.decision, outcome, &r.upstream);
             self.sink.write(r);
         }
     }

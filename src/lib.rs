@@ -2,6 +2,7 @@
 //! policy and, for sensitive calls, asks the user to approve on their phone.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod approval;
 pub mod audit;
 pub mod ciba;
@@ -12,3 +13,4 @@ pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod store;
+pub mod telemetry;

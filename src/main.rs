@@ -55,6 +55,13 @@ enum Command {
         /// Park calls (answer "pending" at once) instead of holding them.
         #[arg(long)]
         park: bool,
+        /// Where /metrics, /healthz and /readyz are served (a free port is used
+        /// instead when this one is taken).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// After SIGTERM, how long held calls may still be answered (shutdown.drain).
+        #[arg(long, default_value = "20s")]
+        drain: humantime::Duration,
     },
     /// Work with Rego policies offline.
     Policy {
@@ -148,9 +155,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            init_logging();
             let cfg = LoadedConfig::load(&config)?;
-            runtime()?.block_on(ciba_gate::run::serve(cfg))?;
+            let rt = runtime()?;
+            // Inside the runtime: the gRPC trace exporter needs it.
+            let telemetry = {
+                let _enter = rt.enter();
+                ciba_gate::telemetry::init(&cfg.config.log.level, &cfg.config.telemetry)?
+            };
+            let result = rt.block_on(ciba_gate::run::serve(cfg));
+            telemetry.shutdown();
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev {
@@ -161,8 +175,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             callback_listen,
             delivery,
             park,
+            admin_listen,
+            drain,
         } => {
-            init_logging();
+            let rt = runtime()?;
+            // Traces from the standard OTEL_* variables only.
+            let telemetry = {
+                let _enter = rt.enter();
+                ciba_gate::telemetry::init("info", &Default::default())?
+            };
             let opts = DevOptions {
                 listen,
                 tools_listen,
@@ -170,8 +191,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 callback_listen,
                 delivery,
                 park,
+                admin_listen,
+                drain: drain.into(),
             };
-            runtime()?.block_on(dev(opts, &policies))?;
+            let result = rt.block_on(dev(opts, &policies));
+            telemetry.shutdown();
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DevOp {
@@ -296,6 +321,8 @@ struct DevOptions {
     callback_listen: SocketAddr,
     delivery: String,
     park: bool,
+    admin_listen: SocketAddr,
+    drain: std::time::Duration,
 }
 
 /// `ciba-gate dev`: demo tools, the development OP and the gateway in one process.
@@ -351,8 +378,20 @@ async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
             opts.callback_listen
         )
     };
+    // The admin port: the one asked for, or any free one when it is taken.
+    let admin = match std::net::TcpListener::bind(opts.admin_listen) {
+        Ok(l) => l.local_addr()?,
+        Err(_) => {
+            let l = std::net::TcpListener::bind((opts.admin_listen.ip(), 0))?;
+            let addr = l.local_addr()?;
+            eprintln!("  {} is taken; admin endpoints on {addr} instead", opts.admin_listen);
+            addr
+        }
+    };
     let yaml = format!(
         "listen: \"{listen}\"\n\
+         admin: {{listen: \"{admin}\"}}\n\
+         shutdown: {{drain: {drain}}}\n\
          agent: {{id: dev-agent, namespace: dev}}\n\
          policy: {{dir: {policies:?}, reload_interval: 1s}}\n\
          evidence: {{sink: stdout}}\n\
@@ -374,6 +413,7 @@ async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
         issuer = op.issuer(),
         delivery = delivery.as_str(),
         mode = if opts.park { "park" } else { "hold" },
+        drain = humantime::format_duration(opts.drain),
     );
     let config_path = dir.join("dev.yaml");
     std::fs::write(&config_path, yaml)?;
@@ -386,6 +426,7 @@ async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
         op.issuer()
     );
     eprintln!("  delivery mode:  {}", delivery.as_str());
+    eprintln!("  metrics:        http://{admin}/metrics   (probes: /healthz, /readyz)");
     eprintln!();
     ciba_gate::run::serve(cfg).await
 }

@@ -8,17 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::admin::{self, Admin};
 use crate::approval::{Approvals, callback};
 use crate::audit::EvidenceSink;
 use crate::ciba::CibaClient;
-use crate::config::{EvidenceSink as SinkKind, LoadedConfig, ResolvedApprovals};
+use crate::config::{EvidenceSink as SinkKind, LoadedConfig, ResolvedApprovals, ShutdownConfig};
 use crate::policy::PolicyEngine;
 use crate::proxy::{Gateway, server};
 use crate::store::{ApprovalStore, memory::MemoryStore, redis::RedisStore};
 
-/// How long held calls may keep running after SIGTERM before they are answered
-/// "shutting down, retry".
-const DRAIN: Duration = Duration::from_secs(10);
+/// After the drain deadline (`shutdown.drain`), how long the answers given to the
+/// calls still held may take to be written before the process exits anyway.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 /// Builds the gateway a config describes (secrets resolved, policy compiled).
 pub fn build_gateway(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
@@ -49,6 +50,7 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
             .policy
             .spawn_reloader(cfg.config.policy.reload_interval);
     }
+    let mut approval_store = None;
     if let Some(resolved) = cfg.resolve_approvals()? {
         let slot = Arc::new(OnceLock::new());
         gateway.approvals = Some(slot.clone());
@@ -57,12 +59,23 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
             None => Arc::new(MemoryStore::new()),
             Some(settings) => RedisStore::connect(settings).context("the approval store")?,
         };
+        approval_store = Some(store.clone());
         start_approvals(resolved, store, slot).await?;
     }
+    let admin_addr = cfg.config.admin.listen;
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener (admin.listen) on {admin_addr}"))?;
     let listener = TcpListener::bind(cfg.config.listen)
         .await
         .with_context(|| format!("binding {}", cfg.config.listen))?;
-    run_listener(listener, Arc::new(gateway)).await
+    let gateway = Arc::new(gateway);
+    let admin = Admin::new(gateway.clone(), approval_store);
+    tokio::spawn(admin::serve(admin_listener, admin.clone()));
+    run_listener_with(listener, gateway, cfg.config.shutdown.drain, move || {
+        admin.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await
 }
 
 /// Binds the callback port now (so a bad address fails start-up), then fetches the
@@ -87,6 +100,7 @@ pub async fn start_approvals(
             match CibaClient::discover(resolved.client.clone()).await {
                 Ok(c) => break c,
                 Err(e) => {
+                    crate::telemetry::metrics::op_error(e.code());
                     tracing::error!(error = %e, issuer = %resolved.client.issuer, "OpenID Provider discovery failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -121,19 +135,34 @@ pub async fn start_approvals(
 }
 
 pub async fn run_listener(listener: TcpListener, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    run_listener_with(listener, gateway, ShutdownConfig::default().drain, || {}).await
+}
+
+/// Serves until SIGTERM / Ctrl-C; then stops accepting (`on_shutdown` runs at once),
+/// lets held calls run until `drain`, answers those still held "shutting down, retry"
+/// and returns once their answers are written (at most `FLUSH_GRACE` later).
+pub async fn run_listener_with(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    drain: Duration,
+    on_shutdown: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, revision = %gateway.policy.revision(), "ciba-gate listening");
     let gw = gateway.clone();
     let shutdown = async move {
         shutdown_signal().await;
-        // Held calls get most of the drain time, then a clear "retry" answer.
+        on_shutdown();
+        tracing::info!(drain = ?drain, "no longer accepting calls; draining");
+        // Held calls get the drain time, then a clear "retry" answer.
         let gw = gw.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(DRAIN.saturating_sub(Duration::from_secs(2))).await;
+            tokio::time::sleep(drain).await;
+            tracing::info!("drain deadline reached; answering held calls \"shutting down\"");
             gw.abandon_holds();
         });
     };
-    server::serve(listener, gateway, shutdown, DRAIN).await;
+    server::serve(listener, gateway, shutdown, drain + FLUSH_GRACE).await;
     tracing::info!("ciba-gate stopped");
     Ok(())
 }

@@ -240,6 +240,7 @@ impl Gateway {
         let yaml = format!(
             r#"listen: "127.0.0.1:{port}"
 agent: {{id: billing-agent, namespace: agents}}
+admin: {{listen: "127.0.0.1:0"}}
 policy: {{dir: {policies}, reload_interval: 60s}}
 evidence: {{sink: file, path: {evidence}}}
 upstreams:

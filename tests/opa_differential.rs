@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ciba_gate::policy::testing::bundled_examples;
-use ciba_gate::policy::{Decision, Effect, EvalPath, PolicyEngine, RuleValues};
+use ciba_gate::policy::{Decision, Effect, EvalPath, PolicyEngine, RuleValues, SAMPLE_SUFFIX};
 use serde_json::{Value, json};
 
 const RULES: [&str; 3] = ["ciba_gate.deny", "ciba_gate.approval", "ciba_gate.allow"];
@@ -42,7 +42,7 @@ fn install_opa() {
 }
 
 /// Modules and data documents of a policy directory, as the engine loads them
-/// (no `*_test.rego`; every data file's top-level object).
+/// (no `*_test.rego`, no `*.sample.json` inputs; every data file's top-level object).
 fn policy_sources(dir: &Path) -> (Vec<Value>, Vec<Value>) {
     let mut modules = Vec::new();
     let mut data = Vec::new();
@@ -65,7 +65,7 @@ fn policy_sources(dir: &Path) -> (Vec<Value>, Vec<Value>) {
                 .unwrap()
                 .to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            if name.ends_with("_test.rego") {
+            if name.ends_with("_test.rego") || name.ends_with(SAMPLE_SUFFIX) {
                 continue;
             } else if name.ends_with(".rego") {
                 modules.push(json!({"name": rel, "source": text}));

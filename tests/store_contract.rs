@@ -419,3 +419,67 @@ async fn redis_keys_hold_no_secrets_and_expire() {
         assert!(ttl > 0, "{k} has no expiry ({ttl})");
     }
 }
+
+/// Measurements (run with `--ignored --nocapture`): cross-replica wake-up latency and
+/// Redis memory per pending approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_redis_wake_latency_and_memory() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(redis_settings(&server)).unwrap();
+    let b = RedisStore::connect(redis_settings(&server)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = Vec::new();
+    for i in 0..100 {
+        let fp = format!("fp-lat-{i}");
+        a.create_or_join(record(&fp, MINUTE), GRACE).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let a2 = a.clone();
+        let fp2 = fp.clone();
+        let waiter = tokio::spawn(async move {
+            let _ = tx.send(());
+            a2.wait_change(&fp2, Duration::from_secs(5)).await;
+            Instant::now()
+        });
+        rx.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        assert!(b.resolve(&fp, Resolution::Granted(approver())).await.unwrap());
+        let woke = waiter.await.unwrap();
+        samples.push(woke.duration_since(t0));
+    }
+    samples.sort();
+    println!(
+        "cross-replica wake-up (B resolves -> A's waiter wakes), n=100: p50 {:?} p99 {:?} max {:?}",
+        samples[49], samples[98], samples[99]
+    );
+    // Memory of one pending, acknowledged approval (record + both indexes + lease).
+    let fp = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut r = record(fp, MINUTE);
+    r.notification_token_hash =
+        Some("f".repeat(64)); // a SHA-256 hex, like the real one
+    a.create_or_join(r, GRACE).await.unwrap();
+    a.set_acknowledged(fp, &"x".repeat(40), 120, Some(5), now_ms() + 60_000)
+        .await
+        .unwrap();
+    a.acquire_lease(fp, &"i".repeat(32), MINUTE).await.unwrap();
+    let mut total = 0;
+    let keys = [
+        format!("test:ap:{{{fp}}}"),
+        format!("test:ap:{{{fp}}}:lease"),
+        format!("test:nt:{}", "f".repeat(64)),
+        format!("test:ar:{}", hex_sha(&"x".repeat(40))),
+    ];
+    for key in &keys {
+        let n: u64 = server.cli(&["MEMORY", "USAGE", key]).trim().parse().unwrap_or(0);
+        let enc = server.cli(&["OBJECT", "ENCODING", key]);
+        println!("MEMORY USAGE {key} = {n} ({})", enc.trim());
+        total += n;
+    }
+    println!("bytes per pending approval (record + indexes + lease): {total}");
+}
+
+fn hex_sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}

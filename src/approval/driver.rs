@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::Approvals;
 use crate::ciba::{
     AuthRequest, CibaError, DeliveryMode, IdTokenCheck, Poller, TokenPoll, TokenSet,
@@ -26,6 +28,41 @@ impl Drop for DriverGuard<'_> {
     }
 }
 
+/// A span below the current one, only when there is one (a token request made for a
+/// ping callback does not start a trace of its own).
+macro_rules! child_span {
+    ($name:literal) => {
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            crate::traced_span!($name)
+        }
+    };
+}
+
+/// Records a result in the store and counts it, once: only the caller whose `resolve`
+/// won counts (`ciba_gate_approvals_total`).
+async fn resolve_counted(
+    approvals: &Approvals,
+    fingerprint: &str,
+    resolution: Resolution,
+) -> Result<bool, crate::store::StoreError> {
+    let outcome = match &resolution {
+        Resolution::Granted(_) => "granted",
+        Resolution::Denied(_) => "denied",
+        Resolution::Expired => "expired",
+        Resolution::Failed(_) => "failed",
+    };
+    let r = approvals.store.resolve(fingerprint, resolution).await;
+    if let Ok(true) = r {
+        crate::telemetry::metrics::approval_resolved(
+            outcome,
+            approvals.ciba.config().delivery.as_str(),
+        );
+    }
+    r
+}
+
 /// Drives one approval from request to result.
 pub async fn drive(
     approvals: Arc<Approvals>,
@@ -34,14 +71,18 @@ pub async fn drive(
     created_at_ms: u64,
 ) {
     let _guard = DriverGuard(&approvals, &fingerprint);
-    let ack = match approvals.ciba.authenticate(&request).await {
+    let _pending = crate::telemetry::metrics::PendingApproval::start(created_at_ms);
+    let ack = match approvals
+        .ciba
+        .authenticate(&request)
+        .instrument(child_span!("ciba.backchannel_authentication"))
+        .await
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(code = e.code(), error = %e, "CIBA authentication request failed");
-            let _ = approvals
-                .store
-                .resolve(&fingerprint, Resolution::Failed(e.code().to_string()))
-                .await;
+            crate::telemetry::metrics::op_error(e.code());
+            let _ = resolve_counted(&approvals, &fingerprint, Resolution::Failed(e.code().to_string())).await;
             return;
         }
     };
@@ -62,10 +103,7 @@ pub async fn drive(
         .await
     {
         tracing::warn!(error = %e, "could not record the CIBA acknowledgement; the call fails closed");
-        let _ = approvals
-            .store
-            .resolve(&fingerprint, Resolution::Failed("store_unavailable".into()))
-            .await;
+        let _ = resolve_counted(&approvals, &fingerprint, Resolution::Failed("store_unavailable".into())).await;
         return;
     }
     // The creator polls first: it takes the poll lease before anyone can watch.
@@ -131,7 +169,7 @@ async fn wait_for_answer(
                 Some(code) => Resolution::Failed(code),
                 None => Resolution::Expired,
             };
-            let _ = approvals.store.resolve(&fingerprint, resolution).await;
+            let _ = resolve_counted(approvals, &fingerprint, resolution).await;
             return;
         }
         let remaining = Duration::from_millis(deadline - now);
@@ -201,7 +239,12 @@ pub(crate) async fn token_step(
     auth_req_id: &str,
     poller: &mut Poller,
 ) -> Step {
-    match approvals.ciba.poll_token(auth_req_id).await {
+    match approvals
+        .ciba
+        .poll_token(auth_req_id)
+        .instrument(child_span!("ciba.token"))
+        .await
+    {
         Ok(TokenPoll::Granted(tokens)) => {
             Step::Resolved(validate(approvals, auth_req_id, &tokens, false).await)
         }
@@ -219,6 +262,9 @@ pub(crate) async fn token_step(
 }
 
 fn classify_error(e: &CibaError) -> Step {
+    if !matches!(e.code(), "access_denied" | "expired_token") {
+        crate::telemetry::metrics::op_error(e.code());
+    }
     if e.is_retryable() {
         tracing::debug!(code = e.code(), error = %e, "token request failed; will retry");
         return Step::Transport(e.code().to_string());
@@ -249,6 +295,7 @@ pub(crate) async fn validate(
     match approvals
         .ciba
         .validate_id_token(&tokens.id_token, &check)
+        .instrument(child_span!("ciba.id_token_validation"))
         .await
     {
         Ok(ev) => Resolution::Granted(Approver {
@@ -258,6 +305,7 @@ pub(crate) async fn validate(
             auth_time: ev.auth_time,
         }),
         Err(e) => {
+            crate::telemetry::metrics::op_error("invalid_id_token");
             tracing::warn!(code = e.code(), error = %e, "ID token rejected; the call fails closed");
             Resolution::Failed("invalid_id_token".into())
         }
@@ -267,7 +315,7 @@ pub(crate) async fn validate(
 /// Records the result and remembers a denial for the cool-down.
 pub(crate) async fn finish(approvals: &Approvals, fingerprint: &str, resolution: Resolution) {
     let denied = matches!(resolution, Resolution::Denied(_));
-    match approvals.store.resolve(fingerprint, resolution).await {
+    match resolve_counted(approvals, fingerprint, resolution).await {
         Ok(true) if denied && !approvals.settings.denial_cooldown.is_zero() => {
             if let Ok(Some(r)) = approvals.store.get(fingerprint).await {
                 let _ = approvals

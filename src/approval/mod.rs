@@ -413,7 +413,14 @@ impl Approvals {
                     binding_message: Some(params.binding_message.clone()),
                     user_code: self.user_code.clone(),
                     acr_values: params.acr_values.clone(),
-                    requested_expiry: params.requested_expiry,
+                    // Never ask the user for longer than the call will wait: the phone's
+                    // countdown must not outlive the request it approves.
+                    requested_expiry: Some(
+                        params
+                            .requested_expiry
+                            .unwrap_or(u64::MAX)
+                            .min(self.settings.max_wait.as_secs().max(1)),
+                    ),
                     authorization_details: self.settings.send_authorization_details.then(|| {
                         json!([{
                             "type": "tool_call",
@@ -427,7 +434,14 @@ impl Approvals {
                 let this = self.clone();
                 let fp = fingerprint.clone();
                 self.claim_driver(&fp);
-                tokio::spawn(async move { driver::drive(this, fp, request, created_at).await });
+                // Traced as part of the call that started it, without holding its span open.
+                let span = crate::telemetry::traces::detached_child(
+                    crate::traced_span!(parent: None, "approval.ciba"),
+                );
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move { driver::drive(this, fp, request, created_at).await },
+                    span,
+                ));
                 Ok(Ticket {
                     deadline_ms: provisional_deadline,
                     fingerprint,
@@ -597,6 +611,9 @@ impl Approvals {
                     if now >= limit {
                         if now >= rec.deadline_ms {
                             // The driver resolves expiry; until it does, nothing is granted.
+                            // This call's evidence says what its answer says: expired.
+                            let mut rec = rec;
+                            rec.status = Status::Expired;
                             return Settled::Blocked(
                                 Blocked::new(
                                     "approval_expired",

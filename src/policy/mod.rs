@@ -218,7 +218,10 @@ impl PolicyEngine {
 
     /// Decides one input document (see CONTRACT.md). Never panics, never errors.
     pub fn decide(&self, input: &serde_json::Value) -> Decision {
-        self.shared.current.load().decide(input, None)
+        let started = std::time::Instant::now();
+        let decision = self.shared.current.load().decide(input, None);
+        crate::telemetry::metrics::policy_evaluation(started.elapsed());
+        decision
     }
 
     /// Decides on a chosen evaluator (for tests and benches). Asking for the VM when the

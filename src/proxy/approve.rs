@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::mcp::{self, codes};
 use super::{BoxBody, BoxError, Gateway, Mount, answer};
@@ -159,7 +160,12 @@ pub async fn run(
             );
         }
     }
-    let ticket = match approvals.prepare(&for_approval).await {
+    // The CIBA driver this may start traces below this span.
+    let ticket = match approvals
+        .prepare(&for_approval)
+        .instrument(crate::traced_span!("approval.request"))
+        .await
+    {
         Ok(t) => t,
         Err(b) => {
             rec.get_mut().reason = b.code.clone();
@@ -191,7 +197,9 @@ pub async fn run(
     } else {
         now_ms()
     };
-    let settled = wait_or_shutdown(gw, &approvals, &ticket, until).await;
+    let settled = wait_or_shutdown(gw, &approvals, &ticket, until)
+        .instrument(crate::traced_span!("approval.wait", ciba_gate.approval.mode = "park_or_plain"))
+        .await;
     let resp = conclude(
         gw, mount, &approvals, &ticket, call, &caller, out, rec, settled,
     )
@@ -296,7 +304,15 @@ async fn conclude(
                     "binding_message": r.binding_message,
                 }),
             );
-            let decision = gw.policy.decide(&Value::Object(input));
+            let span = crate::traced_span!(
+                "policy.approved",
+                ciba_gate.policy.phase = "approved",
+                ciba_gate.policy.effect = tracing::field::Empty,
+                ciba_gate.policy.revision = tracing::field::Empty
+            );
+            let decision = span.in_scope(|| gw.policy.decide(&Value::Object(input)));
+            span.record("ciba_gate.policy.effect", super::effect_name(&decision));
+            span.record("ciba_gate.policy.revision", &*decision.revision);
             rec.get_mut().policy_revision = decision.revision.to_string();
             if decision.effect != Effect::Allow {
                 let (code, message) = super::block_reason(&decision);
@@ -460,6 +476,8 @@ fn hold_over_sse(
 ) -> Response<BoxBody> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
     let binding = ticket.params.binding_message.clone();
+    // The held call stays in the request's trace (its span ends with the answer).
+    let span = tracing::Span::current();
     tokio::spawn(async move {
         let Some(mount) = gw.mounts.get(mount_at) else {
             return;
@@ -489,7 +507,8 @@ fn hold_over_sse(
         {
             return;
         }
-        let settle = wait_or_shutdown(&gw, &approvals, &ticket, ticket.deadline_ms);
+        let settle = wait_or_shutdown(&gw, &approvals, &ticket, ticket.deadline_ms)
+            .instrument(crate::traced_span!("approval.wait", ciba_gate.approval.mode = "hold"));
         tokio::pin!(settle);
         let mut keepalive = tokio::time::interval(approvals.settings.keepalive);
         let mut progress = tokio::time::interval(approvals.settings.progress_interval);
@@ -567,7 +586,7 @@ fn hold_over_sse(
                 }
             }
         }
-    });
+    }.instrument(span));
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());

@@ -66,8 +66,10 @@ pub async fn handle(
         };
 
     let mut arguments = Map::new();
-    let route = routes::find(&mount.routes, &parts.method, rest);
-    if let Some((_, params)) = &route {
+    let route = crate::traced_span!("classify")
+        .in_scope(|| routes::find(&mount.routes, &parts.method, rest));
+    if let Some((r, params)) = &route {
+        tracing::Span::current().record("gen_ai.tool.name", r.tool.as_str());
         arguments = params.clone();
     }
     match routes::query_arguments(parts.uri.query()) {

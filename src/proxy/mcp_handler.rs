@@ -188,7 +188,9 @@ async fn post(
             return resp;
         }
     };
-    let parsed = match mcp::parse_body(&bytes, gw.max_json_depth, revision.as_deref()) {
+    let parsed = match crate::traced_span!("classify", mcp.protocol.version = revision.as_deref())
+        .in_scope(|| mcp::parse_body(&bytes, gw.max_json_depth, revision.as_deref()))
+    {
         Ok(b) => b,
         Err(e) => {
             reject(e.reason());
@@ -424,7 +426,12 @@ fn decide_message(
             };
         }
     };
+    let root = tracing::Span::current();
+    if let Some(m) = &msg.method {
+        root.record("mcp.method.name", m.as_str());
+    }
     if let Some((name, args)) = &tool {
+        root.record("gen_ai.tool.name", name.as_str());
         record.get_mut().tool = Some(name.clone());
         record.get_mut().args_fingerprint = Some(fingerprint::of_json(args));
         input.insert("tool".into(), json!({"name": name, "arguments": args}));

@@ -130,7 +130,42 @@ impl Gateway {
     }
 
     /// Handles one request from the agent. Never fails: every problem is an answer.
+    /// With trace export on, each request is one trace (parented to the agent's
+    /// `traceparent`, if any), its root span named after the mount.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        use tracing::Instrument;
+        if !crate::telemetry::traces::enabled() {
+            return self.handle_inner(req).await;
+        }
+        let mount = self
+            .mounts
+            .iter()
+            .find(|m| m.rest(req.uri().path()).is_some())
+            .map(|m| (m.prefix.as_str(), m.upstream.name.as_str()));
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{} {}", req.method(), mount.map(|m| m.0).unwrap_or("-")),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method(),
+            url.path = req.uri().path(),
+            http.route = mount.map(|m| m.0).unwrap_or("-"),
+            http.response.status_code = tracing::field::Empty,
+            mcp.method.name = tracing::field::Empty,
+            gen_ai.tool.name = tracing::field::Empty,
+            ciba_gate.upstream = mount.map(|m| m.1).unwrap_or("-"),
+            ciba_gate.decision = tracing::field::Empty,
+        );
+        crate::telemetry::traces::adopt_remote_parent(&span, req.headers());
+        let resp = self.handle_inner(req).instrument(span.clone()).await;
+        span.record("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        resp
+    }
+
+    async fn handle_inner(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
         let ctx = RequestContext::new(req.method());
         let path = req.uri().path().to_string();
         let mount = self.mounts.iter().find(|m| m.rest(&path).is_some());
@@ -199,7 +234,16 @@ impl Gateway {
     /// `approved`), so the document is never copied.
     fn decide(&self, input: Map<String, Value>) -> (Decision, Map<String, Value>) {
         let input = Value::Object(input);
-        let decision = self.policy.decide(&input);
+        let span = crate::traced_span!(
+            "policy.request",
+            ciba_gate.policy.phase = "request",
+            ciba_gate.policy.effect = tracing::field::Empty,
+            ciba_gate.policy.revision = tracing::field::Empty
+        );
+        let decision = span.in_scope(|| self.policy.decide(&input));
+        span.record("ciba_gate.policy.effect", effect_name(&decision));
+        span.record("ciba_gate.policy.revision", &*decision.revision);
+        tracing::Span::current().record("ciba_gate.decision", effect_name(&decision));
         match input {
             Value::Object(m) => (decision, m),
             _ => (decision, Map::new()),

@@ -132,18 +132,57 @@ impl Upstream {
         &self,
         mut req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        use tracing::Instrument;
         clean_request_headers(req.headers_mut(), self.forward_agent_authorization);
+        let span = crate::traced_span!(
+            "upstream",
+            otel.name = %format_args!("{} {}", req.method(), self.name),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method(),
+            server.address = self.base.host().unwrap_or_default(),
+            server.port = self.base.port_u16().unwrap_or(80),
+            url.path = req.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            ciba_gate.upstream = %self.name
+        );
+        // The tool server sees the gateway's upstream span as its parent.
+        crate::telemetry::traces::inject(&span, req.headers_mut());
         let h = req.headers_mut();
         h.insert(header::HOST, self.authority.clone());
         if let Some((name, value)) = &self.credential {
             h.insert(name.clone(), value.clone());
         }
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.response_timeout, self.client.request(req))
+            .instrument(span.clone())
+            .await
+        {
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
-        }
+        };
+        let status = match &result {
+            Ok(r) => {
+                span.record("http.response.status_code", r.status().as_u16());
+                if r.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                Ok(r.status().as_u16())
+            }
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", e.reason());
+                Err(match e {
+                    UpstreamError::Timeout(_) => "timeout",
+                    _ => "error",
+                })
+            }
+        };
+        crate::telemetry::metrics::upstream(&self.name, status, started.elapsed());
+        result
     }
 }
 

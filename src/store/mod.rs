@@ -189,6 +189,11 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// True if `consume` took this fingerprint's approval within the last grace period
     /// (tells "used by an identical call" apart from "the store lost it").
     async fn recently_consumed(&self, fingerprint: &str) -> Result<bool, StoreError>;
+
+    /// A cheap reachability check (readiness probe). An embedded store is always there.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.

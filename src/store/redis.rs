@@ -305,10 +305,12 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
+    crate::telemetry::metrics::store_error();
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    crate::telemetry::metrics::store_error();
     StoreError::Corrupt(what.to_string())
 }
 
@@ -448,7 +450,10 @@ impl RedisStore {
         match tokio::time::timeout(self.op_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(StoreError::Unavailable("redis: timed out".into())),
+            Err(_) => {
+                crate::telemetry::metrics::store_error();
+                Err(StoreError::Unavailable("redis: timed out".into()))
+            }
         }
     }
 
@@ -996,5 +1001,12 @@ impl ApprovalStore for RedisStore {
                 .query_async::<bool>(&mut c),
         )
         .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        self.run(redis::cmd("PING").query_async::<String>(&mut c))
+            .await
+            .map(|_| ())
     }
 }

@@ -15,8 +15,11 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::policy::PolicyEngine;
 
-/// Content type of the exposition (OpenMetrics text, which Prometheus scrapes natively).
+/// Content type of the OpenMetrics exposition (what Prometheus asks for when scraping).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text format (for clients that do not accept
+/// OpenMetrics, e.g. `curl` or `promtool check metrics`).
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -264,5 +267,35 @@ pub fn render(policy: Option<&PolicyEngine>) -> String {
         let _ = encode_registry(&mut out, &scrape);
     }
     let _ = encode_eof(&mut out);
+    out
+}
+
+/// The same exposition in the classic Prometheus text format 0.0.4: counters are
+/// described under their `_total` sample name, no `# UNIT` / `# EOF` lines.
+pub fn to_text_004(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let described = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((kind, rest)) = described {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
     out
 }
