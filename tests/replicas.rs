@@ -50,7 +50,9 @@ async fn start_upstream() -> (SocketAddr, Upstream) {
     let seen = up.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let seen = seen.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -60,7 +62,9 @@ async fn start_upstream() -> (SocketAddr, Upstream) {
                         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         seen.calls.lock().unwrap().push(v.clone());
                         let answer = match v.get("id") {
-                            Some(id) => json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}}),
+                            Some(id) => {
+                                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}})
+                            }
                             None => json!({"ok": true}),
                         };
                         Ok::<_, Infallible>(
@@ -104,8 +108,16 @@ fn start_op(dir: &Path, mode: &str, notify: Option<&str>) -> Op {
         None => format!("gate:{SECRET}:{mode}"),
     };
     let mut cmd = Command::new(bin());
-    cmd.args(["dev-op", "--listen", "127.0.0.1:0", "--client", &client, "--user", USER])
-        .args(["--interval", "1", "--expiry", "120"]);
+    cmd.args([
+        "dev-op",
+        "--listen",
+        "127.0.0.1:0",
+        "--client",
+        &client,
+        "--user",
+        USER,
+    ])
+    .args(["--interval", "1", "--expiry", "120"]);
     let mut child = ChildGuard::spawn("dev-op", cmd, dir, true);
     let line = child.wait_for_stdout_line("READY ", Duration::from_secs(20));
     Op {
@@ -224,11 +236,15 @@ async fn call(addr: SocketAddr, body: Value) -> Value {
 }
 
 fn text(r: &Value) -> &str {
-    r["result"]["content"][0]["text"].as_str().unwrap_or_default()
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 fn reason(r: &Value) -> &str {
-    r["result"]["_meta"]["ciba-gate/reason"].as_str().unwrap_or_default()
+    r["result"]["_meta"]["ciba-gate/reason"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 /// The OP's pending requests (as its approval page sees them).
@@ -249,7 +265,10 @@ async fn wait_pending(op: &Op, n: usize) -> Vec<Value> {
         if p.len() >= n {
             return p;
         }
-        assert!(Instant::now() < deadline, "the OP never saw {n} pending request(s)");
+        assert!(
+            Instant::now() < deadline,
+            "the OP never saw {n} pending request(s)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -272,7 +291,11 @@ async fn ready(r: &Replica) {
         if text(&a) == "done" {
             break;
         }
-        assert!(Instant::now() < deadline, "replica not ready: {a}\n{}", r.child.logs());
+        assert!(
+            Instant::now() < deadline,
+            "replica not ready: {a}\n{}",
+            r.child.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // OP discovery runs in the background right after start-up.
@@ -296,12 +319,26 @@ async fn push_received_by_replica_b_completes_the_call_held_on_replica_a() {
     ready(&b).await;
     let held = tokio::spawn(call(a.addr, deploy(7)));
     let p = wait_pending(&op, 1).await;
-    assert_eq!(upstream.tool_calls("deploy_service"), 0, "nothing before approval");
+    assert_eq!(
+        upstream.tool_calls("deploy_service"),
+        0,
+        "nothing before approval"
+    );
     approve(&op, p[0]["id"].as_str().unwrap()).await;
     let t = Instant::now();
     let answer = held.await.unwrap();
-    assert_eq!(text(&answer), "done", "{answer}\n{}\n{}", a.child.logs(), b.child.logs());
-    assert!(t.elapsed() < Duration::from_secs(2), "woken promptly: {:?}", t.elapsed());
+    assert_eq!(
+        text(&answer),
+        "done",
+        "{answer}\n{}\n{}",
+        a.child.logs(),
+        b.child.logs()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "woken promptly: {:?}",
+        t.elapsed()
+    );
     assert_eq!(upstream.tool_calls("deploy_service"), 1);
     assert!(
         b.child.stderr_text().contains("callback") || !b.child.stderr_text().is_empty(),
@@ -388,7 +425,11 @@ async fn hundred_identical_calls_across_replicas_make_one_request_and_one_forwar
         }
     }
     assert_eq!(done, 1, "exactly one call ran");
-    assert_eq!(upstream.tool_calls("deploy_service"), 1, "exactly one forward");
+    assert_eq!(
+        upstream.tool_calls("deploy_service"),
+        1,
+        "exactly one forward"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -405,7 +446,11 @@ async fn redis_down_fails_closed_and_allowed_calls_flow_then_restart_empty_block
     let t = Instant::now();
     let r = call(a.addr, deploy(1)).await;
     assert_eq!(reason(&r), "store_unavailable", "{r}");
-    assert!(t.elapsed() < Duration::from_secs(3), "bounded: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded: {:?}",
+        t.elapsed()
+    );
     assert_eq!(text(&call(a.addr, list(2)).await), "done");
     assert_eq!(upstream.tool_calls("deploy_service"), 0);
 
@@ -425,5 +470,9 @@ async fn redis_down_fails_closed_and_allowed_calls_flow_then_restart_empty_block
         "clear reason: {r}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(upstream.tool_calls("deploy_service"), 0, "nothing forwarded on a guess");
+    assert_eq!(
+        upstream.tool_calls("deploy_service"),
+        0,
+        "nothing forwarded on a guess"
+    );
 }

@@ -113,7 +113,9 @@ fn record_like(r: &ApprovalRecord) -> ApprovalRecord {
 }
 
 async fn resolve_once_first_answer_wins(s: Subject) {
-    s.a.create_or_join(record("fp-res", MINUTE), GRACE).await.unwrap();
+    s.a.create_or_join(record("fp-res", MINUTE), GRACE)
+        .await
+        .unwrap();
     s.a.set_acknowledged("fp-res", "req-1", 120, Some(5), now_ms() + 60_000)
         .await
         .unwrap();
@@ -136,20 +138,36 @@ async fn resolve_once_first_answer_wins(s: Subject) {
     }
     assert!(!s.a.resolve("fp-res", Resolution::Expired).await.unwrap());
     // An acknowledgement never reopens a finished record.
-    s.a.set_acknowledged("fp-res", "req-2", 1, None, now_ms()).await.unwrap();
+    s.a.set_acknowledged("fp-res", "req-2", 1, None, now_ms())
+        .await
+        .unwrap();
     assert_eq!(
-        s.a.get("fp-res").await.unwrap().unwrap().auth_req_id.as_deref(),
+        s.a.get("fp-res")
+            .await
+            .unwrap()
+            .unwrap()
+            .auth_req_id
+            .as_deref(),
         Some("req-1")
     );
 }
 
 async fn consume_exactly_once_under_concurrency(s: Subject) {
-    s.a.create_or_join(record("fp-use", MINUTE), GRACE).await.unwrap();
+    s.a.create_or_join(record("fp-use", MINUTE), GRACE)
+        .await
+        .unwrap();
     s.a.set_acknowledged("fp-use", "req-use", 60, None, now_ms() + 60_000)
         .await
         .unwrap();
-    assert!(s.a.consume("fp-use").await.unwrap().is_none(), "pending is not consumable");
-    assert!(s.a.resolve("fp-use", Resolution::Granted(approver())).await.unwrap());
+    assert!(
+        s.a.consume("fp-use").await.unwrap().is_none(),
+        "pending is not consumable"
+    );
+    assert!(
+        s.a.resolve("fp-use", Resolution::Granted(approver()))
+            .await
+            .unwrap()
+    );
     let mut tasks = Vec::new();
     for i in 0..32 {
         let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
@@ -164,50 +182,90 @@ async fn consume_exactly_once_under_concurrency(s: Subject) {
     assert_eq!(taken.len(), 1, "exactly one consumer");
     assert_eq!(taken[0].status, Status::Consumed);
     assert_eq!(taken[0].approver, Some(approver()));
-    assert!(s.b.get("fp-use").await.unwrap().is_none(), "consumed records are forgotten");
+    assert!(
+        s.b.get("fp-use").await.unwrap().is_none(),
+        "consumed records are forgotten"
+    );
     assert!(s.b.recently_consumed("fp-use").await.unwrap());
     assert!(s.b.find_by_auth_req_id("req-use").await.unwrap().is_none());
-    assert!(s.b.find_by_notification_hash("nt-fp-use").await.unwrap().is_none());
+    assert!(
+        s.b.find_by_notification_hash("nt-fp-use")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A later identical call needs (and gets) a new approval.
     assert_eq!(
-        s.b.create_or_join(record("fp-use", MINUTE), GRACE).await.unwrap(),
+        s.b.create_or_join(record("fp-use", MINUTE), GRACE)
+            .await
+            .unwrap(),
         Joined::Created
     );
 }
 
 async fn records_expire_at_deadline_plus_grace(s: Subject) {
-    s.a.create_or_join(record("fp-exp", Duration::from_millis(300)), Duration::from_millis(300))
-        .await
-        .unwrap();
+    s.a.create_or_join(
+        record("fp-exp", Duration::from_millis(300)),
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(s.b.get("fp-exp").await.unwrap().is_some(), "kept through the grace period");
+    assert!(
+        s.b.get("fp-exp").await.unwrap().is_some(),
+        "kept through the grace period"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(s.b.get("fp-exp").await.unwrap().is_none(), "gone after deadline + grace");
+    assert!(
+        s.b.get("fp-exp").await.unwrap().is_none(),
+        "gone after deadline + grace"
+    );
     assert_eq!(
-        s.b.create_or_join(record("fp-exp", MINUTE), GRACE).await.unwrap(),
+        s.b.create_or_join(record("fp-exp", MINUTE), GRACE)
+            .await
+            .unwrap(),
         Joined::Created
     );
     // A final "no" is kept only for the grace period.
     s.a.create_or_join(record("fp-no", MINUTE), Duration::from_millis(300))
         .await
         .unwrap();
-    assert!(s.a.resolve("fp-no", Resolution::Denied("access_denied".into())).await.unwrap());
-    assert_eq!(s.b.get("fp-no").await.unwrap().unwrap().status, Status::Denied);
+    assert!(
+        s.a.resolve("fp-no", Resolution::Denied("access_denied".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.b.get("fp-no").await.unwrap().unwrap().status,
+        Status::Denied
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(s.b.get("fp-no").await.unwrap().is_none());
     // A grant lives until deadline + grace (not just the grace).
     s.a.create_or_join(record("fp-yes", MINUTE), Duration::from_millis(300))
         .await
         .unwrap();
-    assert!(s.a.resolve("fp-yes", Resolution::Granted(approver())).await.unwrap());
+    assert!(
+        s.a.resolve("fp-yes", Resolution::Granted(approver()))
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(s.b.get("fp-yes").await.unwrap().unwrap().status, Status::Granted);
+    assert_eq!(
+        s.b.get("fp-yes").await.unwrap().unwrap().status,
+        Status::Granted
+    );
 }
 
 async fn indexes_find_the_record(s: Subject) {
-    s.a.create_or_join(record("fp-idx", MINUTE), GRACE).await.unwrap();
+    s.a.create_or_join(record("fp-idx", MINUTE), GRACE)
+        .await
+        .unwrap();
     assert_eq!(
-        s.b.find_by_notification_hash("nt-fp-idx").await.unwrap().as_deref(),
+        s.b.find_by_notification_hash("nt-fp-idx")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("fp-idx"),
         "indexed before the request is sent"
     );
@@ -219,32 +277,58 @@ async fn indexes_find_the_record(s: Subject) {
         s.b.find_by_auth_req_id("req-idx").await.unwrap().as_deref(),
         Some("fp-idx")
     );
-    assert!(s.b.find_by_notification_hash("nope").await.unwrap().is_none());
+    assert!(
+        s.b.find_by_notification_hash("nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
     s.b.remove("fp-idx").await.unwrap();
     assert!(s.a.get("fp-idx").await.unwrap().is_none());
     assert!(s.a.find_by_auth_req_id("req-idx").await.unwrap().is_none());
-    assert!(s.a.find_by_notification_hash("nt-fp-idx").await.unwrap().is_none());
+    assert!(
+        s.a.find_by_notification_hash("nt-fp-idx")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn rate_limits_and_denials_expire(s: Subject) {
     let w = Duration::from_millis(400);
     assert!(s.a.rate_limit("agent:x", 2, w).await.unwrap());
     assert!(s.b.rate_limit("agent:x", 2, w).await.unwrap());
-    assert!(!s.a.rate_limit("agent:x", 2, w).await.unwrap(), "third in the window");
-    assert!(s.a.rate_limit("agent:y", 2, w).await.unwrap(), "keys are separate");
+    assert!(
+        !s.a.rate_limit("agent:x", 2, w).await.unwrap(),
+        "third in the window"
+    );
+    assert!(
+        s.a.rate_limit("agent:y", 2, w).await.unwrap(),
+        "keys are separate"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(s.b.rate_limit("agent:x", 2, w).await.unwrap(), "a new window");
+    assert!(
+        s.b.rate_limit("agent:x", 2, w).await.unwrap(),
+        "a new window"
+    );
 
     assert!(!s.a.recently_denied("u1").await.unwrap());
-    s.a.note_denial("u1", Duration::from_millis(300)).await.unwrap();
+    s.a.note_denial("u1", Duration::from_millis(300))
+        .await
+        .unwrap();
     assert!(s.b.recently_denied("u1").await.unwrap());
     assert!(!s.b.recently_denied("u2").await.unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!s.b.recently_denied("u1").await.unwrap(), "the cool-down passes");
+    assert!(
+        !s.b.recently_denied("u1").await.unwrap(),
+        "the cool-down passes"
+    );
 }
 
 async fn wait_change_wakes_on_another_connections_change(s: Subject) {
-    s.a.create_or_join(record("fp-wait", MINUTE), GRACE).await.unwrap();
+    s.a.create_or_join(record("fp-wait", MINUTE), GRACE)
+        .await
+        .unwrap();
     // Give a fresh subscription a moment (a missed notice would only cost the timeout).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let a = s.a.clone();
@@ -254,12 +338,20 @@ async fn wait_change_wakes_on_another_connections_change(s: Subject) {
         t.elapsed()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(s.b.resolve("fp-wait", Resolution::Granted(approver())).await.unwrap());
+    assert!(
+        s.b.resolve("fp-wait", Resolution::Granted(approver()))
+            .await
+            .unwrap()
+    );
     let waited = waiter.await.unwrap();
-    assert!(waited < Duration::from_secs(1), "woken by the change, not the timeout: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(1),
+        "woken by the change, not the timeout: {waited:?}"
+    );
     // And without a change, the timeout ends the wait.
     let t = Instant::now();
-    s.a.wait_change("fp-other", Duration::from_millis(200)).await;
+    s.a.wait_change("fp-other", Duration::from_millis(200))
+        .await;
     assert!(t.elapsed() >= Duration::from_millis(190));
 }
 
@@ -267,7 +359,10 @@ async fn poll_lease_has_one_holder(s: Subject) {
     let ttl = Duration::from_millis(300);
     assert!(s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap());
     assert!(!s.b.acquire_lease("fp-l", "replica-b", ttl).await.unwrap());
-    assert!(s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap(), "renewal");
+    assert!(
+        s.a.acquire_lease("fp-l", "replica-a", ttl).await.unwrap(),
+        "renewal"
+    );
     // The holder dies: its lease runs out and another replica takes over.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(s.b.acquire_lease("fp-l", "replica-b", ttl).await.unwrap());
@@ -281,7 +376,9 @@ async fn poll_lease_has_one_holder(s: Subject) {
     for i in 0..16 {
         let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
         tasks.push(tokio::spawn(async move {
-            st.acquire_lease("fp-l2", &format!("r{i}"), MINUTE).await.unwrap()
+            st.acquire_lease("fp-l2", &format!("r{i}"), MINUTE)
+                .await
+                .unwrap()
         }));
     }
     let mut winners = 0;
@@ -296,17 +393,30 @@ async fn unacknowledged_records_become_request_lost(s: Subject) {
     old.created_at_ms -= 120_000;
     s.a.create_or_join(old, GRACE).await.unwrap();
     // Not older than the cut-off: untouched.
-    assert!(!s.b.fail_unacknowledged("fp-lost", now_ms() - 200_000).await.unwrap());
+    assert!(
+        !s.b.fail_unacknowledged("fp-lost", now_ms() - 200_000)
+            .await
+            .unwrap()
+    );
     let (x, y) = tokio::join!(
         s.a.fail_unacknowledged("fp-lost", now_ms() - 60_000),
         s.b.fail_unacknowledged("fp-lost", now_ms() - 60_000)
     );
     assert!(x.unwrap() ^ y.unwrap(), "failed exactly once");
     let r = s.a.get("fp-lost").await.unwrap().unwrap();
-    assert_eq!((r.status, r.failure.as_deref()), (Status::Failed, Some("request_lost")));
-    assert!(!s.a.remove_failed("fp-lost", "op_error").await.unwrap(), "other reason");
+    assert_eq!(
+        (r.status, r.failure.as_deref()),
+        (Status::Failed, Some("request_lost"))
+    );
+    assert!(
+        !s.a.remove_failed("fp-lost", "op_error").await.unwrap(),
+        "other reason"
+    );
     assert!(s.a.remove_failed("fp-lost", "request_lost").await.unwrap());
-    assert!(!s.b.remove_failed("fp-lost", "request_lost").await.unwrap(), "only once");
+    assert!(
+        !s.b.remove_failed("fp-lost", "request_lost").await.unwrap(),
+        "only once"
+    );
     assert!(s.b.get("fp-lost").await.unwrap().is_none());
     // An acknowledged record is never "lost".
     let mut acked = record("fp-acked", MINUTE);
@@ -320,7 +430,9 @@ async fn unacknowledged_records_become_request_lost(s: Subject) {
 
 async fn pending_count_counts_pending(s: Subject) {
     for i in 0..3 {
-        s.a.create_or_join(record(&format!("fp-pc{i}"), MINUTE), GRACE).await.unwrap();
+        s.a.create_or_join(record(&format!("fp-pc{i}"), MINUTE), GRACE)
+            .await
+            .unwrap();
     }
     assert!(s.a.resolve("fp-pc0", Resolution::Expired).await.unwrap());
     assert_eq!(s.b.pending_count().await.unwrap(), 2);
@@ -365,9 +477,15 @@ async fn redis_corrupt_record_is_an_error_not_a_panic() {
     let server = RedisServer::start();
     let st = RedisStore::connect(redis_settings(&server)).unwrap();
     server.cli(&["HSET", "test:ap:{fp-bad}", "s", "granted", "b", "{not json"]);
-    assert!(matches!(st.get("fp-bad").await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        st.get("fp-bad").await,
+        Err(StoreError::Corrupt(_))
+    ));
     server.cli(&["HSET", "test:ap:{fp-bad2}", "s", "weird", "b", "{}"]);
-    assert!(matches!(st.get("fp-bad2").await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(
+        st.get("fp-bad2").await,
+        Err(StoreError::Corrupt(_))
+    ));
     // A granted-but-corrupt record is consumed (once) yet reported corrupt: fail closed.
     assert!(st.consume("fp-bad").await.is_err());
 }
@@ -376,14 +494,24 @@ async fn redis_corrupt_record_is_an_error_not_a_panic() {
 async fn redis_down_fails_within_the_timeout_and_recovers() {
     let mut server = RedisServer::start();
     let st = RedisStore::connect(redis_settings(&server)).unwrap();
-    st.create_or_join(record("fp-down", MINUTE), GRACE).await.unwrap();
+    st.create_or_join(record("fp-down", MINUTE), GRACE)
+        .await
+        .unwrap();
     server.kill();
     let t = Instant::now();
     let r = st.get("fp-down").await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
-    assert!(t.elapsed() < Duration::from_millis(1500), "bounded: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "bounded: {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
-    assert!(st.create_or_join(record("fp-down2", MINUTE), GRACE).await.is_err());
+    assert!(
+        st.create_or_join(record("fp-down2", MINUTE), GRACE)
+            .await
+            .is_err()
+    );
     assert!(t.elapsed() < Duration::from_millis(1500));
     // Back, empty: everything works again by itself, and the lost record is just gone.
     server.restart();
@@ -399,7 +527,9 @@ async fn redis_down_fails_within_the_timeout_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        st.create_or_join(record("fp-down", MINUTE), GRACE).await.unwrap(),
+        st.create_or_join(record("fp-down", MINUTE), GRACE)
+            .await
+            .unwrap(),
         Joined::Created
     );
 }
@@ -408,10 +538,18 @@ async fn redis_down_fails_within_the_timeout_and_recovers() {
 async fn redis_keys_hold_no_secrets_and_expire() {
     let server = RedisServer::start();
     let st = RedisStore::connect(redis_settings(&server)).unwrap();
-    st.create_or_join(record("fp-keys", MINUTE), GRACE).await.unwrap();
-    st.set_acknowledged("fp-keys", "secret-auth-req-id", 60, Some(5), now_ms() + 60_000)
+    st.create_or_join(record("fp-keys", MINUTE), GRACE)
         .await
         .unwrap();
+    st.set_acknowledged(
+        "fp-keys",
+        "secret-auth-req-id",
+        60,
+        Some(5),
+        now_ms() + 60_000,
+    )
+    .await
+    .unwrap();
     let keys = server.cli(&["KEYS", "*"]);
     assert!(!keys.contains("secret-auth-req-id"), "{keys}");
     for k in keys.lines().filter(|k| !k.is_empty()) {
@@ -444,7 +582,11 @@ async fn measure_redis_wake_latency_and_memory() {
         rx.await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let t0 = Instant::now();
-        assert!(b.resolve(&fp, Resolution::Granted(approver())).await.unwrap());
+        assert!(
+            b.resolve(&fp, Resolution::Granted(approver()))
+                .await
+                .unwrap()
+        );
         let woke = waiter.await.unwrap();
         samples.push(woke.duration_since(t0));
     }
@@ -456,8 +598,7 @@ async fn measure_redis_wake_latency_and_memory() {
     // Memory of one pending, acknowledged approval (record + both indexes + lease).
     let fp = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let mut r = record(fp, MINUTE);
-    r.notification_token_hash =
-        Some("f".repeat(64)); // a SHA-256 hex, like the real one
+    r.notification_token_hash = Some("f".repeat(64)); // a SHA-256 hex, like the real one
     a.create_or_join(r, GRACE).await.unwrap();
     a.set_acknowledged(fp, &"x".repeat(40), 120, Some(5), now_ms() + 60_000)
         .await
@@ -471,7 +612,11 @@ async fn measure_redis_wake_latency_and_memory() {
         format!("test:ar:{}", hex_sha(&"x".repeat(40))),
     ];
     for key in &keys {
-        let n: u64 = server.cli(&["MEMORY", "USAGE", key]).trim().parse().unwrap_or(0);
+        let n: u64 = server
+            .cli(&["MEMORY", "USAGE", key])
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let enc = server.cli(&["OBJECT", "ENCODING", key]);
         println!("MEMORY USAGE {key} = {n} ({})", enc.trim());
         total += n;

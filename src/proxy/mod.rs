@@ -295,9 +295,11 @@ fn effect_name(d: &Decision) -> &'static str {
 fn block_reason(d: &Decision) -> (String, String) {
     use crate::policy::Effect;
     match d.effect {
+        // Tool calls go through the approval path; anything else that policy wants
+        // approved (a resource read, an unrouted HTTP request) cannot be.
         Effect::Approve => (
-            "approval_not_configured".to_string(),
-            "This call needs a person's approval, and no approval provider (CIBA) is configured on this gateway, so it was not run.".to_string(),
+            "approval_unsupported".to_string(),
+            "policy asks for a person's approval, which is given only for tool calls (MCP tools/call or a routed HTTP tool); this request was not run".to_string(),
         ),
         _ => match d.reasons.first() {
             Some(r) => {

@@ -134,7 +134,7 @@ impl ConnectionLike for Conn {
 enum Backend {
     Single(ConnectionManager),
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         conn: OnceCell<ClusterConnection>,
     },
 }
@@ -354,7 +354,7 @@ impl RedisStore {
                 .build()
                 .map_err(unavailable)?;
             Backend::Cluster {
-                client,
+                client: Box::new(client),
                 conn: OnceCell::new(),
             }
         } else {

@@ -348,7 +348,8 @@ impl RedisServer {
         while port == 6379 {
             port = free_port();
         }
-        let dir = std::env::temp_dir().join(format!("ciba-gate-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ciba-gate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create redis log dir");
         let mut s = RedisServer {
             port,
@@ -374,7 +375,11 @@ impl RedisServer {
     /// Starts it (again) on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        if Command::new("redis-server").arg("--version").output().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             panic!(
                 "these tests need `redis-server` on PATH (Debian/Ubuntu package `redis-server`: \
                  apt-get install redis-server)"

@@ -1,0 +1,287 @@
+//! Traces end to end, in one process over real sockets: the gateway exports OTLP
+//! (HTTP/protobuf) to a receiver in this test; an approved call (held over SSE, poll
+//! delivery, development OP) must be one trace under the agent's `traceparent`, with
+//! the expected spans, the tool server must see the gateway's upstream span as its
+//! parent, and no attribute may carry a secret, a hint or an argument.
+//! (Its own test binary: it installs the process-wide tracing subscriber.)
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ciba_gate::audit::EvidenceSink;
+use ciba_gate::config::{LoadedConfig, OtlpProtocol, TelemetryConfig};
+use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
+use ciba_gate::policy::PolicyEngine;
+use ciba_gate::proxy::{Gateway, server};
+use ciba_gate::store::{ApprovalStore, memory::MemoryStore};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const CLIENT_SECRET: &str = "trace-test-secret-8f2a91";
+const USER: &str = "carol@example.com";
+const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const AGENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// Serves `handler` for every request on a fresh loopback port.
+async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attr_strings(s: &Span) -> Vec<(String, String)> {
+    s.attributes
+        .iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValue::StringValue(s)) => s.clone(),
+                Some(AnyValue::IntValue(i)) => i.to_string(),
+                Some(AnyValue::BoolValue(b)) => b.to_string(),
+                Some(AnyValue::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approved_call_is_one_trace_under_the_agents_traceparent() {
+    // The OTLP receiver.
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let got = spans.clone();
+    let otlp = serve(move |req: Request<Incoming>| {
+        let got = got.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            for rs in export.resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.clone())
+                    .and_then(|v| v.value);
+                assert_eq!(service, Some(AnyValue::StringValue("gate-under-test".into())));
+                for ss in rs.scope_spans {
+                    got.lock().unwrap().extend(ss.spans);
+                }
+            }
+            Response::builder()
+                .header("content-type", "application/x-protobuf")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        }
+    })
+    .await;
+    let telemetry = ciba_gate::telemetry::init(
+        "info",
+        &TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{otlp}")),
+            protocol: Some(OtlpProtocol::Http),
+            sampling_ratio: Some(1.0),
+            service_name: Some("gate-under-test".into()),
+        },
+    )
+    .unwrap();
+
+    // The tool server, recording the trace headers it receives.
+    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let rec = seen.clone();
+    let upstream = serve(move |req: Request<Incoming>| {
+        let rec = rec.clone();
+        async move {
+            let tp = req.headers().get("traceparent").map(|v| v.to_str().unwrap().to_string());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            rec.lock().unwrap().push((tp, v.clone()));
+            let answer = json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": [{"type": "text", "text": "deployed"}], "isError": false}});
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(answer.to_string())))
+                .unwrap()
+        }
+    })
+    .await;
+
+    // The development OP (poll) and the gateway.
+    let op = DevOp::spawn(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        DevOpConfig {
+            clients: vec![DevClient {
+                client_id: "gate".into(),
+                secret: CLIENT_SECRET.into(),
+                delivery: DeliveryMode::Poll,
+                notification_endpoint: None,
+            }],
+            users: vec![USER.into()],
+            interval: Some(1),
+            default_expiry: 60,
+            ..DevOpConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), CLIENT_SECRET).unwrap();
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let yaml = format!(
+        r#"
+agent: {{id: trace-agent}}
+policy: {{dir: {policies:?}, reload_interval: 0s}}
+upstreams:
+  - {{name: tools, kind: mcp, mount: /mcp, url: "http://{upstream}/mcp"}}
+approvals:
+  op:
+    issuer: "{issuer}"
+    client_id: gate
+    client_auth: {{method: client_secret_basic, secret: {{file: secret}}}}
+    delivery: poll
+    allow_insecure_http: true
+  user: {{value: "{USER}"}}
+  binding_message_profile: ciba-gate-dev
+  mode: hold
+  max_wait: 30s
+"#,
+        issuer = op.issuer(),
+    );
+    let cfg = LoadedConfig::parse(&dir.path().join("gate.yaml"), &yaml).unwrap();
+    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
+    let (sink, _evidence) = EvidenceSink::memory();
+    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
+    let slot = Arc::new(OnceLock::new());
+    gw.approvals = Some(slot.clone());
+    let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
+    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), store, slot.clone())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if slot.get().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(slot.get().is_some(), "OP discovery did not complete");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(listener, Arc::new(gw), std::future::pending(), Duration::from_secs(1)));
+
+    // The agent's call, held over SSE, approved on the "phone".
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "deploy_service", "arguments": {"service": "payments", "env": "prod"},
+        "_meta": {"progressToken": "p1"}}});
+    let call = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{gw_addr}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("traceparent", format!("00-{AGENT_TRACE}-{AGENT_SPAN}-01"))
+            .timeout(Duration::from_secs(30))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let pending = loop {
+        let p = op.pending();
+        if !p.is_empty() {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    op.decide(&pending[0].id, true).await.unwrap();
+    let answer = call.await.unwrap();
+    assert!(answer.contains("deployed"), "{answer}");
+
+    // Flush the exporter (blocking: off the runtime's workers).
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+    let spans = spans.lock().unwrap().clone();
+    let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let get = |n: &str| *by_name.get(n).unwrap_or_else(|| panic!("no span {n:?} in {names:?}"));
+
+    // One trace, the agent's.
+    for s in &spans {
+        assert_eq!(hex(&s.trace_id), AGENT_TRACE, "span {} is in another trace", s.name);
+    }
+    let root = get("POST /mcp");
+    assert_eq!(hex(&root.parent_span_id), AGENT_SPAN, "root's parent is the agent's span");
+    let root_attrs: HashMap<String, String> = attr_strings(root).into_iter().collect();
+    assert_eq!(root_attrs["http.request.method"], "POST");
+    assert_eq!(root_attrs["url.path"], "/mcp");
+    assert_eq!(root_attrs["http.response.status_code"], "200");
+    assert_eq!(root_attrs["mcp.method.name"], "tools/call");
+    assert_eq!(root_attrs["gen_ai.tool.name"], "deploy_service");
+    for child in ["classify", "policy.request", "approval.request", "approval.wait", "policy.approved", "POST tools"] {
+        assert_eq!(get(child).parent_span_id, root.span_id, "{child} is not a child of the call's span");
+    }
+    let ciba = get("approval.ciba");
+    assert_eq!(ciba.parent_span_id, get("approval.request").span_id);
+    for child in ["ciba.backchannel_authentication", "ciba.token", "ciba.id_token_validation"] {
+        assert_eq!(get(child).parent_span_id, ciba.span_id, "{child} is not below approval.ciba");
+    }
+    let up = get("POST tools");
+    let up_attrs: HashMap<String, String> = attr_strings(up).into_iter().collect();
+    assert_eq!(up_attrs["server.address"], "127.0.0.1");
+    assert_eq!(up_attrs["http.response.status_code"], "200");
+    assert_eq!(up.kind, 3, "upstream span kind is CLIENT");
+    assert_eq!(root.kind, 2, "root span kind is SERVER");
+
+    // The tool server saw the gateway's upstream span as parent, not the agent's.
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<_> = seen.iter().filter(|(_, v)| v["method"] == "tools/call").collect();
+    assert_eq!(calls.len(), 1);
+    let tp = calls[0].0.clone().expect("no traceparent upstream");
+    assert_eq!(tp, format!("00-{AGENT_TRACE}-{}-01", hex(&up.span_id)));
+
+    // Nothing secret or user-supplied in any attribute or span name.
+    for s in &spans {
+        for (k, v) in attr_strings(s).into_iter().chain([("name".to_string(), s.name.clone())]) {
+            for bad in [CLIENT_SECRET, USER, "payments", "Deploy", "eyJ", "prod"] {
+                assert!(!v.contains(bad), "span {} attribute {k}={v:?} carries {bad:?}", s.name);
+            }
+        }
+        assert!(s.events.is_empty(), "span {} exports log events", s.name);
+    }
+}
