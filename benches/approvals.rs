@@ -16,7 +16,7 @@
 //! Run: `ulimit -n 20000; cargo bench --bench approvals` (see BENCHMARKS.md).
 //! Knobs (environment): APPROVALS_ONLY=latency,memory,rps  APPROVALS_N=500
 //! APPROVALS_WARMUP=20  APPROVALS_HELD=10000  APPROVALS_RPS_SECS=5
-//! APPROVALS_RPS_CONNS=32  APPROVALS_RPS_ROUNDS=2  APPROVALS_KEEP_TMP=1.
+//! APPROVALS_RPS_CONNS=32  APPROVALS_RPS_ROUNDS=5  APPROVALS_KEEP_TMP=1.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -541,7 +541,7 @@ async fn memory(held: usize) {
                     continue;
                 }
                 // The final SSE event is the JSON-RPC answer (it has "result").
-                if let Some(pos) = acc.windows(9).position(|w| w == b"\"result\"") {
+                if let Some(pos) = acc.windows(8).position(|w| w == b"\"result\"") {
                     let tail = String::from_utf8_lossy(&acc[pos..]);
                     if tail.contains("approval_denied") {
                         denied_n.fetch_add(1, Ordering::Relaxed);
@@ -628,7 +628,7 @@ async fn memory(held: usize) {
 
 // --- 3. CIBA requests per second ----------------------------------------------------------
 
-async fn rps(secs: u64, conns: usize, round: usize) {
+async fn rps(secs: u64, conns: usize, round: usize) -> (u64, f64, u64, f64) {
     let b = start(GwOpts {
         delivery: DeliveryMode::Ping,
         mode: "park",
@@ -696,6 +696,7 @@ async fn rps(secs: u64, conns: usize, round: usize) {
         (s1 - s0) as f64 / at_op.max(1) as f64,
     );
     eprintln!("  [rps round {round}] quiet box before/after: {quiet_before} / {quiet_after}");
+    (answered, window.as_secs_f64(), at_op, all.as_secs_f64())
 }
 
 fn main() {
@@ -725,13 +726,23 @@ fn main() {
         if only.contains("rps") {
             let secs = env_num("APPROVALS_RPS_SECS", 5);
             let conns = env_num("APPROVALS_RPS_CONNS", 32) as usize;
-            let rounds = env_num("APPROVALS_RPS_ROUNDS", 2) as usize;
+            let rounds = env_num("APPROVALS_RPS_ROUNDS", 5) as usize;
             println!("### 3. CIBA requests started per second (park mode, ≤ {secs} s or {} calls per round)\n", OP_CAPACITY - 200);
             println!("| round | conns | window s | answered approval_pending | other answers | answered/s | at OP by window end /s | at OP total | until all at OP s | CIBA req/s (all at OP) | gateway CPU µs/req | OP+client CPU µs/req |");
             println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let (mut answered, mut window, mut at_op, mut all) = (0, 0.0, 0, 0.0);
             for r in 1..=rounds {
-                rps(secs, conns, r).await;
+                let (a, w, o, t) = rps(secs, conns, r).await;
+                answered += a;
+                window += w;
+                at_op += o;
+                all += t;
             }
+            println!(
+                "| all | {conns} | {window:.2} | {answered} | | {:.0} | | {at_op} | {all:.2} | {:.0} | | |",
+                answered as f64 / window,
+                at_op as f64 / all
+            );
             println!();
         }
     });

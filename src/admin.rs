@@ -142,7 +142,10 @@ impl Admin {
                 };
                 json_response(status, &body)
             }
-            _ => plain(StatusCode::NOT_FOUND, "not found: /metrics, /healthz, /readyz\n"),
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz, /readyz\n",
+            ),
         }
     }
 }

@@ -463,10 +463,16 @@ impl LoadedConfig {
         if let Some(e) = &c.telemetry.otlp_endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))
         {
-            return Err(self.err("telemetry.otlp_endpoint", "must be an http:// or https:// URL"));
+            return Err(self.err(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
-            return Err(self.err("log.level", "is not a level or filter directive (e.g. info, debug)"));
+            return Err(self.err(
+                "log.level",
+                "is not a level or filter directive (e.g. info, debug)",
+            ));
         }
         let mut names = HashSet::new();
         let mut mounts = HashSet::new();

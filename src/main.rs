@@ -384,7 +384,10 @@ async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
         Err(_) => {
             let l = std::net::TcpListener::bind((opts.admin_listen.ip(), 0))?;
             let addr = l.local_addr()?;
-            eprintln!("  {} is taken; admin endpoints on {addr} instead", opts.admin_listen);
+            eprintln!(
+                "  {} is taken; admin endpoints on {addr} instead",
+                opts.admin_listen
+            );
             addr
         }
     };

@@ -73,7 +73,9 @@ pub async fn serve(cfg: LoadedConfig) -> anyhow::Result<()> {
     let admin = Admin::new(gateway.clone(), approval_store);
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     run_listener_with(listener, gateway, cfg.config.shutdown.drain, move || {
-        admin.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        admin
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     })
     .await
 }

@@ -105,6 +105,7 @@ agent: {{id: billing-agent, namespace: agents}}
 policy: {{dir: {policies}, reload_interval: 2s}}
 limits: {{max_body_bytes: 1048576, max_json_depth: 64}}
 evidence: {{sink: file, path: {evidence}}}
+admin: {{listen: "127.0.0.1:0"}}
 upstreams:
   - name: tools
     kind: mcp

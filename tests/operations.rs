@@ -20,7 +20,13 @@ struct Dev {
 
 fn start_dev(name: &str, drain: &str) -> Dev {
     let dir = tempfile::tempdir().unwrap();
-    let (gw, tools, op, cb, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (gw, tools, op, cb, admin) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("RUST_LOG")
@@ -94,17 +100,27 @@ async fn pending_at_op(op: u16) -> String {
             .json()
             .await
             .unwrap();
-        if let Some(id) = list.as_array().and_then(|a| a.first()).and_then(|p| p["id"].as_str()) {
+        if let Some(id) = list
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|p| p["id"].as_str())
+        {
             return id.to_string();
         }
-        assert!(Instant::now() < deadline, "no approval request reached the OP");
+        assert!(
+            Instant::now() < deadline,
+            "no approval request reached the OP"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn promtool() -> std::path::PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("promtool")).find(|p| p.is_file()));
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
     found.unwrap_or_else(|| {
         panic!(
             "promtool is not installed: it comes with the Debian package `prometheus` \
@@ -117,8 +133,12 @@ fn promtool() -> std::path::PathBuf {
 fn label_values(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((_, rest)) = line.split_once('{') else { continue };
-        let Some((labels, _)) = rest.rsplit_once('}') else { continue };
+        let Some((_, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, _)) = rest.rsplit_once('}') else {
+            continue;
+        };
         for pair in labels.split("\",") {
             if let Some((_, v)) = pair.split_once("=\"") {
                 out.push(v.trim_end_matches('"').to_string());
@@ -142,19 +162,31 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
     let mut dev = start_dev("dev-metrics", "2s");
     let admin = format!("http://127.0.0.1:{}", dev.admin);
 
-    let health = client().get(format!("{admin}/healthz")).send().await.unwrap();
+    let health = client()
+        .get(format!("{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     // Ready once the OP's metadata and keys are in (the dev OP is local: quickly).
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
-        let r = client().get(format!("{admin}/readyz")).send().await.unwrap();
+        let r = client()
+            .get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap();
         if status == 200 {
             break body;
         }
         assert_eq!(status, 503);
-        assert!(Instant::now() < deadline, "never ready: {body}\n{}", dev.child.logs());
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {body}\n{}",
+            dev.child.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(ready["status"], "ready");
@@ -167,23 +199,58 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
     // Allowed, denied (destructive), and one approved on the "phone".
     let allowed = post_mcp(dev.gw, call(1, "list_deployments", json!({}), false)).await;
     assert_eq!(allowed["result"]["isError"], false, "{allowed}");
-    let denied = post_mcp(dev.gw, call(2, "delete_repository", json!({"repo": "secret-repo-name"}), false)).await;
-    assert_eq!(denied["result"]["_meta"]["ciba-gate/decision"], "deny", "{denied}");
+    let denied = post_mcp(
+        dev.gw,
+        call(
+            2,
+            "delete_repository",
+            json!({"repo": "secret-repo-name"}),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(
+        denied["result"]["_meta"]["ciba-gate/decision"], "deny",
+        "{denied}"
+    );
     let gw = dev.gw;
-    let held = tokio::spawn(post_mcp(gw, call(3, "deploy_service", json!({"service": "payments", "env": "staging"}), true)));
+    let held = tokio::spawn(post_mcp(
+        gw,
+        call(
+            3,
+            "deploy_service",
+            json!({"service": "payments", "env": "staging"}),
+            true,
+        ),
+    ));
     let id = pending_at_op(dev.op).await;
     let r = client()
-        .post(format!("http://127.0.0.1:{}/api/requests/{id}/approve", dev.op))
+        .post(format!(
+            "http://127.0.0.1:{}/api/requests/{id}/approve",
+            dev.op
+        ))
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success(), "approve at the OP: {}", r.status());
     let approved = held.await.unwrap();
-    assert_eq!(approved["result"]["isError"], false, "{approved}\n{}", dev.child.logs());
+    assert_eq!(
+        approved["result"]["isError"],
+        false,
+        "{approved}\n{}",
+        dev.child.logs()
+    );
 
-    let text = client().get(format!("{admin}/metrics")).send().await.unwrap();
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert!(
-        text.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"),
+        text.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
         "{:?}",
         text.headers()
     );
@@ -202,22 +269,64 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    assert_eq!(sample(&text, r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",upstream="demo-tools"}"#), 2.0);
-    assert_eq!(sample(&text, r#"ciba_gate_decisions_total{effect="deny",outcome="blocked",upstream="demo-tools"}"#), 1.0);
-    assert_eq!(sample(&text, r#"ciba_gate_approvals_total{outcome="granted",delivery_mode="poll"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",upstream="demo-tools"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ciba_gate_decisions_total{effect="deny",outcome="blocked",upstream="demo-tools"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ciba_gate_approvals_total{outcome="granted",delivery_mode="poll"}"#
+        ),
+        1.0
+    );
     assert_eq!(sample(&text, "ciba_gate_approvals_pending "), 0.0);
-    assert_eq!(sample(&text, "ciba_gate_approval_duration_seconds_count"), 1.0);
+    assert_eq!(
+        sample(&text, "ciba_gate_approval_duration_seconds_count"),
+        1.0
+    );
     assert!(sample(&text, "ciba_gate_policy_evaluation_duration_seconds_count") >= 4.0);
-    assert_eq!(sample(&text, r#"ciba_gate_upstream_duration_seconds_count{upstream="demo-tools",status_class="2xx"}"#), 2.0);
-    assert_eq!(sample(&text, r#"ciba_gate_policy_reloads_total{result="failure"}"#), 0.0);
-    assert_eq!(sample(&text, &format!(r#"ciba_gate_policy_revision_info{{revision="{revision}"}}"#)), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"ciba_gate_upstream_duration_seconds_count{upstream="demo-tools",status_class="2xx"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, r#"ciba_gate_policy_reloads_total{result="failure"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"ciba_gate_policy_revision_info{{revision="{revision}"}}"#)
+        ),
+        1.0
+    );
     assert_eq!(sample(&text, "ciba_gate_store_errors_total"), 0.0);
 
     // Labels are bounded: no argument values, no user hint, no binding message.
     let values = label_values(&text);
     assert!(!values.is_empty());
     for v in &values {
-        for secret in ["payments", "staging", "secret-repo-name", "demo@example.com", "Deploy"] {
+        for secret in [
+            "payments",
+            "staging",
+            "secret-repo-name",
+            "demo@example.com",
+            "Deploy",
+        ] {
             assert!(!v.contains(secret), "label value {v:?} carries {secret:?}");
         }
     }
@@ -229,7 +338,12 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
         .send()
         .await
         .unwrap();
-    assert!(om.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    assert!(
+        om.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
     assert!(om.text().await.unwrap().ends_with("# EOF\n"));
     dev.child.kill();
 }
@@ -238,17 +352,32 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
 async fn sigterm_answers_a_held_call_shutting_down_within_the_drain_and_exits_0() {
     let mut dev = start_dev("dev-sigterm", "2s");
     let gw = dev.gw;
-    let held = tokio::spawn(post_mcp(gw, call(7, "deploy_service", json!({"service": "billing", "env": "prod"}), true)));
+    let held = tokio::spawn(post_mcp(
+        gw,
+        call(
+            7,
+            "deploy_service",
+            json!({"service": "billing", "env": "prod"}),
+            true,
+        ),
+    ));
     pending_at_op(dev.op).await; // the call is held now
     let admin = format!("http://127.0.0.1:{}", dev.admin);
 
     let signalled = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &dev.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 
     // Not ready any more, and new connections are refused, while the held call waits.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = client().get(format!("{admin}/readyz")).send().await.unwrap();
+    let r = client()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["checks"]["accepting"]["ok"], false, "{body}");
@@ -256,15 +385,32 @@ async fn sigterm_answers_a_held_call_shutting_down_within_the_drain_and_exits_0(
         std::net::TcpStream::connect(("127.0.0.1", gw)).is_err(),
         "the agent port still accepts after SIGTERM"
     );
-    assert!(!held.is_finished(), "the held call was answered before the drain deadline");
+    assert!(
+        !held.is_finished(),
+        "the held call was answered before the drain deadline"
+    );
 
-    let answer = tokio::time::timeout(Duration::from_secs(10), held).await.expect("held call never answered").unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("held call never answered")
+        .unwrap();
     let waited = signalled.elapsed();
     assert_eq!(answer["id"], 7, "{answer}");
-    assert_eq!(answer["result"]["_meta"]["ciba-gate/reason"], "shutting_down", "{answer}\n{}", dev.child.logs());
-    assert!(waited >= Duration::from_millis(1900), "answered after {waited:?}, before the 2 s drain");
+    assert_eq!(
+        answer["result"]["_meta"]["ciba-gate/reason"],
+        "shutting_down",
+        "{answer}\n{}",
+        dev.child.logs()
+    );
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "answered after {waited:?}, before the 2 s drain"
+    );
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
 
-    let status = dev.child.wait_timeout(Duration::from_secs(10)).expect("the gateway did not exit");
+    let status = dev
+        .child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the gateway did not exit");
     assert_eq!(status.code(), Some(0), "{}", dev.child.logs());
 }

@@ -61,6 +61,9 @@ where
     addr
 }
 
+/// What the tool server got: the `traceparent` header and the JSON-RPC body.
+type Seen = (Option<String>, Value);
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -100,7 +103,10 @@ async fn an_approved_call_is_one_trace_under_the_agents_traceparent() {
                     .find(|kv| kv.key == "service.name")
                     .and_then(|kv| kv.value.clone())
                     .and_then(|v| v.value);
-                assert_eq!(service, Some(AnyValue::StringValue("gate-under-test".into())));
+                assert_eq!(
+                    service,
+                    Some(AnyValue::StringValue("gate-under-test".into()))
+                );
                 for ss in rs.scope_spans {
                     got.lock().unwrap().extend(ss.spans);
                 }
@@ -124,7 +130,7 @@ async fn an_approved_call_is_one_trace_under_the_agents_traceparent() {
     .unwrap();
 
     // The tool server, recording the trace headers it receives.
-    let seen: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let rec = seen.clone();
     let upstream = serve(move |req: Request<Incoming>| {
         let rec = rec.clone();
@@ -190,9 +196,13 @@ approvals:
     let slot = Arc::new(OnceLock::new());
     gw.approvals = Some(slot.clone());
     let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
-    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), store, slot.clone())
-        .await
-        .unwrap();
+    ciba_gate::run::start_approvals(
+        cfg.resolve_approvals().unwrap().unwrap(),
+        store,
+        slot.clone(),
+    )
+    .await
+    .unwrap();
     for _ in 0..500 {
         if slot.get().is_some() {
             break;
@@ -202,7 +212,12 @@ approvals:
     assert!(slot.get().is_some(), "OP discovery did not complete");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(listener, Arc::new(gw), std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(gw),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
 
     // The agent's call, held over SSE, approved on the "phone".
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
@@ -235,31 +250,65 @@ approvals:
     assert!(answer.contains("deployed"), "{answer}");
 
     // Flush the exporter (blocking: off the runtime's workers).
-    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .unwrap();
     let spans = spans.lock().unwrap().clone();
     let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    let get = |n: &str| *by_name.get(n).unwrap_or_else(|| panic!("no span {n:?} in {names:?}"));
+    let get = |n: &str| {
+        *by_name
+            .get(n)
+            .unwrap_or_else(|| panic!("no span {n:?} in {names:?}"))
+    };
 
     // One trace, the agent's.
     for s in &spans {
-        assert_eq!(hex(&s.trace_id), AGENT_TRACE, "span {} is in another trace", s.name);
+        assert_eq!(
+            hex(&s.trace_id),
+            AGENT_TRACE,
+            "span {} is in another trace",
+            s.name
+        );
     }
     let root = get("POST /mcp");
-    assert_eq!(hex(&root.parent_span_id), AGENT_SPAN, "root's parent is the agent's span");
+    assert_eq!(
+        hex(&root.parent_span_id),
+        AGENT_SPAN,
+        "root's parent is the agent's span"
+    );
     let root_attrs: HashMap<String, String> = attr_strings(root).into_iter().collect();
     assert_eq!(root_attrs["http.request.method"], "POST");
     assert_eq!(root_attrs["url.path"], "/mcp");
     assert_eq!(root_attrs["http.response.status_code"], "200");
     assert_eq!(root_attrs["mcp.method.name"], "tools/call");
     assert_eq!(root_attrs["gen_ai.tool.name"], "deploy_service");
-    for child in ["classify", "policy.request", "approval.request", "approval.wait", "policy.approved", "POST tools"] {
-        assert_eq!(get(child).parent_span_id, root.span_id, "{child} is not a child of the call's span");
+    for child in [
+        "classify",
+        "policy.request",
+        "approval.request",
+        "approval.wait",
+        "policy.approved",
+        "POST tools",
+    ] {
+        assert_eq!(
+            get(child).parent_span_id,
+            root.span_id,
+            "{child} is not a child of the call's span"
+        );
     }
     let ciba = get("approval.ciba");
     assert_eq!(ciba.parent_span_id, get("approval.request").span_id);
-    for child in ["ciba.backchannel_authentication", "ciba.token", "ciba.id_token_validation"] {
-        assert_eq!(get(child).parent_span_id, ciba.span_id, "{child} is not below approval.ciba");
+    for child in [
+        "ciba.backchannel_authentication",
+        "ciba.token",
+        "ciba.id_token_validation",
+    ] {
+        assert_eq!(
+            get(child).parent_span_id,
+            ciba.span_id,
+            "{child} is not below approval.ciba"
+        );
     }
     let up = get("POST tools");
     let up_attrs: HashMap<String, String> = attr_strings(up).into_iter().collect();
@@ -270,16 +319,26 @@ approvals:
 
     // The tool server saw the gateway's upstream span as parent, not the agent's.
     let seen = seen.lock().unwrap().clone();
-    let calls: Vec<_> = seen.iter().filter(|(_, v)| v["method"] == "tools/call").collect();
+    let calls: Vec<_> = seen
+        .iter()
+        .filter(|(_, v)| v["method"] == "tools/call")
+        .collect();
     assert_eq!(calls.len(), 1);
     let tp = calls[0].0.clone().expect("no traceparent upstream");
     assert_eq!(tp, format!("00-{AGENT_TRACE}-{}-01", hex(&up.span_id)));
 
     // Nothing secret or user-supplied in any attribute or span name.
     for s in &spans {
-        for (k, v) in attr_strings(s).into_iter().chain([("name".to_string(), s.name.clone())]) {
+        for (k, v) in attr_strings(s)
+            .into_iter()
+            .chain([("name".to_string(), s.name.clone())])
+        {
             for bad in [CLIENT_SECRET, USER, "payments", "Deploy", "eyJ", "prod"] {
-                assert!(!v.contains(bad), "span {} attribute {k}={v:?} carries {bad:?}", s.name);
+                assert!(
+                    !v.contains(bad),
+                    "span {} attribute {k}={v:?} carries {bad:?}",
+                    s.name
+                );
             }
         }
         assert!(s.events.is_empty(), "span {} exports log events", s.name);

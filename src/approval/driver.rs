@@ -82,7 +82,12 @@ pub async fn drive(
         Err(e) => {
             tracing::warn!(code = e.code(), error = %e, "CIBA authentication request failed");
             crate::telemetry::metrics::op_error(e.code());
-            let _ = resolve_counted(&approvals, &fingerprint, Resolution::Failed(e.code().to_string())).await;
+            let _ = resolve_counted(
+                &approvals,
+                &fingerprint,
+                Resolution::Failed(e.code().to_string()),
+            )
+            .await;
             return;
         }
     };
@@ -103,7 +108,12 @@ pub async fn drive(
         .await
     {
         tracing::warn!(error = %e, "could not record the CIBA acknowledgement; the call fails closed");
-        let _ = resolve_counted(&approvals, &fingerprint, Resolution::Failed("store_unavailable".into())).await;
+        let _ = resolve_counted(
+            &approvals,
+            &fingerprint,
+            Resolution::Failed("store_unavailable".into()),
+        )
+        .await;
         return;
     }
     // The creator polls first: it takes the poll lease before anyone can watch.

@@ -198,7 +198,10 @@ pub async fn run(
         now_ms()
     };
     let settled = wait_or_shutdown(gw, &approvals, &ticket, until)
-        .instrument(crate::traced_span!("approval.wait", ciba_gate.approval.mode = "park_or_plain"))
+        .instrument(crate::traced_span!(
+            "approval.wait",
+            ciba_gate.approval.mode = "park_or_plain"
+        ))
         .await;
     let resp = conclude(
         gw, mount, &approvals, &ticket, call, &caller, out, rec, settled,

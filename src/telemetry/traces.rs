@@ -127,9 +127,9 @@ fn build_provider(cfg: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProvi
         .with_batch_exporter(exporter)
         .with_resource(resource);
     if let Some(ratio) = cfg.sampling_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(ratio),
-        )));
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))));
     }
     Ok(Some(builder.build()))
 }
@@ -161,7 +161,10 @@ pub fn init(level: &str, cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard
                     && meta.target().starts_with("ciba_gate")
             }))
     });
-    tracing_subscriber::registry().with(fmt).with(otel).try_init()?;
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()?;
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         TRACING.store(true, Ordering::Relaxed);
