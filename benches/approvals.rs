@@ -47,11 +47,18 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_ciba-gate");
 const OP_CAPACITY: usize = 10_000;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // --- a timestamping upstream -------------------------------------------------------------
@@ -72,7 +79,9 @@ impl Upstream {
         let seen = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let seen = seen.clone();
                 tokio::spawn(async move {
@@ -80,7 +89,12 @@ impl Upstream {
                         let seen = seen.clone();
                         async move {
                             let arrived = Instant::now();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             if let Some(id) = v.get("id").and_then(Value::as_i64) {
                                 seen.arrivals.lock().unwrap().insert(id, arrived);
@@ -171,7 +185,8 @@ async fn start(o: GwOpts) -> Bench {
                 client_id: "gate".into(),
                 secret: CLIENT_SECRET.into(),
                 delivery: o.delivery,
-                notification_endpoint: (o.delivery != DeliveryMode::Poll).then(|| callback_url.clone()),
+                notification_endpoint: (o.delivery != DeliveryMode::Poll)
+                    .then(|| callback_url.clone()),
             }],
             users: vec![USER.into()],
             interval: Some(5),
@@ -234,7 +249,10 @@ approvals:
     };
     let end = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(gw.addr).await.is_err() {
-        assert!(Instant::now() < end, "the gateway did not start; see its log");
+        assert!(
+            Instant::now() < end,
+            "the gateway did not start; see its log"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let http = reqwest::Client::builder()
@@ -242,7 +260,12 @@ approvals:
         .tcp_nodelay(true)
         .build()
         .unwrap();
-    Bench { op, upstream, gw, http }
+    Bench {
+        op,
+        upstream,
+        gw,
+        http,
+    }
 }
 
 // --- calling ------------------------------------------------------------------------------
@@ -268,7 +291,10 @@ async fn call(http: &reqwest::Client, addr: SocketAddr, body: &Value) -> (Value,
         .send()
         .await
         .expect("calling the gateway");
-    let sse = resp.headers().get("content-type").is_some_and(|v| v == "text/event-stream");
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream");
     let text = resp.text().await.unwrap_or_default();
     let done = Instant::now();
     if !sse {
@@ -285,22 +311,36 @@ async fn call(http: &reqwest::Client, addr: SocketAddr, body: &Value) -> (Value,
 }
 
 fn reason(v: &Value) -> String {
-    v["result"]["_meta"]["ciba-gate/reason"].as_str().unwrap_or_default().to_string()
+    v["result"]["_meta"]["ciba-gate/reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn tool_text(v: &Value) -> String {
-    v["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+    v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Waits until the OP shows at least `n` pending requests.
-async fn op_pending(op: &DevOp, n: usize, timeout: Duration) -> Vec<ciba_gate::devop::op::PendingView> {
+async fn op_pending(
+    op: &DevOp,
+    n: usize,
+    timeout: Duration,
+) -> Vec<ciba_gate::devop::op::PendingView> {
     let end = Instant::now() + timeout;
     loop {
         let p = op.pending();
         if p.len() >= n {
             return p;
         }
-        assert!(Instant::now() < end, "the OP never saw {n} pending request(s) (has {})", p.len());
+        assert!(
+            Instant::now() < end,
+            "the OP never saw {n} pending request(s) (has {})",
+            p.len()
+        );
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
 }
@@ -337,7 +377,10 @@ async fn wait_ready(b: &Bench, hold: bool) {
             return;
         }
         assert!(Instant::now() < end, "the gateway never became ready: {v}");
-        assert!(r == "op_unavailable", "unexpected answer while waiting for the gateway: {v}");
+        assert!(
+            r == "op_unavailable",
+            "unexpected answer while waiting for the gateway: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -347,7 +390,10 @@ async fn wait_ready(b: &Bench, hold: bool) {
 fn proc_status_kb(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start_matches(':').trim().split_whitespace().next()))
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.trim_start_matches(':').trim().split_whitespace().next())
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
@@ -374,7 +420,9 @@ fn cpu_us(pid: &str) -> u64 {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn nofile_soft_limit() -> u64 {
@@ -406,7 +454,11 @@ fn busy_box() -> String {
         .unwrap_or_default();
     let n: u64 = out.trim().parse().unwrap_or(0);
     // This benchmark itself runs under `cargo bench`: one cargo process is ours.
-    if n <= 1 { "yes".into() } else { format!("no ({} rustc/cargo/cc/ld processes)", n) }
+    if n <= 1 {
+        "yes".into()
+    } else {
+        format!("no ({} rustc/cargo/cc/ld processes)", n)
+    }
 }
 
 // --- 1. callback → upstream latency -------------------------------------------------------
@@ -432,7 +484,11 @@ async fn latency(delivery: DeliveryMode, n: usize, warmup: usize) {
         assert_eq!(p.len(), 1, "one call at a time");
         let t0 = Instant::now();
         b.op.decide(&p[0].id, true).await.unwrap();
-        let arrived = b.upstream.arrival(i, Duration::from_secs(10)).await.expect("the call never reached the upstream");
+        let arrived = b
+            .upstream
+            .arrival(i, Duration::from_secs(10))
+            .await
+            .expect("the call never reached the upstream");
         let (v, answered) = task.await.unwrap();
         assert_eq!(tool_text(&v), "done", "call {i}: {v}");
         if i as usize >= warmup {
@@ -501,7 +557,12 @@ async fn memory(held: usize) {
     let mut tasks = Vec::with_capacity(held);
     for i in 0..held {
         let permit = opening.clone().acquire_owned().await.unwrap();
-        let (held_n, done_n, bad, denied_n) = (held_n.clone(), done_n.clone(), bad.clone(), denied_n.clone());
+        let (held_n, done_n, bad, denied_n) = (
+            held_n.clone(),
+            done_n.clone(),
+            bad.clone(),
+            denied_n.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut permit = Some(permit);
             let body = deploy(1_000_000 + i as i64, &format!("mem-{i}"), true).to_string();
@@ -582,7 +643,8 @@ async fn memory(held: usize) {
     let c0 = cpu_us(&pid.to_string());
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_cpu = (cpu_us(&pid.to_string()) - c0) as f64 / w0.elapsed().as_secs_f64() / 1e6 * 100.0;
+    let idle_cpu =
+        (cpu_us(&pid.to_string()) - c0) as f64 / w0.elapsed().as_secs_f64() / 1e6 * 100.0;
     let rss1b = proc_status_kb(pid, "VmRSS");
     let quiet_held = busy_box();
 
@@ -613,16 +675,44 @@ async fn memory(held: usize) {
     let fds2 = fd_count(pid);
     let threads2 = proc_status_kb(pid, "Threads");
     let per_call = (rss1 as f64 - rss0 as f64) * 1024.0 / held as f64;
-    println!("| held calls | {held} (all {} streams 200 text/event-stream; OP pending {held}) |", held_n.load(Ordering::Relaxed));
-    println!("| opening them took | {:.1} s ({:.0} calls/s) |", open_time.as_secs_f64(), held as f64 / open_time.as_secs_f64());
-    println!("| VmRSS before (ready, idle) | {:.1} MB (VmHWM {:.1} MB) |", rss0 as f64 / 1024.0, hwm0 as f64 / 1024.0);
-    println!("| VmRSS with {held} held | {:.1} MB (+5 s: {:.1} MB) |", rss1 as f64 / 1024.0, rss1b as f64 / 1024.0);
-    println!("| VmHWM with {held} held | {:.1} MB |", hwm1 as f64 / 1024.0);
-    println!("| per held call | {:.1} KB ({:.0} bytes) |", per_call / 1024.0, per_call);
+    println!(
+        "| held calls | {held} (all {} streams 200 text/event-stream; OP pending {held}) |",
+        held_n.load(Ordering::Relaxed)
+    );
+    println!(
+        "| opening them took | {:.1} s ({:.0} calls/s) |",
+        open_time.as_secs_f64(),
+        held as f64 / open_time.as_secs_f64()
+    );
+    println!(
+        "| VmRSS before (ready, idle) | {:.1} MB (VmHWM {:.1} MB) |",
+        rss0 as f64 / 1024.0,
+        hwm0 as f64 / 1024.0
+    );
+    println!(
+        "| VmRSS with {held} held | {:.1} MB (+5 s: {:.1} MB) |",
+        rss1 as f64 / 1024.0,
+        rss1b as f64 / 1024.0
+    );
+    println!(
+        "| VmHWM with {held} held | {:.1} MB |",
+        hwm1 as f64 / 1024.0
+    );
+    println!(
+        "| per held call | {:.1} KB ({:.0} bytes) |",
+        per_call / 1024.0,
+        per_call
+    );
     println!("| gateway threads / open fds while holding | {threads} / {fds} |");
     println!("| gateway CPU while only holding (5 s) | {idle_cpu:.1} % of one core |");
-    println!("| deny all + drain | {:.1} s; {done} streams ended, {denied} with approval_denied |", drain_time.as_secs_f64());
-    println!("| after drain (+3 s) | VmRSS {:.1} MB, threads {threads2}, fds {fds2} |", rss2 as f64 / 1024.0);
+    println!(
+        "| deny all + drain | {:.1} s; {done} streams ended, {denied} with approval_denied |",
+        drain_time.as_secs_f64()
+    );
+    println!(
+        "| after drain (+3 s) | VmRSS {:.1} MB, threads {threads2}, fds {fds2} |",
+        rss2 as f64 / 1024.0
+    );
     eprintln!("  [memory] quiet box before/holding: {quiet_before} / {quiet_held}");
 }
 
@@ -649,7 +739,13 @@ async fn rps(secs: u64, conns: usize, round: usize) -> (u64, f64, u64, f64) {
     let stop_at = t0 + Duration::from_secs(secs);
     let mut workers = Vec::new();
     for _ in 0..conns {
-        let (http, addr, next, ok, other) = (b.http.clone(), b.gw.addr, next.clone(), ok.clone(), other.clone());
+        let (http, addr, next, ok, other) = (
+            b.http.clone(),
+            b.gw.addr,
+            next.clone(),
+            ok.clone(),
+            other.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -701,7 +797,10 @@ async fn rps(secs: u64, conns: usize, round: usize) -> (u64, f64, u64, f64) {
 
 fn main() {
     let only = std::env::var("APPROVALS_ONLY").unwrap_or_else(|_| "latency,memory,rps".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         println!("\nciba-gate approvals benchmark; gateway = {GATEWAY} (child process); OP, upstream, clients in this process");
         println!("quiet box at start (no other rustc/cargo/cc/ld): {}\n", busy_box());

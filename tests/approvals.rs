@@ -50,7 +50,9 @@ async fn start_upstream() -> (SocketAddr, Upstream) {
                         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         seen.calls.lock().unwrap().push(v.clone());
                         let answer = match v.get("id") {
-                            Some(id) => json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}}),
+                            Some(id) => {
+                                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}})
+                            }
                             None => json!({"ok": true}),
                         };
                         Ok::<_, Infallible>(
@@ -121,7 +123,11 @@ impl Default for Opts {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn setup(o: Opts) -> Setup {
@@ -135,7 +141,8 @@ async fn setup(o: Opts) -> Setup {
                 client_id: "gate".into(),
                 secret: CLIENT_SECRET.into(),
                 delivery: o.delivery,
-                notification_endpoint: (o.delivery != DeliveryMode::Poll).then(|| callback_url.clone()),
+                notification_endpoint: (o.delivery != DeliveryMode::Poll)
+                    .then(|| callback_url.clone()),
             }],
             users: vec![USER.into()],
             interval: o.interval,
@@ -148,10 +155,9 @@ async fn setup(o: Opts) -> Setup {
     .unwrap();
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::write(dir.join("secret"), CLIENT_SECRET).unwrap();
-    let policies = o
-        .policies
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies")));
+    let policies = o.policies.clone().unwrap_or_else(|| {
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+    });
     let callback = if o.delivery == DeliveryMode::Poll {
         String::new()
     } else {
@@ -200,9 +206,13 @@ approvals:
     let slot = Arc::new(OnceLock::new());
     gw.approvals = Some(slot.clone());
     let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
-    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), store, slot.clone())
-        .await
-        .unwrap();
+    ciba_gate::run::start_approvals(
+        cfg.resolve_approvals().unwrap().unwrap(),
+        store,
+        slot.clone(),
+    )
+    .await
+    .unwrap();
     for _ in 0..200 {
         if slot.get().is_some() {
             break;
@@ -213,7 +223,12 @@ approvals:
     let gateway = Arc::new(gw);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(listener, gateway.clone(), std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(server::serve(
+        listener,
+        gateway.clone(),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
     Setup {
         gw_addr,
         op,
@@ -227,7 +242,8 @@ approvals:
 // --- calling --------------------------------------------------------------------------
 
 fn deploy(id: i64, service: &str, env: &str, progress: bool) -> Value {
-    let mut params = json!({"name": "deploy_service", "arguments": {"service": service, "env": env}});
+    let mut params =
+        json!({"name": "deploy_service", "arguments": {"service": service, "env": env}});
     if progress {
         params["_meta"] = json!({"progressToken": format!("p{id}")});
     }
@@ -257,10 +273,18 @@ async fn call_mcp(addr: SocketAddr, body: Value, headers: &[(&str, &str)]) -> An
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap();
-    let is_sse = headers.get("content-type").is_some_and(|v| v == "text/event-stream");
+    let is_sse = headers
+        .get("content-type")
+        .is_some_and(|v| v == "text/event-stream");
     if !is_sse {
         let result = serde_json::from_str(&text).unwrap_or(Value::Null);
-        return Answer { status, headers, events: vec![], comments: 0, result };
+        return Answer {
+            status,
+            headers,
+            events: vec![],
+            comments: 0,
+            result,
+        };
     }
     let mut events = Vec::new();
     let mut comments = 0;
@@ -272,8 +296,19 @@ async fn call_mcp(addr: SocketAddr, body: Value, headers: &[(&str, &str)]) -> An
             events.push(serde_json::from_str::<Value>(data).unwrap());
         }
     }
-    let result = events.iter().rev().find(|e| e.get("id").is_some()).cloned().unwrap_or(Value::Null);
-    Answer { status, headers, events, comments, result }
+    let result = events
+        .iter()
+        .rev()
+        .find(|e| e.get("id").is_some())
+        .cloned()
+        .unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        events,
+        comments,
+        result,
+    }
 }
 
 /// Waits until the OP shows `n` pending requests and returns them.
@@ -297,7 +332,10 @@ async fn evidence(s: &Setup, at_least: usize) -> Vec<Value> {
     for _ in 0..300 {
         let lines = s.evidence.lock().unwrap().clone();
         if lines.len() >= at_least {
-            return lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+            return lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -305,11 +343,17 @@ async fn evidence(s: &Setup, at_least: usize) -> Vec<Value> {
 }
 
 fn tool_text(result: &Value) -> String {
-    result["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+    result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn reason(result: &Value) -> String {
-    result["result"]["_meta"]["ciba-gate/reason"].as_str().unwrap_or_default().to_string()
+    result["result"]["_meta"]["ciba-gate/reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn assert_no_secrets(s: &Setup) {
@@ -324,20 +368,38 @@ fn assert_no_secrets(s: &Setup) {
 #[tokio::test]
 async fn approved_call_is_held_over_sse_with_progress_then_forwarded_once_poll_mode() {
     let s = setup(Opts::default()).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(1, "payments", "prod", true), &[]));
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(1, "payments", "prod", true),
+        &[],
+    ));
     let p = pending(&s.op, 1).await;
-    assert_eq!(p[0].binding_message.as_deref(), Some("Deploy payments to prod"));
-    assert!(s.upstream.tool_calls().is_empty(), "nothing forwarded before the answer");
+    assert_eq!(
+        p[0].binding_message.as_deref(),
+        Some("Deploy payments to prod")
+    );
+    assert!(
+        s.upstream.tool_calls().is_empty(),
+        "nothing forwarded before the answer"
+    );
     s.op.decide(&p[0].id, true).await.unwrap();
     let a = call.await.unwrap();
     assert_eq!(a.status, 200);
-    assert_eq!(a.headers["x-ciba-gate-binding-message"], "Deploy payments to prod");
+    assert_eq!(
+        a.headers["x-ciba-gate-binding-message"],
+        "Deploy payments to prod"
+    );
     assert_eq!(a.result["id"], 1);
     assert_eq!(tool_text(&a.result), "done");
     let progress = &a.events[0];
     assert_eq!(progress["method"], "notifications/progress");
     assert_eq!(progress["params"]["progressToken"], "p1");
-    assert!(progress["params"]["message"].as_str().unwrap().contains("Deploy payments to prod"));
+    assert!(
+        progress["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Deploy payments to prod")
+    );
     assert_eq!(s.upstream.tool_calls().len(), 1);
 
     let ev = evidence(&s, 1).await;
@@ -354,15 +416,30 @@ async fn approved_call_is_held_over_sse_with_progress_then_forwarded_once_poll_m
     assert_eq!(ap["binding_message"], "Deploy payments to prod");
     assert_eq!(ap["user_decision"], "approved");
     assert_eq!(ap["interval"], 1);
-    assert_eq!(ap["backchannel_endpoint"], format!("{}/backchannel", s.op.issuer()));
-    assert!(ap["approver_subject_hash"].as_str().is_some_and(|h| h.len() == 32));
+    assert_eq!(
+        ap["backchannel_endpoint"],
+        format!("{}/backchannel", s.op.issuer())
+    );
+    assert!(
+        ap["approver_subject_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 32)
+    );
     assert_no_secrets(&s);
 }
 
 #[tokio::test]
 async fn denied_on_the_phone_blocks_the_call_ping_mode() {
-    let s = setup(Opts { delivery: DeliveryMode::Ping, ..Opts::default() }).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(2, "billing", "staging", true), &[]));
+    let s = setup(Opts {
+        delivery: DeliveryMode::Ping,
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(2, "billing", "staging", true),
+        &[],
+    ));
     answer_on_phone(&s.op, false).await;
     let a = call.await.unwrap();
     assert_eq!(a.result["result"]["isError"], true);
@@ -377,19 +454,35 @@ async fn denied_on_the_phone_blocks_the_call_ping_mode() {
 
 #[tokio::test]
 async fn ping_wakes_the_held_call_without_waiting_for_a_poll() {
-    let s = setup(Opts { delivery: DeliveryMode::Ping, interval: Some(30), ..Opts::default() }).await;
+    let s = setup(Opts {
+        delivery: DeliveryMode::Ping,
+        interval: Some(30),
+        ..Opts::default()
+    })
+    .await;
     let call = tokio::spawn(call_mcp(s.gw_addr, deploy(3, "search", "dev", true), &[]));
     answer_on_phone(&s.op, true).await;
     // The OP's interval is 30 s and the fallback poll 60 s: only the ping can be this quick.
-    let a = tokio::time::timeout(Duration::from_secs(5), call).await.expect("ping did not wake the call").unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("ping did not wake the call")
+        .unwrap();
     assert_eq!(tool_text(&a.result), "done");
     assert_eq!(s.upstream.tool_calls().len(), 1);
 }
 
 #[tokio::test]
 async fn push_delivers_a_validated_approval() {
-    let s = setup(Opts { delivery: DeliveryMode::Push, ..Opts::default() }).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(4, "checkout", "prod", true), &[]));
+    let s = setup(Opts {
+        delivery: DeliveryMode::Push,
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(4, "checkout", "prod", true),
+        &[],
+    ));
     answer_on_phone(&s.op, true).await;
     let a = call.await.unwrap();
     assert_eq!(tool_text(&a.result), "done");
@@ -401,7 +494,12 @@ async fn push_delivers_a_validated_approval() {
 
 #[tokio::test]
 async fn slow_down_and_interval_from_the_op_are_respected() {
-    let s = setup(Opts { interval: Some(1), slow_down_polls: 1, ..Opts::default() }).await;
+    let s = setup(Opts {
+        interval: Some(1),
+        slow_down_polls: 1,
+        ..Opts::default()
+    })
+    .await;
     let started = std::time::Instant::now();
     let call = tokio::spawn(call_mcp(s.gw_addr, deploy(5, "payments", "dev", true), &[]));
     // Still pending at the first poll (1 s), which the OP answers with slow_down.
@@ -411,7 +509,11 @@ async fn slow_down_and_interval_from_the_op_are_respected() {
     let a = call.await.unwrap();
     assert_eq!(tool_text(&a.result), "done");
     // The interval grows from 1 s to 6 s: the second poll comes at about 7 s.
-    assert!(started.elapsed() >= Duration::from_secs(6), "slow_down was not honoured: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "slow_down was not honoured: {:?}",
+        started.elapsed()
+    );
     assert!(a.comments >= 1, "SSE keep-alives were sent while holding");
 }
 
@@ -419,11 +521,21 @@ async fn slow_down_and_interval_from_the_op_are_respected() {
 async fn identical_concurrent_calls_share_one_prompt_and_one_forward() {
     let s = setup(Opts::default()).await;
     let calls: Vec<_> = (0..5)
-        .map(|i| tokio::spawn(call_mcp(s.gw_addr, deploy(100 + i, "payments", "prod", true), &[])))
+        .map(|i| {
+            tokio::spawn(call_mcp(
+                s.gw_addr,
+                deploy(100 + i, "payments", "prod", true),
+                &[],
+            ))
+        })
         .collect();
     let p = pending(&s.op, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.op.pending().len(), 1, "one CIBA request for identical calls");
+    assert_eq!(
+        s.op.pending().len(),
+        1,
+        "one CIBA request for identical calls"
+    );
     s.op.decide(&p[0].id, true).await.unwrap();
     let mut ran = 0;
     let mut used = 0;
@@ -439,7 +551,12 @@ async fn identical_concurrent_calls_share_one_prompt_and_one_forward() {
     assert_eq!((ran, used), (1, 4));
     assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
     let ev = evidence(&s, 5).await;
-    assert_eq!(ev.iter().filter(|e| e["approval"]["joined"] == false).count(), 1);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e["approval"]["joined"] == false)
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -458,7 +575,11 @@ async fn an_approval_is_used_once_and_a_later_identical_call_asks_again() {
 
 #[tokio::test]
 async fn parked_mcp_call_answers_pending_and_the_identical_retry_runs_after_approval() {
-    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
+    let s = setup(Opts {
+        mode: "park",
+        ..Opts::default()
+    })
+    .await;
     let first = call_mcp(s.gw_addr, deploy(8, "payments", "prod", false), &[]).await;
     assert_eq!(reason(&first.result), "approval_pending");
     assert_eq!(first.result["result"]["isError"], true);
@@ -485,8 +606,16 @@ async fn parked_mcp_call_answers_pending_and_the_identical_retry_runs_after_appr
 
 #[tokio::test]
 async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
-    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
-    let h = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "deploy_service")];
+    let s = setup(Opts {
+        mode: "park",
+        ..Opts::default()
+    })
+    .await;
+    let h = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "deploy_service"),
+    ];
     let first = call_mcp(s.gw_addr, deploy(20, "billing", "prod", false), &h).await;
     let r = &first.result["result"];
     assert_eq!(r["resultType"], "input_required");
@@ -501,7 +630,10 @@ async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
     let mut other = deploy(22, "billing", "staging", false);
     other["params"]["requestState"] = json!(state.clone());
     let bad = call_mcp(s.gw_addr, other, &h).await;
-    assert_eq!(bad.result["error"]["data"]["reason"], "invalid_request_state");
+    assert_eq!(
+        bad.result["error"]["data"]["reason"],
+        "invalid_request_state"
+    );
     answer_on_phone(&s.op, true).await;
     let mut retry = deploy(23, "billing", "prod", false);
     retry["params"]["requestState"] = json!(state);
@@ -520,13 +652,20 @@ async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
 
 #[tokio::test]
 async fn parked_http_call_gets_202_with_retry_after() {
-    let s = setup(Opts { mode: "park", ..Opts::default() }).await;
+    let s = setup(Opts {
+        mode: "park",
+        ..Opts::default()
+    })
+    .await;
     let url = format!("http://{}/tickets/projects/web/issues/42", s.gw_addr);
     let c = reqwest::Client::new();
     let r = c.delete(&url).send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(r.headers()["retry-after"], "1");
-    assert_eq!(r.headers()["x-ciba-gate-binding-message"], "Delete issue #42 in web");
+    assert_eq!(
+        r.headers()["x-ciba-gate-binding-message"],
+        "Delete issue #42 in web"
+    );
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "approval_pending");
     answer_on_phone(&s.op, true).await;
@@ -550,14 +689,32 @@ async fn policy_rechecks_after_approval_and_can_still_block() {
     let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
     copy_dir(src, &dir);
     let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
-    std::fs::write(dir.join("data.yaml"), data.replace("acr_values: {}", "acr_values:\n    deploy_service: \"urn:example:acr:mfa\"")).unwrap();
-    let s = setup(Opts { policies: Some(dir), ..Opts::default() }).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(30, "payments", "prod", true), &[]));
+    std::fs::write(
+        dir.join("data.yaml"),
+        data.replace(
+            "acr_values: {}",
+            "acr_values:\n    deploy_service: \"urn:example:acr:mfa\"",
+        ),
+    )
+    .unwrap();
+    let s = setup(Opts {
+        policies: Some(dir),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(30, "payments", "prod", true),
+        &[],
+    ));
     answer_on_phone(&s.op, true).await;
     let a = call.await.unwrap();
     assert_eq!(a.result["result"]["isError"], true);
     assert_eq!(a.result["result"]["_meta"]["ciba-gate/decision"], "deny");
-    assert!(s.upstream.tool_calls().is_empty(), "approved but not allowed: not forwarded");
+    assert!(
+        s.upstream.tool_calls().is_empty(),
+        "approved but not allowed: not forwarded"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -575,7 +732,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test]
 async fn an_answer_after_the_deadline_forwards_nothing() {
-    let s = setup(Opts { max_wait: "2s", ..Opts::default() }).await;
+    let s = setup(Opts {
+        max_wait: "2s",
+        ..Opts::default()
+    })
+    .await;
     let a = call_mcp(s.gw_addr, deploy(40, "payments", "prod", true), &[]).await;
     assert_eq!(reason(&a.result), "approval_expired");
     // The user answers late: nothing happens.
@@ -588,7 +749,11 @@ async fn an_answer_after_the_deadline_forwards_nothing() {
 
 #[tokio::test]
 async fn a_binding_message_the_op_cannot_take_is_refused_before_anyone_is_asked() {
-    let s = setup(Opts { profile: "oidc-provider", ..Opts::default() }).await;
+    let s = setup(Opts {
+        profile: "oidc-provider",
+        ..Opts::default()
+    })
+    .await;
     let a = call_mcp(s.gw_addr, deploy(50, "payments", "prod", true), &[]).await;
     assert_eq!(reason(&a.result), "invalid_binding_message");
     assert!(s.op.pending().is_empty());
@@ -602,7 +767,11 @@ async fn throttling_and_denial_cool_down_stop_prompt_spam() {
         ..Opts::default()
     })
     .await;
-    let first = tokio::spawn(call_mcp(s.gw_addr, deploy(60, "payments", "prod", true), &[]));
+    let first = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(60, "payments", "prod", true),
+        &[],
+    ));
     pending(&s.op, 1).await;
     // A different call: over the per-agent limit.
     let second = call_mcp(s.gw_addr, deploy(61, "search", "prod", true), &[]).await;
@@ -617,7 +786,11 @@ async fn throttling_and_denial_cool_down_stop_prompt_spam() {
 #[tokio::test]
 async fn shutdown_while_holding_answers_retry_and_forwards_nothing() {
     let s = setup(Opts::default()).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(70, "payments", "prod", true), &[]));
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(70, "payments", "prod", true),
+        &[],
+    ));
     pending(&s.op, 1).await;
     s.gateway.abandon_holds();
     let a = call.await.unwrap();
@@ -632,13 +805,26 @@ async fn shutdown_while_holding_answers_retry_and_forwards_nothing() {
 
 #[tokio::test]
 async fn forged_unknown_and_late_notifications_are_refused_and_change_nothing() {
-    let s = setup(Opts { delivery: DeliveryMode::Push, ..Opts::default() }).await;
-    let call = tokio::spawn(call_mcp(s.gw_addr, deploy(80, "payments", "prod", true), &[]));
+    let s = setup(Opts {
+        delivery: DeliveryMode::Push,
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(80, "payments", "prod", true),
+        &[],
+    ));
     pending(&s.op, 1).await;
     let callback = s.callback.clone();
     let c = reqwest::Client::new();
     // No token, a wrong token, a forged push with a made-up ID token.
-    let r = c.post(&callback).json(&json!({"auth_req_id": "x"})).send().await.unwrap();
+    let r = c
+        .post(&callback)
+        .json(&json!({"auth_req_id": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
         .post(&callback)
@@ -649,7 +835,11 @@ async fn forged_unknown_and_late_notifications_are_refused_and_change_nothing() 
         .unwrap();
     assert_eq!(r.status(), 401);
     assert!(s.upstream.tool_calls().is_empty());
-    assert_eq!(s.op.pending().len(), 1, "still pending after forged callbacks");
+    assert_eq!(
+        s.op.pending().len(),
+        1,
+        "still pending after forged callbacks"
+    );
     answer_on_phone(&s.op, true).await;
     assert_eq!(tool_text(&call.await.unwrap().result), "done");
     assert_eq!(s.upstream.tool_calls().len(), 1);
@@ -733,9 +923,13 @@ approvals:
     let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
     let slot = Arc::new(OnceLock::new());
     gw.approvals = Some(slot.clone());
-    ciba_gate::run::start_approvals(cfg.resolve_approvals().unwrap().unwrap(), Arc::new(MemoryStore::new()), slot.clone())
-        .await
-        .unwrap();
+    ciba_gate::run::start_approvals(
+        cfg.resolve_approvals().unwrap().unwrap(),
+        Arc::new(MemoryStore::new()),
+        slot.clone(),
+    )
+    .await
+    .unwrap();
     for _ in 0..200 {
         if slot.get().is_some() {
             break;
@@ -744,13 +938,22 @@ approvals:
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(listener, Arc::new(gw), std::future::pending(), Duration::from_secs(1)));
+    tokio::spawn(server::serve(
+        listener,
+        Arc::new(gw),
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
     (addr, upstream, evidence)
 }
 
 #[tokio::test]
 async fn an_op_that_is_unreachable_errs_or_talks_garbage_fails_closed() {
-    for (kind, code) in [("unreachable", "op_unreachable"), ("500", "op_unavailable"), ("garbage", "op_bad_response")] {
+    for (kind, code) in [
+        ("unreachable", "op_unreachable"),
+        ("500", "op_unavailable"),
+        ("garbage", "op_bad_response"),
+    ] {
         let issuer = broken_op(kind).await;
         let (addr, upstream, evidence) = gateway_against(&issuer).await;
         let a = call_mcp(addr, deploy(90, "payments", "prod", true), &[]).await;
@@ -761,7 +964,10 @@ async fn an_op_that_is_unreachable_errs_or_talks_garbage_fails_closed() {
         let ok = call_mcp(addr, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_deployments", "arguments": {}}}), &[]).await;
         assert_eq!(tool_text(&ok.result), "done", "{kind}");
         let lines = evidence.lock().unwrap().clone();
-        assert!(lines.iter().any(|l| l.contains(code)), "{kind}: evidence names the failure");
+        assert!(
+            lines.iter().any(|l| l.contains(code)),
+            "{kind}: evidence names the failure"
+        );
     }
 }
 

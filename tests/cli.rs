@@ -27,7 +27,11 @@ fn example_in_tempdir() -> (tempfile::TempDir, PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["gate.example.com".to_string()]).unwrap();
     std::fs::create_dir_all(dir.path().join("tls")).unwrap();
     std::fs::write(dir.path().join("tls/callback.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("tls/callback.key"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("tls/callback.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
     (dir, cfg)
 }
 
@@ -60,19 +64,32 @@ fn the_commented_example_config_is_valid() {
     assert_eq!(loaded.config.upstreams.len(), 2);
     assert_eq!(loaded.config.upstreams[1].routes.len(), 2);
     assert!(loaded.config.approvals.is_some());
-    assert!(stdout.contains("sample binding message(s) fit the auth0 profile"), "{stdout}");
+    assert!(
+        stdout.contains("sample binding message(s) fit the auth0 profile"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_finds_binding_messages_the_op_would_refuse() {
     let (dir, cfg) = example_in_tempdir();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("binding_message_profile: auth0", "binding_message_profile: {max_chars: 8}")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "binding_message_profile: auth0",
+            "binding_message_profile: {max_chars: 8}",
+        ),
+    )
+    .unwrap();
     let out = check_example(&cfg, &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("approvals.binding_message_profile"), "{err}");
-    assert!(err.contains("approvals.sample.json"), "names the sample file: {err}");
+    assert!(
+        err.contains("approvals.sample.json"),
+        "names the sample file: {err}"
+    );
     drop(dir);
 }
 
@@ -81,7 +98,14 @@ fn check_fetches_the_op_discovery_unless_offline() {
     let (_dir, cfg) = example_in_tempdir();
     let text = std::fs::read_to_string(&cfg).unwrap();
     // Nothing listens there: discovery must fail, naming the key.
-    std::fs::write(&cfg, text.replace("issuer: https://login.example.com/", "issuer: https://127.0.0.1:1/")).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "issuer: https://login.example.com/",
+            "issuer: https://127.0.0.1:1/",
+        ),
+    )
+    .unwrap();
     let out = bin()
         .args(["check", "--config"])
         .arg(&cfg)
@@ -297,4 +321,48 @@ fn every_subcommand_has_help() {
             "{args:?}"
         );
     }
+}
+
+/// The in-cluster config shipped in deploy/ (and so the chart's shape) passes `check`
+/// once its mounted paths point at local files.
+#[test]
+fn the_kubernetes_config_in_deploy_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(repo("deploy/configmap-config.yaml")).unwrap();
+    let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&manifest).unwrap();
+    let text = cm["data"]["config.yaml"].as_str().unwrap().to_string();
+    let root = dir.path().display().to_string();
+    let text = text
+        .replace(
+            "/etc/ciba-gate/policies",
+            &repo("policies").display().to_string(),
+        )
+        .replace("/etc/ciba-gate/", &format!("{root}/"))
+        .replace("/var/run/secrets/ciba-gate/", &format!("{root}/"));
+    std::fs::write(dir.path().join("tickets-api-key"), "k\n").unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["gate".to_string()]).unwrap();
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    std::fs::write(dir.path().join("tls/tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("tls/tls.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin()
+        .args(["check", "--offline", "--config"])
+        .arg(&cfg)
+        .env("TOOLS_API_TOKEN", "t")
+        .env("CIBA_CLIENT_SECRET", "s")
+        .env("CIBA_LOGIN_HINT", "alice@example.com")
+        .env("CIBA_GATE_STATE_KEY", "k")
+        .env("REDIS_URL", "redis://127.0.0.1:1/0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

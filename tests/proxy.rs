@@ -476,7 +476,10 @@ async fn tools_list_hides_denied_and_unknown_tools_in_json_answers() {
     );
     let ev = evidence_lines(&gw, 1).await;
     assert_eq!(ev[0]["mcp_method"], "tools/list");
-    assert_eq!(ev[0]["hidden_tools"], 2, "delete_repository and mystery_tool");
+    assert_eq!(
+        ev[0]["hidden_tools"], 2,
+        "delete_repository and mystery_tool"
+    );
     assert_eq!(ev[0]["http_method"], "POST");
 }
 

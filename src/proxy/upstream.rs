@@ -261,7 +261,8 @@ mod tests {
                 .unwrap(),
         );
         clean_request_headers(&mut h, false);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(left, vec!["mcp-session-id", "traceparent"]);
     }
 }
