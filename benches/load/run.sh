@@ -3,7 +3,8 @@
 # in one run against
 #   (a) the demo MCP tool server directly,
 #   (b) nginx as a plain reverse proxy (HTTP/1.1 keepalive pool to the upstream),
-#   (c) ciba-gate (full JSON-RPC parsing + a Rego decision + an evidence record per call).
+#   (c) ciba-gate (full JSON-RPC parsing + a Rego decision + an evidence record per call),
+#   (d) ciba-gate with the Redis approval store (the allow path must not touch it).
 #
 # Usage: benches/load/run.sh          (from anywhere; needs cargo, wrk, nginx, curl)
 # Knobs (environment):
@@ -40,7 +41,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in cargo wrk nginx curl ss timeout; do
+for tool in cargo wrk nginx curl ss timeout redis-server; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nginx-light curl)"
 done
 
@@ -175,21 +176,46 @@ nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TM
 NGX_PID=$!; PIDS+=("$NGX_PID")
 wait_up nginx "http://127.0.0.1:$PORT_NGINX/mcp"
 
-cat >"$TMP/gateway.yaml" <<YAML
-listen: "127.0.0.1:$PORT_GATEWAY"
+# Both gateways have approvals configured (against a development OP) so that the
+# store is real; the allowed calls measured here must not touch it. One uses the
+# in-memory store, the other Redis (a redis-server started for this run).
+PORT_OP=${PORT_OP:-19183}
+PORT_GATEWAY_REDIS=${PORT_GATEWAY_REDIS:-19184}
+PORT_REDIS=${PORT_REDIS:-19185}
+"$BIN" dev-op --listen "127.0.0.1:$PORT_OP" --client "gate:bench-secret:poll" --user demo@example.com >"$TMP/op.log" 2>&1 &
+PIDS+=("$!")
+redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --save "" --appendonly no >"$TMP/redis.log" 2>&1 &
+REDIS_PID=$!; PIDS+=("$REDIS_PID")
+echo bench-secret >"$TMP/op-secret"
+gateway_config() { # port store evidence-file admin-port
+    cat <<YAML
+listen: "127.0.0.1:$1"
 agent: {id: bench-agent, namespace: agents}
 policy: {dir: $ROOT/policies, reload_interval: 0s}
-evidence: {sink: file, path: $TMP/evidence.jsonl}
+evidence: {sink: file, path: $3}
+admin: {listen: "127.0.0.1:$4"}
+store: $2
 upstreams:
   - name: tools
     kind: mcp
     mount: /mcp
     url: http://127.0.0.1:$PORT_UPSTREAM/mcp
+approvals:
+  op: {issuer: "http://127.0.0.1:$PORT_OP", client_id: gate, delivery: poll, allow_insecure_http: true,
+       client_auth: {method: client_secret_basic, secret: {file: $TMP/op-secret}}}
+  user: {value: demo@example.com}
+  binding_message_profile: ciba-gate-dev
 YAML
-log "starting ciba-gate on 127.0.0.1:$PORT_GATEWAY"
+}
+gateway_config "$PORT_GATEWAY" "{kind: memory}" "$TMP/evidence.jsonl" 19186 >"$TMP/gateway.yaml"
+gateway_config "$PORT_GATEWAY_REDIS" "{kind: redis, url: \"redis://127.0.0.1:$PORT_REDIS/0\"}" "$TMP/evidence-redis.jsonl" 19187 >"$TMP/gateway-redis.yaml"
+log "starting ciba-gate on 127.0.0.1:$PORT_GATEWAY (memory store) and :$PORT_GATEWAY_REDIS (Redis store)"
 "$BIN" serve --config "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 &
 GW_PID=$!; PIDS+=("$GW_PID")
+"$BIN" serve --config "$TMP/gateway-redis.yaml" >"$TMP/gateway-redis.log" 2>&1 &
+GWR_PID=$!; PIDS+=("$GWR_PID")
 wait_up ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp"
+wait_up ciba-gate-redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp"
 
 # The gateway really decides: a destructive tool is blocked, the allowed one is not.
 DENIED=$(probe "http://127.0.0.1:$PORT_GATEWAY/mcp" \
@@ -223,7 +249,9 @@ run_one() { # name url proxy_pid
     sleep 1
     local up0 px0 up1 px1 ev0 ev1 quiet0=yes
     if pgrep -x 'cargo|rustc' >/dev/null; then quiet0=no; fi
-    ev0=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
+    local evf="$TMP/evidence.jsonl"
+    if [ "$name" = ciba-gate+redis ]; then evf="$TMP/evidence-redis.jsonl"; fi
+    ev0=$( [ -f "$evf" ] && wc -l <"$evf" || echo 0)
     up0=$(cpu_ticks "$UP_PID"); px0=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
     log "$name: $DURATION, -t$THREADS -c$CONNS"
     timeout $((DUR_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$LUA" "$url" | tee "$out" >&2
@@ -231,7 +259,7 @@ run_one() { # name url proxy_pid
     local quiet=yes
     if [ "$quiet0" != yes ] || pgrep -x 'cargo|rustc' >/dev/null; then quiet=no; fi
     sleep 1
-    ev1=$( [ -f "$TMP/evidence.jsonl" ] && wc -l <"$TMP/evidence.jsonl" || echo 0)
+    ev1=$( [ -f "$evf" ] && wc -l <"$evf" || echo 0)
     local line; line=$(grep '^WRK_RESULT' "$out") || die "no WRK_RESULT in $out"
     # shellcheck disable=SC2086
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$line" "$((up1 - up0))" "$((px1 - px0))" "$((ev1 - ev0))" "$4" "$quiet" >>"$RESULTS"
@@ -242,6 +270,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run_one direct "http://127.0.0.1:$PORT_UPSTREAM/mcp" "" "$round"
     run_one nginx "http://127.0.0.1:$PORT_NGINX/mcp" "$NGX_PID" "$round"
     run_one ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp" "$GW_PID" "$round"
+    run_one ciba-gate+redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp" "$GWR_PID" "$round"
 done
 
 # --- report --------------------------------------------------------------------------
@@ -257,7 +286,7 @@ while IFS=$'\t' read -r name line up_t px_t ev round quiet; do
     errs=$(( $(field "$line" non2xx) + $(field "$line" bad_body) + $(field "$line" sock_err) ))
     px="-"; evs="-"
     if [ "$name" != direct ]; then px=$(awk -v t="$px_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}'); fi
-    if [ "$name" = ciba-gate ]; then evs=$ev; fi
+    case $name in ciba-gate*) evs=$ev ;; esac
     upc=$(awk -v t="$up_t" -v r="$req" -v k="$TCK" 'BEGIN{printf "%.1f", t*1e6/k/r}')
     awk -v ro="$round" -v n="$name" -v rps="$rps" -v a="$p50" -v b="$p90" -v c="$p99" -v d="$max" -v e="$errs" -v px="$px" -v up="$upc" -v ev="$evs" -v q="$quiet" \
         'BEGIN{printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %s | %s | %s | %s |\n", ro, n, rps, a/1000, b/1000, c/1000, d/1000, e, px, up, ev, q}'

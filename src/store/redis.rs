@@ -4,7 +4,8 @@
 //!
 //! Keys (`P` is the configured prefix; `{fp}` is a hash tag, so one approval's keys share
 //! a cluster slot and its Lua scripts may touch them together):
-//! - `P ap:{fp}`        hash: the record (`s` status, `b` JSON of the fixed fields, `c`
+//! - `P ap:{fp}`        hash: the record (`s` status, `m` binding message, `ac` action,
+//!   `u` user key, `c`
 //!   created ms, `d` deadline ms, `g` grace ms, `n` notification-token hash, `a`
 //!   auth_req_id, `e` expires_in, `i` interval, `ap` approver JSON, `f` failure).
 //!   Expires at deadline + grace; a final "no" only lives for the grace period.
@@ -30,7 +31,6 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisFuture, Script};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell};
 
@@ -167,11 +167,13 @@ end
 
 fn scripts() -> Scripts {
     Scripts {
-        // KEYS: record. ARGV: body, created, deadline, grace, expire-at ms, token hash.
+        // KEYS: record. ARGV: binding message, created, deadline, grace, expire-at ms,
+        // token hash, action, user key. Short fields keep the hash in Redis's compact
+        // (listpack) encoding: well under 1 KiB per pending approval.
         create: Script::new(
             r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 's', 'pending', 'b', ARGV[1], 'c', ARGV[2], 'd', ARGV[3], 'g', ARGV[4])
+redis.call('HSET', KEYS[1], 's', 'pending', 'm', ARGV[1], 'ac', ARGV[7], 'u', ARGV[8], 'c', ARGV[2], 'd', ARGV[3], 'g', ARGV[4])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'n', ARGV[6]) end
 redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 return false
@@ -277,14 +279,6 @@ return 0
 "#,
         ),
     }
-}
-
-/// The fixed part of a record, stored as one JSON field.
-#[derive(Serialize, Deserialize)]
-struct Body {
-    m: String,
-    ac: String,
-    u: String,
 }
 
 pub struct RedisStore {
@@ -595,9 +589,11 @@ fn decode_map(fp: &str, mut m: HashMap<String, String>) -> Result<ApprovalRecord
             .transpose()
     };
     let status = parse_status(m.get("s").ok_or_else(|| corrupt("record without status"))?)?;
-    let body: Body =
-        serde_json::from_str(m.get("b").ok_or_else(|| corrupt("record without body"))?)
-            .map_err(|e| corrupt(format!("record body: {e}")))?;
+    let mut text = |k: &str| {
+        m.remove(k)
+            .ok_or_else(|| corrupt(format!("record without field {k}")))
+    };
+    let (binding_message, action, user_key) = (text("m")?, text("ac")?, text("u")?);
     let approver: Option<Approver> = m
         .get("ap")
         .map(|v| serde_json::from_str(v).map_err(|e| corrupt(format!("approver: {e}"))))
@@ -607,9 +603,9 @@ fn decode_map(fp: &str, mut m: HashMap<String, String>) -> Result<ApprovalRecord
         status,
         auth_req_id: m.remove("a"),
         notification_token_hash: m.remove("n").filter(|s| !s.is_empty()),
-        binding_message: body.m,
-        action: body.ac,
-        user_key: body.u,
+        binding_message,
+        action,
+        user_key,
         created_at_ms: num(&m, "c")?.ok_or_else(|| corrupt("record without created time"))?,
         deadline_ms: num(&m, "d")?.ok_or_else(|| corrupt("record without deadline"))?,
         expires_in: num(&m, "e")?,
@@ -626,12 +622,6 @@ impl ApprovalStore for RedisStore {
         record: ApprovalRecord,
         grace: Duration,
     ) -> Result<Joined, StoreError> {
-        let body = serde_json::to_string(&Body {
-            m: record.binding_message.clone(),
-            ac: record.action.clone(),
-            u: record.user_key.clone(),
-        })
-        .map_err(corrupt)?;
         let grace_ms = grace.as_millis() as u64;
         let expire_at = record.deadline_ms + grace_ms;
         let token_hash = record.notification_token_hash.clone().unwrap_or_default();
@@ -641,12 +631,14 @@ impl ApprovalStore for RedisStore {
                 self.scripts
                     .create
                     .key(self.rec_key(&record.fingerprint))
-                    .arg(body)
+                    .arg(&record.binding_message)
                     .arg(record.created_at_ms)
                     .arg(record.deadline_ms)
                     .arg(grace_ms)
                     .arg(expire_at)
                     .arg(&token_hash)
+                    .arg(&record.action)
+                    .arg(&record.user_key)
                     .invoke_async(&mut c),
             )
             .await?;
