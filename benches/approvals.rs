@@ -385,6 +385,17 @@ async fn wait_ready(b: &Bench, hold: bool) {
     }
 }
 
+/// Waits for the gateway's "OpenID Provider metadata loaded" log line without sending
+/// a call (every call would take one of the OP's 10,000 request slots).
+async fn wait_discovered(b: &Bench) {
+    let end = Instant::now() + Duration::from_secs(20);
+    let log = b.gw.dir.join("gateway.log");
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("OpenID Provider metadata loaded") {
+        assert!(Instant::now() < end, "the gateway never loaded the OP metadata; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // --- /proc --------------------------------------------------------------------------------
 
 fn proc_status_kb(pid: u32, key: &str) -> u64 {
@@ -540,7 +551,8 @@ async fn memory(held: usize) {
         extra: "  max_wait: 5m\n",
     })
     .await;
-    wait_ready(&b, true).await;
+    // No warm-up call: the OP has room for exactly 10,000 requests.
+    wait_discovered(&b).await;
     let pid = b.gw.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss0 = proc_status_kb(pid, "VmRSS");
