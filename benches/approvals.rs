@@ -390,8 +390,15 @@ async fn wait_ready(b: &Bench, hold: bool) {
 async fn wait_discovered(b: &Bench) {
     let end = Instant::now() + Duration::from_secs(20);
     let log = b.gw.dir.join("gateway.log");
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("OpenID Provider metadata loaded") {
-        assert!(Instant::now() < end, "the gateway never loaded the OP metadata; see {}", log.display());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("OpenID Provider metadata loaded")
+    {
+        assert!(
+            Instant::now() < end,
+            "the gateway never loaded the OP metadata; see {}",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -72,11 +72,15 @@ pub async fn drive(
 ) {
     let _guard = DriverGuard(&approvals, &fingerprint);
     let _pending = crate::telemetry::metrics::PendingApproval::start(created_at_ms);
-    let ack = match approvals
-        .ciba
-        .authenticate(&request)
-        .instrument(child_span!("ciba.backchannel_authentication"))
-        .await
+    // The OP exchanges are boxed so that a waiting driver task stays small (10,000
+    // held calls each keep one).
+    let ack = match Box::pin(
+        approvals
+            .ciba
+            .authenticate(&request)
+            .instrument(child_span!("ciba.backchannel_authentication")),
+    )
+    .await
     {
         Ok(a) => a,
         Err(e) => {
@@ -225,7 +229,7 @@ async fn wait_for_answer(
                 continue;
             }
         }
-        match token_step(approvals, auth_req_id, &mut poller).await {
+        match Box::pin(token_step(approvals, auth_req_id, &mut poller)).await {
             Step::Resolved(resolution) => {
                 finish(approvals, &fingerprint, resolution).await;
                 return;

@@ -438,10 +438,11 @@ impl Approvals {
                 let span = crate::telemetry::traces::detached_child(
                     crate::traced_span!(parent: None, "approval.ciba"),
                 );
-                tokio::spawn(tracing::Instrument::instrument(
+                let fut = tracing::Instrument::instrument(
                     async move { driver::drive(this, fp, request, created_at).await },
                     span,
-                ));
+                );
+                tokio::spawn(fut);
                 Ok(Ticket {
                     deadline_ms: provisional_deadline,
                     fingerprint,

@@ -481,7 +481,7 @@ fn hold_over_sse(
     let binding = ticket.params.binding_message.clone();
     // The held call stays in the request's trace (its span ends with the answer).
     let span = tracing::Span::current();
-    tokio::spawn(async move {
+    let hold_fut = async move {
         let Some(mount) = gw.mounts.get(mount_at) else {
             return;
         };
@@ -533,9 +533,11 @@ fn hold_over_sse(
                 }
             }
         };
-        match conclude(
+        // Boxed: a held call's task stays small while it waits; the forwarding state
+        // is allocated only once the answer is in.
+        match Box::pin(conclude(
             &gw, mount, &approvals, &ticket, call, &caller, out, rec, settled,
-        )
+        ))
         .await
         {
             Concluded::Answer(resp, _) => {
@@ -589,7 +591,8 @@ fn hold_over_sse(
                 }
             }
         }
-    }.instrument(span));
+    }.instrument(span);
+    tokio::spawn(hold_fut);
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());

@@ -47,7 +47,12 @@ pub async fn serve(
                 let gw = gateway.clone();
                 let svc = service_fn(move |req| {
                     let gw = gw.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
+                    // Boxed per request: hyper keeps room for one in-flight service
+                    // future per connection for the connection's whole life, so an
+                    // unboxed (large) future would cost every idle or held connection.
+                    let call: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                        Box::pin(async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) });
+                    call
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
