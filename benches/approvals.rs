@@ -410,7 +410,7 @@ fn proc_status_kb(pid: u32, key: &str) -> u64 {
     s.lines()
         .find_map(|l| {
             l.strip_prefix(key)
-                .and_then(|r| r.trim_start_matches(':').trim().split_whitespace().next())
+                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
         })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)

@@ -67,24 +67,8 @@ const MAX_BODY: usize = 64 * 1024;
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_NOTIFICATION_TOKEN_LEN: usize = 1024;
 
-/// How a client receives its result (CIBA §5). `serde`: `"poll" | "ping" | "push"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryMode {
-    Poll,
-    Ping,
-    Push,
-}
-
-impl DeliveryMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryMode::Poll => "poll",
-            DeliveryMode::Ping => "ping",
-            DeliveryMode::Push => "push",
-        }
-    }
-}
+/// How a client receives its result (CIBA §5): the same type the client side uses.
+pub use crate::ciba::DeliveryMode;
 
 /// A registered client. Every client may use `client_secret_basic` or `client_secret_post`.
 #[derive(Clone)]

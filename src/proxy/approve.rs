@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Map, Value, json};
@@ -209,11 +209,15 @@ pub async fn run(
     .await;
     match resp {
         Concluded::Answer(r, state) => with_headers(r, &binding, state),
-        Concluded::Forwarded(r) => with_headers(
-            r.map(|b| b.map_err(Into::into).boxed_unsync()),
-            &binding,
-            "approved",
-        ),
+        Concluded::Forwarded(r) => {
+            let (mut parts, body) = r.into_parts();
+            super::upstream::clean_response_headers(&mut parts.headers);
+            with_headers(
+                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()),
+                &binding,
+                "approved",
+            )
+        }
     }
 }
 
@@ -366,17 +370,16 @@ async fn send(
     mount: &Mount,
     out: Outbound,
 ) -> Result<Response<hyper::body::Incoming>, super::upstream::UpstreamError> {
-    let uri = mount
+    mount
         .upstream
-        .target(&out.uri_rest, out.query.as_deref())
-        .map_err(|e| super::upstream::UpstreamError::Protocol(e.to_string()))?;
-    let mut req = Request::builder()
-        .method(out.method)
-        .uri(uri)
-        .body(answer::full(out.body))
-        .map_err(|e| super::upstream::UpstreamError::Protocol(e.to_string()))?;
-    *req.headers_mut() = out.headers;
-    mount.upstream.send(req).await
+        .forward(
+            out.method,
+            &out.uri_rest,
+            out.query.as_deref(),
+            out.headers,
+            answer::full(out.body),
+        )
+        .await
 }
 
 /// "Pending" in the caller's shape, with retry advice.

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::mcp_handler::read_body;
-use super::upstream::remove_hop_by_hop;
+use super::upstream::clean_response_headers;
 use super::{
     BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, mcp, routes,
 };
@@ -223,28 +223,21 @@ pub async fn handle(
     }
     rec.get_mut().reason = "allowed".into();
 
-    let uri = match mount.upstream.target(rest, parts.uri.query()) {
-        Ok(u) => u,
-        Err(e) => {
-            return answer::http_error(StatusCode::BAD_GATEWAY, "upstream_error", &e.to_string());
-        }
-    };
     let body: BoxBody = match (held_body, stream_body) {
         (Some(b), _) => answer::full(b),
         (None, Some(s)) => s,
         (None, None) => answer::empty(),
     };
-    let mut out = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(body)
-        .unwrap_or_default();
-    *out.headers_mut() = parts.headers;
-    match mount.upstream.send(out).await {
+    let query = parts.uri.query().map(str::to_string);
+    let sent = mount
+        .upstream
+        .forward(parts.method, rest, query.as_deref(), parts.headers, body)
+        .await;
+    match sent {
         Ok(resp) => {
             rec.finish("forwarded", Some(resp.status().as_u16()));
             let (mut rparts, rbody) = resp.into_parts();
-            remove_hop_by_hop(&mut rparts.headers);
+            clean_response_headers(&mut rparts.headers);
             Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync())
         }
         Err(e) => {

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::mcp::{self, Body, Message, MessageKind, codes};
-use super::upstream::{GATEWAY_HEADER_PREFIX, UpstreamError, remove_hop_by_hop};
+use super::upstream::{UpstreamError, clean_response_headers};
 use super::{BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name};
 use crate::audit::PendingRecord;
 use crate::fingerprint;
@@ -509,26 +509,16 @@ async fn forward(
     batch: bool,
     revision: Option<String>,
 ) -> Response<BoxBody> {
-    let uri = match mount.upstream.target("", parts.uri.query()) {
-        Ok(u) => u,
-        Err(e) => {
-            return answer::jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                Value::Null,
-                codes::UPSTREAM_UNAVAILABLE,
-                "upstream_error",
-                &e.to_string(),
-            );
-        }
-    };
-    let mut req = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(answer::full(body.clone()))
-        .unwrap_or_default();
-    *req.headers_mut() = parts.headers;
-    *req.version_mut() = http::Version::HTTP_11;
-    let resp = mount.upstream.send(req).await;
+    let resp = mount
+        .upstream
+        .forward(
+            parts.method,
+            "",
+            parts.uri.query(),
+            parts.headers,
+            answer::full(body.clone()),
+        )
+        .await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => return upstream_failed(e, records, answers, batch, &body),
@@ -739,18 +729,6 @@ impl Drop for FinishOnDrop {
     }
 }
 
-fn clean_response_headers(h: &mut HeaderMap) {
-    remove_hop_by_hop(h);
-    let spoofed: Vec<_> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with(GATEWAY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for k in spoofed {
-        h.remove(k);
-    }
-}
-
 /// GET (the server's SSE stream) and DELETE (end of a session): no JSON-RPC body, but
 /// still put to policy; the answer streams through.
 async fn stream_or_session(
@@ -783,25 +761,18 @@ async fn stream_or_session(
         );
     }
     rec.get_mut().reason = "allowed".into();
-    let uri = match mount.upstream.target("", parts.uri.query()) {
-        Ok(u) => u,
-        Err(e) => {
-            return answer::jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                Value::Null,
-                codes::UPSTREAM_UNAVAILABLE,
-                "upstream_error",
-                &e.to_string(),
-            );
-        }
-    };
-    let mut req = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .body(body.map_err(Into::into).boxed_unsync())
-        .unwrap_or_default();
-    *req.headers_mut() = parts.headers;
-    match mount.upstream.send(req).await {
+    let query = parts.uri.query().map(str::to_string);
+    let sent = mount
+        .upstream
+        .forward(
+            parts.method,
+            "",
+            query.as_deref(),
+            parts.headers,
+            body.map_err(Into::into).boxed_unsync(),
+        )
+        .await;
+    match sent {
         Ok(resp) => {
             rec.finish("forwarded", Some(resp.status().as_u16()));
             let (mut rparts, rbody) = resp.into_parts();

@@ -127,6 +127,28 @@ impl Upstream {
             .build()
     }
 
+    /// Builds the upstream request for a path below the mount and sends it.
+    pub async fn forward(
+        &self,
+        method: http::Method,
+        rest: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+        body: BoxBody,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = self
+            .target(rest, query)
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        *req.headers_mut() = headers;
+        *req.version_mut() = http::Version::HTTP_11;
+        self.send(req).await
+    }
+
     /// Sends the request with clean headers and the upstream's credential.
     pub async fn send(
         &self,
@@ -232,6 +254,20 @@ pub fn clean_request_headers(h: &mut HeaderMap, forward_agent_authorization: boo
     h.remove(header::HOST);
     // The body may be re-framed by the gateway; hyper recomputes the length.
     h.remove(header::CONTENT_LENGTH);
+}
+
+/// What the agent must not receive from a tool server: hop-by-hop headers and headers
+/// that would claim a gateway decision.
+pub fn clean_response_headers(h: &mut HeaderMap) {
+    remove_hop_by_hop(h);
+    let spoofed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(GATEWAY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for k in spoofed {
+        h.remove(k);
+    }
 }
 
 /// Sets the body's length header when the gateway sends a body it holds in full.
