@@ -11,7 +11,7 @@ use ciba_gate::store::redis::{RedisSettings, RedisStore};
 use ciba_gate::store::{
     ApprovalRecord, ApprovalStore, Approver, Joined, Resolution, Status, StoreError, now_ms,
 };
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
 
 /// A store under test and (for the shared ones) a second handle on the same data
 /// through another connection, as another replica would see it.
@@ -19,6 +19,7 @@ struct Subject {
     a: Arc<dyn ApprovalStore>,
     b: Arc<dyn ApprovalStore>,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 fn memory() -> Subject {
@@ -27,6 +28,7 @@ fn memory() -> Subject {
         a: s.clone(),
         b: s,
         _redis: None,
+        _cluster: None,
     }
 }
 
@@ -48,6 +50,26 @@ fn redis() -> Subject {
         a,
         b,
         _redis: Some(server),
+        _cluster: None,
+    }
+}
+
+fn redis_cluster() -> Subject {
+    let cluster = RedisCluster::start();
+    let settings = || RedisSettings {
+        url: cluster.url(),
+        cluster: true,
+        key_prefix: "test:".into(),
+        connect_timeout: Duration::from_millis(2000),
+        response_timeout: Duration::from_millis(2000),
+    };
+    let a = RedisStore::connect(settings()).unwrap();
+    let b = RedisStore::connect(settings()).unwrap();
+    Subject {
+        a,
+        b,
+        _redis: None,
+        _cluster: Some(cluster),
     }
 }
 
@@ -428,16 +450,6 @@ async fn unacknowledged_records_become_request_lost(s: Subject) {
     assert!(!s.a.fail_unacknowledged("fp-acked", now_ms()).await.unwrap());
 }
 
-async fn pending_count_counts_pending(s: Subject) {
-    for i in 0..3 {
-        s.a.create_or_join(record(&format!("fp-pc{i}"), MINUTE), GRACE)
-            .await
-            .unwrap();
-    }
-    assert!(s.a.resolve("fp-pc0", Resolution::Expired).await.unwrap());
-    assert_eq!(s.b.pending_count().await.unwrap(), 2);
-}
-
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -454,6 +466,13 @@ macro_rules! contract {
                 async fn $name() { super::$name(redis()).await }
             )*
         }
+        mod redis_cluster_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() { super::$name(redis_cluster()).await }
+            )*
+        }
     };
 }
 
@@ -467,7 +486,6 @@ contract!(
     wait_change_wakes_on_another_connections_change,
     poll_lease_has_one_holder,
     unacknowledged_records_become_request_lost,
-    pending_count_counts_pending,
 );
 
 // --- Redis only ------------------------------------------------------------------------

@@ -248,15 +248,6 @@ impl ApprovalStore for MemoryStore {
             .is_some_and(|until| *until > now_ms()))
     }
 
-    async fn pending_count(&self) -> Result<usize, StoreError> {
-        let g = self.lock()?;
-        let now = now_ms();
-        Ok(g.records
-            .values()
-            .filter(|(r, e)| *e > now && r.status == Status::Pending)
-            .count())
-    }
-
     async fn acquire_lease(
         &self,
         fingerprint: &str,

@@ -156,9 +156,6 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// True while a recent denial for `user_key` is remembered.
     async fn recently_denied(&self, user_key: &str) -> Result<bool, StoreError>;
 
-    /// Number of pending records (gauge).
-    async fn pending_count(&self) -> Result<usize, StoreError>;
-
     /// Takes or renews the poll lease of a record: true if `owner` now holds it for
     /// `ttl` (it was free, expired, or already `owner`'s). At most one replica polls the
     /// OP for a given request; when the holder dies the lease runs out and another

@@ -863,48 +863,6 @@ impl ApprovalStore for RedisStore {
         .await
     }
 
-    async fn pending_count(&self) -> Result<usize, StoreError> {
-        let mut c = self.conn().await?;
-        if matches!(c, Conn::Cluster(_)) {
-            return Err(StoreError::Unavailable(
-                "pending_count is not supported on Redis Cluster".into(),
-            ));
-        }
-        // A gauge: SCAN the record keys (pattern ends at the hash tag, so leases and
-        // markers do not match) and count the pending ones.
-        let pattern = format!("{}ap:{{*}}", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut count = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let mut p = redis::pipe();
-                for k in &keys {
-                    p.cmd("HGET").arg(k).arg("s");
-                }
-                let states: Vec<Option<String>> = self.run(p.query_async(&mut c)).await?;
-                count += states
-                    .iter()
-                    .filter(|s| s.as_deref() == Some("pending"))
-                    .count();
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(count);
-            }
-        }
-    }
-
     async fn acquire_lease(
         &self,
         fingerprint: &str,

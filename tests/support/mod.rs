@@ -426,3 +426,92 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A three-master Redis Cluster on free loopback ports (no replicas), for the cluster
+/// flavour of the store contract.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    _guards: Vec<ChildGuard>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "ciba-gate-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create redis cluster dir");
+        let mut ports = Vec::new();
+        let mut guards = Vec::new();
+        while ports.len() < 3 {
+            let port = free_port();
+            // A cluster node also listens on port + 10000 (the cluster bus).
+            if port == 6379 || port > 55000 || ports.contains(&port) {
+                continue;
+            }
+            let mut cmd = Command::new("redis-server");
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+                "--dir",
+                &dir.display().to_string(),
+            ]);
+            let mut g = ChildGuard::spawn(&format!("redis-cluster-{port}"), cmd, &dir, false);
+            wait_for_port(port, Duration::from_secs(10), Some(&mut g));
+            ports.push(port);
+            guards.push(g);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian package `redis-tools`) must be on PATH");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = ports.iter().all(|p| {
+                Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Redis cluster never reached cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster {
+            ports,
+            _guards: guards,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.ports[0])
+    }
+}
