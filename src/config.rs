@@ -177,6 +177,9 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// For `rediss://`: a PEM file of the CA to trust instead of the system store.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -197,6 +200,7 @@ impl Default for StoreConfig {
             key_prefix: default_key_prefix(),
             connect_timeout: default_store_timeout(),
             response_timeout: default_store_timeout(),
+            tls_ca_file: None,
         }
     }
 }
@@ -594,12 +598,29 @@ impl LoadedConfig {
             }
             (None, None) => return Err(self.err("store", "give url or url_env")),
         };
+        let tls_ca_pem = match &st.tls_ca_file {
+            Some(f) => {
+                let path = self
+                    .file
+                    .parent()
+                    .map(|d| d.join(f))
+                    .unwrap_or_else(|| f.clone());
+                Some(std::fs::read(&path).map_err(|e| {
+                    self.err(
+                        "store.tls_ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?)
+            }
+            None => None,
+        };
         Ok(Some(crate::store::redis::RedisSettings {
             url,
             cluster: st.cluster,
             key_prefix: st.key_prefix.clone(),
             connect_timeout: st.connect_timeout,
             response_timeout: st.response_timeout,
+            tls_ca_pem,
         }))
     }
 

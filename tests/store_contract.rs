@@ -39,6 +39,7 @@ fn redis_settings(server: &RedisServer) -> RedisSettings {
         key_prefix: "test:".into(),
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
+        tls_ca_pem: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn redis_cluster() -> Subject {
         key_prefix: "test:".into(),
         connect_timeout: Duration::from_millis(2000),
         response_timeout: Duration::from_millis(2000),
+        tls_ca_pem: None,
     };
     let a = RedisStore::connect(settings()).unwrap();
     let b = RedisStore::connect(settings()).unwrap();
@@ -645,4 +647,67 @@ async fn measure_redis_wake_latency_and_memory() {
 fn hex_sha(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+/// `rediss://`: the store talks TLS to Redis and verifies the server against the CA it
+/// is given (a managed Redis with a private CA); without that CA it refuses.
+#[tokio::test]
+async fn redis_over_tls_verifies_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let port = support::free_port();
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .args([
+        "--tls-cert-file",
+        &dir.path().join("c.pem").display().to_string(),
+    ])
+    .args([
+        "--tls-key-file",
+        &dir.path().join("k.pem").display().to_string(),
+    ])
+    .args([
+        "--tls-ca-cert-file",
+        &dir.path().join("c.pem").display().to_string(),
+    ])
+    .args([
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let mut guard = support::ChildGuard::spawn("redis-tls", cmd, dir.path(), false);
+    support::wait_for_port(port, Duration::from_secs(10), Some(&mut guard));
+    let settings = |ca: Option<Vec<u8>>| RedisSettings {
+        url: format!("rediss://127.0.0.1:{port}/0"),
+        cluster: false,
+        key_prefix: "tls:".into(),
+        connect_timeout: Duration::from_millis(1500),
+        response_timeout: Duration::from_millis(1500),
+        tls_ca_pem: ca,
+    };
+    let store = RedisStore::connect(settings(Some(cert.cert.pem().into_bytes()))).unwrap();
+    let created = store
+        .create_or_join(record("fp-tls", MINUTE), GRACE)
+        .await
+        .unwrap();
+    assert_eq!(created, Joined::Created);
+    assert!(store.get("fp-tls").await.unwrap().is_some());
+    // A server the store cannot verify is unavailable: nothing is trusted on a guess.
+    let untrusting = RedisStore::connect(settings(None)).unwrap();
+    assert!(matches!(
+        untrusting.get("fp-tls").await,
+        Err(StoreError::Unavailable(_))
+    ));
 }

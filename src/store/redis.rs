@@ -45,6 +45,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// PEM CA certificate(s) to trust for `rediss://` instead of the system store
+    /// (a managed Redis with a private CA).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 /// Local waiters, woken by the change channel.
@@ -338,8 +341,19 @@ impl RedisStore {
             sink.on_push(&ch, info);
             Ok::<(), redis::aio::SendError>(())
         };
+        let certs = settings
+            .tls_ca_pem
+            .clone()
+            .map(|ca| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            });
         let backend = if settings.cluster {
-            let client = redis::cluster::ClusterClient::builder(vec![info])
+            let mut builder = redis::cluster::ClusterClient::builder(vec![info]);
+            if let Some(c) = certs {
+                builder = builder.certs(c);
+            }
+            let client = builder
                 .use_protocol(ProtocolVersion::RESP3)
                 .connection_timeout(settings.connect_timeout)
                 .response_timeout(settings.response_timeout)
@@ -352,7 +366,11 @@ impl RedisStore {
                 conn: OnceCell::new(),
             }
         } else {
-            let client = redis::Client::open(info).map_err(unavailable)?;
+            let client = match certs {
+                Some(c) => redis::Client::build_with_tls(info, c),
+                None => redis::Client::open(info),
+            }
+            .map_err(unavailable)?;
             let cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
                 .set_response_timeout(Some(settings.response_timeout))
