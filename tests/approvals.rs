@@ -3,6 +3,8 @@
 //! recording upstream, and the callback listener. Each test states one behaviour;
 //! every test also checks that nothing is forwarded without a granted approval.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,74 +17,17 @@ use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
 use ciba_gate::policy::PolicyEngine;
 use ciba_gate::proxy::{Gateway, server};
 use ciba_gate::store::{ApprovalStore, memory::MemoryStore};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use support::recording_upstream::RecordingUpstream as Upstream;
 use tokio::net::TcpListener;
 
 const CLIENT_SECRET: &str = "dev-client-secret-5b1e0c";
 const USER: &str = "alice@example.com";
-
-// --- a recording upstream ------------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Upstream {
-    calls: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn start_upstream() -> (SocketAddr, Upstream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let up = Upstream::default();
-    let seen = up.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        seen.calls.lock().unwrap().push(v.clone());
-                        let answer = match v.get("id") {
-                            Some(id) => {
-                                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}})
-                            }
-                            None => json!({"ok": true}),
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(answer.to_string())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, up)
-}
-
-impl Upstream {
-    fn tool_calls(&self) -> Vec<Value> {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c["method"] == "tools/call" || c.get("method").is_none())
-            .cloned()
-            .collect()
-    }
-}
 
 // --- the setup -------------------------------------------------------------------------
 
@@ -131,7 +76,7 @@ fn free_port() -> u16 {
 }
 
 async fn setup(o: Opts) -> Setup {
-    let (up_addr, upstream) = start_upstream().await;
+    let (up_addr, upstream) = Upstream::start().await;
     let callback_port = free_port();
     let callback_url = format!("http://127.0.0.1:{callback_port}/ciba/callback");
     let op = DevOp::spawn(
@@ -901,7 +846,7 @@ async fn broken_op(backchannel: &'static str) -> String {
 }
 
 async fn gateway_against(issuer: &str) -> (SocketAddr, Upstream, Arc<Mutex<Vec<String>>>) {
-    let (up_addr, upstream) = start_upstream().await;
+    let (up_addr, upstream) = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::write(dir.join("secret"), CLIENT_SECRET).unwrap();
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");

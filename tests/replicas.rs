@@ -5,84 +5,17 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use support::recording_upstream::RecordingUpstream as Upstream;
 use support::{ChildGuard, RedisServer, free_port, wait_for_port};
-use tokio::net::TcpListener;
 
 const SECRET: &str = "replica-client-secret-7f3a";
 const USER: &str = "alice@example.com";
-
-// --- a recording upstream ---------------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Upstream {
-    calls: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Upstream {
-    fn tool_calls(&self, tool: &str) -> usize {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|c| c["method"] == "tools/call" && c["params"]["name"] == tool)
-            .count()
-    }
-}
-
-async fn start_upstream() -> (SocketAddr, Upstream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let up = Upstream::default();
-    let seen = up.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        seen.calls.lock().unwrap().push(v.clone());
-                        let answer = match v.get("id") {
-                            Some(id) => {
-                                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}], "isError": false}})
-                            }
-                            None => json!({"ok": true}),
-                        };
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(answer.to_string())))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, up)
-}
 
 // --- processes --------------------------------------------------------------------------
 
@@ -308,7 +241,7 @@ async fn ready(r: &Replica) {
 async fn push_received_by_replica_b_completes_the_call_held_on_replica_a() {
     let dir = log_dir("push");
     let redis = RedisServer::start();
-    let (up, upstream) = start_upstream().await;
+    let (up, upstream) = Upstream::start().await;
     let (cb_a, cb_b) = (free_port(), free_port());
     let b_callback = format!("http://127.0.0.1:{cb_b}/ciba/callback");
     let op = start_op(&dir, "push", Some(&b_callback));
@@ -320,7 +253,7 @@ async fn push_received_by_replica_b_completes_the_call_held_on_replica_a() {
     let held = tokio::spawn(call(a.addr, deploy(7)));
     let p = wait_pending(&op, 1).await;
     assert_eq!(
-        upstream.tool_calls("deploy_service"),
+        upstream.count("deploy_service"),
         0,
         "nothing before approval"
     );
@@ -339,7 +272,7 @@ async fn push_received_by_replica_b_completes_the_call_held_on_replica_a() {
         "woken promptly: {:?}",
         t.elapsed()
     );
-    assert_eq!(upstream.tool_calls("deploy_service"), 1);
+    assert_eq!(upstream.count("deploy_service"), 1);
     assert!(
         b.child.stderr_text().contains("callback") || !b.child.stderr_text().is_empty(),
         "replica B served the callback"
@@ -350,7 +283,7 @@ async fn push_received_by_replica_b_completes_the_call_held_on_replica_a() {
 async fn killed_replica_poll_is_taken_over_and_the_retry_gets_the_same_request() {
     let dir = log_dir("kill");
     let redis = RedisServer::start();
-    let (up, upstream) = start_upstream().await;
+    let (up, upstream) = Upstream::start().await;
     let op = start_op(&dir, "poll", None);
     let mut a = start_replica(&dir, "a", &op, "poll", &redis, up, 0);
     let b = start_replica(&dir, "b", &op, "poll", &redis, up, 0);
@@ -369,7 +302,7 @@ async fn killed_replica_poll_is_taken_over_and_the_retry_gets_the_same_request()
     approve(&op, p[0]["id"].as_str().unwrap()).await;
     let answer = retry.await.unwrap();
     assert_eq!(text(&answer), "done", "{answer}\n{}", b.child.logs());
-    assert_eq!(upstream.tool_calls("deploy_service"), 1, "one forward");
+    assert_eq!(upstream.count("deploy_service"), 1, "one forward");
     assert_eq!(op_pending(&op).await.len(), 0);
 }
 
@@ -377,7 +310,7 @@ async fn killed_replica_poll_is_taken_over_and_the_retry_gets_the_same_request()
 async fn answer_given_while_all_replicas_are_down_is_kept() {
     let dir = log_dir("down");
     let redis = RedisServer::start();
-    let (up, upstream) = start_upstream().await;
+    let (up, upstream) = Upstream::start().await;
     let op = start_op(&dir, "poll", None);
     let mut a = start_replica(&dir, "a", &op, "poll", &redis, up, 0);
     ready(&a).await;
@@ -392,7 +325,7 @@ async fn answer_given_while_all_replicas_are_down_is_kept() {
     ready(&a2).await;
     let answer = call(a2.addr, deploy(2)).await;
     assert_eq!(text(&answer), "done", "{answer}\n{}", a2.child.logs());
-    assert_eq!(upstream.tool_calls("deploy_service"), 1);
+    assert_eq!(upstream.count("deploy_service"), 1);
     assert_eq!(op_pending(&op).await.len(), 0, "one prompt in all");
 }
 
@@ -400,7 +333,7 @@ async fn answer_given_while_all_replicas_are_down_is_kept() {
 async fn hundred_identical_calls_across_replicas_make_one_request_and_one_forward() {
     let dir = log_dir("hundred");
     let redis = RedisServer::start();
-    let (up, upstream) = start_upstream().await;
+    let (up, upstream) = Upstream::start().await;
     let op = start_op(&dir, "poll", None);
     let rs: Vec<Replica> = (0..3)
         .map(|i| start_replica(&dir, &format!("r{i}"), &op, "poll", &redis, up, 0))
@@ -425,18 +358,14 @@ async fn hundred_identical_calls_across_replicas_make_one_request_and_one_forwar
         }
     }
     assert_eq!(done, 1, "exactly one call ran");
-    assert_eq!(
-        upstream.tool_calls("deploy_service"),
-        1,
-        "exactly one forward"
-    );
+    assert_eq!(upstream.count("deploy_service"), 1, "exactly one forward");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_fails_closed_and_allowed_calls_flow_then_restart_empty_blocks_clearly() {
     let dir = log_dir("redis");
     let mut redis = RedisServer::start();
-    let (up, upstream) = start_upstream().await;
+    let (up, upstream) = Upstream::start().await;
     let op = start_op(&dir, "poll", None);
     let a = start_replica(&dir, "a", &op, "poll", &redis, up, 0);
     ready(&a).await;
@@ -452,7 +381,7 @@ async fn redis_down_fails_closed_and_allowed_calls_flow_then_restart_empty_block
         t.elapsed()
     );
     assert_eq!(text(&call(a.addr, list(2)).await), "done");
-    assert_eq!(upstream.tool_calls("deploy_service"), 0);
+    assert_eq!(upstream.count("deploy_service"), 0);
 
     // Back (empty): everything recovers by itself.
     redis.restart();
@@ -471,7 +400,7 @@ async fn redis_down_fails_closed_and_allowed_calls_flow_then_restart_empty_block
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        upstream.tool_calls("deploy_service"),
+        upstream.count("deploy_service"),
         0,
         "nothing forwarded on a guess"
     );

@@ -3,6 +3,8 @@
 //! installing the Node peers in `tests/interop` and `tests/phone` when they are missing.
 #![allow(dead_code)]
 
+pub mod recording_upstream;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
