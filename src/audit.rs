@@ -17,8 +17,13 @@ use time::format_description::well_known::Rfc3339;
 /// Where evidence lines go. Cheap to clone.
 #[derive(Clone)]
 pub struct EvidenceSink {
-    tx: mpsc::Sender<EvidenceRecord>,
+    tx: mpsc::SyncSender<EvidenceRecord>,
 }
+
+/// Records waiting for the writer, at most. A writer that cannot keep up (a blocked
+/// disk, a stopped reader of stdout) must not grow the gateway's memory without bound:
+/// past this, records are dropped, counted (`ciba_gate_evidence_dropped_total`) and logged.
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
 
 /// How long the writer lingers after a batch before it blocks again. Senders that
 /// find it lingering hand over records without a thread wake-up, which is what makes
@@ -41,7 +46,7 @@ impl EvidenceSink {
     /// A sink that keeps lines in memory (tests).
     pub fn memory() -> (Self, Arc<std::sync::Mutex<Vec<String>>>) {
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<EvidenceRecord>();
+        let (tx, rx) = mpsc::sync_channel::<EvidenceRecord>(QUEUE_CAPACITY);
         let store = lines.clone();
         std::thread::spawn(move || {
             for record in rx {
@@ -54,7 +59,12 @@ impl EvidenceSink {
     }
 
     fn spawn(out: Box<dyn Write + Send>) -> Self {
-        let (tx, rx) = mpsc::channel::<EvidenceRecord>();
+        Self::spawn_with_capacity(out, QUEUE_CAPACITY)
+    }
+
+    /// A sink writing to `out` through a queue of `capacity` records.
+    pub fn spawn_with_capacity(out: Box<dyn Write + Send>, capacity: usize) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<EvidenceRecord>(capacity);
         std::thread::Builder::new()
             .name("evidence-writer".into())
             .spawn(move || {
@@ -88,7 +98,16 @@ impl EvidenceSink {
     }
 
     fn write(&self, record: EvidenceRecord) {
-        let _ = self.tx.send(record);
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                crate::telemetry::metrics::evidence_dropped();
+                warn_dropped();
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                crate::telemetry::metrics::evidence_dropped();
+            }
+        }
     }
 }
 
@@ -163,6 +182,24 @@ impl Drop for PendingRecord {
     fn drop(&mut self) {
         // The request went away before an answer was recorded (client gone, timeout).
         self.emit("cancelled", None);
+    }
+}
+
+/// Logs dropped evidence at most once a second (the metric counts every record).
+fn warn_dropped() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = crate::store::now_ms();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(
+            capacity = QUEUE_CAPACITY,
+            "evidence writer cannot keep up; records are being dropped"
+        );
     }
 }
 

@@ -248,9 +248,13 @@ pub struct Limits {
     /// Deepest JSON nesting accepted in an inspected body.
     #[serde(default = "default_max_depth")]
     pub max_json_depth: usize,
-    /// Largest upstream JSON answer the gateway rewrites (tools/list filtering, batches).
+    /// Largest upstream JSON answer the gateway rewrites (tools/list filtering, batches,
+    /// a held call's answer) and largest single SSE event it rewrites.
     #[serde(default = "default_max_response")]
     pub max_inspected_response_bytes: usize,
+    /// Longest time an agent may take to send a request body (408 after it).
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -259,6 +263,7 @@ impl Default for Limits {
             max_body_bytes: default_max_body(),
             max_json_depth: default_max_depth(),
             max_inspected_response_bytes: default_max_response(),
+            body_read_timeout: default_body_read_timeout(),
         }
     }
 }
@@ -268,6 +273,9 @@ fn default_max_body() -> usize {
 }
 fn default_max_depth() -> usize {
     64
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_response() -> usize {
     8 * 1024 * 1024
@@ -364,6 +372,11 @@ pub struct RouteConfig {
     /// Path template below the mount, e.g. `/projects/{project}/issues`.
     pub path: String,
     pub tool: String,
+    /// Stream a body that is not JSON through unread (uploads). Policy then sees only
+    /// `input.request.body.kind == "opaque"`, and an approval binds the body's digest.
+    /// Off: such a body is refused (415), because policy cannot read it.
+    #[serde(default)]
+    pub opaque_body: bool,
 }
 
 /// A secret value that never prints itself.
@@ -446,6 +459,9 @@ impl LoadedConfig {
                 "policy.dir",
                 format!("{} is not a directory", c.policy.dir.display()),
             ));
+        }
+        if c.limits.body_read_timeout.is_zero() {
+            return Err(self.err("limits.body_read_timeout", "must be greater than 0"));
         }
         if c.limits.max_body_bytes == 0 {
             return Err(self.err("limits.max_body_bytes", "must be greater than 0"));
@@ -1003,6 +1019,14 @@ impl LoadedConfig {
         if a.max_wait.is_zero() {
             return Err(self.err("approvals.max_wait", "must be greater than 0"));
         }
+        // Replicas sharing a store must agree on the key: the sealed requestState of a
+        // parked call and the pseudonyms in shared records are made with it.
+        if a.state_key.is_none() && self.config.store.kind != StoreKind::Memory {
+            return Err(self.err(
+                "approvals.state_key",
+                "required when the approval store is shared (store.kind: redis): give every replica the same key of at least 32 random bytes",
+            ));
+        }
         Ok(())
     }
 
@@ -1091,7 +1115,11 @@ impl LoadedConfig {
             .resolve()
             .map_err(|e| self.err("approvals.binding_message_profile", e))?;
         let state_key = match &a.state_key {
-            Some(s) => s.read(self, "approvals.state_key")?.0.into_bytes(),
+            Some(s) => {
+                let key = s.read(self, "approvals.state_key")?.0.into_bytes();
+                check_state_key(&key).map_err(|e| self.err("approvals.state_key", e))?;
+                key
+            }
             None => rand::random::<[u8; 32]>().to_vec(),
         };
         let settings = crate::approval::Settings {
@@ -1130,6 +1158,26 @@ impl LoadedConfig {
             callback,
         }))
     }
+}
+
+/// Shortest `approvals.state_key` accepted, in bytes.
+pub const MIN_STATE_KEY_BYTES: usize = 32;
+
+/// A MAC key must be long and not an obvious pattern (its value is never echoed).
+fn check_state_key(key: &[u8]) -> Result<(), String> {
+    if key.len() < MIN_STATE_KEY_BYTES {
+        return Err(format!(
+            "is {} bytes; at least {MIN_STATE_KEY_BYTES} random bytes are required (e.g. `openssl rand -hex 32`)",
+            key.len()
+        ));
+    }
+    let distinct = key.iter().collect::<HashSet<_>>().len();
+    if distinct < 8 {
+        return Err(format!(
+            "has only {distinct} distinct bytes; use a random key (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
 }
 
 /// A Redis URL's scheme and host (never echoes the URL: it may hold a password).

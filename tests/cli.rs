@@ -6,6 +6,9 @@ use std::process::Command;
 
 use ciba_gate::config::LoadedConfig;
 
+/// A state key that passes `check` (32+ bytes, not a pattern).
+const TEST_STATE_KEY: &str = "9c41f0e2b7d35a8864e1c0f92ab7d3e56f08a1c4b2e9d7f3";
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ciba-gate"))
 }
@@ -44,7 +47,7 @@ fn check_example(cfg: &Path, extra: &[&str]) -> std::process::Output {
         .env("TOOLS_API_TOKEN", "t")
         .env("CIBA_CLIENT_SECRET", "s")
         .env("CIBA_LOGIN_HINT", "alice@example.com")
-        .env("CIBA_GATE_STATE_KEY", "k")
+        .env("CIBA_GATE_STATE_KEY", TEST_STATE_KEY)
         .output()
         .unwrap()
 }
@@ -112,7 +115,7 @@ fn check_fetches_the_op_discovery_unless_offline() {
         .env("TOOLS_API_TOKEN", "t")
         .env("CIBA_CLIENT_SECRET", "s")
         .env("CIBA_LOGIN_HINT", "alice@example.com")
-        .env("CIBA_GATE_STATE_KEY", "k")
+        .env("CIBA_GATE_STATE_KEY", TEST_STATE_KEY)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -356,7 +359,7 @@ fn the_kubernetes_config_in_deploy_is_valid() {
         .env("TOOLS_API_TOKEN", "t")
         .env("CIBA_CLIENT_SECRET", "s")
         .env("CIBA_LOGIN_HINT", "alice@example.com")
-        .env("CIBA_GATE_STATE_KEY", "k")
+        .env("CIBA_GATE_STATE_KEY", TEST_STATE_KEY)
         .env("REDIS_URL", "redis://127.0.0.1:1/0")
         .output()
         .unwrap();

@@ -75,6 +75,12 @@ fn start_replica(
     callback_port: u16,
 ) -> Replica {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
+    // Every replica shares the key (as a deployment's Secret would give them).
+    std::fs::write(
+        dir.join("state-key"),
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778",
+    )
+    .unwrap();
     let port = free_port();
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
     let callback = if mode == "poll" {
@@ -105,6 +111,7 @@ approvals:
   keepalive: 1s
   progress_interval: 1s
   ping_fallback_poll: 60s
+  state_key: {{file: state-key}}
 {callback}"#,
         redis = redis.url(),
         issuer = op.issuer,

@@ -577,19 +577,34 @@ fn hold_over_sse(
                         }
                     }
                 } else {
-                    let bytes = body
-                        .collect()
-                        .await
-                        .map(|c| c.to_bytes())
-                        .unwrap_or_default();
-                    let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                        mcp::error_response(
+                    // Held in memory to be sent as one event: bounded like every
+                    // answer the gateway inspects.
+                    let limit = gw.max_inspected_response_bytes;
+                    let v = match http_body_util::Limited::new(body, limit).collect().await {
+                        Ok(c) => serde_json::from_slice(&c.to_bytes()).unwrap_or_else(|_| {
+                            mcp::error_response(
+                                id.clone(),
+                                codes::UPSTREAM_UNAVAILABLE,
+                                "the tool server's answer was not JSON",
+                                "upstream_error",
+                            )
+                        }),
+                        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                            crate::telemetry::metrics::limit_exceeded("upstream_answer");
+                            mcp::error_response(
+                                id.clone(),
+                                codes::UPSTREAM_UNAVAILABLE,
+                                &format!("the tool server's answer is larger than the gateway holds ({limit} bytes)"),
+                                "upstream_answer_too_large",
+                            )
+                        }
+                        Err(_) => mcp::error_response(
                             id.clone(),
                             codes::UPSTREAM_UNAVAILABLE,
-                            "the tool server's answer was not JSON",
+                            "the tool server's answer could not be read",
                             "upstream_error",
-                        )
-                    });
+                        ),
+                    };
                     let _ = send_frame(&tx, mcp::sse_event(&v)).await;
                 }
             }

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use super::mcp_handler::read_body;
 use super::upstream::clean_response_headers;
 use super::{
-    BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, mcp, routes,
+    BoxBody, Gateway, Mount, RequestContext, answer, block_reason, effect_name, framing, mcp,
+    routes,
 };
 use crate::fingerprint;
 use crate::policy::Effect;
@@ -81,13 +82,41 @@ pub async fn handle(
         Err(e) => return reject(rec, StatusCode::BAD_REQUEST, "bad_query", &e.to_string()),
     }
 
-    // A JSON body is read (up to the limit) so policy can see it; any other body
-    // streams through unread, still under the size limit.
+    // A method without a body must not carry one (a tool server that does not read it
+    // would take it for its next request).
+    if let Err(resp) = framing::refuse_declared_body(&body, &parts.method, false) {
+        rec.get_mut().decision = "reject";
+        rec.get_mut().reason = framing::BODY_NOT_ALLOWED.into();
+        rec.finish("rejected", None);
+        return resp;
+    }
+    // A JSON body is read (up to the limit) so policy can see it. Any other body is
+    // streamed on unread only where the route says it may be (policy then sees its
+    // kind, and an approval binds its digest); elsewhere it is refused.
     let inspected = is_json(&parts.headers);
+    let has_body = !body.is_end_stream();
     let mut held_body = None;
     let mut stream_body = None;
-    if inspected {
-        let bytes = match read_body(body, &parts.headers, gw.max_body_bytes, false).await {
+    let body_kind;
+    if !has_body {
+        body_kind = "none";
+    } else if inspected {
+        body_kind = "json";
+        if let Err(resp) = framing::check_inspected_encoding(&parts.headers, false) {
+            rec.get_mut().decision = "reject";
+            rec.get_mut().reason = framing::UNSUPPORTED_ENCODING.into();
+            rec.finish("rejected", None);
+            return resp;
+        }
+        let bytes = match framing::read_body(
+            body,
+            &parts.headers,
+            gw.max_body_bytes,
+            gw.body_read_timeout,
+            false,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(resp) => {
                 rec.get_mut().decision = "reject";
@@ -125,25 +154,24 @@ pub async fn handle(
             }
         }
         held_body = Some(bytes);
-    } else {
-        if let Some(len) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            && len > gw.max_body_bytes as u64
-        {
-            return reject(
-                rec,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &format!(
-                    "the request body exceeds the gateway's limit of {} bytes",
-                    gw.max_body_bytes
-                ),
-            );
+    } else if route.as_ref().is_some_and(|(r, _)| r.opaque_body) {
+        body_kind = "opaque";
+        match framing::stream_opaque(body, &parts.headers, gw.max_body_bytes) {
+            Ok(b) => stream_body = Some(b),
+            Err(resp) => {
+                rec.get_mut().decision = "reject";
+                rec.get_mut().reason = "body_too_large".into();
+                rec.finish("rejected", None);
+                return resp;
+            }
         }
-        stream_body = Some(Limited::new(body, gw.max_body_bytes).boxed_unsync());
+    } else {
+        return reject(
+            rec,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "opaque_body_not_allowed",
+            "this route takes a JSON body (Content-Type: application/json) or none; other bodies are refused because policy cannot read them",
+        );
     }
 
     let mut input = gw.base_input(mount, &parts.method, parts.uri.path(), &parts.headers);
@@ -157,6 +185,9 @@ pub async fn handle(
         );
         input.insert("http".into(), json!({"route": r.template.to_string()}));
     }
+    if let Some(Value::Object(request)) = input.get_mut("request") {
+        request.insert("body".into(), json!({"kind": body_kind}));
+    }
     let (decision, input) = gw.decide(input);
     rec.get_mut().decision = effect_name(&decision);
     rec.get_mut().policy_revision = decision.revision.to_string();
@@ -167,30 +198,35 @@ pub async fn handle(
         // read now, and its digest joins the arguments that are fingerprinted.
         let (body, mut bound_args) = match (held_body, stream_body) {
             (Some(b), _) => (b, arguments.clone()),
-            (None, Some(stream)) => match stream.collect().await {
-                Ok(c) => {
-                    let b = c.to_bytes();
-                    let mut args = arguments.clone();
-                    if !b.is_empty()
-                        && let Value::Object(m) = &mut args
-                    {
-                        use sha2::Digest;
-                        m.insert(
-                            "$body_sha256".into(),
-                            Value::String(hex::encode(sha2::Sha256::digest(&b))),
+            (None, Some(stream)) => {
+                match tokio::time::timeout(gw.body_read_timeout, stream.collect())
+                    .await
+                    .unwrap_or_else(|_| Err("the request body did not arrive in time".into()))
+                {
+                    Ok(c) => {
+                        let b = c.to_bytes();
+                        let mut args = arguments.clone();
+                        if !b.is_empty()
+                            && let Value::Object(m) = &mut args
+                        {
+                            use sha2::Digest;
+                            m.insert(
+                                "$body_sha256".into(),
+                                Value::String(hex::encode(sha2::Sha256::digest(&b))),
+                            );
+                        }
+                        (b, args)
+                    }
+                    Err(_) => {
+                        return reject(
+                            rec,
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
+                            "the request body exceeds the gateway's limit",
                         );
                     }
-                    (b, args)
                 }
-                Err(_) => {
-                    return reject(
-                        rec,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        "the request body exceeds the gateway's limit",
-                    );
-                }
-            },
+            }
             (None, None) => (bytes::Bytes::new(), arguments.clone()),
         };
         if bound_args.is_null() {

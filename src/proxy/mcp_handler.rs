@@ -83,41 +83,6 @@ fn is_json_content(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Reads a request body up to `limit` bytes: `Err` is the answer to give.
-pub(super) async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-    is_mcp: bool,
-) -> Result<Bytes, Response<BoxBody>> {
-    let too_large = || {
-        answer::bad_input(
-            is_mcp,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("the request body exceeds the gateway's limit of {limit} bytes"),
-        )
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(answer::bad_input(
-            is_mcp,
-            StatusCode::BAD_REQUEST,
-            "body_read_error",
-            &format!("the request body could not be read: {e}"),
-        )),
-    }
-}
-
 /// What to do with one message.
 enum Verdict {
     Forward,
@@ -181,7 +146,19 @@ async fn post(
             );
         }
     };
-    let bytes = match read_body(body, &parts.headers, gw.max_body_bytes, true).await {
+    if let Err(resp) = super::framing::check_inspected_encoding(&parts.headers, true) {
+        reject(super::framing::UNSUPPORTED_ENCODING);
+        return resp;
+    }
+    let bytes = match super::framing::read_body(
+        body,
+        &parts.headers,
+        gw.max_body_bytes,
+        gw.body_read_timeout,
+        true,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(resp) => {
             reject("bad_body");
@@ -558,9 +535,12 @@ async fn forward(
     let gw2 = gw.clone();
     let mount_name = mount.upstream.name.clone();
     let mount_kind = mount.kind;
+    // The tools/list requests still waiting for their (filtered) answer.
+    let unanswered = Arc::new(std::sync::Mutex::new(tools_list_ids));
+    let waiting = unanswered.clone();
     let filter = move |v: &Value| -> Option<Value> {
         let id = v.get("id")?.to_string();
-        if !tools_list_ids.contains(&id) {
+        if !waiting.lock().ok()?.remove(&id) {
             return None;
         }
         let (out, n) = filter_tools_list(&gw2, &mount_name, mount_kind, v, revision.as_deref())?;
@@ -572,7 +552,31 @@ async fn forward(
             .iter()
             .map(|a| Bytes::from(mcp::sse_event(a)))
             .collect();
-        let stream = super::sse::rewrite_stream(rbody, prefix, Box::new(move |v| filter(v)));
+        // An event too large to filter: the lists still owed get an error instead.
+        let overflow = Box::new(move || {
+            let ids: Vec<String> = unanswered
+                .lock()
+                .map(|mut ids| ids.drain().collect())
+                .unwrap_or_default();
+            ids.iter()
+                .filter_map(|id| serde_json::from_str::<Value>(id).ok())
+                .map(|id| {
+                    Bytes::from(mcp::sse_event(&mcp::error_response(
+                        id,
+                        codes::UPSTREAM_UNAVAILABLE,
+                        "the tool server's answer is larger than the gateway inspects",
+                        "upstream_answer_too_large",
+                    )))
+                })
+                .collect()
+        });
+        let stream = super::sse::rewrite_stream(
+            rbody,
+            prefix,
+            Box::new(move |v| filter(v)),
+            gw.max_inspected_response_bytes,
+            overflow,
+        );
         rparts.headers.remove(header::CONTENT_LENGTH);
         return Response::from_parts(rparts, StreamBody::new(stream).boxed_unsync());
     }
@@ -581,19 +585,39 @@ async fn forward(
         let bytes = match Limited::new(rbody, limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
+                let (reason, message) = if e.is::<http_body_util::LengthLimitError>() {
+                    crate::telemetry::metrics::limit_exceeded("upstream_answer");
+                    (
+                        "upstream_answer_too_large",
+                        format!(
+                            "the tool server's answer is larger than the gateway inspects ({limit} bytes)"
+                        ),
+                    )
+                } else {
+                    (
+                        "upstream_error",
+                        format!("the upstream's answer could not be read: {e}"),
+                    )
+                };
                 return answer::jsonrpc_error(
                     StatusCode::BAD_GATEWAY,
                     Value::Null,
                     codes::UPSTREAM_UNAVAILABLE,
-                    "upstream_error",
-                    &format!("the upstream's answer could not be read: {e}"),
+                    reason,
+                    &message,
                 );
             }
         };
         let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
-            // Not JSON after all: hand it on as it came (nothing to filter in it).
-            rparts.headers.remove(header::CONTENT_LENGTH);
-            return Response::from_parts(rparts, answer::full(bytes));
+            // An answer the gateway must filter but cannot read is not passed on: the
+            // agent's parser might read a list the policy never filtered.
+            return answer::jsonrpc_error(
+                StatusCode::BAD_GATEWAY,
+                Value::Null,
+                codes::UPSTREAM_UNAVAILABLE,
+                "upstream_error",
+                "the tool server's answer is not valid JSON",
+            );
         };
         let mut items = match value {
             Value::Array(items) => items,
@@ -738,6 +762,17 @@ async fn stream_or_session(
     ctx: RequestContext,
 ) -> Response<BoxBody> {
     let (parts, body) = req.into_parts();
+    // GET and DELETE carry no JSON-RPC message: a body behind them is bytes policy
+    // never reads, and a tool server that does not read it either would take them for
+    // the next request on the connection. Refused, never forwarded.
+    if let Err(resp) = super::framing::refuse_declared_body(&body, &parts.method, true) {
+        let mut rec = gw.record(&ctx, &mount.upstream.name);
+        rec.get_mut().decision = "reject";
+        rec.get_mut().reason = super::framing::BODY_NOT_ALLOWED.into();
+        rec.finish("rejected", None);
+        return resp;
+    }
+    drop(body);
     let mut input = gw.base_input(mount, &parts.method, parts.uri.path(), &parts.headers);
     let revision = revision_header(&parts.headers).ok().flatten();
     input.insert(
@@ -769,7 +804,7 @@ async fn stream_or_session(
             "",
             query.as_deref(),
             parts.headers,
-            body.map_err(Into::into).boxed_unsync(),
+            answer::empty(),
         )
         .await;
     match sent {

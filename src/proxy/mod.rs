@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod approve;
+pub mod framing;
 pub mod http_tools;
 pub mod mcp;
 pub mod mcp_handler;
@@ -57,6 +58,8 @@ pub struct Gateway {
     pub policy: PolicyEngine,
     pub evidence: EvidenceSink,
     pub max_body_bytes: usize,
+    /// Longest time an agent may take to send a request body (408 after it).
+    pub body_read_timeout: std::time::Duration,
     pub max_json_depth: usize,
     pub max_inspected_response_bytes: usize,
     /// Human approvals (CIBA); `None`: not configured, an `approve` decision blocks the
@@ -95,6 +98,7 @@ impl Gateway {
                         method: Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())?,
                         template: routes::PathTemplate::parse(&r.path)?,
                         tool: r.tool.clone(),
+                        opaque_body: r.opaque_body,
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -118,6 +122,7 @@ impl Gateway {
             policy,
             evidence,
             max_body_bytes: c.limits.max_body_bytes,
+            body_read_timeout: c.limits.body_read_timeout,
             max_json_depth: c.limits.max_json_depth,
             max_inspected_response_bytes: c.limits.max_inspected_response_bytes,
         })

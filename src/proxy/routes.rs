@@ -106,6 +106,8 @@ pub struct Route {
     pub method: http::Method,
     pub template: PathTemplate,
     pub tool: String,
+    /// A body that is not JSON may stream through unread.
+    pub opaque_body: bool,
 }
 
 /// Finds the route for a request below the mount.

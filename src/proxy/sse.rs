@@ -13,9 +13,10 @@ use super::BoxError;
 /// Rewrites the JSON-RPC message carried by one event; `None` leaves the event as is.
 pub type Rewrite = Box<dyn FnMut(&Value) -> Option<Value> + Send>;
 
-/// Finds the end of the first complete event in `buf` (index past its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
+/// Finds the end of the first complete event in `buf` (index past its blank line),
+/// looking from `from` on (everything before it was scanned already).
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.saturating_sub(2);
     while i < buf.len() {
         if buf[i] == b'\n' {
             if buf.get(i + 1) == Some(&b'\n') {
@@ -47,8 +48,14 @@ fn rewrite_event(raw: Bytes, rewrite: &mut Rewrite) -> Bytes {
             other_lines.push(line);
         }
     }
-    let Ok(value) = serde_json::from_str::<Value>(&data) else {
+    if data.is_empty() {
         return raw;
+    }
+    let Ok(value) = serde_json::from_str::<Value>(&data) else {
+        // Data that is not a JSON-RPC message cannot be checked: it could be a list
+        // the agent's parser reads but policy never filtered. Dropped.
+        tracing::debug!("dropped an upstream SSE event whose data is not JSON");
+        return Bytes::new();
     };
     match rewrite(&value) {
         None => raw,
@@ -66,57 +73,88 @@ fn rewrite_event(raw: Bytes, rewrite: &mut Rewrite) -> Bytes {
     }
 }
 
+/// What to send instead when an upstream event passes the size limit: the gateway
+/// cannot rewrite (or safely pass on) an event it cannot hold, so the stream ends with
+/// these events (JSON-RPC errors for the requests still unanswered).
+pub type Overflow = Box<dyn FnOnce() -> Vec<Bytes> + Send>;
+
 /// Wraps an upstream SSE body: first `prefix` (events the gateway adds), then every
 /// upstream event, rewritten where `rewrite` says so, each sent as soon as it is whole.
+/// An event longer than `max_event` bytes ends the stream with `overflow`'s events.
 pub fn rewrite_stream<B>(
     body: B,
     prefix: Vec<Bytes>,
     rewrite: Rewrite,
+    max_event: usize,
+    overflow: Overflow,
 ) -> impl Stream<Item = Result<Frame<Bytes>, BoxError>> + Send
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     struct State<B> {
-        body: B,
+        body: Option<B>,
         buf: BytesMut,
-        prefix: std::vec::IntoIter<Bytes>,
+        scanned: usize,
+        pending: std::collections::VecDeque<Bytes>,
         rewrite: Rewrite,
-        done: bool,
+        overflow: Option<Overflow>,
+        max_event: usize,
     }
     let state = State {
-        body,
+        body: Some(body),
         buf: BytesMut::new(),
-        prefix: prefix.into_iter(),
+        scanned: 0,
+        pending: prefix.into(),
         rewrite,
-        done: false,
+        overflow: Some(overflow),
+        max_event,
     };
     futures_util::stream::unfold(state, |mut st| async move {
-        if let Some(p) = st.prefix.next() {
-            return Some((Ok(Frame::data(p)), st));
-        }
         loop {
-            if let Some(end) = event_end(&st.buf) {
+            if let Some(p) = st.pending.pop_front() {
+                return Some((Ok(Frame::data(p)), st));
+            }
+            if let Some(end) = event_end(&st.buf, st.scanned) {
                 let raw = st.buf.split_to(end).freeze();
+                st.scanned = 0;
                 let out = rewrite_event(raw, &mut st.rewrite);
+                if out.is_empty() {
+                    continue;
+                }
                 return Some((Ok(Frame::data(out)), st));
             }
-            if st.done {
+            st.scanned = st.buf.len();
+            if st.buf.len() > st.max_event {
+                // Never pass on (or keep growing) an event too large to rewrite.
+                crate::telemetry::metrics::limit_exceeded("sse_event");
+                tracing::warn!(
+                    limit = st.max_event,
+                    "upstream SSE event over the limit; stream ended"
+                );
+                st.buf.clear();
+                st.body = None;
+                if let Some(f) = st.overflow.take() {
+                    st.pending.extend(f());
+                }
+                continue;
+            }
+            let Some(body) = st.body.as_mut() else {
                 if st.buf.is_empty() {
                     return None;
                 }
                 // A trailing partial event is passed on untouched.
                 let rest = st.buf.split().freeze();
                 return Some((Ok(Frame::data(rest)), st));
-            }
-            if st.body.is_end_stream() {
-                st.done = true;
+            };
+            if body.is_end_stream() {
+                st.body = None;
                 continue;
             }
-            match st.body.frame().await {
-                None => st.done = true,
+            match body.frame().await {
+                None => st.body = None,
                 Some(Err(e)) => {
-                    st.done = true;
+                    st.body = None;
                     st.buf.clear();
                     return Some((Err(e.into()), st));
                 }
@@ -141,7 +179,7 @@ mod tests {
         let body = StreamBody::new(futures_util::stream::iter(input.chunks(7).map(|c| {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c)))
         })));
-        let s = rewrite_stream(body, prefix, rewrite);
+        let s = rewrite_stream(body, prefix, rewrite, 1 << 20, Box::new(Vec::new));
         s.map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
             .collect()
             .await
@@ -166,17 +204,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn non_json_and_partial_events_pass_untouched() {
+    async fn an_event_over_the_limit_ends_the_stream_with_the_overflow_answer() {
+        let body = StreamBody::new(futures_util::stream::iter(
+            [
+                Bytes::from_static(b"data: {\"ok\":1}\n\n"),
+                Bytes::from(vec![b'x'; 4096]),
+                Bytes::from(vec![b'y'; 4096]),
+            ]
+            .into_iter()
+            .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
+        ));
+        let s = rewrite_stream(
+            body,
+            vec![],
+            Box::new(|_| None),
+            1000,
+            Box::new(|| vec![Bytes::from_static(b"data: overflow\n\n")]),
+        );
+        let out: Vec<String> = s
+            .map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
+            .collect()
+            .await;
+        assert_eq!(out, vec!["data: {\"ok\":1}\n\n", "data: overflow\n\n"]);
+    }
+
+    #[tokio::test]
+    async fn comments_and_partial_events_pass_untouched_and_non_json_data_is_dropped() {
         let out = collect(
             vec![],
             b": keep-alive\n\ndata: not json\n\ndata: tail",
             Box::new(|_| Some(json!(1))),
         )
         .await;
-        assert_eq!(
-            out,
-            vec![": keep-alive\n\n", "data: not json\n\n", "data: tail"]
-        );
+        assert_eq!(out, vec![": keep-alive\n\n", "data: tail"]);
         let _ = Full::new(Bytes::new());
     }
 }

@@ -46,6 +46,11 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -83,6 +88,8 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<UpstreamLabels>,
     store_errors: Counter,
     op_errors: Family<CodeLabels, Counter>,
+    limits_exceeded: Family<LimitLabels, Counter>,
+    evidence_dropped: Counter,
 }
 
 impl Metrics {
@@ -140,8 +147,22 @@ impl Metrics {
             "Failed exchanges with the OpenID Provider, by reason code",
             op_errors.clone(),
         );
+        let limits_exceeded = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_limits_exceeded",
+            "Inputs refused or cut because they passed a configured limit, by limit (request_body, request_body_time, sse_event, upstream_answer, evidence_queue, callback_body)",
+            limits_exceeded.clone(),
+        );
+        let evidence_dropped = Counter::default();
+        registry.register(
+            "ciba_gate_evidence_dropped",
+            "Evidence records dropped because the writer's queue was full",
+            evidence_dropped.clone(),
+        );
         Metrics {
             registry,
+            limits_exceeded,
+            evidence_dropped,
             decisions,
             approvals,
             approvals_pending,
@@ -222,6 +243,20 @@ pub fn upstream(upstream: &str, status: Result<u16, &'static str>, d: Duration) 
             status_class,
         })
         .observe(d.as_secs_f64());
+}
+
+/// An input passed one of the gateway's limits (`limit` is a fixed name).
+pub fn limit_exceeded(limit: &'static str) {
+    METRICS
+        .limits_exceeded
+        .get_or_create(&LimitLabels { limit })
+        .inc();
+}
+
+/// An evidence record could not be queued for writing.
+pub fn evidence_dropped() {
+    METRICS.evidence_dropped.inc();
+    limit_exceeded("evidence_queue");
 }
 
 pub fn store_error() {
