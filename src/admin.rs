@@ -21,6 +21,26 @@ use tokio::net::TcpListener;
 use crate::proxy::Gateway;
 use crate::store::ApprovalStore;
 
+/// `admin:` — probes and metrics, on their own port (keep it off the agent's network).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+pub fn default_admin_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
 /// How long `/readyz` waits for the store to answer.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,13 +97,13 @@ impl Admin {
                 ok
             }
         };
-        let op_ok = match &self.gateway.approvals {
-            None => {
+        let op_ok = match self.gateway.approvals_configured() {
+            false => {
                 checks.insert("op".into(), json!({"ok": true, "configured": false}));
                 true
             }
-            Some(slot) => {
-                let ok = slot.get().is_some();
+            true => {
+                let ok = self.gateway.approvals().is_some();
                 let mut c = json!({"ok": ok, "configured": true});
                 if !ok {
                     c["error"] = json!("OpenID Provider metadata and keys not fetched yet");

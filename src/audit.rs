@@ -11,8 +11,47 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use serde::Serialize;
+
+use crate::outcome::{Disposition, Reason};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+/// `evidence:` — where evidence records go.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceConfig {
+    #[serde(default)]
+    pub sink: SinkKind,
+    /// File to append to when `sink: file`. Relative to the config file.
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    #[default]
+    Stdout,
+    File,
+}
+
+impl EvidenceConfig {
+    pub fn validate(&self) -> crate::validate::Checked {
+        crate::validate::require(
+            self.sink != SinkKind::File || self.path.is_some(),
+            "path",
+            "required when evidence.sink is file",
+        )
+    }
+
+    /// Opens the sink (`path` already resolved against the config file's directory).
+    pub fn open(&self) -> std::io::Result<EvidenceSink> {
+        match (self.sink, &self.path) {
+            (SinkKind::File, Some(path)) => EvidenceSink::file(path),
+            _ => Ok(EvidenceSink::stdout()),
+        }
+    }
+}
 
 /// Where evidence lines go. Cheap to clone.
 #[derive(Clone)]
@@ -161,27 +200,53 @@ impl PendingRecord {
         self.record.get_or_insert_with(EvidenceRecord::default)
     }
 
-    pub fn finish(mut self, outcome: &'static str, upstream_status: Option<u16>) {
-        self.emit(outcome, upstream_status);
+    /// Writes the record: what happened to the request and why. The reason's code is
+    /// the one the agent's answer carries; the metric gets its bounded label.
+    pub fn conclude(
+        mut self,
+        disposition: Disposition,
+        reason: &Reason,
+        upstream_status: Option<u16>,
+    ) {
+        let label = reason.metric_label();
+        let r = self.get_mut();
+        r.reason = reason.code().to_string();
+        if r.decision.is_empty() || reason.source() == crate::outcome::Source::Agent {
+            r.decision = reason_decision(reason);
+        }
+        self.emit(disposition, label, upstream_status);
     }
 
-    fn emit(&mut self, outcome: &'static str, upstream_status: Option<u16>) {
+    fn emit(
+        &mut self,
+        disposition: Disposition,
+        label: &'static str,
+        upstream_status: Option<u16>,
+    ) {
         if let Some(mut r) = self.record.take() {
             r.time = now_rfc3339();
-            r.outcome = outcome;
+            r.outcome = disposition.as_str();
             r.upstream_status = upstream_status;
             r.latency_ms =
                 (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-            crate::telemetry::metrics::decision(r.decision, outcome, &r.upstream);
+            crate::telemetry::metrics::decision(r.decision, r.outcome, label, &r.upstream);
             self.sink.write(r);
         }
+    }
+}
+
+/// The decision word for a record no policy decided (bad input is `reject`).
+fn reason_decision(reason: &Reason) -> &'static str {
+    match reason.source() {
+        crate::outcome::Source::Agent => "reject",
+        _ => reason.decision(),
     }
 }
 
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         // The request went away before an answer was recorded (client gone, timeout).
-        self.emit("cancelled", None);
+        self.emit(Disposition::Cancelled, "cancelled", None);
     }
 }
 

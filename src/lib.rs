@@ -3,14 +3,19 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod approval;
 pub mod audit;
 pub mod ciba;
+pub mod cli;
 pub mod config;
 pub mod devop;
 pub mod fingerprint;
+pub mod json_strict;
+pub mod outcome;
 pub mod policy;
 pub mod proxy;
-pub mod run;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod validate;

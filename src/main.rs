@@ -162,7 +162,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _enter = rt.enter();
                 ciba_gate::telemetry::init(&cfg.config.log.level, &cfg.config.telemetry)?
             };
-            let result = rt.block_on(ciba_gate::run::serve(cfg));
+            let result = rt.block_on(async move {
+                ciba_gate::app::App::build(&cfg)?
+                    .start()
+                    .await?
+                    .until_signal()
+                    .await
+            });
             telemetry.shutdown();
             result?;
             Ok(ExitCode::SUCCESS)
@@ -184,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _enter = rt.enter();
                 ciba_gate::telemetry::init("info", &Default::default())?
             };
-            let opts = DevOptions {
+            let opts = ciba_gate::cli::dev::DevOptions {
                 listen,
                 tools_listen,
                 op_listen,
@@ -194,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_listen,
                 drain: drain.into(),
             };
-            let result = rt.block_on(dev(opts, &policies));
+            let result = rt.block_on(ciba_gate::cli::dev::dev(opts, &policies));
             telemetry.shutdown();
             result?;
             Ok(ExitCode::SUCCESS)
@@ -207,7 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expiry,
         } => {
             init_logging();
-            runtime()?.block_on(dev_op(listen, &clients, users, interval, expiry))?;
+            runtime()?.block_on(ciba_gate::cli::dev::dev_op(
+                listen, &clients, users, interval, expiry,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoTools { listen } => {
@@ -221,8 +229,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => {
-            check(&config, offline)?;
-            Ok(ExitCode::SUCCESS)
+            let report = runtime()?.block_on(ciba_gate::cli::check::run(&config, offline))?;
+            if report.ok() {
+                for note in &report.notes {
+                    println!("ok: {note}");
+                }
+                println!("ok: {} is valid", config.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in &report.problems {
+                    eprintln!("error: {p}");
+                }
+                eprintln!(
+                    "{}: {} problem(s); the gateway would not start with this configuration",
+                    config.display(),
+                    report.problems.len()
+                );
+                Ok(ExitCode::from(2))
+            }
         }
         Command::Policy {
             command: PolicyCommand::Test { dir },
@@ -252,239 +276,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `ciba-gate check`: everything start-up would do, without serving.
-fn check(config: &Path, offline: bool) -> anyhow::Result<()> {
-    use ciba_gate::approval::{binding, callback};
-    let cfg = LoadedConfig::load(config)?;
-    cfg.resolve_secrets()?;
-    let engine = PolicyEngine::load(&cfg.config.policy.dir)
-        .with_context(|| format!("{}: policy.dir", config.display()))?;
-    println!(
-        "ok: {} is valid; policies in {} compiled (revision {})",
-        config.display(),
-        cfg.config.policy.dir.display(),
-        engine.revision()
-    );
-    let Some(approvals) = cfg.resolve_approvals()? else {
-        return Ok(());
-    };
-    if let Some(tls) = approvals.callback.as_ref().and_then(|c| c.tls.as_ref()) {
-        callback::ReloadingCert::load(callback::TlsFiles {
-            cert: tls.cert_file.clone(),
-            key: tls.key_file.clone(),
-        })
-        .with_context(|| format!("{}: approvals.callback.tls", config.display()))?;
-    }
-    let (checked, problems) =
-        binding::check_samples(&engine, &cfg.config.policy.dir, &approvals.profile)
-            .map_err(|e| anyhow::anyhow!(e))?;
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!(
-                "{} [{}]: binding message {:?}: {}",
-                p.file, p.index, p.message, p.problem
-            );
-        }
-        anyhow::bail!(
-            "{}: approvals.binding_message_profile: {} sample binding message(s) do not fit the {} profile",
-            config.display(),
-            problems.len(),
-            approvals.profile.name
-        );
-    }
-    println!(
-        "ok: {checked} sample binding message(s) fit the {} profile",
-        approvals.profile.name
-    );
-    if offline {
-        return Ok(());
-    }
-    let issuer = approvals.client.issuer.clone();
-    runtime()?
-        .block_on(ciba_gate::ciba::CibaClient::discover(approvals.client))
-        .with_context(|| {
-            format!(
-                "{}: approvals.op.issuer: discovery of {issuer}",
-                config.display()
-            )
-        })?;
-    println!("ok: discovery of {issuer} checked, JWKS fetched");
-    Ok(())
-}
-
-struct DevOptions {
-    listen: SocketAddr,
-    tools_listen: SocketAddr,
-    op_listen: SocketAddr,
-    callback_listen: SocketAddr,
-    delivery: String,
-    park: bool,
-    admin_listen: SocketAddr,
-    drain: std::time::Duration,
-}
-
-/// `ciba-gate dev`: demo tools, the development OP and the gateway in one process.
-async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
-    use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
-    let delivery = match opts.delivery.as_str() {
-        "poll" => DeliveryMode::Poll,
-        "ping" => DeliveryMode::Ping,
-        "push" => DeliveryMode::Push,
-        other => anyhow::bail!("--delivery must be poll, ping or push, not {other:?}"),
-    };
-    let tools = ciba_gate::devop::demo_tools::spawn(opts.tools_listen).await?;
-    let dir = std::env::temp_dir().join(format!("ciba-gate-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let policies = std::fs::canonicalize(policies).with_context(|| {
-        format!(
-            "policy directory {} (run from the repository root, or pass --policies)",
-            policies.display()
-        )
-    })?;
-
-    // The development OP, with one client registered for this gateway.
-    let secret = format!("{:032x}", rand::random::<u128>());
-    let secret_file = dir.join("client-secret");
-    std::fs::write(&secret_file, &secret)?;
-    let callback_url = format!("http://{}/ciba/callback", opts.callback_listen);
-    let op_listener = tokio::net::TcpListener::bind(opts.op_listen)
-        .await
-        .with_context(|| format!("binding the development OP on {}", opts.op_listen))?;
-    let op = DevOp::spawn(
-        op_listener,
-        DevOpConfig {
-            clients: vec![DevClient {
-                client_id: "ciba-gate-dev".into(),
-                secret,
-                delivery,
-                notification_endpoint: (delivery != DeliveryMode::Poll)
-                    .then(|| callback_url.clone()),
-            }],
-            users: vec!["demo@example.com".into()],
-            interval: Some(2),
-            default_expiry: 120,
-            ..DevOpConfig::default()
-        },
-    )
-    .await?;
-
-    let callback = if delivery == DeliveryMode::Poll {
-        String::new()
-    } else {
-        format!(
-            "  callback: {{listen: \"{}\", insecure_http: true}}\n",
-            opts.callback_listen
-        )
-    };
-    // The admin port: the one asked for, or any free one when it is taken.
-    let admin = match std::net::TcpListener::bind(opts.admin_listen) {
-        Ok(l) => l.local_addr()?,
-        Err(_) => {
-            let l = std::net::TcpListener::bind((opts.admin_listen.ip(), 0))?;
-            let addr = l.local_addr()?;
-            eprintln!(
-                "  {} is taken; admin endpoints on {addr} instead",
-                opts.admin_listen
-            );
-            addr
-        }
-    };
-    let yaml = format!(
-        "listen: \"{listen}\"\n\
-         admin: {{listen: \"{admin}\"}}\n\
-         shutdown: {{drain: {drain}}}\n\
-         agent: {{id: dev-agent, namespace: dev}}\n\
-         policy: {{dir: {policies:?}, reload_interval: 1s}}\n\
-         evidence: {{sink: stdout}}\n\
-         upstreams:\n  - name: demo-tools\n    kind: mcp\n    mount: /mcp\n    url: http://{tools}/mcp\n\
-         approvals:\n\
-         \x20 op:\n\
-         \x20   issuer: \"{issuer}\"\n\
-         \x20   client_id: ciba-gate-dev\n\
-         \x20   client_auth: {{method: client_secret_basic, secret: {{file: {secret_file:?}}}}}\n\
-         \x20   delivery: {delivery}\n\
-         \x20   allow_insecure_http: true\n\
-         \x20 user: {{value: demo@example.com}}\n\
-         \x20 binding_message_profile: ciba-gate-dev\n\
-         \x20 mode: {mode}\n\
-         \x20 max_wait: 120s\n\
-         \x20 ping_fallback_poll: 10s\n\
-         {callback}",
-        listen = opts.listen,
-        issuer = op.issuer(),
-        delivery = delivery.as_str(),
-        mode = if opts.park { "park" } else { "hold" },
-        drain = humantime::format_duration(opts.drain),
-    );
-    let config_path = dir.join("dev.yaml");
-    std::fs::write(&config_path, yaml)?;
-    let cfg = LoadedConfig::load(&config_path)?;
-    eprintln!();
-    eprintln!("  ciba-gate dev — for trying things out, not for production");
-    eprintln!("  MCP endpoint:   http://{}/mcp", opts.listen);
-    eprintln!(
-        "  approval page:  {}/   (open it on your phone or in a browser)",
-        op.issuer()
-    );
-    eprintln!("  delivery mode:  {}", delivery.as_str());
-    eprintln!("  metrics:        http://{admin}/metrics   (probes: /healthz, /readyz)");
-    eprintln!();
-    ciba_gate::run::serve(cfg).await
-}
-
-/// `ciba-gate dev-op`: the development OP alone, until SIGTERM or Ctrl-C.
-async fn dev_op(
-    listen: SocketAddr,
-    clients: &[String],
-    users: Vec<String>,
-    interval: Option<u64>,
-    expiry: u64,
-) -> anyhow::Result<()> {
-    use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
-    let mut registered = Vec::new();
-    for c in clients {
-        let mut parts = c.splitn(4, ':');
-        let (Some(id), Some(secret), Some(mode)) = (parts.next(), parts.next(), parts.next())
-        else {
-            anyhow::bail!("--client must be ID:SECRET:poll|ping|push[:NOTIFY_URL]");
-        };
-        let delivery = match mode {
-            "poll" => DeliveryMode::Poll,
-            "ping" => DeliveryMode::Ping,
-            "push" => DeliveryMode::Push,
-            other => anyhow::bail!("--client delivery must be poll, ping or push, not {other:?}"),
-        };
-        let notification_endpoint = parts.next().map(str::to_string);
-        if delivery != DeliveryMode::Poll && notification_endpoint.is_none() {
-            anyhow::bail!("--client {id}: ping and push need a NOTIFY_URL");
-        }
-        registered.push(DevClient {
-            client_id: id.to_string(),
-            secret: secret.to_string(),
-            delivery,
-            notification_endpoint,
-        });
-    }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the development OP on {listen}"))?;
-    let op = DevOp::spawn(
-        listener,
-        DevOpConfig {
-            clients: registered,
-            users,
-            interval,
-            default_expiry: expiry,
-            ..DevOpConfig::default()
-        },
-    )
-    .await?;
-    println!("READY {}", op.issuer());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    ciba_gate::run::shutdown_signal().await;
-    op.shutdown();
-    Ok(())
 }

@@ -7,16 +7,12 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ciba_gate::audit::EvidenceSink;
-use ciba_gate::config::LoadedConfig;
 use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
-use ciba_gate::policy::PolicyEngine;
-use ciba_gate::proxy::{Gateway, server};
-use ciba_gate::store::{ApprovalStore, memory::MemoryStore};
+use ciba_gate::proxy::Gateway;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -110,7 +106,6 @@ async fn setup(o: Opts) -> Setup {
     };
     let yaml = format!(
         r#"
-listen: "127.0.0.1:0"
 agent: {{id: billing-agent, namespace: agents}}
 policy: {{dir: {policies:?}, reload_interval: 0s}}
 upstreams:
@@ -144,36 +139,12 @@ approvals:
         profile = o.profile,
         extra = o.extra,
     );
-    let cfg = LoadedConfig::parse(&dir.join("gate.yaml"), &yaml).unwrap();
-    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
-    let (sink, evidence) = EvidenceSink::memory();
-    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
-    let slot = Arc::new(OnceLock::new());
-    gw.approvals = Some(slot.clone());
-    let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
-    ciba_gate::run::start_approvals(
-        cfg.resolve_approvals().unwrap().unwrap(),
-        store,
-        slot.clone(),
-    )
-    .await
-    .unwrap();
-    for _ in 0..200 {
-        if slot.get().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(slot.get().is_some(), "OP discovery did not complete");
-    let gateway = Arc::new(gw);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        gateway.clone(),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let gate = support::gateway::Gate::start(&dir, &yaml).await;
+    gate.approvals_ready().await;
+    let gw_addr = gate.addr;
+    let evidence = gate.evidence.clone();
+    let gateway = gate.running.gateway.clone();
+    std::mem::forget(gate);
     Setup {
         gw_addr,
         op,
@@ -862,33 +833,17 @@ approvals:
   binding_message_profile: ciba-gate-dev
 "#
     );
-    let cfg = LoadedConfig::parse(&dir.join("gate.yaml"), &yaml).unwrap();
-    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
-    let (sink, evidence) = EvidenceSink::memory();
-    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
-    let slot = Arc::new(OnceLock::new());
-    gw.approvals = Some(slot.clone());
-    ciba_gate::run::start_approvals(
-        cfg.resolve_approvals().unwrap().unwrap(),
-        Arc::new(MemoryStore::new()),
-        slot.clone(),
-    )
-    .await
-    .unwrap();
+    let gate = support::gateway::Gate::start(&dir, &yaml).await;
+    // An OP that never answers discovery leaves approvals unavailable: wait a little only.
     for _ in 0..200 {
-        if slot.get().is_some() {
+        if gate.running.approvals().is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(gw),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let addr = gate.addr;
+    let evidence = gate.evidence.clone();
+    std::mem::forget(gate);
     (addr, upstream, evidence)
 }
 

@@ -3,13 +3,13 @@
 //! last good one when the new files are broken, and refuses notifications it cannot
 //! authenticate — over TLS like anywhere else.
 
-use std::sync::{Arc, OnceLock};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use ciba_gate::approval::callback::{self, ReloadingCert, TlsFiles};
-use ciba_gate::config::LoadedConfig;
 use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
-use ciba_gate::store::memory::MemoryStore;
 use tokio::net::TcpListener;
 
 fn write_cert(dir: &std::path::Path, name: &str) -> (TlsFiles, String) {
@@ -65,21 +65,14 @@ approvals:
         concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
         op.issuer()
     );
-    let cfg = LoadedConfig::parse(&dir.join("c.yaml"), &yaml).unwrap();
-    let mut resolved = cfg.resolve_approvals().unwrap().unwrap();
-    resolved.callback = None; // this test serves the listener itself, with TLS
-    let slot = Arc::new(OnceLock::new());
-    ciba_gate::run::start_approvals(resolved, Arc::new(MemoryStore::new()), slot.clone())
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if let Some(a) = slot.get() {
-            std::mem::forget(op);
-            return a.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("discovery did not complete");
+    // The gateway's own callback listener is plain HTTP on a free port; this test
+    // serves a second one itself, with TLS, for the same approvals.
+    let gate = support::gateway::Gate::start(&dir, &yaml).await;
+    gate.approvals_ready().await;
+    let approvals = gate.running.approvals().unwrap();
+    std::mem::forget(op);
+    std::mem::forget(gate);
+    approvals
 }
 
 #[tokio::test]

@@ -272,14 +272,14 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
     assert_eq!(
         sample(
             &text,
-            r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",upstream="demo-tools"}"#
+            r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",reason="allowed",upstream="demo-tools"}"#
         ),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"ciba_gate_decisions_total{effect="deny",outcome="blocked",upstream="demo-tools"}"#
+            r#"ciba_gate_decisions_total{effect="deny",outcome="blocked",reason="policy",upstream="demo-tools"}"#
         ),
         1.0
     );

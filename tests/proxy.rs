@@ -1,16 +1,14 @@
 //! The gateway over real sockets: a real hyper upstream that records what reaches it,
 //! the bundled policies, and an HTTP client in front. Each test states one behaviour.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ciba_gate::audit::EvidenceSink;
-use ciba_gate::config::LoadedConfig;
-use ciba_gate::policy::PolicyEngine;
-use ciba_gate::proxy::{Gateway, server};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -19,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+use support::gateway::Gate;
 
 const UPSTREAM_TOKEN: &str = "upstream-secret-7f3a9c";
 
@@ -175,16 +175,10 @@ fn body_of(b: Bytes) -> TestBody {
     Full::new(b).boxed_unsync()
 }
 
-struct Gw {
-    addr: SocketAddr,
-    evidence: Arc<Mutex<Vec<String>>>,
-}
-
 fn config_text(upstream: SocketAddr, extra_upstream: &str) -> String {
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
     format!(
         r#"
-listen: "127.0.0.1:0"
 agent: {{id: test-agent, namespace: agents}}
 policy: {{dir: "{policies}", reload_interval: 0s}}
 limits: {{max_body_bytes: 4096, max_json_depth: 16}}
@@ -209,27 +203,14 @@ upstreams:
     )
 }
 
-async fn start_gateway_with(upstream: SocketAddr, extra_upstream: &str) -> Gw {
+async fn start_gateway_with(upstream: SocketAddr, extra_upstream: &str) -> Gate {
     // SAFETY of the test: every test sets the same value.
     unsafe { std::env::set_var("PROXY_TEST_UPSTREAM_TOKEN", UPSTREAM_TOKEN) };
-    let text = config_text(upstream, extra_upstream);
-    let cfg = LoadedConfig::parse(std::path::Path::new("/tmp/proxy-test.yaml"), &text).unwrap();
-    let secrets = cfg.resolve_secrets().unwrap();
-    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
-    let (sink, evidence) = EvidenceSink::memory();
-    let gw = Arc::new(Gateway::from_config(&cfg, secrets, policy, sink).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        gw,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    Gw { addr, evidence }
+    let dir = tempfile::tempdir().unwrap().keep();
+    Gate::start(&dir, &config_text(upstream, extra_upstream)).await
 }
 
-async fn start_gateway(upstream: SocketAddr) -> Gw {
+async fn start_gateway(upstream: SocketAddr) -> Gate {
     start_gateway_with(upstream, "").await
 }
 
@@ -252,7 +233,7 @@ fn call(id: i64, tool: &str, args: Value) -> Value {
     )
 }
 
-async fn post_mcp(gw: &Gw, body: &Value) -> (u16, http::HeaderMap, Value) {
+async fn post_mcp(gw: &Gate, body: &Value) -> (u16, http::HeaderMap, Value) {
     post_raw(
         gw,
         "/mcp",
@@ -264,7 +245,7 @@ async fn post_mcp(gw: &Gw, body: &Value) -> (u16, http::HeaderMap, Value) {
 }
 
 async fn post_raw(
-    gw: &Gw,
+    gw: &Gate,
     path: &str,
     ctype: &str,
     body: Vec<u8>,
@@ -298,7 +279,7 @@ fn tool_names(list_result: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn evidence_lines(gw: &Gw, at_least: usize) -> Vec<Value> {
+async fn evidence_lines(gw: &Gate, at_least: usize) -> Vec<Value> {
     for _ in 0..100 {
         let lines = gw.evidence.lock().unwrap().clone();
         if lines.len() >= at_least {

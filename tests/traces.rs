@@ -5,19 +5,17 @@
 //! parent, and no attribute may carry a secret, a hint or an argument.
 //! (Its own test binary: it installs the process-wide tracing subscriber.)
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ciba_gate::audit::EvidenceSink;
-use ciba_gate::config::{LoadedConfig, OtlpProtocol, TelemetryConfig};
 use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig};
-use ciba_gate::policy::PolicyEngine;
-use ciba_gate::proxy::{Gateway, server};
-use ciba_gate::store::{ApprovalStore, memory::MemoryStore};
+use ciba_gate::telemetry::config::{OtlpProtocol, TelemetryConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -189,35 +187,9 @@ approvals:
 "#,
         issuer = op.issuer(),
     );
-    let cfg = LoadedConfig::parse(&dir.path().join("gate.yaml"), &yaml).unwrap();
-    let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
-    let (sink, _evidence) = EvidenceSink::memory();
-    let mut gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
-    let slot = Arc::new(OnceLock::new());
-    gw.approvals = Some(slot.clone());
-    let store: Arc<dyn ApprovalStore> = Arc::new(MemoryStore::new());
-    ciba_gate::run::start_approvals(
-        cfg.resolve_approvals().unwrap().unwrap(),
-        store,
-        slot.clone(),
-    )
-    .await
-    .unwrap();
-    for _ in 0..500 {
-        if slot.get().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(slot.get().is_some(), "OP discovery did not complete");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        Arc::new(gw),
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let gate = support::gateway::Gate::start(dir.path(), &yaml).await;
+    gate.approvals_ready().await;
+    let gw_addr = gate.addr;
 
     // The agent's call, held over SSE, approved on the "phone".
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {

@@ -6,6 +6,7 @@
 
 pub mod binding;
 pub mod callback;
+pub mod config;
 pub mod driver;
 pub mod request_state;
 
@@ -18,6 +19,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::ciba::{AuthRequest, CibaClient, DeliveryMode, UserHint};
+use crate::outcome::Reason;
 use crate::store::{ApprovalRecord, ApprovalStore, Joined, Status, now_ms};
 use binding::Profile;
 
@@ -112,23 +114,6 @@ pub struct Ticket {
     pub deadline_ms: u64,
 }
 
-/// Why an approval did not lead to a forward. `code` is stable: the agent's answer,
-/// the evidence record and metrics use the same one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
-    pub code: String,
-    pub message: String,
-}
-
-impl Blocked {
-    fn new(code: &str, message: impl Into<String>) -> Self {
-        Blocked {
-            code: code.to_string(),
-            message: message.into(),
-        }
-    }
-}
-
 /// The result of waiting.
 #[derive(Debug, Clone)]
 pub enum Settled {
@@ -136,7 +121,8 @@ pub enum Settled {
     Approved(ApprovalRecord),
     /// Not decided yet (park mode, or the hold's time is up for this request).
     Pending(ApprovalRecord),
-    Blocked(Blocked, Option<ApprovalRecord>),
+    /// Ended without a grant this call may use: why, and the record (for evidence).
+    Blocked(Reason, Option<ApprovalRecord>),
 }
 
 /// What the evidence record says about the approval (no tokens, hints or user codes).
@@ -166,6 +152,19 @@ pub struct ApprovalEvidence {
     pub acr: Option<String>,
 }
 
+/// What the approval subsystem is built from.
+pub struct ApprovalsParts {
+    pub ciba: Arc<CibaClient>,
+    pub store: Arc<dyn ApprovalStore>,
+    pub settings: Settings,
+    pub profile: Profile,
+    /// The user asked (whose phone).
+    pub hint: UserHint,
+    pub user_code: Option<String>,
+    /// HMAC key for requestState and keyed hashes (shared by replicas).
+    pub key: Vec<u8>,
+}
+
 pub struct Approvals {
     pub ciba: Arc<CibaClient>,
     pub store: Arc<dyn ApprovalStore>,
@@ -182,8 +181,6 @@ pub struct Approvals {
     pub(crate) instance: String,
     /// Fingerprints with a driver (creator or resume) running in this process.
     pub(crate) local_drivers: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// This value's own `Arc`, for spawning drivers from `&self`.
-    me: std::sync::Weak<Approvals>,
 }
 
 /// A record still pending without an `auth_req_id` this long after it was created has
@@ -193,22 +190,23 @@ fn ack_lost_after(http_timeout: Duration) -> Duration {
 }
 
 impl Approvals {
-    pub fn new(
-        ciba: Arc<CibaClient>,
-        store: Arc<dyn ApprovalStore>,
-        settings: Settings,
-        profile: Profile,
-        hint: UserHint,
-        user_code: Option<String>,
-        key: Vec<u8>,
-    ) -> Arc<Self> {
+    pub fn new(parts: ApprovalsParts) -> Arc<Self> {
+        let ApprovalsParts {
+            ciba,
+            store,
+            settings,
+            profile,
+            hint,
+            user_code,
+            key,
+        } = parts;
         let (hint_type, raw) = match &hint {
             UserHint::LoginHint(v) => ("login_hint", v.as_str()),
             UserHint::IdTokenHint(v) => ("id_token_hint", v.as_str()),
             UserHint::LoginHintToken(v) => ("login_hint_token", v.as_str()),
         };
         let user_key = keyed_hash(&key, "user", raw);
-        Arc::new_cyclic(|me| Approvals {
+        Arc::new(Approvals {
             ciba,
             store,
             settings,
@@ -220,7 +218,6 @@ impl Approvals {
             key,
             instance: format!("{:032x}", rand::random::<u128>()),
             local_drivers: Default::default(),
-            me: me.clone(),
         })
     }
 
@@ -242,7 +239,7 @@ impl Approvals {
     /// gone: a resume driver polls the OP from the stored auth_req_id whenever the poll
     /// lease is free, so the request is never stranded. Nothing to poll in push mode
     /// (the OP pushes to whichever replica its load balancer picks).
-    fn ensure_driver(&self, rec: &ApprovalRecord) {
+    fn ensure_driver(self: &Arc<Self>, rec: &ApprovalRecord) {
         if rec.status != Status::Pending
             || rec.auth_req_id.is_none()
             || self.ciba.config().delivery == DeliveryMode::Push
@@ -250,10 +247,7 @@ impl Approvals {
         {
             return;
         }
-        let Some(this) = self.me.upgrade() else {
-            self.release_driver(&rec.fingerprint);
-            return;
-        };
+        let this = self.clone();
         let fp = rec.fingerprint.clone();
         tokio::spawn(async move { driver::resume(this, fp).await });
     }
@@ -272,20 +266,14 @@ impl Approvals {
     }
 
     /// Checks the policy's approval object against the OP's limits.
-    pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Blocked> {
+    pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Reason> {
         let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
         let binding_message = s("binding_message").ok_or_else(|| {
-            Blocked::new(
-                "approval_misconfigured",
-                "the policy's approval has no binding_message",
-            )
+            Reason::ApprovalMisconfigured("the approval has no binding_message".into())
         })?;
-        self.profile.check(&binding_message).map_err(|e| {
-            Blocked::new(
-                "invalid_binding_message",
-                format!("the policy's binding message does not fit the OP ({e}); this is a configuration error"),
-            )
-        })?;
+        self.profile
+            .check(&binding_message)
+            .map_err(|e| Reason::InvalidBindingMessage(e.to_string()))?;
         let mut scope = s("scope").unwrap_or_else(|| "openid".into());
         if !scope.split(' ').any(|x| x == "openid") {
             scope = format!("openid {scope}");
@@ -302,10 +290,9 @@ impl Approvals {
             Some("hold") => Some(Mode::Hold),
             Some("park") => Some(Mode::Park),
             Some(other) => {
-                return Err(Blocked::new(
-                    "approval_misconfigured",
-                    format!("the policy's approval mode {other:?} is not hold or park"),
-                ));
+                return Err(Reason::ApprovalMisconfigured(format!(
+                    "mode {other:?} is not hold or park"
+                )));
             }
             None => None,
         };
@@ -330,15 +317,10 @@ impl Approvals {
     }
 
     /// Finds or starts the approval for this call. Fails closed: any store problem blocks.
-    pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Blocked> {
+    pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Reason> {
         let params = self.parse_params(call.params)?;
         let fingerprint = Self::fingerprint(call);
-        let unavailable = |e: crate::store::StoreError| {
-            Blocked::new(
-                "store_unavailable",
-                format!("approvals cannot be checked right now: {e}"),
-            )
-        };
+        let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
 
         // A call that joins an existing request is never throttled: it prompts nobody.
         let mut existing = self.store.get(&fingerprint).await.map_err(unavailable)?;
@@ -453,13 +435,8 @@ impl Approvals {
         }
     }
 
-    async fn throttle(&self, params: &ApprovalParams, agent: &str) -> Result<(), Blocked> {
-        let unavailable = |e: crate::store::StoreError| {
-            Blocked::new(
-                "store_unavailable",
-                format!("approvals cannot be checked right now: {e}"),
-            )
-        };
+    async fn throttle(&self, params: &ApprovalParams, agent: &str) -> Result<(), Reason> {
+        let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
         if !self.settings.denial_cooldown.is_zero()
             && self
                 .store
@@ -467,10 +444,7 @@ impl Approvals {
                 .await
                 .map_err(unavailable)?
         {
-            return Err(Blocked::new(
-                "denial_cooldown",
-                "the user recently denied an approval; no new request is sent until the cool-down passes",
-            ));
+            return Err(Reason::DenialCooldown);
         }
         let checks = [
             (
@@ -497,13 +471,10 @@ impl Approvals {
                     .await
                     .map_err(unavailable)?
             {
-                return Err(Blocked::new(
-                    "approval_rate_limited",
-                    format!(
-                        "too many approval requests {what} (at most {} per {:?})",
-                        l.limit, l.window
-                    ),
-                ));
+                return Err(Reason::ApprovalRateLimited {
+                    what,
+                    retry_after_secs: l.window.as_secs().max(1),
+                });
             }
         }
         Ok(())
@@ -511,7 +482,7 @@ impl Approvals {
 
     /// Waits for the decision (hold: until `until_ms` at the latest; park: not at all)
     /// and takes a granted approval for this call, exactly once.
-    pub async fn settle(&self, ticket: &Ticket, until_ms: u64) -> Settled {
+    pub async fn settle(self: &Arc<Self>, ticket: &Ticket, until_ms: u64) -> Settled {
         loop {
             let rec = match self.store.get(&ticket.fingerprint).await {
                 Ok(Some(r)) => r,
@@ -519,77 +490,39 @@ impl Approvals {
                     // Gone: taken by an identical call, or lost by the store (e.g. Redis
                     // restarted empty). Either way nothing is forwarded on a guess.
                     if let Ok(false) = self.store.recently_consumed(&ticket.fingerprint).await {
-                        return Settled::Blocked(
-                            Blocked::new(
-                                "approval_lost",
-                                "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval",
-                            ),
-                            None,
-                        );
+                        return Settled::Blocked(Reason::ApprovalLost, None);
                     }
-                    return Settled::Blocked(
-                        Blocked::new(
-                            "approval_already_used",
-                            "the approval for this exact call was used by an identical call; call again to ask for a new approval",
-                        ),
-                        None,
-                    );
+                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, None);
                 }
                 Err(e) => {
-                    return Settled::Blocked(
-                        Blocked::new("store_unavailable", e.to_string()),
-                        None,
-                    );
+                    return Settled::Blocked(Reason::StoreUnavailable(e.to_string()), None);
                 }
             };
             match rec.status {
                 Status::Granted => {
                     return match self.store.consume(&ticket.fingerprint).await {
                         Ok(Some(r)) => Settled::Approved(r),
-                        Ok(None) => Settled::Blocked(
-                            Blocked::new(
-                                "approval_already_used",
-                                "the approval for this exact call was used by an identical call; call again to ask for a new approval",
-                            ),
-                            Some(rec),
-                        ),
-                        Err(e) => Settled::Blocked(
-                            Blocked::new("store_unavailable", e.to_string()),
-                            Some(rec),
-                        ),
+                        Ok(None) => Settled::Blocked(Reason::ApprovalAlreadyUsed, Some(rec)),
+                        Err(e) => {
+                            Settled::Blocked(Reason::StoreUnavailable(e.to_string()), Some(rec))
+                        }
                     };
                 }
                 Status::Consumed => {
-                    return Settled::Blocked(
-                        Blocked::new(
-                            "approval_already_used",
-                            "the approval for this exact call was already used",
-                        ),
-                        Some(rec),
-                    );
+                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, Some(rec));
                 }
                 Status::Denied => {
-                    return Settled::Blocked(
-                        Blocked::new(
-                            "approval_denied",
-                            "the user denied the request on their phone",
-                        ),
-                        Some(rec),
-                    );
+                    return Settled::Blocked(Reason::ApprovalDenied, Some(rec));
                 }
                 Status::Expired => {
-                    return Settled::Blocked(
-                        Blocked::new("approval_expired", "nobody approved the request in time"),
-                        Some(rec),
-                    );
+                    return Settled::Blocked(Reason::ApprovalExpired, Some(rec));
                 }
                 Status::Failed => {
                     let code = rec
                         .failure
                         .clone()
                         .unwrap_or_else(|| "approval_failed".into());
-                    let message = failure_sentence(&code);
-                    return Settled::Blocked(Blocked::new(&code, message), Some(rec));
+                    return Settled::Blocked(Reason::from_failure(&code), Some(rec));
                 }
                 Status::Pending => {
                     let now = now_ms();
@@ -615,13 +548,7 @@ impl Approvals {
                             // This call's evidence says what its answer says: expired.
                             let mut rec = rec;
                             rec.status = Status::Expired;
-                            return Settled::Blocked(
-                                Blocked::new(
-                                    "approval_expired",
-                                    "nobody approved the request in time",
-                                ),
-                                Some(rec),
-                            );
+                            return Settled::Blocked(Reason::ApprovalExpired, Some(rec));
                         }
                         return Settled::Pending(rec);
                     }
@@ -678,27 +605,6 @@ pub fn delivery_name(d: DeliveryMode) -> &'static str {
         DeliveryMode::Poll => "poll",
         DeliveryMode::Ping => "ping",
         DeliveryMode::Push => "push",
-    }
-}
-
-fn failure_sentence(code: &str) -> String {
-    match code {
-        "invalid_binding_message" => {
-            "the OP rejected the binding message; this is a configuration error".into()
-        }
-        "unknown_user_id" => "the OP does not know the user this agent acts for".into(),
-        "invalid_client" | "unauthorized_client" => {
-            "the OP rejected the gateway's client credentials".into()
-        }
-        "op_unreachable" => "the OpenID Provider could not be reached".into(),
-        "op_error" => "the OpenID Provider answered with an error".into(),
-        "invalid_id_token" => "the approval's ID token failed validation".into(),
-        "store_unavailable" => "the approval store is unavailable".into(),
-        "shutting_down" => "the gateway is shutting down; retry the call".into(),
-        "request_lost" => {
-            "the gateway that sent the approval request stopped before the OP acknowledged it; retry the call to ask again".into()
-        }
-        other => format!("the approval failed ({other})"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9).
 
 use base64::Engine;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::error::CibaError;
@@ -46,12 +47,12 @@ pub(crate) fn authn(cfg: &ClientConfig, audience: &str) -> Result<Authn, CibaErr
     Ok(match &cfg.auth {
         ClientAuth::SecretBasic { secret } => Authn {
             form: Vec::new(),
-            authorization: Some(basic_header(client_id, secret)),
+            authorization: Some(basic_header(client_id, secret.expose_secret())),
         },
         ClientAuth::SecretPost { secret } => Authn {
             form: vec![
                 ("client_id", client_id.to_owned()),
-                ("client_secret", secret.clone()),
+                ("client_secret", secret.expose_secret().to_string()),
             ],
             authorization: None,
         },

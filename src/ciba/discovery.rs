@@ -50,7 +50,7 @@ pub(crate) fn check_config(cfg: &ClientConfig) -> Result<(), CibaError> {
     }
     match &cfg.auth {
         ClientAuth::SecretBasic { secret } | ClientAuth::SecretPost { secret }
-            if secret.is_empty() =>
+            if secrecy::ExposeSecret::expose_secret(secret).is_empty() =>
         {
             return Err(CibaError::Config("the client secret is empty".into()));
         }

@@ -170,9 +170,9 @@ impl fmt::Debug for SigningKey {
 #[derive(Clone)]
 pub enum ClientAuth {
     /// `client_secret_basic` (id and secret form-urlencoded before Base64, RFC 6749 §2.3.1).
-    SecretBasic { secret: String },
+    SecretBasic { secret: secrecy::SecretString },
     /// `client_secret_post`.
-    SecretPost { secret: String },
+    SecretPost { secret: secrecy::SecretString },
     /// `private_key_jwt` (RFC 7523), `aud` = the OP issuer.
     PrivateKeyJwt { key: SigningKey },
 }

@@ -15,8 +15,10 @@
 //! thread local keyed by the compiled policy) and falls back to the tree-walking
 //! interpreter when the VM cannot compile the policy set.
 
+pub mod config;
 mod engine;
 mod files;
+pub mod input;
 pub use files::SAMPLE_SUFFIX;
 mod reload;
 pub mod testing;

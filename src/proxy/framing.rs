@@ -8,16 +8,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode, header};
+use http::{HeaderMap, Method, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 
-use super::{BoxBody, answer};
-
-/// Reason code: a body behind a method that has none.
-pub const BODY_NOT_ALLOWED: &str = "body_not_allowed";
-/// Reason code: an inspected body with a content coding or charset policy cannot read.
-pub const UNSUPPORTED_ENCODING: &str = "unsupported_encoding";
+use super::BoxBody;
+use crate::outcome::Reason;
 
 /// Methods whose requests carry no body. A tool server may not read one behind them
 /// (Python's `http.server` does not), and would parse it as the next request.
@@ -30,36 +26,19 @@ pub fn method_has_no_body(method: &Method) -> bool {
 
 /// Refuses a request whose method has no body but which declares one (a
 /// `Content-Length` above zero or a chunked body).
-pub fn refuse_declared_body(
-    body: &Incoming,
-    method: &Method,
-    is_mcp: bool,
-) -> Result<(), Response<BoxBody>> {
+pub fn refuse_declared_body(body: &Incoming, method: &Method) -> Result<(), Reason> {
     if method_has_no_body(method) && !body.is_end_stream() {
-        return Err(answer::bad_input(
-            is_mcp,
-            StatusCode::BAD_REQUEST,
-            BODY_NOT_ALLOWED,
-            &format!("a {method} request must not carry a body; nothing was forwarded"),
-        ));
+        return Err(Reason::BodyNotAllowed(format!(
+            "a {method} request must not carry a body; nothing was forwarded"
+        )));
     }
     Ok(())
 }
 
 /// An inspected (JSON) body must be read by the tool server exactly as the gateway
 /// reads it: no `Content-Encoding` (other than `identity`) and no charset but UTF-8.
-pub fn check_inspected_encoding(
-    headers: &HeaderMap,
-    is_mcp: bool,
-) -> Result<(), Response<BoxBody>> {
-    let refuse = |msg: &str| {
-        answer::bad_input(
-            is_mcp,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            UNSUPPORTED_ENCODING,
-            msg,
-        )
-    };
+pub fn check_inspected_encoding(headers: &HeaderMap) -> Result<(), Reason> {
+    let refuse = |msg: &str| Reason::UnsupportedEncoding(msg.to_string());
     for v in headers.get_all(header::CONTENT_ENCODING) {
         let ok = v
             .to_str()
@@ -105,58 +84,56 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-fn too_large(is_mcp: bool, limit: usize) -> Response<BoxBody> {
+fn too_large(limit: usize) -> Reason {
     crate::telemetry::metrics::limit_exceeded("request_body");
-    answer::bad_input(
-        is_mcp,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        &format!("the request body exceeds the gateway's limit of {limit} bytes"),
-    )
+    Reason::BodyTooLarge(limit)
 }
 
-/// Reads a request body up to `limit` bytes within `timeout`: `Err` is the answer to give.
+/// Reads a request body up to `limit` bytes within `timeout`.
 pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,
     timeout: Duration,
-    is_mcp: bool,
-) -> Result<Bytes, Response<BoxBody>> {
+) -> Result<Bytes, Reason> {
     if declared_length(headers).is_some_and(|len| len > limit as u64) {
-        return Err(too_large(is_mcp, limit));
+        return Err(too_large(limit));
     }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Err(_) => Err({
+        Err(_) => {
             crate::telemetry::metrics::limit_exceeded("request_body_time");
-            answer::bad_input(
-                is_mcp,
-                StatusCode::REQUEST_TIMEOUT,
-                "body_read_timeout",
-                &format!("the request body did not arrive within {timeout:?}"),
-            )
-        }),
+            Err(Reason::BodyReadTimeout)
+        }
         // Trailers are dropped: only the data policy reads goes on.
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(is_mcp, limit)),
-        Ok(Err(e)) => Err(answer::bad_input(
-            is_mcp,
-            StatusCode::BAD_REQUEST,
-            "body_read_error",
-            &format!("the request body could not be read: {e}"),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(e)) => Err(Reason::BodyReadError(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// Reads an opaque body that was streaming (an approval binds its digest).
+pub async fn collect_stream(
+    body: BoxBody,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Reason> {
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Err(_) => {
+            crate::telemetry::metrics::limit_exceeded("request_body_time");
+            Err(Reason::BodyReadTimeout)
+        }
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(_)) => Err(too_large(limit)),
     }
 }
 
 /// An opaque body streamed on: still size-limited, data frames only (the agent's
 /// trailers never reach the tool server), framed by the gateway's own client.
-pub fn stream_opaque(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<BoxBody, Response<BoxBody>> {
+pub fn stream_opaque(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<BoxBody, Reason> {
     if declared_length(headers).is_some_and(|len| len > limit as u64) {
-        return Err(too_large(false, limit));
+        return Err(too_large(limit));
     }
     Ok(DataOnly(Limited::new(body, limit).boxed_unsync()).boxed_unsync())
 }
@@ -218,19 +195,16 @@ mod tests {
     #[test]
     fn inspected_bodies_must_be_plain_utf8() {
         assert!(
-            check_inspected_encoding(&headers(&[("content-type", "application/json")]), true)
-                .is_ok()
+            check_inspected_encoding(&headers(&[("content-type", "application/json")])).is_ok()
         );
         assert!(
-            check_inspected_encoding(
-                &headers(&[("content-type", "application/json; charset=UTF-8")]),
-                true
-            )
+            check_inspected_encoding(&headers(&[(
+                "content-type",
+                "application/json; charset=UTF-8"
+            )]))
             .is_ok()
         );
-        assert!(
-            check_inspected_encoding(&headers(&[("content-encoding", "identity")]), true).is_ok()
-        );
+        assert!(check_inspected_encoding(&headers(&[("content-encoding", "identity")])).is_ok());
         for bad in [
             vec![("content-encoding", "gzip")],
             vec![("content-encoding", "identity, br")],
@@ -241,10 +215,7 @@ mod tests {
                 ("content-type", "text/plain"),
             ],
         ] {
-            assert!(
-                check_inspected_encoding(&headers(&bad), true).is_err(),
-                "{bad:?}"
-            );
+            assert!(check_inspected_encoding(&headers(&bad)).is_err(), "{bad:?}");
         }
     }
 }

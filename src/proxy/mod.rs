@@ -1,32 +1,43 @@
-//! The agent-facing reverse proxy. Every request takes the same phases:
-//! check the path → find the mount → classify (MCP JSON-RPC or an HTTP route) →
-//! decide with policy → forward or answer → record evidence.
-//! A phase that answers early returns its response; nothing reaches an upstream
-//! unless policy said `allow` for every message in it.
+//! The agent-facing reverse proxy. Every request takes the same phases over one
+//! per-request context (`call::Call`):
+//!
+//!   classify → decide → (approve: hold or park) → forward → record
+//!
+//! `classify` reads the request into the calls it carries (an MCP message or a batch,
+//! a routed HTTP tool call, an MCP stream request) or refuses it; `decide` puts each call
+//! to policy; `approve` runs a person's approval when policy asks for one; `forward`
+//! sends what was allowed; every call leaves one evidence record (`record`), on every
+//! path, cancellation included. A phase that answers early returns `Err(Stop)`.
+//! Nothing reaches an upstream unless policy allowed every message in it.
 
-pub mod answer;
 pub mod approve;
+pub mod call;
+pub mod classify;
+pub mod config;
+pub mod decide;
+pub mod flow;
+pub mod forward;
 pub mod framing;
-pub mod http_tools;
 pub mod mcp;
-pub mod mcp_handler;
 pub mod path;
+pub mod render;
 pub mod routes;
 pub mod server;
 pub mod sse;
 pub mod upstream;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
 
-use crate::audit::{EvidenceRecord, EvidenceSink, PendingRecord};
-use crate::config::{LoadedConfig, Secret, UpstreamKind};
-use crate::policy::{Decision, PolicyEngine};
+use crate::approval::Approvals;
+use crate::audit::EvidenceSink;
+use crate::policy::PolicyEngine;
+use crate::validate::{Checked, FieldError};
+use config::{AgentConfig, Limits, UpstreamConfig, UpstreamKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -48,64 +59,84 @@ impl Mount {
         let rest = path.strip_prefix(self.prefix.as_str())?;
         (rest.is_empty() || rest.starts_with('/')).then_some(rest)
     }
+
+    pub fn name(&self) -> &str {
+        &self.upstream.name
+    }
 }
 
-/// Everything a request needs, shared by all connections.
-pub struct Gateway {
-    pub agent_id: String,
-    pub agent_namespace: Option<String>,
-    pub mounts: Vec<Mount>,
+/// What a gateway is built from (`App::build` supplies it).
+pub struct GatewayParts {
+    pub agent: AgentConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The config file's directory (credential files are relative to it).
+    pub base: PathBuf,
+    pub limits: Limits,
     pub policy: PolicyEngine,
     pub evidence: EvidenceSink,
-    pub max_body_bytes: usize,
-    /// Longest time an agent may take to send a request body (408 after it).
-    pub body_read_timeout: std::time::Duration,
-    pub max_json_depth: usize,
-    pub max_inspected_response_bytes: usize,
-    /// Human approvals (CIBA); `None`: not configured, an `approve` decision blocks the
-    /// call. The slot fills once the OP's metadata has been fetched.
-    pub approvals: Option<Arc<std::sync::OnceLock<Arc<crate::approval::Approvals>>>>,
+    /// Human approvals (CIBA): `None` when not configured (an `approve` decision blocks
+    /// the call); the slot fills once the OP's metadata has been fetched.
+    pub approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
+}
+
+/// Everything a request needs, shared by all connections. Immutable once built.
+pub struct Gateway {
+    pub agent: AgentConfig,
+    mounts: Vec<Mount>,
+    pub policy: PolicyEngine,
+    pub evidence: EvidenceSink,
+    pub limits: Limits,
+    approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
     /// Turns true when held calls must give up (shutdown drain deadline).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
 }
 
-/// Headers a policy may read (lower-cased); all others stay out of the input document.
-const POLICY_HEADERS: [&str; 6] = [
-    "content-type",
-    "accept",
-    "user-agent",
-    "mcp-protocol-version",
-    "mcp-method",
-    "mcp-name",
-];
+/// Whether approvals can be asked for right now.
+pub enum ApprovalsState {
+    NotConfigured,
+    /// Configured, but the OP's metadata has not been fetched yet.
+    Unavailable,
+    Ready(Arc<Approvals>),
+}
 
 impl Gateway {
-    pub fn from_config(
-        cfg: &LoadedConfig,
-        secrets: Vec<Option<Secret>>,
-        policy: PolicyEngine,
-        evidence: EvidenceSink,
-    ) -> anyhow::Result<Self> {
-        let c = &cfg.config;
+    /// Builds the mounts (reading each upstream's credential). Errors name the key below
+    /// `upstreams`.
+    pub fn new(parts: GatewayParts) -> Checked<Self> {
         let mut mounts = Vec::new();
-        for (u, secret) in c.upstreams.iter().zip(secrets) {
+        for (i, u) in parts.upstreams.iter().enumerate() {
+            let at = format!("[{i}]");
+            let credential = match &u.credential {
+                Some(c) => Some(
+                    c.source()
+                        .read(&parts.base)
+                        .map_err(|e| e.under(&format!("{at}.credential")))?,
+                ),
+                None => None,
+            };
             let routes = u
                 .routes
                 .iter()
-                .map(|r| {
+                .enumerate()
+                .map(|(j, r)| {
                     Ok(routes::Route {
-                        method: Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())?,
-                        template: routes::PathTemplate::parse(&r.path)?,
+                        method: Method::from_bytes(r.method.to_ascii_uppercase().as_bytes())
+                            .map_err(|e| {
+                                FieldError::new(format!("{at}.routes[{j}].method"), e.to_string())
+                            })?,
+                        template: routes::PathTemplate::parse(&r.path).map_err(|e| {
+                            FieldError::new(format!("{at}.routes[{j}].path"), e.to_string())
+                        })?,
                         tool: r.tool.clone(),
                         opaque_body: r.opaque_body,
                     })
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect::<Checked<Vec<_>>>()?;
             mounts.push(Mount {
                 prefix: u.mount.clone(),
                 kind: u.kind,
-                upstream: upstream::Upstream::new(u, secret)?,
+                upstream: upstream::Upstream::new(u, credential).map_err(|e| e.under(&at))?,
                 routes,
             });
         }
@@ -113,19 +144,35 @@ impl Gateway {
         mounts.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
         Ok(Gateway {
-            approvals: None,
+            agent: parts.agent,
+            mounts,
+            policy: parts.policy,
+            evidence: parts.evidence,
+            limits: parts.limits,
+            approvals: parts.approvals,
             shutdown,
             shutdown_tx,
-            agent_id: c.agent.id.clone(),
-            agent_namespace: c.agent.namespace.clone(),
-            mounts,
-            policy,
-            evidence,
-            max_body_bytes: c.limits.max_body_bytes,
-            body_read_timeout: c.limits.body_read_timeout,
-            max_json_depth: c.limits.max_json_depth,
-            max_inspected_response_bytes: c.limits.max_inspected_response_bytes,
         })
+    }
+
+    /// The approvals, once the OP's metadata has been fetched.
+    pub fn approvals(&self) -> Option<Arc<Approvals>> {
+        self.approvals.as_ref().and_then(|s| s.get().cloned())
+    }
+
+    pub fn approvals_state(&self) -> ApprovalsState {
+        match &self.approvals {
+            None => ApprovalsState::NotConfigured,
+            Some(slot) => match slot.get() {
+                None => ApprovalsState::Unavailable,
+                Some(a) => ApprovalsState::Ready(a.clone()),
+            },
+        }
+    }
+
+    /// True when approvals are configured (ready or not).
+    pub fn approvals_configured(&self) -> bool {
+        self.approvals.is_some()
     }
 
     /// Held calls stop waiting and answer "shutting down, retry" (their approvals stay
@@ -134,19 +181,32 @@ impl Gateway {
         let _ = self.shutdown_tx.send(true);
     }
 
+    fn mount_position(&self, mount: &Mount) -> usize {
+        self.mounts
+            .iter()
+            .position(|m| std::ptr::eq(m, mount))
+            .unwrap_or(0)
+    }
+
+    fn mount_at(&self, i: usize) -> &Mount {
+        &self.mounts[i.min(self.mounts.len().saturating_sub(1))]
+    }
+
+    fn mount_for(&self, path: &str) -> Option<&Mount> {
+        self.mounts.iter().find(|m| m.rest(path).is_some())
+    }
+
     /// Handles one request from the agent. Never fails: every problem is an answer.
     /// With trace export on, each request is one trace (parented to the agent's
     /// `traceparent`, if any), its root span named after the mount.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
         use tracing::Instrument;
         if !crate::telemetry::traces::enabled() {
-            return self.handle_inner(req).await;
+            return flow::run(&self, req).await;
         }
         let mount = self
-            .mounts
-            .iter()
-            .find(|m| m.rest(req.uri().path()).is_some())
-            .map(|m| (m.prefix.as_str(), m.upstream.name.as_str()));
+            .mount_for(req.uri().path())
+            .map(|m| (m.prefix.as_str(), m.name()));
         let span = tracing::info_span!(
             "request",
             otel.name = %format_args!("{} {}", req.method(), mount.map(|m| m.0).unwrap_or("-")),
@@ -162,156 +222,11 @@ impl Gateway {
             ciba_gate.decision = tracing::field::Empty,
         );
         crate::telemetry::traces::adopt_remote_parent(&span, req.headers());
-        let resp = self.handle_inner(req).instrument(span.clone()).await;
+        let resp = flow::run(&self, req).instrument(span.clone()).await;
         span.record("http.response.status_code", resp.status().as_u16());
         if resp.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
         resp
-    }
-
-    async fn handle_inner(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
-        let ctx = RequestContext::new(req.method());
-        let path = req.uri().path().to_string();
-        let mount = self.mounts.iter().find(|m| m.rest(&path).is_some());
-        let is_mcp = mount.is_some_and(|m| m.kind == UpstreamKind::Mcp);
-
-        if let Err(e) = path::check(&path) {
-            let mut rec = self.record(&ctx, mount.map(|m| m.upstream.name.as_str()).unwrap_or("-"));
-            rec.get_mut().decision = "reject";
-            rec.get_mut().reason = "bad_path".into();
-            rec.finish("rejected", None);
-            return answer::bad_input(
-                is_mcp,
-                http::StatusCode::BAD_REQUEST,
-                "bad_path",
-                &e.to_string(),
-            );
-        }
-        let Some(mount) = mount else {
-            return answer::http_error(
-                http::StatusCode::NOT_FOUND,
-                "no_such_route",
-                "no upstream is mounted at this path",
-            );
-        };
-        let rest = mount.rest(&path).unwrap_or_default().to_string();
-        match mount.kind {
-            UpstreamKind::Mcp => mcp_handler::handle(&self, mount, &rest, req, ctx).await,
-            UpstreamKind::Http => http_tools::handle(&self, mount, &rest, req, ctx).await,
-        }
-    }
-
-    /// The parts of the policy input every call shares.
-    fn base_input(
-        &self,
-        mount: &Mount,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Map<String, Value> {
-        let mut h = Map::new();
-        for name in POLICY_HEADERS {
-            if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-                h.insert(name.to_string(), Value::String(v.to_string()));
-            }
-        }
-        let mut agent = Map::new();
-        agent.insert("id".into(), Value::String(self.agent_id.clone()));
-        if let Some(ns) = &self.agent_namespace {
-            agent.insert("namespace".into(), Value::String(ns.clone()));
-        }
-        let mut input = Map::new();
-        input.insert("phase".into(), json!("request"));
-        input.insert("agent".into(), Value::Object(agent));
-        input.insert(
-            "upstream".into(),
-            json!({"name": mount.upstream.name, "kind": mount.kind.to_string()}),
-        );
-        input.insert(
-            "request".into(),
-            json!({"method": method.as_str(), "path": path, "headers": Value::Object(h)}),
-        );
-        input
-    }
-
-    /// Decides on `input` and hands it back (the approval path reuses it for phase
-    /// `approved`), so the document is never copied.
-    fn decide(&self, input: Map<String, Value>) -> (Decision, Map<String, Value>) {
-        let input = Value::Object(input);
-        let span = crate::traced_span!(
-            "policy.request",
-            ciba_gate.policy.phase = "request",
-            ciba_gate.policy.effect = tracing::field::Empty,
-            ciba_gate.policy.revision = tracing::field::Empty
-        );
-        let decision = span.in_scope(|| self.policy.decide(&input));
-        span.record("ciba_gate.policy.effect", effect_name(&decision));
-        span.record("ciba_gate.policy.revision", &*decision.revision);
-        tracing::Span::current().record("ciba_gate.decision", effect_name(&decision));
-        match input {
-            Value::Object(m) => (decision, m),
-            _ => (decision, Map::new()),
-        }
-    }
-
-    fn record(&self, ctx: &RequestContext, upstream: &str) -> PendingRecord {
-        PendingRecord::new(
-            &self.evidence,
-            ctx.started,
-            EvidenceRecord {
-                request_id: ctx.id.clone(),
-                http_method: ctx.method.to_string(),
-                agent: self.agent_id.clone(),
-                upstream: upstream.to_string(),
-                ..Default::default()
-            },
-        )
-    }
-}
-
-/// Per-request facts: an id for correlating the evidence record, and the start time.
-pub struct RequestContext {
-    pub id: String,
-    pub started: Instant,
-    pub method: Method,
-}
-
-impl RequestContext {
-    fn new(method: &Method) -> Self {
-        RequestContext {
-            id: format!("{:016x}", rand::random::<u64>()),
-            started: Instant::now(),
-            method: method.clone(),
-        }
-    }
-}
-
-/// The effect name as written in evidence records.
-fn effect_name(d: &Decision) -> &'static str {
-    match d.effect {
-        crate::policy::Effect::Allow => "allow",
-        crate::policy::Effect::Deny => "deny",
-        crate::policy::Effect::Approve => "approve",
-    }
-}
-
-/// The reason code and sentence for a blocked decision.
-fn block_reason(d: &Decision) -> (String, String) {
-    use crate::policy::Effect;
-    match d.effect {
-        // Tool calls go through the approval path; anything else that policy wants
-        // approved (a resource read, an unrouted HTTP request) cannot be.
-        Effect::Approve => (
-            "approval_unsupported".to_string(),
-            "policy asks for a person's approval, which is given only for tool calls (MCP tools/call or a routed HTTP tool); this request was not run".to_string(),
-        ),
-        _ => match d.reasons.first() {
-            Some(r) => {
-                let msg = d.reasons.iter().map(|r| r.message.as_str()).collect::<Vec<_>>().join("; ");
-                (r.code.clone(), msg)
-            }
-            None => ("policy_denied".to_string(), "denied by policy".to_string()),
-        },
     }
 }

@@ -13,7 +13,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::BoxBody;
-use crate::config::{Secret, UpstreamConfig};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::config::UpstreamConfig;
+use crate::outcome::Reason;
+use crate::validate::{Checked, FieldError};
 
 /// Inbound headers starting with this prefix claim a gateway decision: always stripped.
 pub const GATEWAY_HEADER_PREFIX: &str = "x-ciba-gate-";
@@ -41,13 +45,19 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn status(&self) -> http::StatusCode {
+    /// The outcome this failure gives the call.
+    pub fn reason(&self) -> Reason {
         match self {
-            UpstreamError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
-            _ => http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Connect(why) => Reason::UpstreamUnreachable(why.clone()),
+            UpstreamError::Timeout(d) => Reason::UpstreamTimeout(*d),
+            UpstreamError::Protocol(why) => {
+                Reason::UpstreamError(format!("the upstream connection failed: {why}"))
+            }
         }
     }
-    pub fn reason(&self) -> &'static str {
+
+    /// A short label for traces and metrics.
+    fn label(&self) -> &'static str {
         match self {
             UpstreamError::Connect(_) => "upstream_unreachable",
             UpstreamError::Timeout(_) => "upstream_timeout",
@@ -68,11 +78,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, secret: Option<Secret>) -> anyhow::Result<Self> {
-        let base: Uri = cfg.url.parse()?;
+    /// `secret`: the credential's value, read from its source.
+    pub fn new(cfg: &UpstreamConfig, secret: Option<SecretString>) -> Checked<Self> {
+        let url_err = |e: String| FieldError::new("url", e);
+        let base: Uri = cfg
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| url_err(e.to_string()))?;
         let authority = base
             .authority()
-            .ok_or_else(|| anyhow::anyhow!("upstream url has no host"))?;
+            .ok_or_else(|| url_err("has no host".into()))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
@@ -82,10 +97,15 @@ impl Upstream {
             .build(connector);
         let credential = match (&cfg.credential, secret) {
             (Some(c), Some(s)) => {
-                let mut v = HeaderValue::from_str(s.expose())?;
+                let bad =
+                    || FieldError::new("credential", "the secret is not a valid header value");
+                let mut v = HeaderValue::from_str(&format!("{}{}", c.prefix, s.expose_secret()))
+                    .map_err(|_| bad())?;
                 v.set_sensitive(true);
                 Some((
-                    HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes())?,
+                    HeaderName::from_bytes(c.header.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| FieldError::new("credential.header", "is not a valid header name"),
+                    )?,
                     v,
                 ))
             }
@@ -93,7 +113,8 @@ impl Upstream {
         };
         Ok(Upstream {
             name: cfg.name.clone(),
-            authority: HeaderValue::from_str(authority.as_str())?,
+            authority: HeaderValue::from_str(authority.as_str())
+                .map_err(|e| url_err(e.to_string()))?,
             base,
             credential,
             forward_agent_authorization: cfg.forward_agent_authorization,
@@ -196,7 +217,7 @@ impl Upstream {
             }
             Err(e) => {
                 span.record("otel.status_code", "ERROR");
-                span.record("error.type", e.reason());
+                span.record("error.type", e.label());
                 Err(match e {
                     UpstreamError::Timeout(_) => "timeout",
                     _ => "error",
@@ -252,6 +273,9 @@ pub fn clean_request_headers(h: &mut HeaderMap, forward_agent_authorization: boo
         h.remove(header::AUTHORIZATION);
     }
     h.remove(header::HOST);
+    // The gateway has the body (or streams it); an expectation is between the agent
+    // and the gateway.
+    h.remove(header::EXPECT);
     // The body may be re-framed by the gateway; hyper recomputes the length.
     h.remove(header::CONTENT_LENGTH);
 }

@@ -4,6 +4,7 @@
 //! `dev`); `redis` is shared by replicas (pending approvals survive a restart of the
 //! gateway). Both pass the same contract tests (`tests/store_contract.rs`).
 
+pub mod config;
 pub mod memory;
 pub mod redis;
 

@@ -25,6 +25,7 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct DecisionLabels {
     pub effect: &'static str,
     pub outcome: &'static str,
+    pub reason: &'static str,
     pub upstream: String,
 }
 
@@ -98,7 +99,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "ciba_gate_decisions",
-            "Decisions on agent requests, by policy effect (allow, deny, approve; reject for malformed input), outcome (forwarded, blocked, parked, rejected, upstream_failed, cancelled) and upstream",
+            "Decisions on agent requests, by policy effect (allow, deny, approve; reject for malformed input), outcome (forwarded, blocked, parked, rejected, upstream_failed, cancelled), reason code (policy-defined codes count as \"policy\") and upstream",
             decisions.clone(),
         );
         let approvals = Family::<ApprovalLabels, Counter>::default();
@@ -178,13 +179,14 @@ impl Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// Counts one evidence record (every decision writes exactly one).
-pub fn decision(effect: &'static str, outcome: &'static str, upstream: &str) {
+pub fn decision(effect: &'static str, outcome: &'static str, reason: &'static str, upstream: &str) {
     let effect = if effect.is_empty() { "none" } else { effect };
     METRICS
         .decisions
         .get_or_create(&DecisionLabels {
             effect,
             outcome,
+            reason,
             upstream: upstream.to_string(),
         })
         .inc();

@@ -1,6 +1,7 @@
 //! Operating the gateway: Prometheus metrics (`metrics`), JSON logs and OpenTelemetry
 //! traces (`traces`). The admin listener that serves metrics and probes is `crate::admin`.
 
+pub mod config;
 pub mod metrics;
 pub mod traces;
 

@@ -17,7 +17,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{OtlpProtocol, TelemetryConfig};
+use super::config::{OtlpProtocol, TelemetryConfig};
 
 /// True once an OTLP exporter is installed: only then does the gateway replace the
 /// agent's `traceparent` with its own (otherwise the header passes through untouched).

@@ -2,15 +2,12 @@
 //! kept in memory), foreign tool servers, and a client that speaks raw bytes.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
-use ciba_gate::audit::EvidenceSink;
-use ciba_gate::config::LoadedConfig;
-use ciba_gate::policy::PolicyEngine;
-use ciba_gate::proxy::{Gateway, server};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,53 +16,21 @@ use crate::support::ChildGuard;
 
 pub const POLICIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
 
-/// A running gateway and the evidence it wrote.
-pub struct Gate {
-    pub addr: SocketAddr,
-    pub evidence: Arc<Mutex<Vec<String>>>,
+pub use crate::support::gateway::Gate;
+
+/// Starts a gateway whose `upstreams:` section is `upstreams` (YAML list items), with
+/// `extra` top-level YAML and the policies in `policies`.
+pub async fn gate_with(upstreams: &str, extra: &str, policies: &str) -> Gate {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let text = format!(
+        "agent: {{id: attack-agent}}\npolicy: {{dir: \"{policies}\", reload_interval: 0s}}\n{extra}\nupstreams:\n{upstreams}\n"
+    );
+    Gate::start(&dir, &text).await
 }
 
-impl Gate {
-    /// Starts a gateway whose `upstreams:` section is `upstreams` (YAML list items).
-    pub async fn start(upstreams: &str) -> Gate {
-        Self::start_with(upstreams, "", POLICIES).await
-    }
-
-    pub async fn start_with(upstreams: &str, extra: &str, policies: &str) -> Gate {
-        let text = format!(
-            "agent: {{id: attack-agent}}\npolicy: {{dir: \"{policies}\", reload_interval: 0s}}\n{extra}\nupstreams:\n{upstreams}\n"
-        );
-        let cfg = LoadedConfig::parse(Path::new("/tmp/attacks.yaml"), &text).unwrap();
-        let policy = PolicyEngine::load(&cfg.config.policy.dir).unwrap();
-        let (sink, evidence) = EvidenceSink::memory();
-        let gw = Gateway::from_config(&cfg, cfg.resolve_secrets().unwrap(), policy, sink).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(server::serve(
-            listener,
-            Arc::new(gw),
-            std::future::pending(),
-            Duration::from_secs(1),
-        ));
-        Gate { addr, evidence }
-    }
-
-    /// Evidence records so far (they are written by a thread: wait for `at_least`).
-    pub async fn evidence(&self, at_least: usize) -> Vec<Value> {
-        for _ in 0..200 {
-            let n = self.evidence.lock().unwrap().len();
-            if n >= at_least {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.evidence
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
+/// A gateway with the bundled policies in front of `upstreams`.
+pub async fn gate(upstreams: &str) -> Gate {
+    gate_with(upstreams, "", POLICIES).await
 }
 
 /// The Python `http.server` tool server of tests/peers/naive_mcp_server.py.

@@ -111,7 +111,7 @@ const SMALL_LIMIT: &str = "limits: {max_inspected_response_bytes: 1048576}";
 
 #[tokio::test]
 async fn an_sse_event_that_never_ends_is_cut_at_the_limit_and_the_list_gets_an_error() {
-    let gate = Gate::start_with(
+    let gate = crate::harness::gate_with(
         &gate_for(start(Answer::EndlessEvent).await),
         SMALL_LIMIT,
         crate::harness::POLICIES,
@@ -138,7 +138,7 @@ async fn an_sse_event_that_never_ends_is_cut_at_the_limit_and_the_list_gets_an_e
 
 #[tokio::test]
 async fn a_100_mb_answer_to_filter_is_refused_with_a_typed_error() {
-    let gate = Gate::start_with(
+    let gate = crate::harness::gate_with(
         &gate_for(start(Answer::HugeJson).await),
         SMALL_LIMIT,
         crate::harness::POLICIES,
@@ -157,7 +157,7 @@ async fn a_100_mb_answer_to_filter_is_refused_with_a_typed_error() {
 
 #[tokio::test]
 async fn a_100_mb_answer_the_gateway_need_not_read_streams_through_whole() {
-    let gate = Gate::start_with(
+    let gate = crate::harness::gate_with(
         &gate_for(start(Answer::HugeJson).await),
         SMALL_LIMIT,
         crate::harness::POLICIES,

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Gate, NaiveUpstream, RawUpstream, mcp_post, raw_exchange, tools_call};
+use crate::harness::{NaiveUpstream, RawUpstream, mcp_post, raw_exchange, tools_call};
 
 fn mcp_upstream(addr: std::net::SocketAddr) -> String {
     format!("  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{addr}/mcp\"}}")
@@ -16,7 +16,7 @@ fn smuggled_delete_repository() -> String {
 #[tokio::test]
 async fn a_body_behind_delete_never_reaches_a_tool_server_that_does_not_read_it() {
     let up = NaiveUpstream::start("last");
-    let gate = Gate::start(&mcp_upstream(up.addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(up.addr)).await;
     let smuggled = smuggled_delete_repository();
     let attack = format!(
         "DELETE /mcp HTTP/1.1\r\nHost: gate\r\nMcp-Session-Id: s1\r\nContent-Length: {}\r\n\r\n{smuggled}",
@@ -48,7 +48,7 @@ async fn a_body_behind_delete_never_reaches_a_tool_server_that_does_not_read_it(
 #[tokio::test]
 async fn a_chunked_body_behind_get_is_refused_and_nothing_is_forwarded() {
     let up = NaiveUpstream::start("last");
-    let gate = Gate::start(&mcp_upstream(up.addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(up.addr)).await;
     let smuggled = smuggled_delete_repository();
     let attack = format!(
         "GET /mcp HTTP/1.1\r\nHost: gate\r\nAccept: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
@@ -66,7 +66,7 @@ async fn a_chunked_body_behind_get_is_refused_and_nothing_is_forwarded() {
 #[tokio::test]
 async fn get_and_delete_without_a_body_still_pass_to_policy_and_on() {
     let up = NaiveUpstream::start("last");
-    let gate = Gate::start(&mcp_upstream(up.addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(up.addr)).await;
     let get = "GET /mcp HTTP/1.1\r\nHost: gate\r\nAccept: text/event-stream\r\n\r\n";
     let delete =
         "DELETE /mcp HTTP/1.1\r\nHost: gate\r\nMcp-Session-Id: s1\r\nContent-Length: 0\r\n\r\n";
@@ -82,7 +82,7 @@ async fn get_and_delete_without_a_body_still_pass_to_policy_and_on() {
 #[tokio::test]
 async fn pipelined_requests_are_each_decided_and_answered_in_order() {
     let up = NaiveUpstream::start("last");
-    let gate = Gate::start(&mcp_upstream(up.addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(up.addr)).await;
     let pipeline = format!(
         "{}{}{}",
         mcp_post(&tools_call(1, "list_deployments", "{}")),
@@ -99,7 +99,7 @@ async fn pipelined_requests_are_each_decided_and_answered_in_order() {
 #[tokio::test]
 async fn conflicting_framing_is_decided_on_one_reading_and_reframed_by_the_gateway() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&mcp_upstream(addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(addr)).await;
     let allowed = tools_call(1, "list_deployments", "{}");
     let smuggled = smuggled_delete_repository();
     // Both Content-Length and chunked: the chunked reading wins (RFC 9112 §6.3) and the
@@ -124,7 +124,7 @@ async fn conflicting_framing_is_decided_on_one_reading_and_reframed_by_the_gatew
 #[tokio::test]
 async fn ambiguous_request_heads_are_refused_before_anything_is_forwarded() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&mcp_upstream(addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(addr)).await;
     let body = tools_call(1, "list_deployments", "{}");
     let two_lengths = format!(
         "POST /mcp HTTP/1.1\r\nHost: gate\r\nContent-Type: application/json\r\nContent-Length: {}\r\nContent-Length: 5\r\n\r\n{body}",
@@ -150,7 +150,7 @@ async fn ambiguous_request_heads_are_refused_before_anything_is_forwarded() {
 #[tokio::test]
 async fn a_compressed_or_foreign_charset_mcp_body_is_refused_not_forwarded() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&mcp_upstream(addr)).await;
+    let gate = crate::harness::gate(&mcp_upstream(addr)).await;
     let body = tools_call(1, "list_deployments", "{}");
     for extra in [
         "Content-Encoding: gzip\r\n",
@@ -187,7 +187,7 @@ fn http_upstream(addr: std::net::SocketAddr, opaque: bool) -> String {
 #[tokio::test]
 async fn an_http_route_get_with_a_body_is_refused() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&http_upstream(addr, false)).await;
+    let gate = crate::harness::gate(&http_upstream(addr, false)).await;
     let hidden = "DELETE /projects/core/issues/1 HTTP/1.1\r\nHost: t\r\n\r\n";
     let attack = format!(
         "GET /tickets/deployments HTTP/1.1\r\nHost: gate\r\nContent-Length: {}\r\n\r\n{hidden}",
@@ -202,7 +202,7 @@ async fn an_http_route_get_with_a_body_is_refused() {
 #[tokio::test]
 async fn an_http_route_body_policy_cannot_read_is_refused_unless_the_route_streams_it() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&http_upstream(addr, false)).await;
+    let gate = crate::harness::gate(&http_upstream(addr, false)).await;
     let body = r#"{"project":"core","title":"x"}"#;
     let attack = format!(
         "POST /tickets/projects/core/issues HTTP/1.1\r\nHost: gate\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
@@ -217,7 +217,7 @@ async fn an_http_route_body_policy_cannot_read_is_refused_unless_the_route_strea
 #[tokio::test]
 async fn a_streamed_body_goes_out_with_the_gateways_framing_and_without_the_agents_trailers() {
     let (addr, up) = RawUpstream::start().await;
-    let gate = Gate::start(&http_upstream(addr, true)).await;
+    let gate = crate::harness::gate(&http_upstream(addr, true)).await;
     let attack = "POST /tickets/projects/core/issues HTTP/1.1\r\nHost: gate\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nTrailer: X-Approved\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Approved: yes\r\nContent-Length: 999\r\n\r\n";
     let answers = raw_exchange(gate.addr, attack.as_bytes()).await;
     // Forwarded: the tool server's own answer (202 for a body that is not JSON-RPC).

@@ -3,6 +3,7 @@
 //! installing the Node peers in `tests/interop` and `tests/phone` when they are missing.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod recording_upstream;
 
 use std::fs::File;

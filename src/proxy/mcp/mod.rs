@@ -1,29 +1,29 @@
-//! MCP Streamable HTTP, as far as the gateway must understand it: parse JSON-RPC
-//! messages (single or batch), tell requests, notifications and responses apart, pull
-//! out the tool name and arguments of `tools/call`, check the 2026-07-28 mirror headers,
-//! and build valid JSON-RPC answers for blocked calls.
+//! MCP Streamable HTTP, as far as the gateway must understand it: read a POST body with
+//! the strict JSON parser (one reading for every parser), tell requests, notifications
+//! and responses apart, pull out the tool name and arguments of `tools/call`, check the
+//! 2026-07-28 mirror headers. The results the gateway writes itself are in `results`.
+
+pub mod methods;
+pub mod results;
 
 use http::HeaderMap;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-/// JSON-RPC error codes the gateway answers with.
-pub mod codes {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// Blocked by gateway policy (implementation-defined server error range).
-    pub const BLOCKED: i64 = -32001;
-    /// The gateway could not reach or hear back from the upstream.
-    pub const UPSTREAM_UNAVAILABLE: i64 = -32002;
-    /// MCP 2026-07-28: `Mcp-Method` / `Mcp-Name` headers disagree with the body.
-    pub const HEADER_MISMATCH: i64 = -32020;
-}
+use crate::json_strict;
+use crate::outcome::Reason;
 
 /// The newest revision whose rules the gateway knows; later ones are treated like it.
 pub const REV_STATELESS: &str = "2026-07-28";
 /// The last revision that allowed JSON-RPC batches.
 pub const REV_BATCHES: &str = "2025-03-26";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// True for revisions without sessions, where every result carries `resultType`.
+pub fn is_stateless(revision: Option<&str>) -> bool {
+    revision.is_some_and(|r| r >= REV_STATELESS)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum MessageKind {
     Request,
     Notification,
@@ -32,11 +32,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            MessageKind::Request => "request",
-            MessageKind::Notification => "notification",
-            MessageKind::Response => "response",
-        }
+        self.into()
     }
 }
 
@@ -67,6 +63,14 @@ fn invalid(id: Option<&Value>, message: impl Into<String>) -> InvalidMessage {
 
 fn valid_id(id: &Value) -> bool {
     matches!(id, Value::String(_) | Value::Number(_))
+}
+
+/// A `tools/call`: the tool the agent named and its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    /// An object (absent arguments are `{}`).
+    pub arguments: Value,
 }
 
 impl Message {
@@ -130,9 +134,19 @@ impl Message {
         self.value.get("params").and_then(Value::as_object)
     }
 
-    /// `tools/call`: the tool name and its arguments (an object; absent means `{}`).
-    pub fn tool_call(&self) -> Result<Option<(String, Value)>, InvalidMessage> {
-        if self.method.as_deref() != Some("tools/call") || self.kind != MessageKind::Request {
+    /// This message's row in the method table.
+    pub fn spec(&self) -> methods::Method {
+        methods::lookup(self.method.as_deref().unwrap_or(""))
+    }
+
+    /// True for a request whose answer the gateway filters (`tools/list`).
+    pub fn is_tool_list(&self) -> bool {
+        self.kind == MessageKind::Request && self.spec().role == methods::Role::ToolList
+    }
+
+    /// `tools/call`: the tool name and its arguments.
+    pub fn tool_call(&self) -> Result<Option<ToolCall>, InvalidMessage> {
+        if self.kind != MessageKind::Request || self.spec().role != methods::Role::ToolCall {
             return Ok(None);
         }
         let params = self
@@ -147,7 +161,7 @@ impl Message {
                 ));
             }
         };
-        let args = match params.get("arguments") {
+        let arguments = match params.get("arguments") {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(v @ Value::Object(_)) => v.clone(),
             Some(_) => {
@@ -157,19 +171,23 @@ impl Message {
                 ));
             }
         };
-        Ok(Some((name, args)))
+        Ok(Some(ToolCall { name, arguments }))
+    }
+
+    /// `params._meta.progressToken`, when the client asked for progress.
+    pub fn progress_token(&self) -> Option<&Value> {
+        self.params()?.get("_meta")?.get("progressToken")
+    }
+
+    /// `params.requestState` (a 2026-07-28 retry of an `input_required` result).
+    pub fn request_state(&self) -> Option<&str> {
+        self.params()?.get("requestState")?.as_str()
     }
 
     /// The name MCP 2026-07-28 mirrors in `Mcp-Name` for this method, if any.
     fn mirrored_name(&self) -> Option<&str> {
-        let params = self.params()?;
-        match self.method.as_deref()? {
-            "tools/call" | "prompts/get" => params.get("name")?.as_str(),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-                params.get("uri")?.as_str()
-            }
-            _ => None,
-        }
+        let param = self.spec().mirrored_param?;
+        self.params()?.get(param)?.as_str()
     }
 
     /// The protocol revision the message itself declares (2026-07-28 puts it in `_meta`;
@@ -198,41 +216,19 @@ pub enum Body {
     Batch(Vec<Result<Message, InvalidMessage>>),
 }
 
-/// Errors that stop the whole POST before any message is considered.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("body is not valid JSON: {0}")]
-    Parse(String),
-    #[error("JSON nesting deeper than {0} levels")]
-    TooDeep(usize),
-    #[error("an empty batch is not a valid JSON-RPC request")]
-    EmptyBatch,
-    #[error("JSON-RPC batches are not allowed in protocol revision {0}")]
-    BatchNotAllowed(String),
-    #[error(transparent)]
-    Invalid(#[from] InvalidMessage),
+/// A body that stops the whole POST before any message is considered, with the id to
+/// echo when one could be read.
+#[derive(Debug)]
+pub struct BodyError {
+    pub reason: Reason,
+    pub id: Value,
 }
 
-impl BodyError {
-    pub fn code(&self) -> i64 {
-        match self {
-            BodyError::Parse(_) => codes::PARSE_ERROR,
-            _ => codes::INVALID_REQUEST,
-        }
-    }
-    pub fn reason(&self) -> &'static str {
-        match self {
-            BodyError::Parse(_) => "parse_error",
-            BodyError::TooDeep(_) => "json_too_deep",
-            BodyError::EmptyBatch => "empty_batch",
-            BodyError::BatchNotAllowed(_) => "batch_not_allowed",
-            BodyError::Invalid(_) => "invalid_request",
-        }
-    }
-    pub fn id(&self) -> Value {
-        match self {
-            BodyError::Invalid(e) => e.id.clone(),
-            _ => Value::Null,
+impl From<Reason> for BodyError {
+    fn from(reason: Reason) -> Self {
+        BodyError {
+            reason,
+            id: Value::Null,
         }
     }
 }
@@ -243,59 +239,65 @@ pub fn parse_body(
     max_depth: usize,
     revision: Option<&str>,
 ) -> Result<Body, BodyError> {
-    // Depth is checked on the raw bytes first so a hostile body never reaches the
-    // recursive parser's own limit (or the stack).
-    if json_depth_exceeds(bytes, max_depth) {
-        return Err(BodyError::TooDeep(max_depth));
-    }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| BodyError::Parse(e.to_string()))?;
+    let value = json_strict::parse(bytes, json_strict::Limits { max_depth })
+        .map_err(|e| BodyError::from(strict_reason(&e, max_depth)))?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(BodyError::EmptyBatch);
+                return Err(Reason::EmptyBatch.into());
             }
             if let Some(rev) = revision
                 && rev > REV_BATCHES
             {
-                return Err(BodyError::BatchNotAllowed(rev.to_string()));
+                return Err(Reason::BatchNotAllowed(format!(
+                    "JSON-RPC batches are not allowed in protocol revision {rev}"
+                ))
+                .into());
             }
             Ok(Body::Batch(items.into_iter().map(Message::parse).collect()))
         }
-        other => Ok(Body::Single(Message::parse(other)?)),
+        other => Message::parse(other)
+            .map(Body::Single)
+            .map_err(|e| BodyError {
+                id: e.id.clone(),
+                reason: Reason::InvalidRequest(e.message),
+            }),
     }
 }
 
-/// True if the JSON text nests arrays/objects deeper than `max`. Strings are skipped
-/// so brackets inside them do not count.
-pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+/// What a strict-parser refusal means for the caller: malformed JSON is a parse error;
+/// JSON that two parsers could read differently is refused as ambiguous.
+pub fn strict_reason(e: &json_strict::StrictJsonError, max_depth: usize) -> Reason {
+    match e.reason() {
+        "too_deep" => Reason::JsonTooDeep(max_depth),
+        _ if e.is_parse_error() => Reason::ParseError(format!("body is not valid JSON: {e}")),
+        code => Reason::AmbiguousJson {
+            code,
+            message: format!("the body can be read more than one way: {e}"),
+        },
     }
-    false
+}
+
+/// The revision from `MCP-Protocol-Version`, checked for shape.
+pub fn revision_header(headers: &HeaderMap) -> Result<Option<String>, Reason> {
+    let mut all = headers.get_all("mcp-protocol-version").iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    let bad = |why: &str| Reason::BadHeader(why.to_string());
+    if all.next().is_some() {
+        return Err(bad("MCP-Protocol-Version appears more than once"));
+    }
+    let s = v
+        .to_str()
+        .map_err(|_| bad("MCP-Protocol-Version is not visible ASCII"))?;
+    if s.is_empty()
+        || s.len() > 32
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(bad("MCP-Protocol-Version is not a protocol revision"));
+    }
+    Ok(Some(s.to_string()))
 }
 
 /// MCP 2026-07-28 mirrors the method (and the tool/prompt/resource name) in headers;
@@ -305,89 +307,60 @@ pub fn check_mirror_headers(
     headers: &HeaderMap,
     msg: &Message,
     revision: Option<&str>,
-) -> Result<(), String> {
-    let header = |name: &str| -> Result<Option<&str>, String> {
+) -> Result<(), Reason> {
+    let mismatch = |m: String| Reason::HeaderMismatch(m);
+    let header = |name: &str| -> Result<Option<&str>, Reason> {
         let mut values = headers.get_all(name).iter();
         let first = values.next();
         if values.next().is_some() {
-            return Err(format!("{name} header appears more than once"));
+            return Err(mismatch(format!("{name} header appears more than once")));
         }
         first
             .map(|v| {
                 v.to_str()
-                    .map_err(|_| format!("{name} header is not visible ASCII"))
+                    .map_err(|_| mismatch(format!("{name} header is not visible ASCII")))
             })
             .transpose()
     };
     let method_h = header("mcp-method")?;
     let name_h = header("mcp-name")?;
-    let stateless = revision.is_some_and(|r| r >= REV_STATELESS);
-    let body_method = msg.method.as_deref();
-    match (method_h, body_method) {
+    let stateless = is_stateless(revision);
+    match (method_h, msg.method.as_deref()) {
         (Some(h), Some(b)) if h != b => {
-            return Err(format!(
+            return Err(mismatch(format!(
                 "Mcp-Method header {h:?} does not match the body's method {b:?}"
-            ));
+            )));
         }
         (Some(_), None) => {
-            return Err("Mcp-Method header is set on a message without a method".into());
+            return Err(mismatch(
+                "Mcp-Method header is set on a message without a method".into(),
+            ));
         }
         (None, Some(_)) if stateless => {
-            return Err(format!(
+            return Err(mismatch(format!(
                 "protocol revision {REV_STATELESS} requires the Mcp-Method header"
-            ));
+            )));
         }
         _ => {}
     }
     match (name_h, msg.mirrored_name()) {
-        (Some(h), Some(b)) if h != b => Err(format!(
+        (Some(h), Some(b)) if h != b => Err(mismatch(format!(
             "Mcp-Name header {h:?} does not match the body's {b:?}"
+        ))),
+        (Some(_), None) => Err(mismatch(
+            "Mcp-Name header is set but the body names nothing".into(),
         )),
-        (Some(_), None) => Err("Mcp-Name header is set but the body names nothing".into()),
-        (None, Some(_)) if stateless => Err(format!(
+        (None, Some(_)) if stateless => Err(mismatch(format!(
             "protocol revision {REV_STATELESS} requires the Mcp-Name header"
-        )),
+        ))),
         _ => Ok(()),
     }
-}
-
-/// A JSON-RPC error response.
-pub fn error_response(id: Value, code: i64, message: &str, reason: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": code, "message": message, "data": {"reason": reason}},
-    })
-}
-
-/// A `tools/call` blocked by the gateway, as a tool-execution error the model can read
-/// and adapt to, with the machine-readable decision beside it in `_meta`.
-pub fn blocked_tool_result(
-    id: Value,
-    decision: &str,
-    reason: &str,
-    text: &str,
-    stateless: bool,
-) -> Value {
-    let mut result = json!({
-        "content": [{"type": "text", "text": text}],
-        "isError": true,
-        "_meta": {"ciba-gate/decision": decision, "ciba-gate/reason": reason},
-    });
-    if stateless {
-        result["resultType"] = json!("complete");
-    }
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
-}
-
-/// Renders one SSE event carrying a JSON-RPC message.
-pub fn sse_event(message: &Value) -> String {
-    format!("event: message\ndata: {message}\n\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn msg(v: Value) -> Message {
         Message::parse(v).unwrap()
@@ -401,11 +374,14 @@ mod tests {
         assert_eq!(m.kind, MessageKind::Request);
         assert_eq!(
             m.tool_call().unwrap(),
-            Some(("deploy_service".into(), json!({"env":"prod"})))
+            Some(ToolCall {
+                name: "deploy_service".into(),
+                arguments: json!({"env":"prod"})
+            })
         );
         let no_args =
             msg(json!({"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t"}}));
-        assert_eq!(no_args.tool_call().unwrap(), Some(("t".into(), json!({}))));
+        assert_eq!(no_args.tool_call().unwrap().unwrap().arguments, json!({}));
     }
 
     #[test]
@@ -444,14 +420,6 @@ mod tests {
     }
 
     #[test]
-    fn depth_is_counted_outside_strings_only() {
-        assert!(!json_depth_exceeds(br#"{"a":"[[[[[[[[[["}"#, 2));
-        assert!(json_depth_exceeds(b"[[[1]]]", 2));
-        assert!(!json_depth_exceeds(b"[[1],[2]]", 2));
-        assert!(!json_depth_exceeds(br#"{"a":"\"[[["}"#, 1));
-    }
-
-    #[test]
     fn batches_follow_the_revision() {
         let b = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"bad":1}]"#;
         match parse_body(b, 64, None).unwrap() {
@@ -462,22 +430,17 @@ mod tests {
             Body::Single(_) => panic!("expected a batch"),
         }
         assert!(parse_body(b, 64, Some("2025-03-26")).is_ok());
-        assert!(matches!(
-            parse_body(b, 64, Some("2025-06-18")),
-            Err(BodyError::BatchNotAllowed(_))
-        ));
-        assert!(matches!(
-            parse_body(b"[]", 64, None),
-            Err(BodyError::EmptyBatch)
-        ));
-        assert!(matches!(
-            parse_body(b"{", 64, None),
-            Err(BodyError::Parse(_))
-        ));
-        assert!(matches!(
-            parse_body(&[0xff, 0xfe], 64, None),
-            Err(BodyError::Parse(_))
-        ));
+        let code = |b: &[u8], rev| {
+            parse_body(b, 64, rev)
+                .unwrap_err()
+                .reason
+                .code()
+                .to_string()
+        };
+        assert_eq!(code(b, Some("2025-06-18")), "batch_not_allowed");
+        assert_eq!(code(b"[]", None), "empty_batch");
+        assert_eq!(code(b"{", None), "parse_error");
+        assert_eq!(code(&[0xff, 0xfe], None), "parse_error");
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! `ciba-gate check`: everything start-up would do, without serving and without side
+//! effects (no evidence file is opened, nothing listens). One verdict: every problem is
+//! listed, and "ok" is printed only when there is none.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::approval::{binding, callback};
+use crate::config::LoadedConfig;
+use crate::policy::PolicyEngine;
+
+/// What `check` found: the lines to print on success, the problems otherwise.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub notes: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks a config file. `Err` only when the file itself cannot be loaded.
+pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
+    let cfg = LoadedConfig::load(config)?;
+    let mut report = Report::default();
+    let file = config.display().to_string();
+    let base = cfg.base();
+    let c = &cfg.config;
+    match PolicyEngine::load(&c.policy.dir) {
+        Ok(engine) => report.notes.push(format!(
+            "policies in {} compiled (revision {})",
+            c.policy.dir.display(),
+            engine.revision()
+        )),
+        Err(e) => report.problems.push(format!("{file}: policy.dir: {e}")),
+    }
+    for (i, u) in c.upstreams.iter().enumerate() {
+        if let Some(cred) = &u.credential
+            && let Err(e) = cred.source().read(&base)
+        {
+            report.problems.push(
+                cfg.field_error(&format!("upstreams[{i}].credential"), e)
+                    .to_string(),
+            );
+        }
+    }
+    if let Err(e) = c.store.resolve(&base) {
+        report
+            .problems
+            .push(cfg.field_error("store", e).to_string());
+    }
+    let Some(approvals) = &c.approvals else {
+        return Ok(report);
+    };
+    let resolved = match approvals.resolve(&base) {
+        Ok(r) => r,
+        Err(e) => {
+            report
+                .problems
+                .push(cfg.field_error("approvals", e).to_string());
+            return Ok(report);
+        }
+    };
+    if let Some(tls) = resolved.callback.as_ref().and_then(|c| c.tls.as_ref())
+        && let Err(e) = callback::ReloadingCert::load(callback::TlsFiles {
+            cert: tls.cert_file.clone(),
+            key: tls.key_file.clone(),
+        })
+    {
+        report
+            .problems
+            .push(format!("{file}: approvals.callback.tls: {e:#}"));
+    }
+    if let Ok(engine) = PolicyEngine::load(&c.policy.dir) {
+        match binding::check_samples(&engine, &c.policy.dir, &resolved.profile) {
+            Err(e) => report.problems.push(format!("{file}: policy samples: {e}")),
+            Ok((checked, problems)) if problems.is_empty() => report.notes.push(format!(
+                "{checked} sample binding message(s) fit the {} profile",
+                resolved.profile.name
+            )),
+            Ok((_, problems)) => {
+                for p in problems {
+                    report.problems.push(format!(
+                        "{file}: approvals.binding_message_profile: {} [{}]: binding message {:?} does not fit the {} profile: {}",
+                        p.file, p.index, p.message, resolved.profile.name, p.problem
+                    ));
+                }
+            }
+        }
+    }
+    if !offline {
+        let issuer = resolved.client.issuer.clone();
+        match crate::ciba::CibaClient::discover(resolved.client)
+            .await
+            .with_context(|| format!("discovery of {issuer}"))
+        {
+            Ok(_) => report
+                .notes
+                .push(format!("discovery of {issuer} checked, JWKS fetched")),
+            Err(e) => report
+                .problems
+                .push(format!("{file}: approvals.op.issuer: {e:#}")),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,178 @@
+//! The per-request context every phase works on: the gateway, the mount, the request
+//! head facts, and the evidence record of each call the request carries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::Method;
+use serde_json::Value;
+
+use super::mcp::ToolCall;
+use super::render::Shape;
+use super::{Gateway, Mount};
+use crate::audit::{EvidenceRecord, PendingRecord};
+use crate::outcome::{Disposition, Reason};
+use crate::policy::input::{self, PolicyInput};
+
+/// One agent request on its way through the phases.
+pub struct Call<'g> {
+    pub gw: &'g Arc<Gateway>,
+    pub mount: &'g Mount,
+    /// Correlates the evidence records of this request.
+    pub id: String,
+    pub started: Instant,
+    pub method: Method,
+}
+
+impl<'g> Call<'g> {
+    pub fn new(gw: &'g Arc<Gateway>, mount: &'g Mount, method: &Method) -> Self {
+        Call {
+            gw,
+            mount,
+            id: new_request_id(),
+            started: Instant::now(),
+            method: method.clone(),
+        }
+    }
+
+    /// A new evidence record for one call of this request (written exactly once).
+    pub fn record(&self) -> PendingRecord {
+        record_for(
+            self.gw,
+            &self.id,
+            self.started,
+            &self.method,
+            self.mount.name(),
+        )
+    }
+
+    /// Refuses the whole request before any decision: one `rejected` record, the answer.
+    pub fn reject(&self, reason: Reason, shape: &Shape) -> http::Response<super::BoxBody> {
+        self.record().conclude(Disposition::Rejected, &reason, None);
+        super::render::answer(&reason, shape)
+    }
+
+    /// The input facts every call of this request shares (phase `request`).
+    pub fn base_input(&self, head: &http::request::Parts) -> PolicyInput {
+        let mut input = PolicyInput::new(
+            input::Phase::Request,
+            self.agent_facts(),
+            input::Upstream {
+                name: self.mount.name().to_string(),
+                kind: self.mount.kind.as_str(),
+            },
+        );
+        input.request = Some(PolicyInput::request_facts(
+            &head.method,
+            head.uri.path(),
+            &head.headers,
+        ));
+        input
+    }
+
+    /// The same call, owned (for a held call's task).
+    pub fn to_owned(&self) -> OwnedCall {
+        OwnedCall {
+            gw: self.gw.clone(),
+            mount: self.gw.mount_position(self.mount),
+            id: self.id.clone(),
+            started: self.started,
+            method: self.method.clone(),
+        }
+    }
+
+    pub fn agent_facts(&self) -> input::Agent {
+        input::Agent {
+            id: self.gw.agent.id.clone(),
+            namespace: self.gw.agent.namespace.clone(),
+        }
+    }
+}
+
+/// A call that outlives the request handler (held over SSE).
+pub struct OwnedCall {
+    gw: Arc<Gateway>,
+    mount: usize,
+    id: String,
+    started: Instant,
+    method: Method,
+}
+
+impl OwnedCall {
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            gw: &self.gw,
+            mount: self.gw.mount_at(self.mount),
+            id: self.id.clone(),
+            started: self.started,
+            method: self.method.clone(),
+        }
+    }
+}
+
+/// A record for a request that never reached a mount (a bad path).
+pub fn record_for(
+    gw: &Gateway,
+    id: &str,
+    started: Instant,
+    method: &Method,
+    upstream: &str,
+) -> PendingRecord {
+    PendingRecord::new(
+        &gw.evidence,
+        started,
+        EvidenceRecord {
+            request_id: id.to_string(),
+            http_method: method.to_string(),
+            agent: gw.agent.id.clone(),
+            upstream: upstream.to_string(),
+            ..Default::default()
+        },
+    )
+}
+
+/// 16 hex digits, random.
+pub fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// How a call's approval answer must be shaped.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Mcp {
+        id: Value,
+        progress_token: Option<Value>,
+        accepts_sse: bool,
+        stateless: bool,
+        request_state: Option<String>,
+    },
+    Http,
+}
+
+impl Caller {
+    /// The shape a blocked answer takes for this caller.
+    pub fn shape(&self, tool: &str) -> Shape {
+        match self {
+            Caller::Mcp { id, stateless, .. } => Shape::ToolResult {
+                id: id.clone(),
+                tool: tool.to_string(),
+                stateless: *stateless,
+            },
+            Caller::Http => Shape::Http,
+        }
+    }
+}
+
+/// One call to decide: an MCP message or a routed HTTP tool call.
+pub struct Unit {
+    pub record: PendingRecord,
+    pub input: PolicyInput,
+    /// The tool and arguments, when the call is a tool call.
+    pub tool: Option<ToolCall>,
+    /// How to answer it when the gateway does.
+    pub shape: Shape,
+    /// Whether a person's approval can be given for it (a tool call that is a request).
+    pub approvable: Option<Caller>,
+    /// Its answer is a `tools/list` result to filter (by this id).
+    pub list_id: Option<String>,
+}

@@ -1,0 +1,294 @@
+//! The proxy's sections of the config file: who the agent is (`agent`), the tool
+//! servers behind the gateway (`upstreams`) and the limits on what it reads (`limits`).
+//! Schema and validation only; `Gateway::new` turns them into mounts.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::routes::PathTemplate;
+use crate::secret::SecretSource;
+use crate::validate::{Checked, FieldError, require};
+
+/// `agent:` — who this sidecar speaks for. Static: never taken from request headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub id: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Checked {
+        require(!self.id.trim().is_empty(), "id", "must not be empty")
+    }
+}
+
+/// `limits:` — bounds on everything an agent or tool server can make the gateway hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body the gateway reads (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in an inspected body.
+    #[serde(default = "default_max_depth")]
+    pub max_json_depth: usize,
+    /// Largest upstream JSON answer the gateway rewrites (tools/list filtering, batches,
+    /// a held call's answer) and largest single SSE event it rewrites.
+    #[serde(default = "default_max_response")]
+    pub max_inspected_response_bytes: usize,
+    /// Longest time an agent may take to send a request body (408 after it).
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_max_body(),
+            max_json_depth: default_max_depth(),
+            max_inspected_response_bytes: default_max_response(),
+            body_read_timeout: default_body_read_timeout(),
+        }
+    }
+}
+
+/// The deepest nesting the strict JSON parser can check.
+pub const MAX_JSON_DEPTH: usize = crate::json_strict::Limits::DEPTH_CEILING;
+
+impl Limits {
+    pub fn validate(&self) -> Checked {
+        require(
+            self.max_body_bytes > 0,
+            "max_body_bytes",
+            "must be greater than 0",
+        )?;
+        require(
+            (2..=MAX_JSON_DEPTH).contains(&self.max_json_depth),
+            "max_json_depth",
+            &format!("must be between 2 and {MAX_JSON_DEPTH}"),
+        )?;
+        require(
+            self.max_inspected_response_bytes > 0,
+            "max_inspected_response_bytes",
+            "must be greater than 0",
+        )?;
+        require(
+            !self.body_read_timeout.is_zero(),
+            "body_read_timeout",
+            "must be greater than 0",
+        )
+    }
+}
+
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_depth() -> usize {
+    64
+}
+fn default_max_response() -> usize {
+    8 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// An MCP Streamable HTTP server: JSON-RPC bodies are parsed and put to policy.
+    Mcp,
+    /// A plain HTTP tool API: routes map method + path to a tool name.
+    Http,
+}
+
+impl UpstreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Mcp => "mcp",
+            UpstreamKind::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of `upstreams:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// Path prefix on the gateway that leads to this upstream.
+    pub mount: String,
+    /// Base URL of the tool server (http://host:port/path).
+    pub url: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers (the body may stream longer).
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// The upstream's own credential, injected by the gateway.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+    /// Forward the agent's own `Authorization` header (off: no token passthrough).
+    #[serde(default)]
+    pub forward_agent_authorization: bool,
+    /// Plain HTTP routes (kind: http).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `credential:` — a header the gateway sets from a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Header to set, e.g. `authorization` or `x-api-key`.
+    pub header: String,
+    /// Text put before the secret, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding the secret (trailing newline trimmed). Relative to the config file.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl CredentialConfig {
+    /// Where the secret comes from.
+    pub fn source(&self) -> SecretSource {
+        SecretSource {
+            env: self.env.clone(),
+            file: self.file.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub method: String,
+    /// Path template below the mount, e.g. `/projects/{project}/issues`.
+    pub path: String,
+    pub tool: String,
+    /// Stream a body that is not JSON through unread (uploads). Policy then sees only
+    /// `input.request.body.kind == "opaque"`, and an approval binds the body's digest.
+    /// Off: such a body is refused (415), because policy cannot read it.
+    #[serde(default)]
+    pub opaque_body: bool,
+}
+
+impl UpstreamConfig {
+    pub fn validate(&self) -> Checked {
+        require(
+            !self.name.is_empty()
+                && self
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
+            "name",
+            "must be non-empty letters, digits, '-', '_' or '.'",
+        )?;
+        require(
+            self.mount.starts_with('/') && (self.mount.len() == 1 || !self.mount.ends_with('/')),
+            "mount",
+            "must start with '/' and not end with '/'",
+        )?;
+        match self.url.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("https") => {
+                return Err(FieldError::new(
+                    "url",
+                    "https upstreams are not supported yet; run the tool server beside the sidecar over http",
+                ));
+            }
+            _ => return Err(FieldError::new("url", "must be an absolute http:// URL")),
+        }
+        require(
+            !self.connect_timeout.is_zero() && !self.response_timeout.is_zero(),
+            "connect_timeout",
+            "timeouts must be greater than 0",
+        )?;
+        if let Some(cred) = &self.credential {
+            require(
+                http::HeaderName::from_bytes(cred.header.as_bytes()).is_ok(),
+                "credential.header",
+                "is not a valid header name",
+            )?;
+            cred.source()
+                .validate()
+                .map_err(|e| e.under("credential"))?;
+        }
+        match self.kind {
+            UpstreamKind::Mcp if !self.routes.is_empty() => {
+                return Err(FieldError::new("routes", "routes are only for kind: http"));
+            }
+            UpstreamKind::Http if self.routes.is_empty() => {
+                return Err(FieldError::new(
+                    "routes",
+                    "kind: http needs at least one route",
+                ));
+            }
+            _ => {}
+        }
+        for (j, r) in self.routes.iter().enumerate() {
+            let at = |k: &str| format!("routes[{j}].{k}");
+            require(
+                http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).is_ok(),
+                &at("method"),
+                "is not an HTTP method",
+            )?;
+            if let Err(e) = PathTemplate::parse(&r.path) {
+                return Err(FieldError::new(at("path"), e.to_string()));
+            }
+            require(!r.tool.is_empty(), &at("tool"), "must not be empty")?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole `upstreams:` list: each entry, then names and mounts unique.
+pub fn validate_upstreams(upstreams: &[UpstreamConfig]) -> Checked {
+    require(
+        !upstreams.is_empty(),
+        "",
+        "at least one upstream is required",
+    )?;
+    let mut names = HashSet::new();
+    let mut mounts = HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        let at = format!("[{i}]");
+        u.validate().map_err(|e| e.under(&at))?;
+        if !names.insert(u.name.as_str()) {
+            return Err(FieldError::new(
+                format!("{at}.name"),
+                format!("duplicate upstream name {:?}", u.name),
+            ));
+        }
+        if !mounts.insert(u.mount.as_str()) {
+            return Err(FieldError::new(
+                format!("{at}.mount"),
+                format!("duplicate mount {:?}", u.mount),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Phase 2, decide: put a call to policy. Phase `request` for every call, phase
+//! `approved` after a person approved (the same input plus the approver's evidence),
+//! phase `list` for each tool in a `tools/list` answer. Only `allow` forwards.
+
+use serde_json::Value;
+
+use super::Gateway;
+use super::call::Unit;
+use crate::outcome::Reason;
+use crate::policy::input::{self, Phase, PolicyInput};
+use crate::policy::{Decision, Effect};
+
+/// What policy says about one call.
+#[derive(Debug)]
+pub enum Verdict {
+    Forward,
+    /// A person must approve this tool call; the policy's `approval` object.
+    Approve(Value),
+    Block(Reason),
+}
+
+pub fn effect_name(effect: Effect) -> &'static str {
+    match effect {
+        Effect::Allow => "allow",
+        Effect::Deny => "deny",
+        Effect::Approve => "approve",
+    }
+}
+
+fn evaluate(gw: &Gateway, input: &PolicyInput) -> Decision {
+    let phase = match input.phase {
+        Phase::Request => "request",
+        Phase::Approved => "approved",
+        Phase::List => "list",
+    };
+    let span = crate::traced_span!(
+        "policy",
+        otel.name = %format_args!("policy.{phase}"),
+        ciba_gate.policy.phase = phase,
+        ciba_gate.policy.effect = tracing::field::Empty,
+        ciba_gate.policy.revision = tracing::field::Empty
+    );
+    let decision = span.in_scope(|| gw.policy.decide(&input.to_value()));
+    span.record("ciba_gate.policy.effect", effect_name(decision.effect));
+    span.record("ciba_gate.policy.revision", &*decision.revision);
+    decision
+}
+
+/// Phase `request`: decides `unit` and notes the decision in its evidence record.
+pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
+    let decision = evaluate(gw, &unit.input);
+    tracing::Span::current().record("ciba_gate.decision", effect_name(decision.effect));
+    let r = unit.record.get_mut();
+    r.decision = effect_name(decision.effect);
+    r.policy_revision = decision.revision.to_string();
+    match (decision.effect, decision.approval) {
+        (Effect::Allow, _) => Verdict::Forward,
+        (Effect::Approve, Some(params)) if unit.approvable.is_some() => Verdict::Approve(params),
+        // Anything else policy wants approved (a resource read, an unrouted HTTP
+        // request, a notification) cannot be.
+        (Effect::Approve, _) => Verdict::Block(Reason::ApprovalUnsupported),
+        (Effect::Deny, _) => Verdict::Block(Reason::from_policy(&decision.reasons)),
+    }
+}
+
+/// Phase `approved`: separate approval from execution. Policy decides again with the
+/// approver's evidence; `Ok` only on `allow`.
+pub fn approved(
+    gw: &Gateway,
+    input: &mut PolicyInput,
+    approval: input::Approval,
+) -> (Result<(), Reason>, std::sync::Arc<str>) {
+    input.phase = Phase::Approved;
+    input.approval = Some(approval);
+    let decision = evaluate(gw, input);
+    let revision = decision.revision.clone();
+    let verdict = match decision.effect {
+        Effect::Allow => Ok(()),
+        Effect::Approve => Err(Reason::ApprovalNotSufficient(
+            "it asks for approval again".into(),
+        )),
+        Effect::Deny => {
+            let Reason::Policy { code, message } = Reason::from_policy(&decision.reasons) else {
+                unreachable!("from_policy gives a policy reason")
+            };
+            Err(Reason::BlockedAfterApproval { code, message })
+        }
+    };
+    (verdict, revision)
+}
+
+/// Phase `list`: whether a tool in a `tools/list` answer may be shown. A deny (or a
+/// policy error, which is a deny) hides it.
+pub fn list_shows(gw: &Gateway, base: &PolicyInput, tool: &Value) -> bool {
+    let Some(name) = tool.get("name").and_then(Value::as_str) else {
+        return false;
+    };
+    let mut input = PolicyInput::new(Phase::List, base.agent.clone(), base.upstream.clone());
+    input.mcp = base.mcp.as_ref().map(|m| input::Mcp {
+        method: Some("tools/call".into()),
+        kind: "request",
+        protocol_version: m.protocol_version.clone(),
+        session: m.session.clone(),
+    });
+    input.tool = Some(input::Tool {
+        name: name.to_string(),
+        arguments: None,
+        annotations: tool.get("annotations").cloned(),
+    });
+    gw.policy.decide(&input.to_value()).effect != Effect::Deny
+}
