@@ -6,6 +6,7 @@
 //!   cargo bench --bench policy -- --warm-up-time 1 --measurement-time 3
 //!
 //! Before criterion runs, a plain timing loop prints p50/p99 per path.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 use std::hint::black_box;
 use std::path::Path;

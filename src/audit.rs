@@ -4,11 +4,11 @@
 //! Never carries credentials, tokens, user codes, raw user identifiers or raw arguments:
 //! arguments appear only as a fingerprint.
 
+use crate::clock::Instant;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Instant;
 
 use serde::Serialize;
 

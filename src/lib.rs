@@ -8,6 +8,7 @@ pub mod approval;
 pub mod audit;
 pub mod ciba;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod devop;
 pub mod fingerprint;

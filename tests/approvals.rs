@@ -2,6 +2,7 @@
 //! development OpenID Provider (poll, ping, push, `interval`, `slow_down`), a
 //! recording upstream, and the callback listener. Each test states one behaviour;
 //! every test also checks that nothing is forwarded without a granted approval.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

@@ -6,6 +6,7 @@
 //!
 //! Needs Node.js >= 18 and npm; `tests/interop/node_modules` is installed with
 //! `npm ci` on first use.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

@@ -8,6 +8,7 @@
 //!
 //! oidc-provider sends no `interval`, so the gateway polls every 5 s: a poll-mode
 //! approval completes within about 5 s of the decision.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

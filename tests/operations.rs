@@ -1,6 +1,7 @@
 //! Operating the gateway, against the real binary (`ciba-gate dev` on free ports): the
 //! admin listener's /metrics (checked with `promtool check metrics`), /healthz and
 //! /readyz, and SIGTERM while a call is held.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

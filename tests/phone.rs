@@ -7,6 +7,7 @@
 //! on first use; no browser is ever downloaded) and the system Chromium at
 //! /usr/bin/chromium (Debian package `chromium`). Screenshots of each run land in
 //! `target/tmp/phone/`.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

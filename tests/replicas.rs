@@ -2,6 +2,7 @@
 //! OP as its own process (`ciba-gate dev-op`) and a recording upstream in this process.
 //! Replicas are killed with SIGKILL and Redis is killed and restarted empty: no approval
 //! is lost, nobody is prompted twice, nothing unapproved is forwarded.
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

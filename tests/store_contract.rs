@@ -1,5 +1,6 @@
 //! The `ApprovalStore` contract: the SAME test functions run against the in-memory store
 //! and the Redis store (each Redis test starts its own `redis-server` on a free port).
+#![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
 

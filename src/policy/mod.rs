@@ -218,9 +218,9 @@ impl PolicyEngine {
         }
     }
 
-    /// Decides one input document (see CONTRACT.md). Never panics, never errors.
+    /// Decides one input document (see docs/policy-contract.md). Never panics, never errors.
     pub fn decide(&self, input: &serde_json::Value) -> Decision {
-        let started = std::time::Instant::now();
+        let started = crate::clock::now();
         let decision = self.shared.current.load().decide(input, None);
         crate::telemetry::metrics::policy_evaluation(started.elapsed());
         decision

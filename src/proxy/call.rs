@@ -1,8 +1,8 @@
 //! The per-request context every phase works on: the gateway, the mount, the request
 //! head facts, and the evidence record of each call the request carries.
 
+use crate::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::Method;
 use serde_json::Value;
@@ -30,7 +30,7 @@ impl<'g> Call<'g> {
             gw,
             mount,
             id: new_request_id(),
-            started: Instant::now(),
+            started: crate::clock::now(),
             method: method.clone(),
         }
     }

@@ -79,12 +79,10 @@ pub fn approved(
         Effect::Approve => Err(Reason::ApprovalNotSufficient(
             "it asks for approval again".into(),
         )),
-        Effect::Deny => {
-            let Reason::Policy { code, message } = Reason::from_policy(&decision.reasons) else {
-                unreachable!("from_policy gives a policy reason")
-            };
-            Err(Reason::BlockedAfterApproval { code, message })
-        }
+        Effect::Deny => Err(match Reason::from_policy(&decision.reasons) {
+            Reason::Policy { code, message } => Reason::BlockedAfterApproval { code, message },
+            other => other,
+        }),
     };
     (verdict, revision)
 }

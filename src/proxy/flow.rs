@@ -29,7 +29,7 @@ pub async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<BoxBody>
         super::call::record_for(
             gw,
             &super::call::new_request_id(),
-            std::time::Instant::now(),
+            crate::clock::now(),
             req.method(),
             mount.map(|m| m.name()).unwrap_or("-"),
         )

@@ -197,7 +197,7 @@ impl Upstream {
         if let Some((name, value)) = &self.credential {
             h.insert(name.clone(), value.clone());
         }
-        let started = std::time::Instant::now();
+        let started = crate::clock::now();
         let result = match tokio::time::timeout(self.response_timeout, self.client.request(req))
             .instrument(span.clone())
             .await

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderMap;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -173,36 +173,12 @@ pub fn init(level: &str, cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard
     Ok(TelemetryGuard { provider })
 }
 
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(val)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, val);
-        }
-    }
-}
-
 /// Makes the agent's W3C `traceparent` (if any) the parent of `span`.
 pub fn adopt_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
     if !enabled() || !headers.contains_key("traceparent") {
         return;
     }
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
     let _ = span.set_parent(cx);
 }
 
@@ -214,7 +190,8 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let cx = span.context();
     headers.remove("traceparent");
     headers.remove("tracestate");
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    TraceContextPropagator::new()
+        .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
 }
 
 /// A span for work that outlives the request that started it (the CIBA driver): in the
