@@ -9,6 +9,7 @@ pub mod ciba;
 pub mod config;
 pub mod devop;
 pub mod fingerprint;
+pub mod json_strict;
 pub mod policy;
 pub mod proxy;
 pub mod run;
