@@ -233,6 +233,7 @@ pub async fn http<'m>(
                 &bytes,
                 crate::json_strict::Limits {
                     max_depth: limits.max_json_depth,
+                    ..Default::default()
                 },
             )
             .map_err(|e| Rejected::http(mcp::strict_reason(&e, limits.max_json_depth)))?;
