@@ -239,8 +239,14 @@ pub fn parse_body(
     max_depth: usize,
     revision: Option<&str>,
 ) -> Result<Body, BodyError> {
-    let value = json_strict::parse(bytes, json_strict::Limits { max_depth, ..Default::default() })
-        .map_err(|e| BodyError::from(strict_reason(&e, max_depth)))?;
+    let value = json_strict::parse(
+        bytes,
+        json_strict::Limits {
+            max_depth,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| BodyError::from(strict_reason(&e, max_depth)))?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
