@@ -131,6 +131,8 @@ pub enum Reason {
     UpstreamTimeout(std::time::Duration),
     UpstreamError(String),
     UpstreamAnswerTooLarge(usize),
+    /// The tool server's certificate could not be verified (or it refused ours).
+    UpstreamTls(String),
 }
 
 impl Reason {
@@ -217,6 +219,7 @@ impl Reason {
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamError(_) => "upstream_error",
             UpstreamAnswerTooLarge(_) => "upstream_answer_too_large",
+            UpstreamTls(_) => "upstream_tls_error",
             Policy { .. }
             | BlockedAfterApproval { .. }
             | AmbiguousJson { .. }
@@ -270,7 +273,8 @@ impl Reason {
             UpstreamUnreachable(_)
             | UpstreamTimeout(_)
             | UpstreamError(_)
-            | UpstreamAnswerTooLarge(_) => Source::Upstream,
+            | UpstreamAnswerTooLarge(_)
+            | UpstreamTls(_) => Source::Upstream,
         }
     }
 
@@ -289,9 +293,10 @@ impl Reason {
             ApprovalPending => StatusCode::ACCEPTED,
             ApprovalRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamUnreachable(_) | UpstreamError(_) | UpstreamAnswerTooLarge(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            UpstreamUnreachable(_)
+            | UpstreamError(_)
+            | UpstreamAnswerTooLarge(_)
+            | UpstreamTls(_) => StatusCode::BAD_GATEWAY,
             other if other.source() == Source::Agent => StatusCode::BAD_REQUEST,
             _ => StatusCode::FORBIDDEN,
         }
@@ -307,7 +312,8 @@ impl Reason {
             UpstreamUnreachable(_)
             | UpstreamTimeout(_)
             | UpstreamError(_)
-            | UpstreamAnswerTooLarge(_) => jsonrpc::UPSTREAM_UNAVAILABLE,
+            | UpstreamAnswerTooLarge(_)
+            | UpstreamTls(_) => jsonrpc::UPSTREAM_UNAVAILABLE,
             other if other.source() == Source::Agent => jsonrpc::INVALID_REQUEST,
             _ => jsonrpc::BLOCKED,
         }
@@ -379,6 +385,7 @@ impl Reason {
             UpstreamAnswerTooLarge(limit) => format!(
                 "the tool server's answer is larger than the gateway inspects ({limit} bytes)"
             ),
+            UpstreamTls(why) => format!("the tool server's TLS could not be trusted: {why}"),
         }
     }
 

@@ -146,6 +146,9 @@ pub struct UpstreamConfig {
     /// Plain HTTP routes (kind: http).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// TLS settings for an `https://` url (system roots when absent).
+    #[serde(default)]
+    pub tls: Option<super::upstream_tls::UpstreamTlsConfig>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -213,14 +216,25 @@ impl UpstreamConfig {
             "must start with '/' and not end with '/'",
         )?;
         match self.url.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {}
-            Ok(uri) if uri.scheme_str() == Some("https") => {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                if self.tls.is_some() {
+                    return Err(FieldError::new(
+                        "tls",
+                        "is only for https:// urls (this one is http://)",
+                    ));
+                }
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.authority().is_some() => {
+                if let Some(tls) = &self.tls {
+                    tls.validate().map_err(|e| e.under("tls"))?;
+                }
+            }
+            _ => {
                 return Err(FieldError::new(
                     "url",
-                    "https upstreams are not supported yet; run the tool server beside the sidecar over http",
+                    "must be an absolute http:// or https:// URL",
                 ));
             }
-            _ => return Err(FieldError::new("url", "must be an absolute http:// URL")),
         }
         require(
             !self.connect_timeout.is_zero() && !self.response_timeout.is_zero(),

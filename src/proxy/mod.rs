@@ -25,6 +25,7 @@ pub mod routes;
 pub mod server;
 pub mod sse;
 pub mod upstream;
+pub mod upstream_tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -136,7 +137,8 @@ impl Gateway {
             mounts.push(Mount {
                 prefix: u.mount.clone(),
                 kind: u.kind,
-                upstream: upstream::Upstream::new(u, credential).map_err(|e| e.under(&at))?,
+                upstream: upstream::Upstream::new(u, credential, &parts.base)
+                    .map_err(|e| e.under(&at))?,
                 routes,
             });
         }

@@ -1,6 +1,8 @@
 //! The way out to a tool server: a pooled hyper client per upstream, header hygiene
 //! (hop-by-hop headers, spoofed gateway headers, the agent's own credential), injection
 //! of the upstream's credential, and timeouts that become typed errors (502 / 504).
+//! `https://` upstreams go through rustls (`upstream_tls.rs`); an `http://` one never
+//! loads a trust store.
 
 use std::time::Duration;
 
@@ -8,8 +10,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 
 use super::BoxBody;
@@ -42,6 +45,8 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("the upstream connection failed: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -53,16 +58,13 @@ impl UpstreamError {
             UpstreamError::Protocol(why) => {
                 Reason::UpstreamError(format!("the upstream connection failed: {why}"))
             }
+            UpstreamError::Tls(why) => Reason::UpstreamTls(why.clone()),
         }
     }
 
-    /// A short label for traces and metrics.
+    /// A short label for traces and metrics: the outcome's own code.
     fn label(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect(_) => "upstream_unreachable",
-            UpstreamError::Timeout(_) => "upstream_timeout",
-            UpstreamError::Protocol(_) => "upstream_error",
-        }
+        self.reason().metric_label()
     }
 }
 
@@ -74,12 +76,63 @@ pub struct Upstream {
     credential: Option<(HeaderName, HeaderValue)>,
     forward_agent_authorization: bool,
     response_timeout: Duration,
-    client: Client<HttpConnector, BoxBody>,
+    client: Transport,
+}
+
+/// The pooled client: plain for `http://`, rustls (HTTPS only) for `https://`.
+enum Transport {
+    Plain(Client<HttpConnector, BoxBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, BoxBody>),
+}
+
+impl Transport {
+    fn new(cfg: &UpstreamConfig, base: &std::path::Path) -> Checked<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256);
+        if !cfg.url.starts_with("https://") {
+            return Ok(Transport::Plain(builder.build(connector)));
+        }
+        let tls = cfg.tls.clone().unwrap_or_default();
+        let config = tls.client_config(base).map_err(|e| e.under("tls"))?;
+        connector.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only();
+        let https = match &tls.server_name {
+            Some(name) => {
+                let name = rustls_pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                    FieldError::new("tls.server_name", "is not a DNS name or IP address")
+                })?;
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => https,
+        };
+        Ok(Transport::Tls(builder.build(
+            https.enable_all_versions().wrap_connector(connector),
+        )))
+    }
+
+    fn request(&self, req: Request<BoxBody>) -> ResponseFuture {
+        match self {
+            Transport::Plain(c) => c.request(req),
+            Transport::Tls(c) => c.request(req),
+        }
+    }
 }
 
 impl Upstream {
-    /// `secret`: the credential's value, read from its source.
-    pub fn new(cfg: &UpstreamConfig, secret: Option<SecretString>) -> Checked<Self> {
+    /// `secret`: the credential's value, read from its source; `files`: the directory
+    /// TLS files are relative to.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        secret: Option<SecretString>,
+        files: &std::path::Path,
+    ) -> Checked<Self> {
         let url_err = |e: String| FieldError::new("url", e);
         let base: Uri = cfg
             .url
@@ -88,13 +141,7 @@ impl Upstream {
         let authority = base
             .authority()
             .ok_or_else(|| url_err("has no host".into()))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = Transport::new(cfg, files)?;
         let credential = match (&cfg.credential, secret) {
             (Some(c), Some(s)) => {
                 let bad =
@@ -184,7 +231,10 @@ impl Upstream {
             otel.status_code = tracing::field::Empty,
             http.request.method = %req.method(),
             server.address = self.base.host().unwrap_or_default(),
-            server.port = self.base.port_u16().unwrap_or(80),
+            server.port = self.base.port_u16().unwrap_or(match self.client {
+                Transport::Plain(_) => 80,
+                Transport::Tls(_) => 443,
+            }),
             url.path = req.uri().path(),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -204,8 +254,13 @@ impl Upstream {
         {
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Protocol(error_chain(&e))),
+            // TLS 1.3 reports a refused client certificate after the handshake, on the
+            // first request: a TLS failure wherever it shows up.
+            Ok(Err(e)) => Err(match super::upstream_tls::tls_failure(&e) {
+                Some(why) => UpstreamError::Tls(why),
+                None if e.is_connect() => UpstreamError::Connect(error_chain(&e)),
+                None => UpstreamError::Protocol(error_chain(&e)),
+            }),
         };
         let status = match &result {
             Ok(r) => {
