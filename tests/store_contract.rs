@@ -434,7 +434,10 @@ async fn redemption_claim_has_one_holder_and_ends_with_the_result(s: Subject) {
         let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
         tasks.push(tokio::spawn(async move {
             let owner = format!("party-{i}");
-            (owner.clone(), st.claim_redemption("fp-red", &owner, ttl).await.unwrap())
+            (
+                owner.clone(),
+                st.claim_redemption("fp-red", &owner, ttl).await.unwrap(),
+            )
         }));
     }
     let mut holders = Vec::new();
@@ -453,7 +456,9 @@ async fn redemption_claim_has_one_holder_and_ends_with_the_result(s: Subject) {
         "the holder may renew"
     );
     // Someone else's release changes nothing; the holder's frees it and wakes waiters.
-    s.b.release_redemption("fp-red", "someone-else").await.unwrap();
+    s.b.release_redemption("fp-red", "someone-else")
+        .await
+        .unwrap();
     assert_eq!(
         s.b.claim_redemption("fp-red", "poll-1", ttl).await.unwrap(),
         Claim::Busy
@@ -510,16 +515,22 @@ async fn redemption_claim_has_one_holder_and_ends_with_the_result(s: Subject) {
         .unwrap();
     let short = Duration::from_millis(300);
     assert_eq!(
-        s.a.claim_redemption("fp-red2", "dies", short).await.unwrap(),
+        s.a.claim_redemption("fp-red2", "dies", short)
+            .await
+            .unwrap(),
         Claim::Taken
     );
     assert_eq!(
-        s.b.claim_redemption("fp-red2", "next", short).await.unwrap(),
+        s.b.claim_redemption("fp-red2", "next", short)
+            .await
+            .unwrap(),
         Claim::Busy
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        s.b.claim_redemption("fp-red2", "next", short).await.unwrap(),
+        s.b.claim_redemption("fp-red2", "next", short)
+            .await
+            .unwrap(),
         Claim::Taken
     );
     // Every other end of a record ends its claim too.

@@ -234,7 +234,15 @@ async fn wait_for_answer(
                 continue;
             }
         }
-        match Box::pin(redeem(approvals, &fingerprint, auth_req_id, &mut poller, "poll")).await {
+        match Box::pin(redeem(
+            approvals,
+            &fingerprint,
+            auth_req_id,
+            &mut poller,
+            "poll",
+        ))
+        .await
+        {
             Attempt::Resolved | Attempt::Finished => return,
             // The ping handler (here or on another replica) is asking right now; its
             // result, or its release, wakes this loop.
@@ -358,11 +366,7 @@ enum Step {
 }
 
 /// One token request and what it means.
-async fn token_step(
-    approvals: &Approvals,
-    auth_req_id: &str,
-    poller: &mut Poller,
-) -> Step {
+async fn token_step(approvals: &Approvals, auth_req_id: &str, poller: &mut Poller) -> Step {
     match approvals
         .ciba
         .poll_token(auth_req_id)

@@ -8,9 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{
-    ApprovalRecord, ApprovalStore, Claim, Joined, Resolution, Status, StoreError, now_ms,
-};
+use super::{ApprovalRecord, ApprovalStore, Claim, Joined, Resolution, Status, StoreError, now_ms};
 
 /// Shortest time a consumed approval is remembered (`recently_consumed`).
 pub(crate) const CONSUMED_MARK_MS: u64 = 10_000;
@@ -295,12 +293,13 @@ impl ApprovalStore for MemoryStore {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let mut g = self.lock()?;
-        if g.live(fingerprint).is_none_or(|r| r.status != Status::Pending) {
+        if g.live(fingerprint)
+            .is_none_or(|r| r.status != Status::Pending)
+        {
             return Ok(Claim::Finished);
         }
         let now = now_ms();
-        if g
-            .claims
+        if g.claims
             .get(fingerprint)
             .is_some_and(|(holder, until)| *until > now && holder != owner)
         {

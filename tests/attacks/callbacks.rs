@@ -150,7 +150,12 @@ fn genuine_claims(issuer: &str, auth_req_id: &str, access_token: &str) -> Value 
 fn sign(pem: &str, claims: &Value) -> String {
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some(KID.into());
-    jsonwebtoken::encode(&h, claims, &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        claims,
+        &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 fn push_body(auth_req_id: &str, access_token: &str, id_token: &str) -> Value {
@@ -298,7 +303,11 @@ async fn a_push_with_the_real_token_but_a_forged_id_token_never_settles_the_appr
         ("not a JWT", "e.y.z".to_string()),
     ];
     let c = reqwest::Client::new();
-    let before = metric(&s.gate, "ciba_gate_op_errors_total{code=\"invalid_id_token\"}").await;
+    let before = metric(
+        &s.gate,
+        "ciba_gate_op_errors_total{code=\"invalid_id_token\"}",
+    )
+    .await;
     for (what, id_token) in &forgeries {
         let r = c
             .post(&s.callback)
@@ -319,7 +328,11 @@ async fn a_push_with_the_real_token_but_a_forged_id_token_never_settles_the_appr
         s.upstream.tool_calls().is_empty(),
         "nothing forwarded on a forged push"
     );
-    let after = metric(&s.gate, "ciba_gate_op_errors_total{code=\"invalid_id_token\"}").await;
+    let after = metric(
+        &s.gate,
+        "ciba_gate_op_errors_total{code=\"invalid_id_token\"}",
+    )
+    .await;
     assert!(
         after - before >= forgeries.len() as f64,
         "each forgery counted ({before} -> {after})"
@@ -446,8 +459,5 @@ async fn an_oversized_callback_body_is_refused_413_and_never_read_to_its_end() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(
-        call.await.unwrap()["result"]["content"][0]["text"],
-        "done"
-    );
+    assert_eq!(call.await.unwrap()["result"]["content"][0]["text"], "done");
 }

@@ -311,11 +311,17 @@ pub fn assert_one_redemption_per_grant(what: &str, o: &Outcome) {
     assert!(o.lost.is_empty(), "{what}: approvals lost: {lost_kinds:?}");
     assert_eq!(o.forwarded, o.approvals, "{what}: forwarded");
     assert_eq!(o.upstream_calls, o.approvals, "{what}: tool server calls");
-    assert_eq!(o.op.approved as usize, o.approvals, "{what}: approved at the OP");
+    assert_eq!(
+        o.op.approved as usize, o.approvals,
+        "{what}: approved at the OP"
+    );
     assert_eq!(o.op.double_redemptions, 0, "{what}: grants redeemed twice");
     assert_eq!(
         o.op.redemption_requests as usize, o.approvals,
         "{what}: token requests for approved grants"
     );
-    assert_eq!(o.op.tokens_issued as usize, o.approvals, "{what}: tokens issued");
+    assert_eq!(
+        o.op.tokens_issued as usize, o.approvals,
+        "{what}: tokens issued"
+    );
 }
