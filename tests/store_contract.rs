@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ciba_gate::store::memory::MemoryStore;
 use ciba_gate::store::redis::{RedisSettings, RedisStore};
 use ciba_gate::store::{
-    ApprovalRecord, ApprovalStore, Approver, Joined, Resolution, Status, StoreError, now_ms,
+    ApprovalRecord, ApprovalStore, Approver, Claim, Joined, Resolution, Status, StoreError, now_ms,
 };
 use support::{RedisCluster, RedisServer};
 
@@ -413,6 +413,138 @@ async fn poll_lease_has_one_holder(s: Subject) {
     assert_eq!(winners, 1);
 }
 
+/// One token request at a time per approval, none once a result is recorded, and a late
+/// failure never overwrites a grant.
+async fn redemption_claim_has_one_holder_and_ends_with_the_result(s: Subject) {
+    let ttl = MINUTE;
+    assert_eq!(
+        s.a.claim_redemption("fp-red", "ping-1", ttl).await.unwrap(),
+        Claim::Finished,
+        "no record: nothing to redeem"
+    );
+    s.a.create_or_join(record("fp-red", MINUTE), GRACE)
+        .await
+        .unwrap();
+    s.a.set_acknowledged("fp-red", "req-red", 60, Some(1), now_ms() + 60_000)
+        .await
+        .unwrap();
+    // Concurrent takers (ping handlers and poll loops on two replicas): one holder.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let st = if i % 2 == 0 { s.a.clone() } else { s.b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("party-{i}");
+            (
+                owner.clone(),
+                st.claim_redemption("fp-red", &owner, ttl).await.unwrap(),
+            )
+        }));
+    }
+    let mut holders = Vec::new();
+    for t in tasks {
+        let (owner, c) = t.await.unwrap();
+        match c {
+            Claim::Taken => holders.push(owner),
+            other => assert_eq!(other, Claim::Busy),
+        }
+    }
+    assert_eq!(holders.len(), 1, "exactly one holder: {holders:?}");
+    let holder = holders.pop().unwrap();
+    assert_eq!(
+        s.b.claim_redemption("fp-red", &holder, ttl).await.unwrap(),
+        Claim::Taken,
+        "the holder may renew"
+    );
+    // Someone else's release changes nothing; the holder's frees it and wakes waiters.
+    s.b.release_redemption("fp-red", "someone-else")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.b.claim_redemption("fp-red", "poll-1", ttl).await.unwrap(),
+        Claim::Busy
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // a fresh subscription
+    let b = s.b.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        b.wait_change("fp-red", Duration::from_secs(5)).await;
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.a.release_redemption("fp-red", &holder).await.unwrap();
+    assert!(
+        waiter.await.unwrap() < Duration::from_secs(4),
+        "a release is announced"
+    );
+    assert_eq!(
+        s.b.claim_redemption("fp-red", "poll-1", ttl).await.unwrap(),
+        Claim::Taken
+    );
+    // The holder's grant is recorded once and ends the claim: nobody redeems again, and
+    // a late invalid_grant (from any party) never overwrites the grant.
+    assert!(
+        s.b.resolve("fp-red", Resolution::Granted(approver()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.a.claim_redemption("fp-red", "ping-2", ttl).await.unwrap(),
+        Claim::Finished
+    );
+    assert!(
+        !s.a.resolve("fp-red", Resolution::Failed("invalid_grant".into()))
+            .await
+            .unwrap()
+    );
+    let r = s.a.get("fp-red").await.unwrap().unwrap();
+    assert_eq!((r.status, r.approver), (Status::Granted, Some(approver())));
+    assert!(s.a.consume("fp-red").await.unwrap().is_some());
+    assert_eq!(
+        s.a.claim_redemption("fp-red", "ping-3", ttl).await.unwrap(),
+        Claim::Finished,
+        "consumed: nothing to redeem"
+    );
+    assert!(
+        !s.a.resolve("fp-red", Resolution::Failed("invalid_grant".into()))
+            .await
+            .unwrap()
+    );
+    // A holder that dies: its claim runs out and another party takes over.
+    s.a.create_or_join(record("fp-red2", MINUTE), GRACE)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        s.a.claim_redemption("fp-red2", "dies", short)
+            .await
+            .unwrap(),
+        Claim::Taken
+    );
+    assert_eq!(
+        s.b.claim_redemption("fp-red2", "next", short)
+            .await
+            .unwrap(),
+        Claim::Busy
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.b.claim_redemption("fp-red2", "next", short)
+            .await
+            .unwrap(),
+        Claim::Taken
+    );
+    // Every other end of a record ends its claim too.
+    assert!(
+        s.a.resolve("fp-red2", Resolution::Denied("access_denied".into()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.a.claim_redemption("fp-red2", "after", ttl).await.unwrap(),
+        Claim::Finished
+    );
+}
+
 async fn unacknowledged_records_become_request_lost(s: Subject) {
     let mut old = record("fp-lost", MINUTE);
     old.created_at_ms -= 120_000;
@@ -488,6 +620,7 @@ contract!(
     rate_limits_and_denials_expire,
     wait_change_wakes_on_another_connections_change,
     poll_lease_has_one_holder,
+    redemption_claim_has_one_holder_and_ends_with_the_result,
     unacknowledged_records_become_request_lost,
 );
 
@@ -571,7 +704,17 @@ async fn redis_keys_hold_no_secrets_and_expire() {
     )
     .await
     .unwrap();
+    st.acquire_lease("fp-keys", "replica-a", MINUTE)
+        .await
+        .unwrap();
+    assert_eq!(
+        st.claim_redemption("fp-keys", "replica-a:1", MINUTE)
+            .await
+            .unwrap(),
+        Claim::Taken
+    );
     let keys = server.cli(&["KEYS", "*"]);
+    assert!(keys.contains(":redeem"), "{keys}");
     assert!(!keys.contains("secret-auth-req-id"), "{keys}");
     for k in keys.lines().filter(|k| !k.is_empty()) {
         let ttl: i64 = server.cli(&["PTTL", k]).trim().parse().unwrap();

@@ -1,8 +1,11 @@
 //! The CIBA callback listener: its own port, HTTPS (rustls; certificate and key reloaded
 //! when their files change), plain HTTP only with an explicit insecure flag. Ping: check
-//! the bearer notification token, answer 204 at once, then make one token request.
+//! the bearer notification token, answer 204 at once, then make one token request
+//! (under the approval's redemption claim: at most one per grant, whoever asks).
 //! Push: check the token, validate the ID token (with the push-only claims), record.
-//! Forged, replayed, unknown or late notifications are refused and change nothing.
+//! Forged, replayed, unknown or late notifications are refused (4xx) and change
+//! nothing: a push whose ID token does not validate is answered 400 and leaves the
+//! approval pending. Bodies are read up to `MAX_BODY`; a larger one is answered 413.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,12 +25,21 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::Approvals;
-use super::driver::{Step, finish, token_step, validate};
-use crate::ciba::{CibaClient, DeliveryMode, Poller, PushNotification};
+use super::driver::{check_id_token, finish, redeem_for_ping};
+use crate::ciba::{CibaClient, DeliveryMode, PushNotification};
 use crate::store::{Resolution, Status};
 
-/// Largest notification body read.
-const MAX_BODY: usize = 64 * 1024;
+/// Largest notification body read (a push carries an ID token, an access token and
+/// perhaps a refresh token: a few KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn too_large() -> Response<Full<Bytes>> {
+    crate::telemetry::metrics::limit_exceeded("callback_body");
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({"error": "invalid_request", "error_description": "the notification body is too large"}),
+    )
+}
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -75,6 +87,15 @@ pub async fn handle(
             StatusCode::METHOD_NOT_ALLOWED,
             json!({"error": "method_not_allowed"}),
         );
+    }
+    // A declared length over the limit is refused before anything is looked up or read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
     }
     let token = req
         .headers()
@@ -125,6 +146,7 @@ pub async fn handle(
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
         Err(_) => {
             return reply(
                 StatusCode::BAD_REQUEST,
@@ -155,18 +177,8 @@ pub async fn handle(
                     json!({"error": "invalid_request", "error_description": "auth_req_id does not match"}),
                 );
             }
-            // Answer the OP at once; fetch the tokens afterwards.
-            tokio::spawn(async move {
-                let mut poller = Poller::new(None);
-                match token_step(&approvals, &auth_req_id, &mut poller).await {
-                    Step::Resolved(r) => finish(&approvals, &fingerprint, r).await,
-                    Step::KeepWaiting | Step::Transport(_) => {
-                        tracing::info!(
-                            "ping arrived before the result was ready; the fallback poll continues"
-                        )
-                    }
-                }
-            });
+            // Answer the OP at once; fetch the tokens afterwards, under the claim.
+            tokio::spawn(redeem_for_ping(approvals, fingerprint, auth_req_id));
             no_content()
         }
         DeliveryMode::Push => {
@@ -190,7 +202,29 @@ pub async fn handle(
                             json!({"error": "invalid_request", "error_description": "auth_req_id does not match"}),
                         );
                     }
-                    validate(&approvals, &auth_req_id, &tokens, true).await
+                    match check_id_token(&approvals, &auth_req_id, &tokens, true).await {
+                        Ok(approver) => Resolution::Granted(approver),
+                        // The OP's keys could not be fetched: not the pusher's fault, and
+                        // nothing is settled on a guess; the OP may push again.
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(code = e.code(), error = %e, "push ID token could not be checked now");
+                            return reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                json!({"error": "temporarily_unavailable"}),
+                            );
+                        }
+                        // Whoever holds the notification token sent an ID token the OP did
+                        // not issue for this request: refused, and the approval stays as it
+                        // was (pending until the OP's real answer or the deadline).
+                        Err(e) => {
+                            crate::telemetry::metrics::op_error("invalid_id_token");
+                            tracing::warn!(code = e.code(), error = %e, "push with an invalid ID token refused; the approval stays pending");
+                            return reply(
+                                StatusCode::BAD_REQUEST,
+                                json!({"error": "invalid_request", "error_description": "the ID token is not valid for this request"}),
+                            );
+                        }
+                    }
                 }
                 PushNotification::Error { auth_req_id, error } => {
                     if !ids_match(&auth_req_id) {

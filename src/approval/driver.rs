@@ -3,6 +3,11 @@
 //! fallback poll; push) and records the result in the store exactly once. It runs
 //! apart from any agent connection, so a dropped connection loses nothing: the
 //! identical retry joins the same record.
+//!
+//! Every token request — the poll loop's and the ping handler's, on any replica — is
+//! made under the record's redemption claim (`ApprovalStore::claim_redemption`): one
+//! request at a time per approval, none after the result is recorded. So a grant is
+//! redeemed once, and the OP's `invalid_grant` for a second redemption never happens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +18,7 @@ use super::Approvals;
 use crate::ciba::{
     AuthRequest, CibaError, DeliveryMode, IdTokenCheck, Poller, TokenPoll, TokenSet,
 };
-use crate::store::{Approver, Resolution, Status, now_ms};
+use crate::store::{Approver, Claim, Resolution, Status, now_ms};
 
 /// Extra life of a poll lease beyond the next planned poll: covers a slow token
 /// request. A dead holder is replaced at most this long after its poll was due.
@@ -229,18 +234,131 @@ async fn wait_for_answer(
                 continue;
             }
         }
-        match Box::pin(token_step(approvals, auth_req_id, &mut poller)).await {
-            Step::Resolved(resolution) => {
-                finish(approvals, &fingerprint, resolution).await;
-                return;
-            }
-            Step::KeepWaiting => last_transport_error = None,
-            Step::Transport(code) => last_transport_error = Some(code),
+        match Box::pin(redeem(
+            approvals,
+            &fingerprint,
+            auth_req_id,
+            &mut poller,
+            "poll",
+        ))
+        .await
+        {
+            Attempt::Resolved | Attempt::Finished => return,
+            // The ping handler (here or on another replica) is asking right now; its
+            // result, or its release, wakes this loop.
+            Attempt::Busy => {}
+            Attempt::KeepWaiting => last_transport_error = None,
+            Attempt::Transport(code) => last_transport_error = Some(code),
         }
     }
 }
 
-pub(crate) enum Step {
+/// How long a redemption claim lasts: one token request and one ID token check (which
+/// may fetch the OP's keys), each bounded by the OP HTTP timeout, plus slack. A live
+/// holder always finishes within it; only a dead (or stalled) holder is taken over.
+fn claim_ttl(approvals: &Approvals) -> Duration {
+    approvals.ciba.config().http_timeout * 2 + LEASE_SLACK
+}
+
+/// What one attempt to redeem came to.
+pub(crate) enum Attempt {
+    /// This party asked the OP and recorded the result.
+    Resolved,
+    /// This party asked the OP: not decided yet (or slow down).
+    KeepWaiting,
+    /// The OP (or the store) could not be reached this time.
+    Transport(String),
+    /// Another party holds the claim: no token request was made.
+    Busy,
+    /// The approval already has its result (or is gone): no token request was made.
+    Finished,
+}
+
+/// One token request under the approval's redemption claim; without the claim, none.
+/// A result is recorded (once; the claim ends with it), anything else gives the claim up.
+pub(crate) async fn redeem(
+    approvals: &Approvals,
+    fingerprint: &str,
+    auth_req_id: &str,
+    poller: &mut Poller,
+    party: &'static str,
+) -> Attempt {
+    let owner = format!("{}:{:032x}", approvals.instance, rand::random::<u128>());
+    match approvals
+        .store
+        .claim_redemption(fingerprint, &owner, claim_ttl(approvals))
+        .await
+    {
+        Ok(Claim::Taken) => {}
+        Ok(Claim::Busy) => {
+            crate::telemetry::metrics::token_request_deferred(party);
+            return Attempt::Busy;
+        }
+        Ok(Claim::Finished) => return Attempt::Finished,
+        Err(e) => {
+            // No claim, no token request: fail closed (the next attempt tries again).
+            tracing::warn!(error = %e, "approval store unavailable; no token request made");
+            return Attempt::Transport("store_unavailable".into());
+        }
+    }
+    let out = match token_step(approvals, auth_req_id, poller).await {
+        Step::Resolved(resolution) => {
+            finish(approvals, fingerprint, resolution).await;
+            Attempt::Resolved
+        }
+        Step::KeepWaiting => Attempt::KeepWaiting,
+        Step::Transport(code) => Attempt::Transport(code),
+    };
+    // Normally already gone with the result; else (still pending) the next party's turn.
+    if let Err(e) = approvals
+        .store
+        .release_redemption(fingerprint, &owner)
+        .await
+    {
+        tracing::debug!(error = %e, "could not give up the redemption claim; it runs out");
+    }
+    out
+}
+
+/// A ping said the result is ready: redeem it, once. If another party holds the claim
+/// (the fallback poll, here or on another replica) this waits for its result or its
+/// release (its request may have reached the OP just before the user answered) and tries
+/// again, until the approval has a result or its deadline passes.
+pub(crate) async fn redeem_for_ping(
+    approvals: Arc<Approvals>,
+    fingerprint: String,
+    auth_req_id: String,
+) {
+    let mut poller = Poller::new(None);
+    loop {
+        let deadline = match approvals.store.get(&fingerprint).await {
+            Ok(Some(r)) if r.status == Status::Pending => r.deadline_ms,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "approval store unavailable; the fallback poll continues");
+                return;
+            }
+        };
+        if now_ms() >= deadline {
+            return;
+        }
+        match redeem(&approvals, &fingerprint, &auth_req_id, &mut poller, "ping").await {
+            Attempt::Resolved | Attempt::Finished => return,
+            Attempt::Busy => {
+                let wait = Duration::from_millis(deadline.saturating_sub(now_ms()).min(250));
+                approvals.store.wait_change(&fingerprint, wait).await;
+            }
+            Attempt::KeepWaiting | Attempt::Transport(_) => {
+                tracing::info!(
+                    "ping arrived before the result was ready; the fallback poll continues"
+                );
+                return;
+            }
+        }
+    }
+}
+
+enum Step {
     Resolved(Resolution),
     KeepWaiting,
     /// The OP could not be reached this time; keep trying until the deadline.
@@ -248,11 +366,7 @@ pub(crate) enum Step {
 }
 
 /// One token request and what it means.
-pub(crate) async fn token_step(
-    approvals: &Approvals,
-    auth_req_id: &str,
-    poller: &mut Poller,
-) -> Step {
+async fn token_step(approvals: &Approvals, auth_req_id: &str, poller: &mut Poller) -> Step {
     match approvals
         .ciba
         .poll_token(auth_req_id)
@@ -293,12 +407,12 @@ fn classify_error(e: &CibaError) -> Step {
 }
 
 /// Validates the ID token of a token response; the approver's subject becomes a pseudonym.
-pub(crate) async fn validate(
+pub(crate) async fn check_id_token(
     approvals: &Approvals,
     auth_req_id: &str,
     tokens: &TokenSet,
     push: bool,
-) -> Resolution {
+) -> Result<Approver, CibaError> {
     let check = IdTokenCheck {
         auth_req_id: Some(auth_req_id),
         access_token: Some(tokens.access_token.as_str()),
@@ -306,18 +420,29 @@ pub(crate) async fn validate(
         push,
         expected_acr: None,
     };
-    match approvals
+    let ev = approvals
         .ciba
         .validate_id_token(&tokens.id_token, &check)
         .instrument(child_span!("ciba.id_token_validation"))
-        .await
-    {
-        Ok(ev) => Resolution::Granted(Approver {
-            subject_hash: approvals.pseudonym("sub", &format!("{}|{}", ev.issuer, ev.subject)),
-            acr: ev.acr,
-            amr: ev.amr,
-            auth_time: ev.auth_time,
-        }),
+        .await?;
+    Ok(Approver {
+        subject_hash: approvals.pseudonym("sub", &format!("{}|{}", ev.issuer, ev.subject)),
+        acr: ev.acr,
+        amr: ev.amr,
+        auth_time: ev.auth_time,
+    })
+}
+
+/// A token response's ID token as the result: a grant, or `invalid_id_token` (the OP's
+/// own token endpoint answered, so a bad token there fails the approval closed).
+async fn validate(
+    approvals: &Approvals,
+    auth_req_id: &str,
+    tokens: &TokenSet,
+    push: bool,
+) -> Resolution {
+    match check_id_token(approvals, auth_req_id, tokens, push).await {
+        Ok(approver) => Resolution::Granted(approver),
         Err(e) => {
             crate::telemetry::metrics::op_error("invalid_id_token");
             tracing::warn!(code = e.code(), error = %e, "ID token rejected; the call fails closed");

@@ -14,6 +14,8 @@
 //! - `POST /token` — grant `urn:openid:params:grant-type:ciba` (poll and ping clients)
 //! - `GET /` — the approval page; `GET /api/requests`, `POST /api/requests/{id}/approve`,
 //!   `POST /api/requests/{id}/deny` — its JSON API (never shows tokens or secrets)
+//! - `GET /api/stats` — token-endpoint counts (requests, tokens issued, redemptions of
+//!   approved grants, grants redeemed more than once); no identifiers
 //!
 //! After a decision, ping clients get `{"auth_req_id"}` with their bearer
 //! `client_notification_token` (on approval and denial); push clients get the token
@@ -229,6 +231,32 @@ impl DevOp {
         self.shared.decide(auth_req_id, approve)
     }
 
+    /// Token-endpoint totals (the same as `GET /api/stats`).
+    pub fn stats(&self) -> DevOpStats {
+        self.shared.stats()
+    }
+
+    /// What the token endpoint saw for each request it still remembers.
+    pub fn request_stats(&self) -> Vec<RequestStats> {
+        let st = self.shared.lock();
+        let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_millis() as u64;
+        st.requests
+            .values()
+            .map(|r| RequestStats {
+                id: r.view_id.clone(),
+                approved: r.approved(),
+                token_requests: r.token_requests,
+                redemption_requests: r.redemption_requests,
+                decided_after_ms: r.decided.map(|d| ms(r.created, d)),
+                token_requests_after_ms: r
+                    .token_request_times
+                    .iter()
+                    .map(|t| ms(r.created, *t))
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Stops accepting connections (open connections finish on their own).
     pub fn shutdown(&self) {
         self.server.abort();
@@ -275,7 +303,46 @@ struct AuthRequest {
     notification_token: Option<String>,
     status: Status,
     polls: u32,
+    /// Every token request for this `auth_req_id`.
+    token_requests: u32,
+    /// Token requests that arrived after the user approved (a client that redeems its
+    /// grant once makes exactly one).
+    redemption_requests: u32,
+    /// When the user decided.
+    decided: Option<Instant>,
+    /// When each token request arrived (capped; for timing analysis in tests).
+    token_request_times: Vec<Instant>,
 }
+
+/// What the token endpoint saw for one request (`DevOp::request_stats`). The id is the
+/// opaque view id, never the `auth_req_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestStats {
+    pub id: String,
+    pub approved: bool,
+    pub token_requests: u32,
+    pub redemption_requests: u32,
+    /// Milliseconds from the request's creation to the user's decision.
+    pub decided_after_ms: Option<u64>,
+    /// Milliseconds from the request's creation to each token request.
+    pub token_requests_after_ms: Vec<u64>,
+}
+
+/// Totals over every request the OP still remembers (`GET /api/stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevOpStats {
+    pub requests: u64,
+    pub approved: u64,
+    pub token_requests: u64,
+    /// Token requests for grants the user had approved.
+    pub redemption_requests: u64,
+    /// Approved requests whose grant was asked for more than once.
+    pub double_redemptions: u64,
+    /// Approved requests whose tokens were issued (token endpoint or push).
+    pub tokens_issued: u64,
+}
+
+const MAX_TIMES_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -429,6 +496,26 @@ impl Shared {
         })
     }
 
+    fn stats(&self) -> DevOpStats {
+        let st = self.lock();
+        let mut out = DevOpStats::default();
+        for r in st.requests.values() {
+            out.requests += 1;
+            out.token_requests += u64::from(r.token_requests);
+            out.redemption_requests += u64::from(r.redemption_requests);
+            if r.approved() {
+                out.approved += 1;
+                if r.status == Status::Redeemed {
+                    out.tokens_issued += 1;
+                }
+                if r.redemption_requests > 1 {
+                    out.double_redemptions += 1;
+                }
+            }
+        }
+        out
+    }
+
     fn pending(&self, now: Instant) -> Vec<PendingView> {
         let mut st = self.lock();
         st.cleanup(now);
@@ -570,6 +657,10 @@ impl Shared {
                     notification_token,
                     status: Status::Pending,
                     polls: 0,
+                    token_requests: 0,
+                    redemption_requests: 0,
+                    decided: None,
+                    token_request_times: Vec::new(),
                 },
             );
         }
@@ -638,6 +729,13 @@ impl Shared {
             ));
         };
         let expired = now >= req.deadline;
+        req.token_requests = req.token_requests.saturating_add(1);
+        if req.token_request_times.len() < MAX_TIMES_KEPT {
+            req.token_request_times.push(now);
+        }
+        if matches!(req.status, Status::Approved { .. } | Status::Redeemed) {
+            req.redemption_requests = req.redemption_requests.saturating_add(1);
+        }
         match req.status {
             Status::Pending | Status::Approved { .. } | Status::Expired if expired => Err(
                 OAuthError::bad("expired_token", "the authentication request has expired"),
@@ -758,6 +856,7 @@ impl Shared {
                 .get(&req.client_id)
                 .ok_or(DevOpError::NotFound)?;
             let auth_time = unix_now();
+            req.decided = Some(now);
             req.status = if approve {
                 Status::Approved { auth_time }
             } else {
@@ -973,6 +1072,10 @@ impl State {
 }
 
 impl AuthRequest {
+    fn approved(&self) -> bool {
+        matches!(self.status, Status::Approved { .. } | Status::Redeemed)
+    }
+
     fn view(&self, now: Instant) -> PendingView {
         PendingView {
             id: self.view_id.clone(),
@@ -1056,6 +1159,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
             }
             json_response(StatusCode::OK, &json!(shared.pending(Instant::now())))
         }
+        "/api/stats" if get => {
+            if !shared.host_allowed(req.headers(), req.uri()) {
+                return misdirected();
+            }
+            json_response(StatusCode::OK, &json!(shared.stats()))
+        }
         p if method == Method::POST && p.starts_with("/api/requests/") => {
             if !shared.host_allowed(req.headers(), req.uri()) {
                 return misdirected();
@@ -1085,7 +1194,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 Err(e) => api_error(e.status(), e.code(), &e.to_string()),
             }
         }
-        "/.well-known/openid-configuration" | "/jwks" | "/" | "/api/requests" => {
+        "/.well-known/openid-configuration" | "/jwks" | "/" | "/api/requests" | "/api/stats" => {
             method_not_allowed("GET, HEAD")
         }
         "/backchannel" | "/token" => method_not_allowed("POST"),

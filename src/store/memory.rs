@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{ApprovalRecord, ApprovalStore, Joined, Resolution, Status, StoreError, now_ms};
+use super::{ApprovalRecord, ApprovalStore, Claim, Joined, Resolution, Status, StoreError, now_ms};
 
 /// Shortest time a consumed approval is remembered (`recently_consumed`).
 pub(crate) const CONSUMED_MARK_MS: u64 = 10_000;
@@ -25,6 +25,8 @@ struct Inner {
     notifies: HashMap<String, Arc<Notify>>,
     /// fingerprint → (owner, until ms)
     leases: HashMap<String, (String, u64)>,
+    /// fingerprint → (owner, until ms): the redemption claim
+    claims: HashMap<String, (String, u64)>,
     /// fingerprint → until ms: consumed recently
     consumed: HashMap<String, u64>,
     ops_since_sweep: u32,
@@ -51,6 +53,7 @@ impl Inner {
         self.by_token_hash.retain(|_, fp| live.contains(fp));
         self.denials.retain(|_, until| *until > now);
         self.leases.retain(|_, (_, until)| *until > now);
+        self.claims.retain(|_, (_, until)| *until > now);
         self.consumed.retain(|_, until| *until > now);
         self.counters
             .retain(|_, (start, _)| now.saturating_sub(*start) < 3_600_000);
@@ -148,6 +151,7 @@ impl ApprovalStore for MemoryStore {
         }
         resolve_in_place(rec, expires, now, resolution);
         g.leases.remove(fingerprint);
+        g.claims.remove(fingerprint);
         g.notify(fingerprint);
         Ok(true)
     }
@@ -167,6 +171,7 @@ impl ApprovalStore for MemoryStore {
         let grace = expires.saturating_sub(rec.deadline_ms);
         g.records.remove(fingerprint);
         g.leases.remove(fingerprint);
+        g.claims.remove(fingerprint);
         // Remembered a little while, so a joined waiter can tell "used" from "lost".
         g.consumed
             .insert(fingerprint.to_string(), now + grace.max(CONSUMED_MARK_MS));
@@ -182,6 +187,7 @@ impl ApprovalStore for MemoryStore {
 
     async fn remove(&self, fingerprint: &str) -> Result<(), StoreError> {
         let mut g = self.lock()?;
+        g.claims.remove(fingerprint);
         if let Some((rec, _)) = g.records.remove(fingerprint) {
             if let Some(id) = rec.auth_req_id {
                 g.by_auth_req_id.remove(&id);
@@ -280,6 +286,41 @@ impl ApprovalStore for MemoryStore {
         Ok(())
     }
 
+    async fn claim_redemption(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut g = self.lock()?;
+        if g.live(fingerprint)
+            .is_none_or(|r| r.status != Status::Pending)
+        {
+            return Ok(Claim::Finished);
+        }
+        let now = now_ms();
+        if g.claims
+            .get(fingerprint)
+            .is_some_and(|(holder, until)| *until > now && holder != owner)
+        {
+            return Ok(Claim::Busy);
+        }
+        g.claims.insert(
+            fingerprint.to_string(),
+            (owner.to_string(), now + ttl.as_millis() as u64),
+        );
+        Ok(Claim::Taken)
+    }
+
+    async fn release_redemption(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if g.claims.get(fingerprint).is_some_and(|(h, _)| h == owner) {
+            g.claims.remove(fingerprint);
+            g.notify(fingerprint);
+        }
+        Ok(())
+    }
+
     async fn fail_unacknowledged(
         &self,
         fingerprint: &str,
@@ -299,6 +340,7 @@ impl ApprovalStore for MemoryStore {
         }
         resolve_in_place(rec, expires, now, Resolution::Failed("request_lost".into()));
         g.leases.remove(fingerprint);
+        g.claims.remove(fingerprint);
         g.notify(fingerprint);
         Ok(true)
     }
@@ -311,6 +353,7 @@ impl ApprovalStore for MemoryStore {
         if !matches {
             return Ok(false);
         }
+        g.claims.remove(fingerprint);
         if let Some((rec, _)) = g.records.remove(fingerprint) {
             if let Some(h) = rec.notification_token_hash {
                 g.by_token_hash.remove(&h);

@@ -1,6 +1,7 @@
 //! Where pending approvals live. The store knows records, states and expiry — not CIBA
 //! wire formats, not HTTP. Every state change that matters is atomic: create-or-join,
-//! record-a-result-once, consume-once. `memory` is the embedded default (one process,
+//! claim-the-redemption (one token request at a time per approval), record-a-result-once,
+//! consume-once. `memory` is the embedded default (one process,
 //! `dev`); `redis` is shared by replicas (pending approvals survive a restart of the
 //! gateway). Both pass the same contract tests (`tests/store_contract.rs`).
 
@@ -93,6 +94,18 @@ pub enum Joined {
     Existing(Box<ApprovalRecord>),
 }
 
+/// What `claim_redemption` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller holds the claim: it alone may ask the OP's token endpoint now.
+    Taken,
+    /// Another party (a ping handler, a poll loop, another replica) holds it: its result
+    /// or its release will be announced as a change of the record.
+    Busy,
+    /// The record is no longer pending, or gone: there is nothing left to redeem.
+    Finished,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("approval store unavailable: {0}")]
@@ -170,6 +183,25 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// Gives the lease up if `owner` holds it.
     async fn release_lease(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// Takes the redemption claim of a pending record, atomically with checking that it
+    /// is pending: `Taken` if `owner` now holds it for `ttl` (it was free, had run out, or
+    /// was already `owner`'s). Only the holder asks the token endpoint, so across the
+    /// callback listener, the poll loop and every replica there is at most one token
+    /// request in flight per approval, and none once a result is recorded: `resolve`
+    /// (and every other end of the record) drops the claim in the same step. A claim
+    /// runs out only when its holder died or stalled past `ttl`.
+    async fn claim_redemption(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// Gives the redemption claim up if `owner` holds it (its token request did not end
+    /// the approval: not decided yet, slow down, OP unreachable), and announces the change
+    /// so that a party waiting for the claim tries again.
+    async fn release_redemption(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError>;
 
     /// A record still pending without an `auth_req_id` that was created before
     /// `created_before_ms` (its creator died before the OP acknowledged) becomes

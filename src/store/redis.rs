@@ -10,6 +10,8 @@
 //!   auth_req_id, `e` expires_in, `i` interval, `ap` approver JSON, `f` failure).
 //!   Expires at deadline + grace; a final "no" only lives for the grace period.
 //! - `P ap:{fp}:lease`  string: the replica that polls the OP for it (`SET NX PX`).
+//! - `P ap:{fp}:redeem` string: the one party that may ask the token endpoint now
+//!   (taken only while the record is pending; dropped with every final state).
 //! - `P ap:{fp}:used`   string: consumed within the grace period.
 //! - `P nt:<token hash>`, `P ar:<sha256(auth_req_id)>`  string → fp (lookup indexes;
 //!   never a secret in a key name, and the record is always re-checked).
@@ -34,7 +36,9 @@ use redis::{Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisF
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell};
 
-use super::{ApprovalRecord, ApprovalStore, Approver, Joined, Resolution, Status, StoreError};
+use super::{
+    ApprovalRecord, ApprovalStore, Approver, Claim, Joined, Resolution, Status, StoreError,
+};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -153,6 +157,8 @@ struct Scripts {
     rate: Script,
     lease: Script,
     release: Script,
+    claim: Script,
+    unclaim: Script,
 }
 
 /// Shortens a finished record's life to its grace period, drops its lease and
@@ -195,7 +201,7 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {exp, redis.call('HGET', KEYS[1], 'n') or ''}
 "#,
         ),
-        // KEYS: record, lease. ARGV: channel, fp, status, failure, approver JSON.
+        // KEYS: record, lease, claim. ARGV: channel, fp, status, failure, approver JSON.
         resolve: Script::new(&format!(
             r#"
 if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
@@ -205,33 +211,33 @@ else
   redis.call('HSET', KEYS[1], 's', ARGV[3], 'f', ARGV[4])
   {FINISH_NO}
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 "#
         )),
-        // KEYS: record, lease, used. ARGV: channel, fp, shortest marker ms.
+        // KEYS: record, lease, used, claim. ARGV: channel, fp, shortest marker ms.
         consume: Script::new(
             r#"
 if redis.call('HGET', KEYS[1], 's') ~= 'granted' then return false end
 local all = redis.call('HGETALL', KEYS[1])
 local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('SET', KEYS[3], '1', 'PX', math.max(g, tonumber(ARGV[3])))
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return all
 "#,
         ),
-        // KEYS: record, lease. ARGV: channel, fp.
+        // KEYS: record, lease, claim. ARGV: channel, fp.
         remove: Script::new(
             r#"
 local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return all
 "#,
         ),
-        // KEYS: record, lease. ARGV: channel, fp, created-before ms.
+        // KEYS: record, lease, claim. ARGV: channel, fp, created-before ms.
         fail_unack: Script::new(&format!(
             r#"
 if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
@@ -240,18 +246,18 @@ local c = tonumber(redis.call('HGET', KEYS[1], 'c')) or 0
 if c >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 's', 'failed', 'f', 'request_lost')
 {FINISH_NO}
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 "#
         )),
-        // KEYS: record, lease. ARGV: channel, fp, failure code.
+        // KEYS: record, lease, claim. ARGV: channel, fp, failure code.
         remove_failed: Script::new(
             r#"
 if redis.call('HGET', KEYS[1], 's') ~= 'failed' then return false end
 if redis.call('HGET', KEYS[1], 'f') ~= ARGV[3] then return false end
 local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return all
 "#,
@@ -279,6 +285,25 @@ return 1
             r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
 return 0
+"#,
+        ),
+        // KEYS: record, claim. ARGV: owner, ttl ms. 0 taken, 1 busy, 2 finished.
+        claim: Script::new(
+            r#"
+if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 2 end
+local v = redis.call('GET', KEYS[2])
+if v and v ~= ARGV[1] then return 1 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 0
+"#,
+        ),
+        // KEYS: claim. ARGV: owner, channel, fp.
+        unclaim: Script::new(
+            r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
 "#,
         ),
     }
@@ -498,6 +523,9 @@ impl RedisStore {
     }
     fn lease_key(&self, fp: &str) -> String {
         format!("{}ap:{{{fp}}}:lease", self.prefix)
+    }
+    fn claim_key(&self, fp: &str) -> String {
+        format!("{}ap:{{{fp}}}:redeem", self.prefix)
     }
     fn used_key(&self, fp: &str) -> String {
         format!("{}ap:{{{fp}}}:used", self.prefix)
@@ -753,6 +781,7 @@ impl ApprovalStore for RedisStore {
                     .resolve
                     .key(self.rec_key(fingerprint))
                     .key(self.lease_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
                     .arg(&self.channel)
                     .arg(fingerprint)
                     .arg(status_name(status))
@@ -773,6 +802,7 @@ impl ApprovalStore for RedisStore {
                     .key(self.rec_key(fingerprint))
                     .key(self.lease_key(fingerprint))
                     .key(self.used_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
                     .arg(&self.channel)
                     .arg(fingerprint)
                     .arg(super::memory::CONSUMED_MARK_MS)
@@ -799,6 +829,7 @@ impl ApprovalStore for RedisStore {
                     .remove
                     .key(self.rec_key(fingerprint))
                     .key(self.lease_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
                     .arg(&self.channel)
                     .arg(fingerprint)
                     .invoke_async(&mut c),
@@ -915,6 +946,48 @@ impl ApprovalStore for RedisStore {
         Ok(())
     }
 
+    async fn claim_redemption(
+        &self,
+        fingerprint: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut c = self.conn().await?;
+        let got: i64 = self
+            .run(
+                self.scripts
+                    .claim
+                    .key(self.rec_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
+                    .arg(owner)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        match got {
+            0 => Ok(Claim::Taken),
+            1 => Ok(Claim::Busy),
+            2 => Ok(Claim::Finished),
+            other => Err(corrupt(format!("unexpected claim answer {other}"))),
+        }
+    }
+
+    async fn release_redemption(&self, fingerprint: &str, owner: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .run(
+                self.scripts
+                    .unclaim
+                    .key(self.claim_key(fingerprint))
+                    .arg(owner)
+                    .arg(&self.channel)
+                    .arg(fingerprint)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn fail_unacknowledged(
         &self,
         fingerprint: &str,
@@ -927,6 +1000,7 @@ impl ApprovalStore for RedisStore {
                     .fail_unack
                     .key(self.rec_key(fingerprint))
                     .key(self.lease_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
                     .arg(&self.channel)
                     .arg(fingerprint)
                     .arg(created_before_ms)
@@ -944,6 +1018,7 @@ impl ApprovalStore for RedisStore {
                     .remove_failed
                     .key(self.rec_key(fingerprint))
                     .key(self.lease_key(fingerprint))
+                    .key(self.claim_key(fingerprint))
                     .arg(&self.channel)
                     .arg(fingerprint)
                     .arg(code)

@@ -52,6 +52,11 @@ pub struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartyLabels {
+    pub party: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -91,6 +96,7 @@ pub struct Metrics {
     op_errors: Family<CodeLabels, Counter>,
     limits_exceeded: Family<LimitLabels, Counter>,
     evidence_dropped: Counter,
+    token_requests_deferred: Family<PartyLabels, Counter>,
 }
 
 impl Metrics {
@@ -160,8 +166,15 @@ impl Metrics {
             "Evidence records dropped because the writer's queue was full",
             evidence_dropped.clone(),
         );
+        let token_requests_deferred = Family::<PartyLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_token_requests_deferred",
+            "Token requests not made because another party (a ping handler, a poll loop, another replica) held the approval's redemption claim, by the party that deferred (ping, poll)",
+            token_requests_deferred.clone(),
+        );
         Metrics {
             registry,
+            token_requests_deferred,
             limits_exceeded,
             evidence_dropped,
             decisions,
@@ -259,6 +272,15 @@ pub fn limit_exceeded(limit: &'static str) {
 pub fn evidence_dropped() {
     METRICS.evidence_dropped.inc();
     limit_exceeded("evidence_queue");
+}
+
+/// A token request was not made: another party holds the redemption claim (`party`:
+/// ping or poll).
+pub fn token_request_deferred(party: &'static str) {
+    METRICS
+        .token_requests_deferred
+        .get_or_create(&PartyLabels { party })
+        .inc();
 }
 
 pub fn store_error() {

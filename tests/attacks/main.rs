@@ -7,7 +7,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod callbacks;
 mod differentials;
 mod harness;
 mod oversized;
+mod ping_race;
 mod smuggling;

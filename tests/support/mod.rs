@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod ping_race;
 pub mod recording_upstream;
 
 use std::fs::File;
