@@ -214,7 +214,8 @@ approvals:
 fn held_call(addr: SocketAddr) -> tokio::task::JoinHandle<Value> {
     tokio::spawn(async move {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "deploy_service", "arguments": {"service": "payments", "env": "prod"}}});
+            "params": {"name": "deploy_service", "arguments": {"service": "payments", "env": "prod"},
+                       "_meta": {"progressToken": "held"}}});
         let text = reqwest::Client::new()
             .post(format!("http://{addr}/mcp"))
             .header("content-type", "application/json")
@@ -231,7 +232,8 @@ fn held_call(addr: SocketAddr) -> tokio::task::JoinHandle<Value> {
             text.split("\n\n")
                 .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
                 .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .rfind(|v| v.get("id").is_some())
+                .filter(|v| v.get("id").is_some())
+                .last()
                 .unwrap_or(Value::Null)
         })
     })

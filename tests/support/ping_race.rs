@@ -253,12 +253,13 @@ impl Decider {
     }
 }
 
-/// One held call; returns its index and the tool's text (or what came instead).
+/// One held call (a progress token asks to be held with progress, never parked); returns its index and the tool's text (or what came instead).
 async fn call(client: reqwest::Client, addr: SocketAddr, i: usize) -> (usize, String) {
     // Each call its own approval: a different ticket makes a different fingerprint.
     let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
         "params": {"name": "deploy_service",
-                   "arguments": {"service": "payments", "env": "prod", "ticket": i}}});
+                   "arguments": {"service": "payments", "env": "prod", "ticket": i},
+                   "_meta": {"progressToken": i}}});
     let resp = client
         .post(format!("http://{addr}/mcp"))
         .header("content-type", "application/json")
@@ -276,7 +277,8 @@ async fn call(client: reqwest::Client, addr: SocketAddr, i: usize) -> (usize, St
         text.split("\n\n")
             .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .rfind(|v| v.get("id").is_some())
+            .filter(|v| v.get("id").is_some())
+            .last()
             .unwrap_or(Value::Null)
     });
     let tool_text = answer["result"]["content"][0]["text"]
