@@ -26,8 +26,14 @@ pub fn now() -> Instant {
 /// Milliseconds since the Unix epoch, advancing with `now()`.
 pub fn now_ms() -> u64 {
     let (wall, origin) = *ORIGIN;
-    let elapsed = now().into_std().saturating_duration_since(origin);
-    wall + elapsed.as_millis() as u64
+    let now = now().into_std();
+    // A paused test clock may start before the origin was taken: count back from it
+    // (in nanoseconds, so rounding does not depend on which side of the origin we are).
+    let offset_ns = match now.checked_duration_since(origin) {
+        Some(ahead) => ahead.as_nanos() as i128,
+        None => -(origin.duration_since(now).as_nanos() as i128),
+    };
+    ((wall as i128 * 1_000_000 + offset_ns).max(0) / 1_000_000) as u64
 }
 
 #[cfg(test)]

@@ -132,7 +132,9 @@ impl Default for PolicyOptions {
     fn default() -> Self {
         PolicyOptions {
             max_instructions: 1_000_000,
-            time_limit: Duration::from_millis(100),
+            // A backstop: the instruction limit is the guard against runaway policies.
+            // A loaded node must not turn an ordinary evaluation into a deny.
+            time_limit: Duration::from_secs(1),
             prefer_rvm: true,
         }
     }

@@ -1,13 +1,11 @@
 //! The Redis store: pending approvals shared by every replica, surviving a restart of
 //! any of them. One auto-reconnecting connection (`ConnectionManager`, or a cluster
 //! connection) per process, RESP3.
+//! Record fields are named in `codec.rs`; the Lua scripts are files under `lua/`.
 //!
 //! Keys (`P` is the configured prefix; `{fp}` is a hash tag, so one approval's keys share
 //! a cluster slot and its Lua scripts may touch them together):
-//! - `P ap:{fp}`        hash: the record (`s` status, `m` binding message, `ac` action,
-//!   `u` user key, `c`
-//!   created ms, `d` deadline ms, `g` grace ms, `n` notification-token hash, `a`
-//!   auth_req_id, `e` expires_in, `i` interval, `ap` approver JSON, `f` failure).
+//! - `P ap:{fp}`        hash: the record (fields in `codec::field`).
 //!   Expires at deadline + grace; a final "no" only lives for the grace period.
 //! - `P ap:{fp}:lease`  string: the replica that polls the OP for it (`SET NX PX`).
 //! - `P ap:{fp}:redeem` string: the one party that may ask the token endpoint now
@@ -36,9 +34,11 @@ use redis::{Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisF
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OnceCell};
 
-use super::{
-    ApprovalRecord, ApprovalStore, Approver, Claim, Joined, Resolution, Status, StoreError,
-};
+mod codec;
+
+use codec::{decode, status_name};
+
+use super::{ApprovalRecord, ApprovalStore, Claim, Joined, Resolution, Status, StoreError};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -146,6 +146,8 @@ enum Backend {
     },
 }
 
+/// The store's Lua scripts, one file each under `lua/` (their header says what KEYS
+/// and ARGV hold; record fields are named in `codec.rs`).
 struct Scripts {
     create: Script,
     set_ack: Script,
@@ -161,151 +163,25 @@ struct Scripts {
     unclaim: Script,
 }
 
-/// Shortens a finished record's life to its grace period, drops its lease and
-/// announces the change. Expects KEYS[1] record, KEYS[2] lease, ARGV[1] channel,
-/// ARGV[2] fingerprint.
-const FINISH_NO: &str = r#"
-local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
-if g <= 0 then
-  redis.call('DEL', KEYS[1])
-else
-  local pt = redis.call('PTTL', KEYS[1])
-  if pt < 0 or pt > g then redis.call('PEXPIRE', KEYS[1], g) end
-end
-"#;
+/// A script with the shared "finish" step spliced in where it says `-- @finish_no`.
+fn lua(source: &str) -> Script {
+    Script::new(&source.replace("-- @finish_no\n", include_str!("lua/finish_no.lua")))
+}
 
 fn scripts() -> Scripts {
     Scripts {
-        // KEYS: record. ARGV: binding message, created, deadline, grace, expire-at ms,
-        // token hash, action, user key. Short fields keep the hash in Redis's compact
-        // (listpack) encoding: well under 1 KiB per pending approval.
-        create: Script::new(
-            r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 's', 'pending', 'm', ARGV[1], 'ac', ARGV[7], 'u', ARGV[8], 'c', ARGV[2], 'd', ARGV[3], 'g', ARGV[4])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'n', ARGV[6]) end
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
-return false
-"#,
-        ),
-        // KEYS: record. ARGV: auth_req_id, expires_in, interval, deadline, channel, fp.
-        set_ack: Script::new(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return false end
-redis.call('HSET', KEYS[1], 'a', ARGV[1], 'e', ARGV[2], 'd', ARGV[4])
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'i') else redis.call('HSET', KEYS[1], 'i', ARGV[3]) end
-local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
-local exp = tonumber(ARGV[4]) + g
-redis.call('PEXPIREAT', KEYS[1], exp)
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {exp, redis.call('HGET', KEYS[1], 'n') or ''}
-"#,
-        ),
-        // KEYS: record, lease, claim. ARGV: channel, fp, status, failure, approver JSON.
-        resolve: Script::new(&format!(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
-if ARGV[3] == 'granted' then
-  redis.call('HSET', KEYS[1], 's', 'granted', 'ap', ARGV[5])
-else
-  redis.call('HSET', KEYS[1], 's', ARGV[3], 'f', ARGV[4])
-  {FINISH_NO}
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"#
-        )),
-        // KEYS: record, lease, used, claim. ARGV: channel, fp, shortest marker ms.
-        consume: Script::new(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'granted' then return false end
-local all = redis.call('HGETALL', KEYS[1])
-local g = tonumber(redis.call('HGET', KEYS[1], 'g')) or 0
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-redis.call('SET', KEYS[3], '1', 'PX', math.max(g, tonumber(ARGV[3])))
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return all
-"#,
-        ),
-        // KEYS: record, lease, claim. ARGV: channel, fp.
-        remove: Script::new(
-            r#"
-local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return all
-"#,
-        ),
-        // KEYS: record, lease, claim. ARGV: channel, fp, created-before ms.
-        fail_unack: Script::new(&format!(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'a') == 1 then return 0 end
-local c = tonumber(redis.call('HGET', KEYS[1], 'c')) or 0
-if c >= tonumber(ARGV[3]) then return 0 end
-redis.call('HSET', KEYS[1], 's', 'failed', 'f', 'request_lost')
-{FINISH_NO}
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"#
-        )),
-        // KEYS: record, lease, claim. ARGV: channel, fp, failure code.
-        remove_failed: Script::new(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'failed' then return false end
-if redis.call('HGET', KEYS[1], 'f') ~= ARGV[3] then return false end
-local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return all
-"#,
-        ),
-        // KEYS: counter. ARGV: window ms.
-        rate: Script::new(
-            r#"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
-"#,
-        ),
-        // KEYS: lease. ARGV: owner, ttl ms.
-        lease: Script::new(
-            r#"
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if v then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"#,
-        ),
-        // KEYS: lease. ARGV: owner.
-        release: Script::new(
-            r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
-return 0
-"#,
-        ),
-        // KEYS: record, claim. ARGV: owner, ttl ms. 0 taken, 1 busy, 2 finished.
-        claim: Script::new(
-            r#"
-if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 2 end
-local v = redis.call('GET', KEYS[2])
-if v and v ~= ARGV[1] then return 1 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 0
-"#,
-        ),
-        // KEYS: claim. ARGV: owner, channel, fp.
-        unclaim: Script::new(
-            r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"#,
-        ),
+        create: lua(include_str!("lua/create.lua")),
+        set_ack: lua(include_str!("lua/set_ack.lua")),
+        resolve: lua(include_str!("lua/resolve.lua")),
+        consume: lua(include_str!("lua/consume.lua")),
+        remove: lua(include_str!("lua/remove.lua")),
+        fail_unack: lua(include_str!("lua/fail_unack.lua")),
+        remove_failed: lua(include_str!("lua/remove_failed.lua")),
+        rate: lua(include_str!("lua/rate.lua")),
+        lease: lua(include_str!("lua/lease.lua")),
+        release: lua(include_str!("lua/release.lua")),
+        claim: lua(include_str!("lua/claim.lua")),
+        unclaim: lua(include_str!("lua/unclaim.lua")),
     }
 }
 
@@ -557,108 +433,6 @@ impl RedisStore {
         v.map(|b| String::from_utf8(b).map_err(|_| corrupt("index value is not UTF-8")))
             .transpose()
     }
-}
-
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Pending => "pending",
-        Status::Granted => "granted",
-        Status::Denied => "denied",
-        Status::Expired => "expired",
-        Status::Failed => "failed",
-        Status::Consumed => "consumed",
-    }
-}
-
-fn parse_status(s: &str) -> Result<Status, StoreError> {
-    Ok(match s {
-        "pending" => Status::Pending,
-        "granted" => Status::Granted,
-        "denied" => Status::Denied,
-        "expired" => Status::Expired,
-        "failed" => Status::Failed,
-        "consumed" => Status::Consumed,
-        other => return Err(corrupt(format!("unknown status {other:?}"))),
-    })
-}
-
-/// The fields of a record hash: a flat `[k, v, k, v…]` array (from a script) or a map
-/// (HGETALL over RESP3). `None` when there is no record.
-fn fields(v: redis::Value) -> Result<Option<HashMap<String, String>>, StoreError> {
-    let text = |v: redis::Value| -> Result<String, StoreError> {
-        match v {
-            redis::Value::BulkString(b) => {
-                String::from_utf8(b).map_err(|_| corrupt("record field is not UTF-8"))
-            }
-            redis::Value::SimpleString(s) => Ok(s),
-            redis::Value::Int(i) => Ok(i.to_string()),
-            other => Err(corrupt(format!("unexpected record field {other:?}"))),
-        }
-    };
-    let pairs: Vec<(redis::Value, redis::Value)> = match v {
-        redis::Value::Nil => return Ok(None),
-        redis::Value::Map(m) => m,
-        redis::Value::Array(flat) => {
-            if flat.len() % 2 != 0 {
-                return Err(corrupt("odd number of record fields"));
-            }
-            let mut out = Vec::with_capacity(flat.len() / 2);
-            let mut it = flat.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                out.push((k, v));
-            }
-            out
-        }
-        other => return Err(corrupt(format!("unexpected record shape {other:?}"))),
-    };
-    if pairs.is_empty() {
-        return Ok(None);
-    }
-    let mut m = HashMap::with_capacity(pairs.len());
-    for (k, v) in pairs {
-        m.insert(text(k)?, text(v)?);
-    }
-    Ok(Some(m))
-}
-
-fn decode(fp: &str, v: redis::Value) -> Result<Option<ApprovalRecord>, StoreError> {
-    fields(v)?.map(|m| decode_map(fp, m)).transpose()
-}
-
-fn decode_map(fp: &str, mut m: HashMap<String, String>) -> Result<ApprovalRecord, StoreError> {
-    let num = |m: &HashMap<String, String>, k: &str| -> Result<Option<u64>, StoreError> {
-        m.get(k)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| corrupt(format!("field {k} is not a number")))
-            })
-            .transpose()
-    };
-    let status = parse_status(m.get("s").ok_or_else(|| corrupt("record without status"))?)?;
-    let mut text = |k: &str| {
-        m.remove(k)
-            .ok_or_else(|| corrupt(format!("record without field {k}")))
-    };
-    let (binding_message, action, user_key) = (text("m")?, text("ac")?, text("u")?);
-    let approver: Option<Approver> = m
-        .get("ap")
-        .map(|v| serde_json::from_str(v).map_err(|e| corrupt(format!("approver: {e}"))))
-        .transpose()?;
-    Ok(ApprovalRecord {
-        fingerprint: fp.to_string(),
-        status,
-        auth_req_id: m.remove("a"),
-        notification_token_hash: m.remove("n").filter(|s| !s.is_empty()),
-        binding_message,
-        action,
-        user_key,
-        created_at_ms: num(&m, "c")?.ok_or_else(|| corrupt("record without created time"))?,
-        deadline_ms: num(&m, "d")?.ok_or_else(|| corrupt("record without deadline"))?,
-        expires_in: num(&m, "e")?,
-        interval: num(&m, "i")?,
-        approver,
-        failure: m.remove("f"),
-    })
 }
 
 #[async_trait]
