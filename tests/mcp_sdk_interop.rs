@@ -880,7 +880,7 @@ fn py_sdk_2026_07_28_held_calls_complete_with_default_options_progress_and_elici
 #[test]
 fn py_sdk_2026_07_28_park_retry_with_request_state_runs_the_tool_exactly_once() {
     let (mut stack, _op, approver) = approval_stack(Upstream::Py, "park");
-    let runs = py_runs(&mut stack, "elicit,default");
+    let runs = py_runs(&mut stack, "elicit,default,progress");
     let elicit = &runs[0];
     assert_py_run(elicit);
     // input_required went to the client that can answer it; its SDK answered the
@@ -901,18 +901,24 @@ fn py_sdk_2026_07_28_park_retry_with_request_state_runs_the_tool_exactly_once() 
         elicit["rounds"], 1,
         "the SDK's own retry loop finished it: {elicit}"
     );
-    // Without an elicitation handler: a readable pending result, then the retry.
-    let plain = &runs[1];
-    assert_py_run(plain);
-    assert_eq!(plain["elicitations"], serde_json::json!([]));
-    let p = &plain["pending"];
-    assert_eq!(p["isError"], true, "{p}");
-    assert_eq!(p["resultType"], "complete", "{p}");
-    assert_eq!(p["_meta"]["ciba-gate/reason"], "approval_pending", "{p}");
-    assert!(plain["rounds"].as_u64().unwrap() >= 2, "{plain}");
+    // Without an elicitation handler (default options, or with progress): a readable
+    // pending result, then the identical retry.
+    for plain in &runs[1..] {
+        assert_py_run(plain);
+        assert_eq!(plain["elicitations"], serde_json::json!([]));
+        let p = &plain["pending"];
+        assert_eq!(p["isError"], true, "{p}");
+        assert_eq!(p["resultType"], "complete", "{p}");
+        assert_eq!(p["_meta"]["ciba-gate/reason"], "approval_pending", "{p}");
+        assert!(
+            first_text(p).contains("Deploy payments to prod") && first_text(p).contains("again"),
+            "{p}"
+        );
+        assert!(plain["rounds"].as_u64().unwrap() >= 2, "{plain}");
+    }
     // The tool ran once per call, and the tool server never saw the gateway's state.
-    assert_eq!(deploy_runs(&stack), 2, "tool runs");
-    assert_eq!(approver.approved(), 2, "approvals given");
+    assert_eq!(deploy_runs(&stack), 3, "tool runs");
+    assert_eq!(approver.approved(), 3, "approvals given");
     let bodies = read(&stack.http_log);
     for (i, line) in json_lines(&stack.http_log).iter().enumerate() {
         let body = line["body"].as_str().unwrap();
@@ -922,10 +928,78 @@ fn py_sdk_2026_07_28_park_retry_with_request_state_runs_the_tool_exactly_once() 
         );
     }
     assert!(bodies.contains("deploy_service"), "{bodies}");
-    let ev = deploy_evidence(&stack, 2);
+    let ev = deploy_evidence(&stack, 3);
     let forwarded: Vec<&Value> = ev.iter().filter(|l| l["outcome"] == "forwarded").collect();
-    assert_eq!(forwarded.len(), 2, "{ev:?}");
+    assert_eq!(forwarded.len(), 3, "{ev:?}");
     for f in forwarded {
         assert_eq!(f["upstream_status"], 200, "{f}");
     }
+}
+
+/// `ciba-gate dev` (demo tools, development OP, gateway) on free ports; the Python
+/// SDK at 2026-07-28 validates every result: the demo's lists and answers, and the
+/// gateway's own filtered list, blocked result and approval path.
+#[test]
+fn py_sdk_2026_07_28_validates_every_result_of_ciba_gate_dev() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gw, op_port, cb) = (free_port(), free_port(), free_port());
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("dev")
+        .args(["--listen", &addr(gw)])
+        .args(["--op-listen", &addr(op_port)])
+        .args(["--callback-listen", &addr(cb)])
+        .args(["--admin-listen", "127.0.0.1:0"]);
+    let mut dev = ChildGuard::spawn("ciba-gate-dev", cmd, dir.path(), true);
+    wait_for_port(gw, Duration::from_secs(30), Some(&mut dev));
+    let op = Op {
+        _child: dev,
+        issuer: format!("http://127.0.0.1:{op_port}"),
+        dir,
+    };
+    let approver = Approver::start(&op);
+    let py = python_sdk();
+    let cwd = ensure_node_peers().join("py");
+    let mut client = Command::new(&py);
+    client
+        .current_dir(&cwd)
+        .arg("mcp_client.py")
+        .args(["--url", &format!("http://127.0.0.1:{gw}/mcp")])
+        .args(["--variants", "default,elicit"]);
+    let mut client = ChildGuard::spawn("py-client", client, op.dir.path(), false);
+    let status = client
+        .wait_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("client did not finish\n{}", client.logs()));
+    assert!(status.success(), "{}", client.logs());
+    let line = client.stdout_text();
+    let out: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("client output ({e}): {line}\n{}", client.logs()));
+    for run in out["runs"].as_array().unwrap() {
+        let v = &run["variant"];
+        assert!(
+            run["errors"].as_object().unwrap().is_empty(),
+            "{v}: {}",
+            run["errors"]
+        );
+        assert_eq!(run["protocolVersion"], "2026-07-28");
+        assert_eq!(
+            run["tools"],
+            serde_json::json!(["list_deployments", "deploy_service"])
+        );
+        let calls = &run["calls"];
+        assert!(first_text(&calls["list_deployments"]).contains("payments prod"));
+        assert_eq!(
+            first_text(&calls["deploy_service"]),
+            "Deployed payments to prod.",
+            "{v}"
+        );
+        assert_eq!(calls["delete_repository"]["isError"], true);
+        assert_eq!(
+            calls["delete_repository"]["_meta"]["ciba-gate/reason"],
+            "destructive_tool"
+        );
+        assert_eq!(run["rounds"], 1, "{v}: held");
+    }
+    assert_eq!(approver.approved(), 2);
 }

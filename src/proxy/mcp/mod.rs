@@ -446,6 +446,26 @@ mod tests {
     }
 
     #[test]
+    fn form_elicitation_is_what_the_request_declares() {
+        let with = |caps: Value| {
+            msg(
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t",
+                "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                         "io.modelcontextprotocol/clientCapabilities": caps}}}),
+            )
+            .can_elicit_form()
+        };
+        assert!(with(json!({"elicitation": {}})));
+        assert!(with(json!({"elicitation": {"form": {}}})));
+        assert!(with(json!({"elicitation": {"form": {}, "url": {}}})));
+        assert!(!with(json!({"elicitation": {"url": {}}})));
+        assert!(!with(json!({})));
+        assert!(!with(json!({"elicitation": true})));
+        let none = msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}));
+        assert!(!none.can_elicit_form());
+    }
+
+    #[test]
     fn batches_follow_the_revision() {
         let b = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"bad":1}]"#;
         match parse_body(b, 64, None).unwrap() {
