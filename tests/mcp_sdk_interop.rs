@@ -966,7 +966,8 @@ fn py_sdk_2026_07_28_validates_every_result_of_ciba_gate_dev() {
         .current_dir(&cwd)
         .arg("mcp_client.py")
         .args(["--url", &format!("http://127.0.0.1:{gw}/mcp")])
-        .args(["--variants", "default,elicit"]);
+        // As a newcomer runs it: the SDK finds the revision itself (server/discover).
+        .args(["--mode", "auto", "--variants", "default,elicit"]);
     let mut client = ChildGuard::spawn("py-client", client, op.dir.path(), false);
     let status = client
         .wait_timeout(Duration::from_secs(120))
