@@ -521,6 +521,28 @@ async fn parked_mcp_call_answers_pending_and_the_identical_retry_runs_after_appr
     assert_eq!(s.upstream.tool_calls().len(), 1);
 }
 
+/// A 2026-07-28 `tools/call` as the official SDKs send it: the revision and the
+/// client's capabilities in `_meta` (`elicitation` only when it answers input requests).
+fn deploy_2026(id: i64, service: &str, env: &str, elicitation: bool) -> Value {
+    let mut v = deploy(id, service, env, false);
+    let caps = if elicitation {
+        json!({"elicitation": {"form": {}}})
+    } else {
+        json!({})
+    };
+    v["params"]["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": caps,
+    });
+    v
+}
+
+const HEADERS_2026: [(&str, &str); 3] = [
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "tools/call"),
+    ("mcp-name", "deploy_service"),
+];
+
 #[tokio::test]
 async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
     let s = setup(Opts {
@@ -528,23 +550,19 @@ async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
         ..Opts::default()
     })
     .await;
-    let h = [
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", "deploy_service"),
-    ];
-    let first = call_mcp(s.gw_addr, deploy(20, "billing", "prod", false), &h).await;
+    let h = HEADERS_2026;
+    let first = call_mcp(s.gw_addr, deploy_2026(20, "billing", "prod", true), &h).await;
     let r = &first.result["result"];
     assert_eq!(r["resultType"], "input_required");
     let state = r["requestState"].as_str().unwrap().to_string();
     assert!(r["inputRequests"].is_object());
     // A tampered state is refused.
-    let mut tampered = deploy(21, "billing", "prod", false);
+    let mut tampered = deploy_2026(21, "billing", "prod", true);
     tampered["params"]["requestState"] = json!(format!("{state}x"));
     let bad = call_mcp(s.gw_addr, tampered, &h).await;
     assert_eq!(bad.result["error"]["code"], -32602);
     // State issued for one call does not open another.
-    let mut other = deploy(22, "billing", "staging", false);
+    let mut other = deploy_2026(22, "billing", "staging", true);
     other["params"]["requestState"] = json!(state.clone());
     let bad = call_mcp(s.gw_addr, other, &h).await;
     assert_eq!(
@@ -552,8 +570,11 @@ async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
         "invalid_request_state"
     );
     answer_on_phone(&s.op, true).await;
-    let mut retry = deploy(23, "billing", "prod", false);
+    // The retry as an SDK sends it: the state, and the answer to the input request.
+    let mut retry = deploy_2026(23, "billing", "prod", true);
     retry["params"]["requestState"] = json!(state);
+    retry["params"]["inputResponses"] =
+        json!({"ciba-gate/approval": {"action": "accept", "content": {}}});
     let mut done = None;
     for _ in 0..50 {
         let a = call_mcp(s.gw_addr, retry.clone(), &h).await;
@@ -564,7 +585,107 @@ async fn stateless_clients_get_input_required_with_a_sealed_request_state() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(tool_text(&done.unwrap().result), "done");
+    // The tool server got the agent's call without the gateway's own members.
+    let calls = s.upstream.tool_calls();
+    assert_eq!(calls.len(), 1);
+    let params = &calls[0]["params"];
+    assert_eq!(
+        *params,
+        deploy_2026(23, "billing", "prod", true)["params"],
+        "forwarded params"
+    );
+}
+
+#[tokio::test]
+async fn stateless_client_that_cannot_answer_input_requests_is_parked_with_a_tool_result() {
+    let s = setup(Opts {
+        mode: "park",
+        ..Opts::default()
+    })
+    .await;
+    let first = call_mcp(
+        s.gw_addr,
+        deploy_2026(30, "billing", "prod", false),
+        &HEADERS_2026,
+    )
+    .await;
+    let r = &first.result["result"];
+    assert_eq!(r["resultType"], "complete", "{r}");
+    assert_eq!(r["isError"], true);
+    assert_eq!(reason(&first.result), "approval_pending");
+    assert!(r.get("inputRequests").is_none() && r.get("requestState").is_none());
+    assert!(tool_text(&first.result).contains("Deploy billing to prod"));
+    answer_on_phone(&s.op, true).await;
+    let mut done = None;
+    for i in 0..50 {
+        let a = call_mcp(
+            s.gw_addr,
+            deploy_2026(31 + i, "billing", "prod", false),
+            &HEADERS_2026,
+        )
+        .await;
+        if reason(&a.result) != "approval_pending" {
+            done = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(tool_text(&done.unwrap().result), "done");
     assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_accepts_sse_is_held_without_a_progress_token_past_max_plain_wait() {
+    let s = setup(Opts {
+        extra: "  max_plain_wait: 1s\n",
+        ..Opts::default()
+    })
+    .await;
+    // No progressToken; the deadline (30 s) is past max_plain_wait (1 s): still held.
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(40, "payments", "prod", false),
+        &[],
+    ));
+    pending(&s.op, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(
+        a.headers["content-type"], "text/event-stream",
+        "held over SSE"
+    );
+    assert_eq!(tool_text(&a.result), "done");
+    assert!(a.comments >= 1, "keep-alives while held");
+    assert!(
+        a.events
+            .iter()
+            .all(|e| e["method"] != "notifications/progress"),
+        "no progress without a progressToken: {:?}",
+        a.events
+    );
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_takes_only_json_is_parked_when_the_wait_passes_max_plain_wait() {
+    let s = setup(Opts {
+        extra: "  max_plain_wait: 1s\n",
+        ..Opts::default()
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/mcp", s.gw_addr))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(deploy(41, "payments", "prod", true).to_string())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(reason(&v), "approval_pending", "{v}");
+    assert!(tool_text(&v).contains("again"), "{v}");
+    assert!(s.upstream.tool_calls().is_empty());
 }
 
 #[tokio::test]

@@ -6,6 +6,13 @@
 //!
 //! Needs Node.js >= 18 and npm; `tests/interop/node_modules` is installed with
 //! `npm ci` on first use.
+//!
+//! The approval tests put the gateway in front of the development OP
+//! (`ciba-gate dev-op`), approve through its API, and drive the official SDK
+//! clients through every way an agent calls a tool: the TypeScript SDK across
+//! every revision it speaks (tests/interop/mcp-approval.mjs), and the Python SDK
+//! (PyPI `mcp`, installed into target/mcp-py by tests/interop/py/install.sh),
+//! which speaks 2026-07-28, as client and as tool server.
 #![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 mod support;
@@ -71,8 +78,22 @@ fn quoted(p: &Path) -> String {
     serde_json::to_string(p.to_str().expect("utf-8 path")).unwrap()
 }
 
+/// The tool server behind the gateway.
+enum Upstream<'a> {
+    /// tests/interop/mcp-server.mjs (TypeScript SDK): `json` or `sse`, stateful or not.
+    Ts { mode: &'a str, stateful: bool },
+    /// tests/interop/py/mcp_server.py (Python SDK, stateless, 2026-07-28 and older).
+    Py,
+}
+
 impl Stack {
     fn start(mode: &str, stateful: bool) -> Stack {
+        Stack::launch(Upstream::Ts { mode, stateful }, "")
+    }
+
+    /// The tool server, and the gateway in front of it with `extra` appended to its
+    /// config (an `approvals:` section).
+    fn launch(upstream: Upstream<'_>, extra: &str) -> Stack {
         let interop = ensure_node_peers();
         let dir = tempfile::tempdir().expect("temp dir");
         let calls_log = dir.path().join("upstream-calls.jsonl");
@@ -80,23 +101,42 @@ impl Stack {
         let evidence = dir.path().join("evidence.jsonl");
         let config = dir.path().join("ciba-gate.yaml");
 
-        let mut cmd = Command::new("node");
-        cmd.current_dir(&interop)
-            .arg("mcp-server.mjs")
-            .args(["--port", "0", "--mode", mode])
-            .arg("--calls-log")
-            .arg(&calls_log)
-            .arg("--http-log")
-            .arg(&http_log);
-        if stateful {
-            cmd.arg("--stateful");
-        }
-        let mut server = ChildGuard::spawn("mcp-server", cmd, dir.path(), true);
-        let ready = server.wait_for_stdout_line("READY ", Duration::from_secs(30));
-        let server_port: u16 = ready["READY ".len()..]
-            .trim()
-            .parse()
-            .expect("port after READY");
+        let (server, server_port) = match upstream {
+            Upstream::Ts { mode, stateful } => {
+                let mut cmd = Command::new("node");
+                cmd.current_dir(&interop)
+                    .arg("mcp-server.mjs")
+                    .args(["--port", "0", "--mode", mode])
+                    .arg("--calls-log")
+                    .arg(&calls_log)
+                    .arg("--http-log")
+                    .arg(&http_log);
+                if stateful {
+                    cmd.arg("--stateful");
+                }
+                let mut server = ChildGuard::spawn("mcp-server", cmd, dir.path(), true);
+                let ready = server.wait_for_stdout_line("READY ", Duration::from_secs(30));
+                let port: u16 = ready["READY ".len()..]
+                    .trim()
+                    .parse()
+                    .expect("port after READY");
+                (server, port)
+            }
+            Upstream::Py => {
+                let port = free_port();
+                let mut cmd = Command::new(python_sdk());
+                cmd.current_dir(interop.join("py"))
+                    .arg("mcp_server.py")
+                    .args(["--port", &port.to_string()])
+                    .arg("--calls-log")
+                    .arg(&calls_log)
+                    .arg("--bodies-log")
+                    .arg(&http_log);
+                let mut server = ChildGuard::spawn("py-mcp-server", cmd, dir.path(), true);
+                server.wait_for_stdout_line("READY ", Duration::from_secs(60));
+                (server, port)
+            }
+        };
 
         let gateway_port = free_port();
         let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -115,7 +155,7 @@ upstreams:
     connect_timeout: 2s
     response_timeout: 30s
     credential: {{header: authorization, prefix: "Bearer ", env: {TOKEN_ENV}}}
-"#,
+{extra}"#,
             policies = quoted(&policies),
             evidence = quoted(&evidence),
         );
@@ -125,6 +165,7 @@ upstreams:
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
+            .current_dir(dir.path())
             .env(TOKEN_ENV, UPSTREAM_TOKEN)
             .env(
                 "RUST_LOG",
@@ -149,18 +190,27 @@ upstreams:
 
     /// Run the SDK client scenario against the gateway and return its report.
     fn run_client(&mut self, extra_args: &[&str]) -> Value {
+        let mut args = vec!["--agent-token", AGENT_TOKEN];
+        args.extend_from_slice(extra_args);
+        let interop = self.interop.clone();
+        self.run_peer(Path::new("node"), &interop, "mcp-client.mjs", &args)
+    }
+
+    /// Runs an SDK client `script` (in `cwd`, with `program`) against the gateway's
+    /// MCP endpoint (`--url`) and returns the JSON object it prints last.
+    fn run_peer(&mut self, program: &Path, cwd: &Path, script: &str, args: &[&str]) -> Value {
         let url = format!("http://127.0.0.1:{}/mcp", self.gateway_port);
-        let mut cmd = Command::new("node");
-        cmd.current_dir(&self.interop)
-            .arg("mcp-client.mjs")
-            .args(["--url", &url, "--agent-token", AGENT_TOKEN])
-            .args(extra_args)
+        let mut cmd = Command::new(program);
+        cmd.current_dir(cwd)
+            .arg(script)
+            .args(["--url", &url])
+            .args(args)
             // the agent side never holds the upstream credential
             .env_remove(TOKEN_ENV);
-        let mut client = ChildGuard::spawn("mcp-client", cmd, self.dir.path(), false);
-        let status = client.wait_timeout(Duration::from_secs(90));
+        let mut client = ChildGuard::spawn(script, cmd, self.dir.path(), false);
+        let status = client.wait_timeout(Duration::from_secs(240));
         self.client_output = client.logs();
-        let status = status.unwrap_or_else(|| panic!("SDK client did not finish within 90 s"));
+        let status = status.unwrap_or_else(|| panic!("SDK client did not finish within 240 s"));
         assert!(status.success(), "SDK client exited with {status}");
         let stdout = client.stdout_text();
         let line = stdout
@@ -494,4 +544,463 @@ fn sdk_client_session_and_event_stream_pass_through_gateway_and_delete_is_forwar
         1,
         "DELETE (session end) forwarded to the upstream: {http:?}"
     );
+}
+
+// --- approvals through the official SDKs ------------------------------------------------
+
+const OP_SECRET: &str = "interop-op-secret-0123456789abcdef";
+const OP_USER: &str = "demo@example.com";
+
+/// The Python SDK's interpreter (target/mcp-py), installed on first use.
+fn python_sdk() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dest = std::env::var_os("MCP_PY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/mcp-py"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/interop/py/install.sh"))
+        .env("MCP_PY_DIR", &dest)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run tests/interop/py/install.sh (bash): {e}"));
+    assert!(
+        out.status.success(),
+        "installing the MCP Python SDK failed (needs python3 with venv and pip, and PyPI \
+         for mcp==2.3.0):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest.join("bin/python")
+}
+
+/// `ciba-gate dev-op` (poll delivery, one user) for a gateway started by `Stack::launch`.
+struct Op {
+    _child: ChildGuard,
+    issuer: String,
+    dir: tempfile::TempDir,
+}
+
+fn start_op() -> Op {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+    cmd.args([
+        "dev-op",
+        "--listen",
+        "127.0.0.1:0",
+        "--client",
+        &format!("gate:{OP_SECRET}:poll"),
+        "--user",
+        OP_USER,
+        "--interval",
+        "1",
+        "--expiry",
+        "120",
+    ]);
+    let mut child = ChildGuard::spawn("dev-op", cmd, dir.path(), true);
+    let line = child.wait_for_stdout_line("READY ", Duration::from_secs(20));
+    Op {
+        issuer: line.trim_start_matches("READY ").trim().to_string(),
+        _child: child,
+        dir,
+    }
+}
+
+/// The gateway's `approvals:` section for `op` (`mode`: hold or park).
+fn approvals_yaml(op: &Op, mode: &str) -> String {
+    let secret = op.dir.path().join("op-secret");
+    std::fs::write(&secret, OP_SECRET).unwrap();
+    format!(
+        r#"approvals:
+  op:
+    issuer: "{issuer}"
+    client_id: gate
+    client_auth: {{method: client_secret_basic, secret: {{file: {secret}}}}}
+    delivery: poll
+    allow_insecure_http: true
+  user: {{value: "{OP_USER}"}}
+  binding_message_profile: ciba-gate-dev
+  mode: {mode}
+  max_wait: 120s
+  keepalive: 1s
+  progress_interval: 1s
+  park_retry_after: 1s
+"#,
+        issuer = op.issuer,
+        secret = quoted(&secret),
+    )
+}
+
+/// The person with the phone: approves every request the OP shows, until dropped.
+struct Approver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    approved: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Approver {
+    fn start(op: &Op) -> Approver {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let approved = std::sync::Arc::new(AtomicUsize::new(0));
+        let (s, a, issuer) = (stop.clone(), approved.clone(), op.issuer.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                while !s.load(Ordering::Relaxed) {
+                    let pending: Vec<Value> =
+                        match http.get(format!("{issuer}/api/requests")).send().await {
+                            Ok(r) => r.json().await.unwrap_or_default(),
+                            Err(_) => Vec::new(),
+                        };
+                    for p in pending {
+                        let Some(id) = p["id"].as_str() else { continue };
+                        let r = http
+                            .post(format!("{issuer}/api/requests/{id}/approve"))
+                            .send()
+                            .await;
+                        if r.is_ok_and(|r| r.status().is_success()) {
+                            a.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        });
+        Approver {
+            stop,
+            approved,
+            thread: Some(thread),
+        }
+    }
+
+    fn approved(&self) -> usize {
+        self.approved.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Approver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A gateway with approvals in `mode`, in front of `upstream`, and the approver.
+fn approval_stack(upstream: Upstream<'_>, mode: &str) -> (Stack, Op, Approver) {
+    let op = start_op();
+    let stack = Stack::launch(upstream, &approvals_yaml(&op, mode));
+    let approver = Approver::start(&op);
+    (stack, op, approver)
+}
+
+fn deploy_runs(stack: &Stack) -> usize {
+    json_lines(&stack.calls_log)
+        .iter()
+        .filter(|c| c["tool"] == "deploy_service")
+        .count()
+}
+
+/// Waits (briefly) for the evidence of `n` forwarded deploy_service calls and returns
+/// the deploy_service records.
+fn deploy_evidence(stack: &Stack, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines: Vec<Value> = json_lines(&stack.evidence)
+            .into_iter()
+            .filter(|l| evidence_tool(l) == Some("deploy_service"))
+            .collect();
+        let forwarded = lines.iter().filter(|l| l["outcome"] == "forwarded").count();
+        if forwarded >= n || Instant::now() >= deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The TypeScript SDK's matrix: every revision × default / onprogress / elicitation
+/// handler; `parked`: whether each call first gets the readable pending result.
+fn ts_matrix(mode: &str, parked: bool) {
+    let (mut stack, _op, approver) = approval_stack(
+        Upstream::Ts {
+            mode: "sse",
+            stateful: false,
+        },
+        mode,
+    );
+    let interop = stack.interop.clone();
+    let out = stack.run_peer(Path::new("node"), &interop, "mcp-approval.mjs", &[]);
+    let supported: Vec<&str> = out["supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        supported.len() >= 4,
+        "revisions the SDK speaks: {supported:?}"
+    );
+    let runs = out["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), supported.len() * 3, "{out}");
+    for run in runs {
+        let label = format!("{} / {}", run["revision"], run["variant"]);
+        assert!(run["error"].is_null(), "{label}: {}", run["error"]);
+        assert_eq!(
+            run["negotiated"], run["revision"],
+            "{label}: negotiated revision"
+        );
+        let res = &run["result"];
+        assert_ne!(res["isError"], true, "{label}: {res}");
+        assert_eq!(
+            first_text(res),
+            "deployed payments to prod",
+            "{label}: the tool's answer after approval: {res}"
+        );
+        if parked {
+            let p = &run["pending"];
+            assert_eq!(p["isError"], true, "{label}: pending result {p}");
+            assert_eq!(
+                p["_meta"]["ciba-gate/reason"], "approval_pending",
+                "{label}"
+            );
+            assert!(
+                first_text(p).contains("Deploy payments to prod")
+                    && first_text(p).contains("again"),
+                "{label}: the model must read what to do: {p}"
+            );
+            assert!(run["rounds"].as_u64().unwrap() >= 2, "{label}: {run}");
+        } else {
+            assert_eq!(run["rounds"], 1, "{label}: held, not parked: {run}");
+            assert!(run["pending"].is_null(), "{label}: {run}");
+        }
+        // No input request reaches a client of a revision without input_required.
+        assert_eq!(run["elicitations"], 0, "{label}");
+        let progress = run["progress"].as_array().unwrap();
+        if run["variant"] == "onprogress" && !parked {
+            assert!(
+                progress.iter().any(|p| p["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Deploy payments to prod"))),
+                "{label}: progress carries the binding message: {progress:?}"
+            );
+        } else {
+            assert!(
+                progress.is_empty(),
+                "{label}: progress without a token: {progress:?}"
+            );
+        }
+    }
+    // Each call ran the tool exactly once, after exactly one approval.
+    assert_eq!(deploy_runs(&stack), runs.len(), "tool runs");
+    assert_eq!(approver.approved(), runs.len(), "approvals given");
+    let ev = deploy_evidence(&stack, runs.len());
+    let forwarded: Vec<&Value> = ev.iter().filter(|l| l["outcome"] == "forwarded").collect();
+    assert_eq!(forwarded.len(), runs.len(), "forwarded records: {ev:?}");
+}
+
+#[test]
+fn ts_sdk_matrix_hold_every_revision_and_call_style_ends_with_the_tools_answer() {
+    ts_matrix("hold", false);
+}
+
+#[test]
+fn ts_sdk_matrix_park_gives_a_readable_pending_result_then_the_identical_retry_succeeds() {
+    ts_matrix("park", true);
+}
+
+/// The Python SDK at 2026-07-28, as client and tool server.
+fn py_runs(stack: &mut Stack, variants: &str) -> Vec<Value> {
+    let py = python_sdk();
+    let cwd = stack.interop.join("py");
+    let out = stack.run_peer(&py, &cwd, "mcp_client.py", &["--variants", variants]);
+    out["runs"].as_array().expect("runs").clone()
+}
+
+fn assert_py_run(run: &Value) {
+    let v = &run["variant"];
+    assert!(
+        run["errors"].as_object().unwrap().is_empty(),
+        "{v}: {}",
+        run["errors"]
+    );
+    assert_eq!(run["protocolVersion"], "2026-07-28", "{v}");
+    let tools: Vec<&str> = run["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools,
+        ["list_deployments", "deploy_service"],
+        "{v}: filtered list"
+    );
+    let calls = &run["calls"];
+    assert!(
+        first_text(&calls["list_deployments"]).starts_with("deployments:"),
+        "{v}"
+    );
+    let dep = &calls["deploy_service"];
+    assert_eq!(first_text(dep), "deployed payments to prod", "{v}: {dep}");
+    assert_eq!(dep["resultType"], "complete", "{v}");
+    let del = &calls["delete_repository"];
+    assert_eq!(del["isError"], true, "{v}: {del}");
+    assert_eq!(del["resultType"], "complete", "{v}: {del}");
+    assert_eq!(del["_meta"]["ciba-gate/reason"], "destructive_tool", "{v}");
+}
+
+#[test]
+fn py_sdk_2026_07_28_held_calls_complete_with_default_options_progress_and_elicitation() {
+    let (mut stack, _op, approver) = approval_stack(Upstream::Py, "hold");
+    let runs = py_runs(&mut stack, "default,progress,elicit");
+    for run in &runs {
+        assert_py_run(run);
+        let v = &run["variant"];
+        assert_eq!(run["rounds"], 1, "{v}: held: {run}");
+        // Held, never asked for input: the SDK without a handler cannot answer one.
+        assert_eq!(run["elicitations"], serde_json::json!([]), "{v}");
+        let progress = run["progress"].as_array().unwrap();
+        if run["variant"] == "progress" {
+            assert!(!progress.is_empty(), "{v}: progress");
+        } else {
+            assert!(progress.is_empty(), "{v}: {progress:?}");
+        }
+    }
+    assert_eq!(deploy_runs(&stack), 3);
+    assert_eq!(approver.approved(), 3);
+}
+
+#[test]
+fn py_sdk_2026_07_28_park_retry_with_request_state_runs_the_tool_exactly_once() {
+    let (mut stack, _op, approver) = approval_stack(Upstream::Py, "park");
+    let runs = py_runs(&mut stack, "elicit,default,progress");
+    let elicit = &runs[0];
+    assert_py_run(elicit);
+    // input_required went to the client that can answer it; its SDK answered the
+    // form and retried with requestState and inputResponses.
+    let asked = elicit["elicitations"].as_array().unwrap();
+    assert!(
+        !asked.is_empty(),
+        "no input request reached the client: {elicit}"
+    );
+    assert!(
+        asked[0]
+            .as_str()
+            .unwrap()
+            .contains("Deploy payments to prod"),
+        "{asked:?}"
+    );
+    assert_eq!(
+        elicit["rounds"], 1,
+        "the SDK's own retry loop finished it: {elicit}"
+    );
+    // Without an elicitation handler (default options, or with progress): a readable
+    // pending result, then the identical retry.
+    for plain in &runs[1..] {
+        assert_py_run(plain);
+        assert_eq!(plain["elicitations"], serde_json::json!([]));
+        let p = &plain["pending"];
+        assert_eq!(p["isError"], true, "{p}");
+        assert_eq!(p["resultType"], "complete", "{p}");
+        assert_eq!(p["_meta"]["ciba-gate/reason"], "approval_pending", "{p}");
+        assert!(
+            first_text(p).contains("Deploy payments to prod") && first_text(p).contains("again"),
+            "{p}"
+        );
+        assert!(plain["rounds"].as_u64().unwrap() >= 2, "{plain}");
+    }
+    // The tool ran once per call, and the tool server never saw the gateway's state.
+    assert_eq!(deploy_runs(&stack), 3, "tool runs");
+    assert_eq!(approver.approved(), 3, "approvals given");
+    let bodies = read(&stack.http_log);
+    for (i, line) in json_lines(&stack.http_log).iter().enumerate() {
+        let body = line["body"].as_str().unwrap();
+        assert!(
+            !body.contains("requestState") && !body.contains("ciba-gate/"),
+            "request {i} reached the tool server with the gateway's own members: {body}"
+        );
+    }
+    assert!(bodies.contains("deploy_service"), "{bodies}");
+    let ev = deploy_evidence(&stack, 3);
+    let forwarded: Vec<&Value> = ev.iter().filter(|l| l["outcome"] == "forwarded").collect();
+    assert_eq!(forwarded.len(), 3, "{ev:?}");
+    for f in forwarded {
+        assert_eq!(f["upstream_status"], 200, "{f}");
+    }
+}
+
+/// `ciba-gate dev` (demo tools, development OP, gateway) on free ports; the Python
+/// SDK at 2026-07-28 validates every result: the demo's lists and answers, and the
+/// gateway's own filtered list, blocked result and approval path.
+#[test]
+fn py_sdk_2026_07_28_validates_every_result_of_ciba_gate_dev() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (gw, op_port, cb) = (free_port(), free_port(), free_port());
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("dev")
+        .args(["--listen", &addr(gw)])
+        .args(["--op-listen", &addr(op_port)])
+        .args(["--callback-listen", &addr(cb)])
+        .args(["--admin-listen", "127.0.0.1:0"]);
+    let mut dev = ChildGuard::spawn("ciba-gate-dev", cmd, dir.path(), true);
+    wait_for_port(gw, Duration::from_secs(30), Some(&mut dev));
+    let op = Op {
+        _child: dev,
+        issuer: format!("http://127.0.0.1:{op_port}"),
+        dir,
+    };
+    let approver = Approver::start(&op);
+    let py = python_sdk();
+    let cwd = ensure_node_peers().join("py");
+    let mut client = Command::new(&py);
+    client
+        .current_dir(&cwd)
+        .arg("mcp_client.py")
+        .args(["--url", &format!("http://127.0.0.1:{gw}/mcp")])
+        // As a newcomer runs it: the SDK finds the revision itself (server/discover).
+        .args(["--mode", "auto", "--variants", "default,elicit"]);
+    let mut client = ChildGuard::spawn("py-client", client, op.dir.path(), false);
+    let status = client
+        .wait_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("client did not finish\n{}", client.logs()));
+    assert!(status.success(), "{}", client.logs());
+    let line = client.stdout_text();
+    let out: Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("client output ({e}): {line}\n{}", client.logs()));
+    for run in out["runs"].as_array().unwrap() {
+        let v = &run["variant"];
+        assert!(
+            run["errors"].as_object().unwrap().is_empty(),
+            "{v}: {}",
+            run["errors"]
+        );
+        assert_eq!(run["protocolVersion"], "2026-07-28");
+        assert_eq!(
+            run["tools"],
+            serde_json::json!(["list_deployments", "deploy_service"])
+        );
+        let calls = &run["calls"];
+        assert!(first_text(&calls["list_deployments"]).contains("payments prod"));
+        assert_eq!(
+            first_text(&calls["deploy_service"]),
+            "Deployed payments to prod.",
+            "{v}"
+        );
+        assert_eq!(calls["delete_repository"]["isError"], true);
+        assert_eq!(
+            calls["delete_repository"]["_meta"]["ciba-gate/reason"],
+            "destructive_tool"
+        );
+        assert_eq!(run["rounds"], 1, "{v}: held");
+    }
+    assert_eq!(approver.approved(), 2);
 }

@@ -125,13 +125,25 @@ fn answer(msg: &Value) -> Option<Value> {
                 "serverInfo": {"name": "ciba-gate-demo-tools", "version": env!("CARGO_PKG_VERSION")},
             }))
         }
+        // A 2026-07-28 method: its result always has that revision's shape.
         "server/discover" => Ok(json!({
             "supportedVersions": SUPPORTED,
             "capabilities": {"tools": {"listChanged": false}},
             "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "ciba-gate-demo-tools", "version": env!("CARGO_PKG_VERSION")}},
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
         })),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({"tools": tools()})),
+        "tools/list" => {
+            let mut list = json!({"tools": tools()});
+            if stateless {
+                // 2026-07-28 list results say how long they may be cached, and by whom.
+                list["ttlMs"] = json!(0);
+                list["cacheScope"] = json!("private");
+            }
+            Ok(list)
+        }
         "tools/call" => call(&params),
         _ => Err((-32601, format!("method not found: {method}"))),
     };

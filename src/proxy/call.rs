@@ -142,8 +142,12 @@ pub enum Caller {
     Mcp {
         id: Value,
         progress_token: Option<Value>,
+        /// The request's `Accept` names `text/event-stream`: it can be held over SSE.
         accepts_sse: bool,
         stateless: bool,
+        /// It declared it can answer a form elicitation (2026-07-28 per-request
+        /// `clientCapabilities`): it may be sent `input_required`.
+        can_elicit: bool,
         request_state: Option<String>,
     },
     Http,

@@ -202,6 +202,7 @@ fn message_unit(
         progress_token: msg.progress_token().cloned(),
         accepts_sse: accepts_sse(head),
         stateless,
+        can_elicit: stateless && msg.can_elicit_form(),
         request_state: msg.request_state().map(str::to_string),
     });
     Ok(Unit {

@@ -16,7 +16,7 @@ use super::call::{Call, Caller, Unit};
 use super::classify::OutBody;
 use super::forward::{self, Outbound, Plan};
 use super::render::{self, Shape};
-use super::{ApprovalsState, BoxBody, decide, framing};
+use super::{ApprovalsState, BoxBody, decide, framing, mcp};
 use crate::approval::request_state;
 use crate::approval::{Approvals, CallForApproval, Mode, Settled, Ticket};
 use crate::outcome::{Disposition, Reason};
@@ -160,6 +160,14 @@ pub async fn run(
             return render::answer(&reason, &Shape::JsonRpc { id: id.clone() });
         }
     }
+    // What the gateway put into a retry (its requestState, its inputResponses entry,
+    // its `_meta`) is not the tool server's: the approved call goes on without it.
+    if let Caller::Mcp { request_state, .. } = &caller
+        && let OutBody::Held(bytes) = &out.body
+        && let Some(clean) = mcp::retry::clean(bytes, request_state.is_some())
+    {
+        out.body = OutBody::Held(clean);
+    }
     // The CIBA driver this may start traces below this span.
     let ticket = match approvals
         .prepare(&for_approval)
@@ -173,7 +181,17 @@ pub async fn run(
     let mode = ticket.params.mode.unwrap_or(approvals.settings.mode);
     let remaining = Duration::from_millis(ticket.deadline_ms.saturating_sub(now_ms()));
     let plain_ok = remaining <= approvals.settings.max_plain_wait;
-    let stream_hold = matches!(&caller, Caller::Mcp { accepts_sse: true, progress_token, .. } if progress_token.is_some() || plain_ok);
+    // Hold or park by what the client can do: an MCP client that accepts an SSE answer
+    // is held over SSE (keep-alives; progress only when it sent a progressToken) up to
+    // the deadline; any other client is held with a plain answer only while the wait
+    // fits `max_plain_wait`, else parked.
+    let stream_hold = matches!(
+        &caller,
+        Caller::Mcp {
+            accepts_sse: true,
+            ..
+        }
+    );
     if mode == Mode::Hold && stream_hold {
         return hold::over_sse(call, approvals, ticket, unit, caller, out);
     }

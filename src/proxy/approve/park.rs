@@ -1,7 +1,8 @@
 //! Parked: the call is answered "pending" at once; the identical retry picks up the
-//! decision. Plain HTTP gets 202 with `Retry-After`; an MCP 2026-07-28 client gets
-//! `input_required` with a sealed `requestState`; older MCP clients a tool result the
-//! model can read.
+//! decision. Plain HTTP gets 202 with `Retry-After`; an MCP 2026-07-28 client that
+//! declared it answers form elicitations gets `input_required` with a sealed
+//! `requestState`; every other MCP client a tool result the model can read (in the
+//! negotiated revision's shape).
 
 use http::StatusCode;
 
@@ -32,6 +33,7 @@ pub(super) fn answer(
         Caller::Mcp {
             id,
             stateless: true,
+            can_elicit: true,
             ..
         } => {
             let state = request_state::seal(
@@ -48,9 +50,9 @@ pub(super) fn answer(
                 None,
             )
         }
-        Caller::Mcp { id, .. } => (
+        Caller::Mcp { id, stateless, .. } => (
             StatusCode::OK,
-            results::pending_tool_result(id.clone(), binding, retry, false),
+            results::pending_tool_result(id.clone(), binding, retry, *stateless),
             None,
         ),
     };

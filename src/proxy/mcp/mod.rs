@@ -5,6 +5,7 @@
 
 pub mod methods;
 pub mod results;
+pub mod retry;
 
 use http::HeaderMap;
 use serde_json::{Map, Value};
@@ -14,6 +15,8 @@ use crate::outcome::Reason;
 
 /// The newest revision whose rules the gateway knows; later ones are treated like it.
 pub const REV_STATELESS: &str = "2026-07-28";
+/// The `_meta` key under which a 2026-07-28 request declares the client's capabilities.
+pub const CLIENT_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
 /// The last revision that allowed JSON-RPC batches.
 pub const REV_BATCHES: &str = "2025-03-26";
 
@@ -182,6 +185,23 @@ impl Message {
     /// `params.requestState` (a 2026-07-28 retry of an `input_required` result).
     pub fn request_state(&self) -> Option<&str> {
         self.params()?.get("requestState")?.as_str()
+    }
+
+    /// Whether the request declares (2026-07-28: `_meta` key
+    /// `io.modelcontextprotocol/clientCapabilities`) that the client answers a
+    /// form-mode elicitation: `elicitation` present, with `form`, or empty (form is
+    /// the default when neither mode is named).
+    pub fn can_elicit_form(&self) -> bool {
+        let Some(Value::Object(e)) = self
+            .params()
+            .and_then(|p| p.get("_meta"))
+            .and_then(|m| m.get(CLIENT_CAPABILITIES_KEY))
+            .and_then(|c| c.get("elicitation"))
+        else {
+            return false;
+        };
+        e.get("form").is_some_and(Value::is_object)
+            || (!e.contains_key("form") && !e.contains_key("url"))
     }
 
     /// The name MCP 2026-07-28 mirrors in `Mcp-Name` for this method, if any.
@@ -423,6 +443,26 @@ mod tests {
         ] {
             assert!(Message::parse(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn form_elicitation_is_what_the_request_declares() {
+        let with = |caps: Value| {
+            msg(
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t",
+                "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                         "io.modelcontextprotocol/clientCapabilities": caps}}}),
+            )
+            .can_elicit_form()
+        };
+        assert!(with(json!({"elicitation": {}})));
+        assert!(with(json!({"elicitation": {"form": {}}})));
+        assert!(with(json!({"elicitation": {"form": {}, "url": {}}})));
+        assert!(!with(json!({"elicitation": {"url": {}}})));
+        assert!(!with(json!({})));
+        assert!(!with(json!({"elicitation": true})));
+        let none = msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}));
+        assert!(!none.can_elicit_form());
     }
 
     #[test]

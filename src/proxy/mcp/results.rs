@@ -62,7 +62,8 @@ pub fn pending_tool_result(id: Value, binding: &str, retry: u64, stateless: bool
     tool_result(
         id,
         &format!(
-            "Waiting for approval on your phone: \"{binding}\". Call this tool again with the same arguments in about {retry} seconds to continue."
+            "Waiting for approval on your phone: \"{binding}\". Call this tool again with the same arguments in about {retry} second{} to continue.",
+            if retry == 1 { "" } else { "s" }
         ),
         json!({
             META_DECISION: "approve",
