@@ -275,7 +275,15 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
             &text,
             r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",reason="allowed",upstream="demo-tools"}"#
         ),
-        2.0
+        1.0
+    );
+    // The approved call is counted by its own reason.
+    assert_eq!(
+        sample(
+            &text,
+            r#"ciba_gate_decisions_total{effect="allow",outcome="forwarded",reason="approved",upstream="demo-tools"}"#
+        ),
+        1.0
     );
     assert_eq!(
         sample(
