@@ -66,6 +66,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Whether attribute `key` of `s` is exported as an OTLP integer.
+fn is_int(s: &Span, key: &str) -> bool {
+    s.attributes.iter().any(|kv| {
+        kv.key == key
+            && matches!(
+                kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                Some(AnyValue::IntValue(_))
+            )
+    })
+}
+
 fn attr_strings(s: &Span) -> Vec<(String, String)> {
     s.attributes
         .iter()
@@ -286,6 +297,14 @@ approvals:
     let up_attrs: HashMap<String, String> = attr_strings(up).into_iter().collect();
     assert_eq!(up_attrs["server.address"], "127.0.0.1");
     assert_eq!(up_attrs["http.response.status_code"], "200");
+    // Semantic conventions: status codes and ports are integers, not strings.
+    for (span, key) in [
+        (root, "http.response.status_code"),
+        (up, "http.response.status_code"),
+        (up, "server.port"),
+    ] {
+        assert!(is_int(span, key), "{key} is not exported as an integer");
+    }
     assert_eq!(up.kind, 3, "upstream span kind is CLIENT");
     assert_eq!(root.kind, 2, "root span kind is SERVER");
 

@@ -225,7 +225,11 @@ impl Gateway {
         );
         crate::telemetry::traces::adopt_remote_parent(&span, req.headers());
         let resp = flow::run(&self, req).instrument(span.clone()).await;
-        span.record("http.response.status_code", resp.status().as_u16());
+        // tracing-opentelemetry exports u64 fields as strings; i64 as integers.
+        span.record(
+            "http.response.status_code",
+            i64::from(resp.status().as_u16()),
+        );
         if resp.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }

@@ -231,10 +231,10 @@ impl Upstream {
             otel.status_code = tracing::field::Empty,
             http.request.method = %req.method(),
             server.address = self.base.host().unwrap_or_default(),
-            server.port = self.base.port_u16().unwrap_or(match self.client {
+            server.port = i64::from(self.base.port_u16().unwrap_or(match self.client {
                 Transport::Plain(_) => 80,
                 Transport::Tls(_) => 443,
-            }),
+            })),
             url.path = req.uri().path(),
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -264,7 +264,8 @@ impl Upstream {
         };
         let status = match &result {
             Ok(r) => {
-                span.record("http.response.status_code", r.status().as_u16());
+                // tracing-opentelemetry exports u64 fields as strings; i64 as integers.
+                span.record("http.response.status_code", i64::from(r.status().as_u16()));
                 if r.status().is_server_error() {
                     span.record("otel.status_code", "ERROR");
                 }
