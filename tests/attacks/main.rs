@@ -10,4 +10,5 @@ mod support;
 mod differentials;
 mod harness;
 mod oversized;
+mod policies;
 mod smuggling;
