@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use regorus::unstable::{
-    AssignOp, BUILTINS, Expr, Literal, Module, Parser, Query, Ref, Rule, RuleHead, Source,
+    ArithOp, AssignOp, BUILTINS, Expr, Literal, Module, Parser, Query, Ref, Rule, RuleHead, Source,
 };
 
 use super::PolicyError;
@@ -103,6 +103,8 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
         }
     }
     let mut rules: BTreeMap<String, RuleInfo> = BTreeMap::new();
+    // Object rules (`x[k] := v`): path of the object, where defined.
+    let mut object_rules: Vec<(String, String)> = Vec::new();
     let mut not_exact: Option<String> = None;
     let mut inexact = |reason: String| {
         if not_exact.is_none() {
@@ -127,6 +129,11 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
             let Some(name) = ref_text(refr) else {
                 // `x[k] := v` with a variable key: an object rule, whose keys can
                 // conflict.
+                if let Expr::RefBrack { refr: base, .. } = refr.as_ref()
+                    && let Some(base) = ref_text(base)
+                {
+                    object_rules.push((format!("{package}.{base}"), at.clone()));
+                }
                 inexact(format!(
                     "{at}: rule {} builds an object whose keys can conflict",
                     head_name(refr)
@@ -150,6 +157,22 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
                 };
                 info.definitions.push(Definition { value, stable });
             }
+        }
+    }
+
+    // An object rule next to a rule for one of its keys: OPA reports their clash at
+    // run time, regorus lets one win. Refused, so the clash cannot go unnoticed.
+    for (object, at) in &object_rules {
+        let key_prefix = format!("{object}.");
+        if let Some((path, info)) = rules.iter().find(|(p, _)| p.starts_with(&key_prefix)) {
+            return Err(PolicyError::Compile {
+                path: PathBuf::from(at.split(':').next().unwrap_or_default()),
+                message: format!(
+                    "{at}: the object rule {object} and the rule {path} at {} define keys of one object; \
+                     their values could clash unnoticed (define the object in one rule)",
+                    info.kinds.first().map(|k| k.1.as_str()).unwrap_or("?")
+                ),
+            });
         }
     }
 
@@ -248,7 +271,60 @@ impl Visitor<'_> {
         }
     }
 
+    /// OPA's safety rule for heads: a variable in a rule's key or value must be bound
+    /// in its body (or be a function argument). A variable the body never mentions
+    /// is reported; finer cases are left to regorus.
+    fn head_safety(&mut self, head: &RuleHead, bodies: &[regorus::unstable::RuleBody]) {
+        let mut head_vars = Vec::new();
+        let mut bound = Vec::new();
+        match head {
+            RuleHead::Compr { assign, .. } => {
+                if let Some(a) = assign {
+                    vars(&a.value, &mut head_vars);
+                }
+            }
+            RuleHead::Set { key, .. } => {
+                if let Some(k) = key {
+                    vars(k, &mut head_vars);
+                }
+            }
+            RuleHead::Func { args, assign, .. } => {
+                args.iter().for_each(|a| vars(a, &mut bound));
+                if let Some(a) = assign {
+                    vars(&a.value, &mut head_vars);
+                }
+            }
+        }
+        for b in bodies {
+            if let Some(a) = &b.assign {
+                vars(&a.value, &mut head_vars);
+            }
+            query_vars(&b.query, &mut bound);
+        }
+        for (name, line) in head_vars {
+            if name == "_"
+                || name == "input"
+                || name == "data"
+                || bound.iter().any(|(b, _)| *b == name)
+            {
+                continue;
+            }
+            if self.scope.imports.iter().any(|(alias, _)| *alias == name)
+                || self
+                    .scope
+                    .rules
+                    .contains_key(&format!("{}.{name}", self.scope.package))
+            {
+                continue;
+            }
+            self.fail(line, format!("var {name} is unsafe"));
+        }
+    }
+
     fn rule(&mut self, rule: &Ref<Rule>) {
+        if let Rule::Spec { head, bodies, .. } = rule.as_ref() {
+            self.head_safety(head, bodies);
+        }
         match rule.as_ref() {
             Rule::Spec { head, bodies, .. } => {
                 match head {
@@ -373,7 +449,32 @@ impl Visitor<'_> {
                 self.expr(lhs);
                 self.expr(rhs);
             }
-            Expr::ArithExpr { lhs, rhs, span, .. } => {
+            Expr::ArithExpr {
+                lhs, rhs, span, op, ..
+            } => {
+                // OPA's type checker refuses arithmetic on a literal that is not a
+                // number (`"prod" + 1`); sets only subtract.
+                let bad = |e: &Ref<Expr>| match e.as_ref() {
+                    Expr::String { .. }
+                    | Expr::RawString { .. }
+                    | Expr::Bool { .. }
+                    | Expr::Null { .. }
+                    | Expr::Array { .. }
+                    | Expr::Object { .. }
+                    | Expr::ArrayCompr { .. }
+                    | Expr::ObjectCompr { .. } => true,
+                    Expr::Set { .. } | Expr::SetCompr { .. } => !matches!(op, ArithOp::Sub),
+                    _ => false,
+                };
+                if bad(lhs) || bad(rhs) {
+                    self.fail(
+                        span.line,
+                        format!(
+                            "{}: invalid argument(s): arithmetic on a value that is not a number",
+                            span.text()
+                        ),
+                    );
+                }
                 self.inexact(span.line, "arithmetic can fail at run time");
                 self.expr(lhs);
                 self.expr(rhs);
@@ -509,4 +610,92 @@ fn is_stable(e: &Ref<Expr>) -> bool {
         let root = t.split('.').next().unwrap_or_default();
         root == "input" || root == "data"
     })
+}
+
+/// Every variable name an expression mentions (with its line).
+fn vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
+    match e.as_ref() {
+        Expr::Var { span, .. } => out.push((span.text().to_string(), span.line)),
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            items.iter().for_each(|i| vars(i, out));
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                vars(k, out);
+                vars(v, out);
+            }
+        }
+        // A comprehension's variables are its own (regorus checks their safety).
+        Expr::ArrayCompr { .. } | Expr::SetCompr { .. } | Expr::ObjectCompr { .. } => {}
+        Expr::Call { params, .. } => {
+            // The function's own name is not a variable.
+            params.iter().for_each(|p| vars(p, out));
+        }
+        Expr::UnaryExpr { expr, .. } => vars(expr, out),
+        Expr::RefDot { refr, .. } => vars(refr, out),
+        Expr::RefBrack { refr, index, .. } => {
+            vars(refr, out);
+            vars(index, out);
+        }
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            vars(lhs, out);
+            vars(rhs, out);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(k) = key {
+                vars(k, out);
+            }
+            vars(value, out);
+            vars(collection, out);
+        }
+        _ => {}
+    }
+}
+
+fn query_vars(q: &Ref<Query>, out: &mut Vec<(String, u32)>) {
+    for stmt in &q.stmts {
+        match &stmt.literal {
+            Literal::SomeVars { vars: names, .. } => {
+                out.extend(names.iter().map(|s| (s.text().to_string(), s.line)));
+            }
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(k) = key {
+                    vars(k, out);
+                }
+                vars(value, out);
+                vars(collection, out);
+            }
+            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => vars(expr, out),
+            Literal::Every {
+                key,
+                value,
+                domain,
+                query,
+                ..
+            } => {
+                if let Some(k) = key {
+                    out.push((k.text().to_string(), k.line));
+                }
+                out.push((value.text().to_string(), value.line));
+                vars(domain, out);
+                query_vars(query, out);
+            }
+        }
+        for w in &stmt.with_mods {
+            vars(&w.r#as, out);
+        }
+    }
 }

@@ -184,21 +184,45 @@ pub(crate) fn build_engine(
     Ok((engine, data, defined, analysis))
 }
 
-/// An evaluation error as one readable line: regorus puts `file:line:col: error: msg`
-/// on one line and source excerpts on the next ones.
+/// An evaluation error as one readable line. regorus formats an error as
+/// `\n--> file:line:col\n |\nN | source line\n | ^\nerror: message` (possibly
+/// nested); this keeps the location, the last message and the policy source line.
 pub(crate) fn error_text(msg: &str) -> String {
     let lines: Vec<&str> = msg
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let head = lines
+    let location = lines
         .iter()
-        .find(|l| l.contains("error"))
-        .or(lines.first())
-        .copied()
+        .rev()
+        .find_map(|l| l.strip_prefix("--> "))
+        .map(str::trim);
+    let message = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| !l.starts_with('|') && !l.starts_with("-->"))
+                .copied()
+        })
         .unwrap_or("evaluation failed");
-    first_lines(head)
+    let source = lines.iter().rev().find_map(|l| {
+        let (num, rest) = l.split_once('|')?;
+        (!num.trim().is_empty() && num.trim().chars().all(|c| c.is_ascii_digit()))
+            .then(|| rest.trim())
+    });
+    let mut out = match location {
+        Some(loc) => format!("{loc}: {message}"),
+        None => message.to_string(),
+    };
+    if let Some(src) = source.filter(|s| !s.is_empty()) {
+        out.push_str(&format!(" (in `{src}`)"));
+    }
+    first_lines(&out)
 }
 
 /// Error messages from regorus can be long (source excerpts); keep them log-sized.
