@@ -252,6 +252,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: PolicyCommand::Test { dir },
         } => {
             let report = policy::testing::run_tests(&dir)?;
+            if let Ok(engine) = PolicyEngine::load(&dir) {
+                println!("{}", policy::evaluator_note(&engine));
+            }
             print!("{}", report.render());
             Ok(if report.success() {
                 ExitCode::SUCCESS

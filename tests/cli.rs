@@ -369,3 +369,33 @@ fn the_kubernetes_config_in_deploy_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn policy_test_shows_the_error_text_of_an_erroring_test() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package ciba_gate\nimport rego.v1\nallow if to_number(input.n) > 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package ciba_gate\nimport rego.v1\ntest_errors if allow with input as {\"n\": \"many\"}\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL data.ciba_gate.test_errors"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // Where it failed and what failed, not an empty reason.
+    assert!(line.contains("p.rego:3"), "{line}");
+    assert!(line.contains("to_number"), "{line}");
+    assert!(stdout.contains("not VM-exact"), "{stdout}");
+}

@@ -11,9 +11,14 @@ fn bundled() -> PolicyEngine {
         .expect("bundled policies load")
 }
 
+/// The bundled policies call built-ins that fail on some inputs (guarded by type
+/// tests the analysis does not follow), so they run on the interpreter, which
+/// reports such failures.
 #[test]
-fn bundled_policies_compile_for_the_vm() {
-    assert_eq!(bundled().eval_path(), EvalPath::Rvm);
+fn bundled_policies_run_on_the_interpreter() {
+    let engine = bundled();
+    assert_eq!(engine.eval_path(), EvalPath::Interpreter);
+    assert!(engine.not_vm_exact().is_some());
 }
 
 #[test]

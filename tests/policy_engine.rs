@@ -125,23 +125,33 @@ fn object_and_string_deny_reasons() {
     );
 }
 
-/// Built-in errors follow OPA: the expression is undefined (on both paths).
+/// Built-in errors are strict (OPA `--strict-builtin-errors`): the evaluation fails
+/// and the call is denied `policy_error`, never skipped as undefined.
 #[test]
-fn builtin_errors_are_undefined_like_opa() {
+fn builtin_errors_are_policy_error_denies() {
     let dir = policy(
         r#"deny contains x if { x := to_number(input.n) }
 allow := true"#,
     );
     let e = PolicyEngine::load(dir.path()).unwrap();
-    assert_eq!(both(&e, &json!({"n": "abc"})).effect, Effect::Allow);
-    assert_eq!(both(&e, &json!({"n": "12"})).effect, Effect::Deny);
+    let d = both(&e, &json!({"n": "abc"}));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.reason_code(), Some("policy_error"));
+    // Where and what failed, never the input value.
+    let msg = &d.reasons[0].message;
+    assert!(msg.contains("policy.rego:3"), "{msg}");
+    assert!(msg.contains("to_number"), "{msg}");
+    assert!(!msg.contains("abc"), "{msg}");
+    assert_eq!(
+        both(&e, &json!({"n": "12"})).reason_code(),
+        Some("policy_denied")
+    );
 }
 
-/// Two bodies of a complete rule giving different values. OPA and the interpreter
-/// report a conflict error; regorus' VM treats the rule as undefined. Both must
-/// fail closed for `allow`.
+/// Two bodies of a complete rule giving different values: a conflict error, as in
+/// OPA, on every evaluator.
 #[test]
-fn conflicting_allow_fails_closed_on_both_paths() {
+fn conflicting_allow_is_a_policy_error_on_both_paths() {
     let dir = policy(
         r#"
 allow := input.a if input.a
@@ -149,6 +159,7 @@ allow := input.b if input.b
 "#,
     );
     let e = PolicyEngine::load(dir.path()).unwrap();
+    assert!(e.not_vm_exact().is_some());
     assert_eq!(
         both(&e, &json!({"a": true, "b": false})).effect,
         Effect::Allow
@@ -156,15 +167,31 @@ allow := input.b if input.b
     let conflict = json!({"a": "yes", "b": "no"});
     for path in [EvalPath::Rvm, EvalPath::Interpreter] {
         assert_eq!(
-            e.decide_on(&conflict, path).effect,
-            Effect::Deny,
+            e.decide_on(&conflict, path).reason_code(),
+            Some("policy_error"),
             "{path:?}"
         );
     }
-    assert_eq!(
-        e.decide_on(&conflict, EvalPath::Interpreter).reason_code(),
-        Some("policy_error")
+}
+
+/// A set with nothing that can fail at run time runs on the VM; one built-in that
+/// can fail moves it to the interpreter.
+#[test]
+fn only_vm_exact_policy_sets_run_on_the_vm() {
+    let exact = policy(
+        "allow if input.ok == true\nallow if input.also\ndeny contains \"x\" if { some v in input.list; v == 1 }",
     );
+    let e = PolicyEngine::load(exact.path()).unwrap();
+    assert_eq!(e.not_vm_exact(), None);
+    assert_eq!(e.eval_path(), EvalPath::Rvm);
+    let inexact = policy("allow if startswith(input.name, \"a\")");
+    let e = PolicyEngine::load(inexact.path()).unwrap();
+    assert!(
+        e.not_vm_exact().is_some_and(|r| r.contains("startswith")),
+        "{:?}",
+        e.not_vm_exact()
+    );
+    assert_eq!(e.eval_path(), EvalPath::Interpreter);
 }
 
 #[test]
@@ -199,10 +226,16 @@ fn instruction_limit_is_deny_policy_error() {
     let dir = policy(
         r#"
 allow if {
-    some i in numbers.range(1, 200000)
+    some i in data.numbers
     i == -1
 }
 "#,
+    );
+    let numbers: Vec<u32> = (0..200_000).collect();
+    write(
+        dir.path(),
+        "data.json",
+        &json!({ "numbers": numbers }).to_string(),
     );
     let opts = PolicyOptions {
         max_instructions: 10_000,

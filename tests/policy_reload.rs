@@ -178,3 +178,34 @@ fn readers_never_see_a_half_loaded_policy() {
     });
     assert_eq!(engine.reloads(), 20);
 }
+
+/// A policy OPA's compiler refuses (each kind of compile error) is refused by hot
+/// reload too: the last good policy stays in force and keeps deciding.
+#[test]
+fn a_reload_opa_would_refuse_keeps_the_last_good_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("p.rego"), rego(true)).unwrap();
+    let engine = PolicyEngine::load(dir.path()).unwrap();
+    let good = engine.revision();
+    for (what, body) in [
+        ("unsafe variable", "deny contains x if input.y == 1"),
+        ("undefined function", "deny contains \"x\" if nope(1)"),
+        ("built-in arity", "allow if startswith(\"a\")"),
+        ("function arity", "f(a) := a\nallow if f(1, 2, 3)"),
+        (
+            "conflicting rule kinds",
+            "deny contains \"a\" if input.x\ndeny := {\"b\"} if input.y",
+        ),
+        ("literal type error", "allow if \"prod\" + 1 > 0"),
+    ] {
+        fs::write(
+            dir.path().join("p.rego"),
+            format!("package ciba_gate\nimport rego.v1\n{body}\n"),
+        )
+        .unwrap();
+        let err = engine.reload_now().expect_err(what);
+        assert!(!err.to_string().is_empty(), "{what}");
+        assert_eq!(engine.revision(), good, "{what}");
+        assert_eq!(engine.decide(&json!({})).effect, Effect::Allow, "{what}");
+    }
+}

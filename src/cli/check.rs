@@ -32,9 +32,10 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
     let c = &cfg.config;
     match PolicyEngine::load(&c.policy.dir) {
         Ok(engine) => report.notes.push(format!(
-            "policies in {} compiled (revision {})",
+            "policies in {} compiled (revision {}; {})",
             c.policy.dir.display(),
-            engine.revision()
+            engine.revision(),
+            crate::policy::evaluator_note(&engine)
         )),
         Err(e) => report.problems.push(format!("{file}: policy.dir: {e}")),
     }

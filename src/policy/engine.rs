@@ -1,22 +1,22 @@
 //! A compiled policy set and the decision procedure.
 //!
 //! Compiled once per revision: the interpreter `Engine` (prepared, cloned once per
-//! worker thread) and, when regorus' compiler supports every construct used, an RVM
-//! `Program` shared by `Arc` and run by one `RegoVM` per worker thread. Nothing on
-//! the decision path parses policy text.
+//! worker thread) and, for VM-exact policy sets (see `analysis`), an RVM `Program`
+//! shared by `Arc` and run by one `RegoVM` per worker thread. Nothing on the decision
+//! path parses policy text.
 //!
-//! Known difference between the two evaluators (regorus 0.14): when two bodies of a
-//! complete rule give different values, the interpreter (like OPA) reports an error
-//! while the VM treats the rule as undefined. Both end in Deny for `allow`; a policy
-//! whose `approval` or negated helper rules can conflict should be fixed (the
-//! interpreter-based `policy test` runner reports the conflict).
+//! Every evaluation error is a `policy_error` deny: built-in errors are strict (as
+//! OPA's `--strict-builtin-errors`), two bodies of a complete rule or function giving
+//! different values are a conflict error. regorus' VM (0.14) cannot report either (it
+//! makes the rule undefined), so it only runs policy sets in which neither can happen;
+//! every other set runs on the interpreter, which reports both.
 
 use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
@@ -25,6 +25,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{CompiledPolicy, Engine, Value};
 use serde::Deserialize;
 
+use super::analysis::{Analysis, analyze};
 use super::files::{FileSet, Kind, merge_data};
 use super::{
     Decision, Effect, EvalPath, PACKAGE, PolicyError, PolicyOptions, Reason, RuleValues, codes,
@@ -106,12 +107,17 @@ struct Ready {
     /// Which of deny / approval / allow the policy defines.
     defined: [bool; 3],
     options: PolicyOptions,
+    /// Why the set is not VM-exact (`None`: it is).
+    not_vm_exact: Option<String>,
 }
 
 pub(crate) struct Compiled {
     pub revision: Arc<str>,
     id: u64,
     ready: Result<Ready, String>,
+    /// An evaluation error of this revision was logged (logged once per revision;
+    /// every one is counted in `ciba_gate_policy_errors`).
+    error_logged: AtomicBool,
 }
 
 fn compile_err(name: &str, message: impl Into<String>) -> PolicyError {
@@ -133,14 +139,15 @@ fn timer_config(options: &PolicyOptions) -> ExecutionTimerConfig {
 pub(crate) fn build_engine(
     set: &FileSet,
     options: &PolicyOptions,
-) -> Result<(Engine, Value, [bool; 3]), PolicyError> {
+) -> Result<(Engine, Value, [bool; 3], Analysis), PolicyError> {
     let mut engine = Engine::new();
     engine.set_rego_v0(false);
     engine.set_execution_timer_config(timer_config(options));
-    // OPA semantics: a built-in error (e.g. `to_number("x")`) makes the expression
-    // undefined. regorus' VM always behaves so inside rule bodies; the interpreter
-    // must match or the two paths would decide differently.
-    engine.set_strict_builtin_errors(false);
+    // Like OPA with `--strict-builtin-errors`: a built-in error (e.g.
+    // `to_number("x")`, a division by zero) stops the evaluation with an error,
+    // which the gateway answers with a `policy_error` deny. Without it a failing
+    // `deny` body would silently not deny.
+    engine.set_strict_builtin_errors(true);
     let mut defined = [false; 3];
     let mut any_rego = false;
     for f in &set.files {
@@ -168,12 +175,54 @@ pub(crate) fn build_engine(
             message: "no .rego files".to_string(),
         });
     }
+    let analysis = analyze(set)?;
     let data_json = merge_data(set)?;
     let data = Value::from(data_json);
     engine
         .add_data(data.clone())
         .map_err(|e| compile_err("data", first_lines(&e.to_string())))?;
-    Ok((engine, data, defined))
+    Ok((engine, data, defined, analysis))
+}
+
+/// An evaluation error as one readable line. regorus formats an error as
+/// `\n--> file:line:col\n |\nN | source line\n | ^\nerror: message` (possibly
+/// nested); this keeps the location, the last message and the policy source line.
+pub(crate) fn error_text(msg: &str) -> String {
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let location = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("--> "))
+        .map(str::trim);
+    let message = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .or_else(|| {
+            lines
+                .iter()
+                .rev()
+                .find(|l| !l.starts_with('|') && !l.starts_with("-->"))
+                .copied()
+        })
+        .unwrap_or("evaluation failed");
+    let source = lines.iter().rev().find_map(|l| {
+        let (num, rest) = l.split_once('|')?;
+        (!num.trim().is_empty() && num.trim().chars().all(|c| c.is_ascii_digit()))
+            .then(|| rest.trim())
+    });
+    let mut out = match location {
+        Some(loc) => format!("{loc}: {message}"),
+        None => message.to_string(),
+    };
+    if let Some(src) = source.filter(|s| !s.is_empty()) {
+        out.push_str(&format!(" (in `{src}`)"));
+    }
+    first_lines(&out)
 }
 
 /// Error messages from regorus can be long (source excerpts); keep them log-sized.
@@ -192,7 +241,7 @@ fn first_lines(msg: &str) -> String {
 
 impl Compiled {
     pub fn build(set: &FileSet, options: &PolicyOptions) -> Result<Self, PolicyError> {
-        let (mut engine, data, defined) = build_engine(set, options)?;
+        let (mut engine, data, defined, analysis) = build_engine(set, options)?;
         if !defined.iter().any(|d| *d) {
             return Err(PolicyError::Compile {
                 path: set.dir.clone(),
@@ -221,6 +270,7 @@ impl Compiled {
         // Evaluate once so per-thread clones of the engine are cheap. An input-dependent
         // error here is not a load error: decisions report it.
         engine.set_input(Value::new_object());
+        let _ = engine.eval_rule(COMBINED_PATH.to_string());
         for ep in &entry_points {
             let _ = engine.eval_rule((*ep).to_string());
         }
@@ -246,10 +296,12 @@ impl Compiled {
                 None
             }
         };
-        let rvm = rvm.filter(|_| options.prefer_rvm);
+        let not_vm_exact = analysis.not_vm_exact;
+        let rvm = rvm.filter(|_| options.prefer_rvm && not_vm_exact.is_none());
         tracing::debug!(
             revision = %revision,
             eval_path = if rvm.is_some() { "rvm" } else { "interpreter" },
+            not_vm_exact = not_vm_exact.as_deref().unwrap_or(""),
             "policy compiled"
         );
         Ok(Compiled {
@@ -261,7 +313,9 @@ impl Compiled {
                 data,
                 defined,
                 options: *options,
+                not_vm_exact,
             }),
+            error_logged: AtomicBool::new(false),
         })
     }
 
@@ -270,6 +324,27 @@ impl Compiled {
             revision: Arc::from("none"),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ready: Err(message),
+            error_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// `None` when the policy set is VM-exact, else why not.
+    pub fn not_vm_exact(&self) -> Option<&str> {
+        match &self.ready {
+            Ok(r) => r.not_vm_exact.as_deref(),
+            Err(_) => Some("no policy is loaded"),
+        }
+    }
+
+    /// Counts one evaluation error; logs the first of this revision.
+    fn record_error(&self, msg: &str, panicked: bool) {
+        crate::telemetry::metrics::policy_error();
+        if self.error_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(revision = %self.revision, error = %msg, "policy evaluation failed");
+        } else if panicked {
+            tracing::error!(revision = %self.revision, "policy evaluation panicked; denying (logged once per revision, counted in ciba_gate_policy_errors)");
+        } else {
+            tracing::warn!(revision = %self.revision, error = %msg, "policy evaluation failed; denying (logged once per revision, counted in ciba_gate_policy_errors)");
         }
     }
 
@@ -297,7 +372,7 @@ impl Compiled {
             Ok(Ok(decision)) => decision,
             Ok(Err(msg)) => {
                 let msg = scrub(&msg, input);
-                tracing::warn!(revision = %self.revision, error = %msg, "policy evaluation failed");
+                self.record_error(&msg, false);
                 Decision::deny(
                     codes::POLICY_ERROR,
                     format!("policy evaluation failed: {msg}"),
@@ -307,7 +382,7 @@ impl Compiled {
             Err(_) => {
                 // The evaluator's state is unknown after a panic: drop this thread's copies.
                 drop_thread_caches(self.id);
-                tracing::error!(revision = %self.revision, "policy evaluation panicked");
+                self.record_error("panic", true);
                 Decision::deny(
                     codes::POLICY_ERROR,
                     "policy evaluation failed: internal error in the policy engine",
@@ -465,7 +540,17 @@ impl<'a> Evaluator<'a> {
                     .map(|c| c[rule as usize].clone())
                     .unwrap_or(Value::Undefined))
             }
-            _ => self.rule_interpreter(rule),
+            _ => {
+                if self.combined.is_none() {
+                    let out = self.run_interpreter()?;
+                    self.combined = Some(unwrap_combined(&out)?);
+                }
+                Ok(self
+                    .combined
+                    .as_ref()
+                    .map(|c| c[rule as usize].clone())
+                    .unwrap_or(Value::Undefined))
+            }
         }
     }
 
@@ -500,7 +585,9 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn rule_interpreter(&self, rule: Rule) -> Result<Value, String> {
+    /// The three rules in one interpreter run (helper rules computed once); an error
+    /// in any of them is the run's error.
+    fn run_interpreter(&self) -> Result<Value, String> {
         ENGINES.with(|cell| {
             let mut engines = cell.borrow_mut();
             let idx = match engines.iter().position(|(id, _)| *id == self.id) {
@@ -516,8 +603,8 @@ impl<'a> Evaluator<'a> {
             let engine = &mut engines[idx].1;
             engine.set_input(self.input.clone());
             let out = engine
-                .eval_rule(rule.path().to_string())
-                .map_err(|e| first_lines(&e.to_string()));
+                .eval_rule(COMBINED_PATH.to_string())
+                .map_err(|e| error_text(&e.to_string()));
             engine.set_input(Value::Null);
             out
         })

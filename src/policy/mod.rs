@@ -11,10 +11,13 @@
 //!   PolicyEngine::reload_failures(&self) -> u64 / reloads(&self) -> u64
 //!   testing::run_tests(dir) -> Result<TestReport, PolicyError>
 //!
-//! Evaluation runs on regorus' bytecode VM (one VM per worker thread, cached in a
-//! thread local keyed by the compiled policy) and falls back to the tree-walking
-//! interpreter when the VM cannot compile the policy set.
+//! Evaluation runs on regorus' tree-walking interpreter with strict built-in errors,
+//! or, for policy sets the static analysis proves VM-exact (nothing in them can fail
+//! at run time), on regorus' bytecode VM (one VM per worker thread, cached in a
+//! thread local keyed by the compiled policy). Every evaluation error is a Deny
+//! `policy_error`.
 
+mod analysis;
 pub mod config;
 mod engine;
 mod files;
@@ -81,6 +84,17 @@ impl Decision {
     /// Code of the first reason (what the gateway reports to the agent), if any.
     pub fn reason_code(&self) -> Option<&str> {
         self.reasons.first().map(|r| r.code.as_str())
+    }
+}
+
+/// One line for `check` and `policy test`: which evaluator decides, and why.
+pub fn evaluator_note(engine: &PolicyEngine) -> String {
+    match (engine.not_vm_exact(), engine.eval_path()) {
+        (None, EvalPath::Rvm) => "VM-exact: decided on the bytecode VM".to_string(),
+        (None, EvalPath::Interpreter) => {
+            "VM-exact, decided on the interpreter (the VM is turned off)".to_string()
+        }
+        (Some(why), _) => format!("not VM-exact ({why}): decided on the interpreter"),
     }
 }
 
@@ -252,6 +266,16 @@ impl PolicyEngine {
     /// The evaluator `decide` uses for the policy set in force.
     pub fn eval_path(&self) -> EvalPath {
         self.shared.current.load().eval_path()
+    }
+
+    /// `None` when the policy set in force is VM-exact (it runs on the bytecode VM
+    /// unless `prefer_rvm` is off), else why it is not (it runs on the interpreter).
+    pub fn not_vm_exact(&self) -> Option<String> {
+        self.shared
+            .current
+            .load()
+            .not_vm_exact()
+            .map(str::to_string)
     }
 
     /// The directory the policy is loaded from.

@@ -8,7 +8,7 @@ use std::path::Path;
 use regorus::{Engine, Value};
 use serde::Serialize;
 
-use super::engine::build_engine;
+use super::engine::{build_engine, error_text};
 use super::files::{self, Kind};
 use super::{PolicyError, PolicyOptions};
 
@@ -59,7 +59,7 @@ impl TestReport {
 /// every `test_*` rule.
 pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
     let set = files::scan(dir, true)?;
-    let (engine, _data, _defined) = build_engine(&set, &PolicyOptions::default())?;
+    let (engine, _data, _defined, _analysis) = build_engine(&set, &PolicyOptions::default())?;
 
     // (package, rule) pairs, in file order, without duplicates (a rule may have
     // several bodies, in one file or several).
@@ -104,7 +104,7 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
                     serde_json::to_string(&other).unwrap_or_default()
                 )),
             ),
-            Err(e) => (false, Some(e.to_string())),
+            Err(e) => (false, Some(error_text(&e.to_string()))),
         };
         if passed {
             report.passed += 1;

@@ -91,6 +91,7 @@ pub struct Metrics {
     approvals_pending: Gauge,
     approval_duration: Histogram,
     policy_evaluation: Histogram,
+    policy_errors: Counter,
     upstream_duration: HistogramFamily<UpstreamLabels>,
     store_errors: Counter,
     op_errors: Family<CodeLabels, Counter>,
@@ -133,6 +134,12 @@ impl Metrics {
             "Time to evaluate the policy for one input document",
             Unit::Seconds,
             policy_evaluation.clone(),
+        );
+        let policy_errors = Counter::default();
+        registry.register(
+            "ciba_gate_policy_errors",
+            "Policy evaluations that failed (built-in error, rule conflict, limit hit, malformed rule value) and so ended in a policy_error deny",
+            policy_errors.clone(),
         );
         let upstream_duration: HistogramFamily<UpstreamLabels> =
             Family::new_with_constructor(upstream_histogram);
@@ -182,6 +189,7 @@ impl Metrics {
             approvals_pending,
             approval_duration,
             policy_evaluation,
+            policy_errors,
             upstream_duration,
             store_errors,
             op_errors,
@@ -258,6 +266,11 @@ pub fn upstream(upstream: &str, status: Result<u16, &'static str>, d: Duration) 
             status_class,
         })
         .observe(d.as_secs_f64());
+}
+
+/// A policy evaluation failed and was answered with a `policy_error` deny.
+pub fn policy_error() {
+    METRICS.policy_errors.inc();
 }
 
 /// An input passed one of the gateway's limits (`limit` is a fixed name).

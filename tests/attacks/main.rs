@@ -12,4 +12,5 @@ mod differentials;
 mod harness;
 mod oversized;
 mod ping_race;
+mod policies;
 mod smuggling;

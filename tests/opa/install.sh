@@ -10,6 +10,13 @@ marker="$dest/.installed-$version"
 if [ -f "$marker" ]; then
   exit 0
 fi
+# Tests run in parallel processes: one installs, the others wait for it.
+mkdir -p "$(dirname "$dest")"
+exec 9>"$dest.lock"
+flock 9
+if [ -f "$marker" ]; then
+  exit 0
+fi
 python="${PYTHON:-python3}"
 if ! command -v "$python" >/dev/null 2>&1; then
   echo "install.sh: $python not found; the OPA differential test needs Python 3" >&2
