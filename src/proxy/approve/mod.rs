@@ -326,8 +326,8 @@ fn name_the_request(body: &mut Value, binding: &str) {
 /// The body the parked answer carries, for `park` to fill in.
 fn pending_http_body(binding: &str, retry: u64) -> Value {
     json!({
-        "status": "approval_pending",
-        "reason": "approval_pending",
+        "status": Reason::ApprovalPending.code(),
+        "reason": Reason::ApprovalPending.code(),
         "binding_message": binding,
         "retry_after_seconds": retry,
         "message": format!("Waiting for approval on the user's phone: \"{binding}\". Send the identical request again to continue."),

@@ -67,7 +67,7 @@ pub fn pending_tool_result(id: Value, binding: &str, retry: u64, stateless: bool
         ),
         json!({
             META_DECISION: "approve",
-            META_REASON: "approval_pending",
+            META_REASON: Reason::ApprovalPending.code(),
             META_BINDING: binding,
             META_RETRY: retry,
         }),
@@ -94,7 +94,7 @@ pub fn input_required(id: Value, binding: &str, request_state: &str) -> Value {
                 },
             },
             "requestState": request_state,
-            "_meta": {META_DECISION: "approve", META_REASON: "approval_pending", META_BINDING: binding},
+            "_meta": {META_DECISION: "approve", META_REASON: Reason::ApprovalPending.code(), META_BINDING: binding},
         },
     })
 }
