@@ -35,7 +35,9 @@ async fn send_all(gate: &Gate, bodies: &[String]) -> Vec<RawResponse> {
 /// Bodies that JSON parsers in the wild read differently (or not at all). Each names a
 /// harmless tool one way and a destructive one, or other arguments, the other way.
 fn ambiguous_bodies() -> Vec<(&'static str, String)> {
-    let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{params}}}"#);
+    let call = |params: &str| {
+        format!(r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{params}}}"#)
+    };
     vec![
         (
             "duplicate_key",
@@ -139,13 +141,19 @@ async fn a_body_parsers_can_read_two_ways_never_reaches_any_tool_server() {
 /// Legal bodies with everything parsers disagree on near the edge: escapes in keys and
 /// names, key order, nesting, numbers at the edge of exact, unicode, whitespace.
 fn legal_bodies() -> Vec<String> {
-    let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{params}}}"#);
+    let call = |params: &str| {
+        format!(r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{params}}}"#)
+    };
     vec![
         call(r#"{"name":"list_deployments","arguments":{"env":"dev"}}"#),
         call(r#"{"arguments":{"env":"prod"},"name":"list_deployments"}"#),
         call(r#"{"name":"list\u005fdeployments","arguments":{"\u0065nv":"st\u0061ging"}}"#),
-        call(r#"{"name":"list_deployments","arguments":{"limit":9007199254740992,"neg":-42,"f":1.5,"e":2.5e-3,"z":0}}"#),
-        call(r#"{"name":"list_deployments","arguments":{"nested":{"a":[1,{"b":[true,false,null]}],"A":{"x":"\"quoted\""}}}}"#),
+        call(
+            r#"{"name":"list_deployments","arguments":{"limit":9007199254740992,"neg":-42,"f":1.5,"e":2.5e-3,"z":0}}"#,
+        ),
+        call(
+            r#"{"name":"list_deployments","arguments":{"nested":{"a":[1,{"b":[true,false,null]}],"A":{"x":"\"quoted\""}}}}"#,
+        ),
         call(r#"{"name":"list_deployments","arguments":{"text":"Grüße 👋 \ud83d\udc4b tab\t"}}"#),
         format!(
             " \n\t{}\r\n ",
