@@ -720,8 +720,10 @@ fn parse_exponent(text: &[u8]) -> i64 {
         Some((b'+', rest)) => (false, rest),
         _ => (false, text),
     };
+    // Callers pass grammar-checked digits; anything else counts as 0 rather than
+    // wrapping.
     let magnitude = digits.iter().fold(0i64, |acc, &d| {
-        (acc * 10 + i64::from(d - b'0')).min(SATURATED)
+        (acc * 10 + i64::from(d.checked_sub(b'0').filter(|v| *v <= 9).unwrap_or(0))).min(SATURATED)
     });
     if negative { -magnitude } else { magnitude }
 }
@@ -743,11 +745,7 @@ impl LiteralScanner {
                 b'"' => self.position = skip_string(input, self.position + 1)?,
                 b'-' | b'0'..=b'9' => {
                     let start = self.position;
-                    let length = input[start..]
-                        .iter()
-                        .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                        .count();
-                    self.position = start + length;
+                    self.position = start + number_length(&input[start..]);
                     self.passed += 1;
                     if self.passed == index + 1 {
                         return Some(&input[start..self.position]);
@@ -758,6 +756,27 @@ impl LiteralScanner {
         }
         None
     }
+}
+
+/// The length of the JSON number at the start of `text`, by the RFC 8259 grammar
+/// (`-? int frac? exp?`). Only the grammar: serde_json reads a number and then checks
+/// what follows it, so a run like `1e40-00` must end after `1e40` (found by fuzzing:
+/// taking every `[0-9+-.eE]` byte fed `-` to the exponent's digit arithmetic).
+fn number_length(text: &[u8]) -> usize {
+    let digits_from = |i: usize| i + text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut i = usize::from(text.first() == Some(&b'-'));
+    i = digits_from(i);
+    if text.get(i) == Some(&b'.') {
+        i = digits_from(i + 1);
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(text.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits_from(i);
+    }
+    i
 }
 
 /// The position just after the string whose content starts at `from`.
@@ -1350,6 +1369,19 @@ mod tests {
                 true, true, true, true, true, false, false, false, false, false, false
             ]
         );
+    }
+
+    #[test]
+    fn a_number_followed_by_number_characters_is_a_syntax_error_not_a_panic() {
+        // Fuzzing found these: the literal scan ran on into `-00` and the exponent
+        // arithmetic underflowed on the `-`.
+        assert_eq!(reason("0.01e40-00"), "trailing_bytes");
+        assert_eq!(reason("1e40-9223372036854775809"), "trailing_bytes");
+        assert_eq!(reason("[1.5-3]"), "syntax");
+        assert_eq!(reason("[1.5e3.2]"), "syntax");
+        assert_eq!(reason("[1e+5+]"), "syntax");
+        assert_eq!(number_length(b"-12.5e+3,"), 8);
+        assert_eq!(number_length(b"0.01e40-00"), 7);
     }
 
     #[test]

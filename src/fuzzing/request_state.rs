@@ -39,7 +39,7 @@ pub fn request_state(data: &[u8]) {
         open(key, &sealed, sub, &format!("{dig}x"), now),
         Err(StateError::WrongCall)
     );
-    let other_key = [key, b"x"].concat();
+    let other_key = [key, &b"x"[..]].concat();
     assert_eq!(
         open(&other_key, &sealed, sub, dig, now),
         Err(StateError::BadMac)
