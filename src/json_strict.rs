@@ -603,11 +603,29 @@ fn check_float_literal(literal: &[u8], value: f64) -> Result<(), NumberProblem> 
         // serde_json reads integer literals as doubles only beyond i64 / u64.
         return Err(NumberProblem::IntegerOutOfRange);
     }
-    if same_decimal(literal, value) {
+    if same_decimal(literal, value) || is_other_shortest_form(literal, value) {
         Ok(())
     } else {
         Err(NumberProblem::ChangesAsDouble)
     }
+}
+
+/// A double exactly halfway between two shortest decimals has two shortest forms
+/// (900719925474209.25 is both `900719925474209.2` and `900719925474209.3`), and
+/// writers break the tie differently (Rust's formatter and serde_json's disagree:
+/// found by fuzzing, which re-serialised an accepted body and had it refused). Such a
+/// literal is as short as the shortest form and reads, correctly rounded, as `value`.
+fn is_other_shortest_form(literal: &[u8], value: f64) -> bool {
+    let mut shortest = StackText::default();
+    if fmt::write(&mut shortest, format_args!("{value:e}")).is_err() {
+        return false;
+    }
+    let count = |d: &Decimal<'_>| d.digits.integer.len() + d.digits.fraction.len();
+    count(&parse_decimal(literal)) <= count(&parse_decimal(shortest.as_bytes()))
+        && std::str::from_utf8(literal)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .is_some_and(|nearest| nearest.to_bits() == value.to_bits())
 }
 
 /// Whether the JSON number `literal` and the shortest form of `value` are one decimal.
@@ -1369,6 +1387,20 @@ mod tests {
                 true, true, true, true, true, false, false, false, false, false, false
             ]
         );
+    }
+
+    #[test]
+    fn either_shortest_form_of_a_halfway_double_is_accepted() {
+        // 900719925474209.25 has two 16-digit shortest forms; writers pick either.
+        for body in ["900719925474209.3", "900719925474209.2", "[900719925474209.3]"] {
+            accepted(body);
+        }
+        let value = accepted("900719925474209.3");
+        let again = serde_json::to_vec(&value).expect("serialise");
+        assert_eq!(parse(&again, Limits::default()), Ok(value));
+        // Longer spellings of the same double still change the decimal value.
+        assert_eq!(reason("900719925474209.25"), "lossy_number");
+        assert_eq!(reason("900719925474209.31"), "lossy_number");
     }
 
     #[test]
