@@ -1392,7 +1392,11 @@ mod tests {
     #[test]
     fn either_shortest_form_of_a_halfway_double_is_accepted() {
         // 900719925474209.25 has two 16-digit shortest forms; writers pick either.
-        for body in ["900719925474209.3", "900719925474209.2", "[900719925474209.3]"] {
+        for body in [
+            "900719925474209.3",
+            "900719925474209.2",
+            "[900719925474209.3]",
+        ] {
             accepted(body);
         }
         let value = accepted("900719925474209.3");

@@ -12,8 +12,11 @@ pub mod policy_input;
 pub mod request_state;
 pub mod routes;
 
+/// A target's property check: panics when a property fails on the input.
+pub type Property = fn(&[u8]);
+
 /// Every target: its name (as in `fuzz/fuzz_targets/` and `fuzz/corpus/`) and property.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Property)] = &[
     ("json_strict", json::json_strict),
     ("mcp_body", mcp::mcp_body),
     ("policy_input", policy_input::policy_input),
