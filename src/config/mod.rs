@@ -99,7 +99,9 @@ impl LoadedConfig {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." {
+            // An unknown top-level key that is the empty string has an empty path
+            // (found by fuzzing): name the top level rather than print nothing.
+            let key = if key == "." || key.is_empty() {
                 "(top level)".to_string()
             } else {
                 key
