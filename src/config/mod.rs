@@ -159,3 +159,16 @@ fn base_dir(file: &Path) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_empty_top_level_key_is_reported_at_the_top_level() {
+        let text = "agent: {id: a}\n\"\": 1\npolicy: {dir: p}\nupstreams: []\n";
+        let e = LoadedConfig::parse(Path::new("/etc/ciba-gate/c.yaml"), text).unwrap_err();
+        assert_eq!(e.key, "(top level)", "{e}");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+}
