@@ -603,11 +603,29 @@ fn check_float_literal(literal: &[u8], value: f64) -> Result<(), NumberProblem> 
         // serde_json reads integer literals as doubles only beyond i64 / u64.
         return Err(NumberProblem::IntegerOutOfRange);
     }
-    if same_decimal(literal, value) {
+    if same_decimal(literal, value) || is_other_shortest_form(literal, value) {
         Ok(())
     } else {
         Err(NumberProblem::ChangesAsDouble)
     }
+}
+
+/// A double exactly halfway between two shortest decimals has two shortest forms
+/// (900719925474209.25 is both `900719925474209.2` and `900719925474209.3`), and
+/// writers break the tie differently (Rust's formatter and serde_json's disagree:
+/// found by fuzzing, which re-serialised an accepted body and had it refused). Such a
+/// literal is as short as the shortest form and reads, correctly rounded, as `value`.
+fn is_other_shortest_form(literal: &[u8], value: f64) -> bool {
+    let mut shortest = StackText::default();
+    if fmt::write(&mut shortest, format_args!("{value:e}")).is_err() {
+        return false;
+    }
+    let count = |d: &Decimal<'_>| d.digits.integer.len() + d.digits.fraction.len();
+    count(&parse_decimal(literal)) <= count(&parse_decimal(shortest.as_bytes()))
+        && std::str::from_utf8(literal)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .is_some_and(|nearest| nearest.to_bits() == value.to_bits())
 }
 
 /// Whether the JSON number `literal` and the shortest form of `value` are one decimal.
@@ -720,8 +738,10 @@ fn parse_exponent(text: &[u8]) -> i64 {
         Some((b'+', rest)) => (false, rest),
         _ => (false, text),
     };
+    // Callers pass grammar-checked digits; anything else counts as 0 rather than
+    // wrapping.
     let magnitude = digits.iter().fold(0i64, |acc, &d| {
-        (acc * 10 + i64::from(d - b'0')).min(SATURATED)
+        (acc * 10 + i64::from(d.checked_sub(b'0').filter(|v| *v <= 9).unwrap_or(0))).min(SATURATED)
     });
     if negative { -magnitude } else { magnitude }
 }
@@ -743,11 +763,7 @@ impl LiteralScanner {
                 b'"' => self.position = skip_string(input, self.position + 1)?,
                 b'-' | b'0'..=b'9' => {
                     let start = self.position;
-                    let length = input[start..]
-                        .iter()
-                        .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                        .count();
-                    self.position = start + length;
+                    self.position = start + number_length(&input[start..]);
                     self.passed += 1;
                     if self.passed == index + 1 {
                         return Some(&input[start..self.position]);
@@ -758,6 +774,27 @@ impl LiteralScanner {
         }
         None
     }
+}
+
+/// The length of the JSON number at the start of `text`, by the RFC 8259 grammar
+/// (`-? int frac? exp?`). Only the grammar: serde_json reads a number and then checks
+/// what follows it, so a run like `1e40-00` must end after `1e40` (found by fuzzing:
+/// taking every `[0-9+-.eE]` byte fed `-` to the exponent's digit arithmetic).
+fn number_length(text: &[u8]) -> usize {
+    let digits_from = |i: usize| i + text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut i = usize::from(text.first() == Some(&b'-'));
+    i = digits_from(i);
+    if text.get(i) == Some(&b'.') {
+        i = digits_from(i + 1);
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(text.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits_from(i);
+    }
+    i
 }
 
 /// The position just after the string whose content starts at `from`.
@@ -1350,6 +1387,37 @@ mod tests {
                 true, true, true, true, true, false, false, false, false, false, false
             ]
         );
+    }
+
+    #[test]
+    fn either_shortest_form_of_a_halfway_double_is_accepted() {
+        // 900719925474209.25 has two 16-digit shortest forms; writers pick either.
+        for body in [
+            "900719925474209.3",
+            "900719925474209.2",
+            "[900719925474209.3]",
+        ] {
+            accepted(body);
+        }
+        let value = accepted("900719925474209.3");
+        let again = serde_json::to_vec(&value).expect("serialise");
+        assert_eq!(parse(&again, Limits::default()), Ok(value));
+        // Longer spellings of the same double still change the decimal value.
+        assert_eq!(reason("900719925474209.25"), "lossy_number");
+        assert_eq!(reason("900719925474209.31"), "lossy_number");
+    }
+
+    #[test]
+    fn a_number_followed_by_number_characters_is_a_syntax_error_not_a_panic() {
+        // Fuzzing found these: the literal scan ran on into `-00` and the exponent
+        // arithmetic underflowed on the `-`.
+        assert_eq!(reason("0.01e40-00"), "trailing_bytes");
+        assert_eq!(reason("1e40-9223372036854775809"), "trailing_bytes");
+        assert_eq!(reason("[1.5-3]"), "syntax");
+        assert_eq!(reason("[1.5e3.2]"), "syntax");
+        assert_eq!(reason("[1e+5+]"), "syntax");
+        assert_eq!(number_length(b"-12.5e+3,"), 8);
+        assert_eq!(number_length(b"0.01e40-00"), 7);
     }
 
     #[test]

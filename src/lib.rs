@@ -12,6 +12,8 @@ pub mod clock;
 pub mod config;
 pub mod devop;
 pub mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod json_strict;
 pub mod outcome;
 pub mod policy;

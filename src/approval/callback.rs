@@ -73,6 +73,17 @@ fn unauthorized(why: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// The `client_notification_token` in an `Authorization` header value: `Bearer ` (or
+/// `bearer `) and a non-empty token, surrounding whitespace trimmed.
+pub(crate) fn presented_token(authorization: &str) -> Option<String> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
 /// Handles one notification from the OP.
 pub async fn handle(
     approvals: Arc<Approvals>,
@@ -101,13 +112,7 @@ pub async fn handle(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string);
+        .and_then(presented_token);
     let Some(token) = token else {
         return unauthorized("a bearer client_notification_token is required");
     };

@@ -158,7 +158,19 @@ pub(crate) async fn validate(
         )));
     }
     let key = jwks.key_for(header.kid.as_deref(), alg).await?;
+    verify(id_token, alg, &key, cfg, meta, check)
+}
 
+/// Everything after the key lookup: signature, standard claims, then the CIBA checks.
+/// `alg` is the header's algorithm, already accepted by `validate`.
+pub(crate) fn verify(
+    id_token: &str,
+    alg: Algorithm,
+    key: &jsonwebtoken::DecodingKey,
+    cfg: &ClientConfig,
+    meta: &ProviderMetadata,
+    check: &IdTokenCheck<'_>,
+) -> Result<ApproverEvidence, CibaError> {
     let skew = cfg.clock_skew.as_secs();
     let mut v = Validation::new(alg);
     v.leeway = skew;
@@ -168,7 +180,7 @@ pub(crate) async fn validate(
     v.set_issuer(&[meta.issuer.as_str()]);
     v.set_audience(&[cfg.client_id.as_str()]);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    let data = jsonwebtoken::decode::<Claims>(id_token, &key, &v).map_err(map_jwt_error)?;
+    let data = jsonwebtoken::decode::<Claims>(id_token, key, &v).map_err(map_jwt_error)?;
     let c = data.claims;
 
     // Belt and braces: the library checked these already.

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use discovery::ProviderMetadata;
 pub use error::{CibaError, ErrorCode};
+/// For the fuzz targets (`crate::fuzzing`): ID token checks with a known key.
+pub(crate) use id_token::verify as verify_id_token;
 pub use id_token::{ApproverEvidence, IdTokenCheck, at_hash};
 pub use notification::{
     PushNotification, bearer_token, new_notification_token, token_hash, token_matches,

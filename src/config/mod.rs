@@ -99,7 +99,9 @@ impl LoadedConfig {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." {
+            // An unknown top-level key that is the empty string has an empty path
+            // (found by fuzzing): name the top level rather than print nothing.
+            let key = if key == "." || key.is_empty() {
                 "(top level)".to_string()
             } else {
                 key
@@ -156,4 +158,17 @@ fn base_dir(file: &Path) -> PathBuf {
     file.parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_empty_top_level_key_is_reported_at_the_top_level() {
+        let text = "agent: {id: a}\n\"\": 1\npolicy: {dir: p}\nupstreams: []\n";
+        let e = LoadedConfig::parse(Path::new("/etc/ciba-gate/c.yaml"), text).unwrap_err();
+        assert_eq!(e.key, "(top level)", "{e}");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
 }

@@ -499,7 +499,8 @@ impl Compiled {
     }
 }
 
-fn to_value(input: &serde_json::Value) -> Result<Value, String> {
+/// The input document as the engine holds it.
+pub(crate) fn to_value(input: &serde_json::Value) -> Result<Value, String> {
     Value::deserialize(input).map_err(|e| format!("input is not a valid document: {e}"))
 }
 

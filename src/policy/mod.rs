@@ -20,6 +20,8 @@
 mod analysis;
 pub mod config;
 mod engine;
+/// For the fuzz targets (`crate::fuzzing`): the input document as the engine holds it.
+pub(crate) use engine::to_value as engine_document;
 mod files;
 pub mod input;
 pub use files::SAMPLE_SUFFIX;
