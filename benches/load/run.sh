@@ -187,6 +187,8 @@ PIDS+=("$!")
 redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --save "" --appendonly no >"$TMP/redis.log" 2>&1 &
 REDIS_PID=$!; PIDS+=("$REDIS_PID")
 echo bench-secret >"$TMP/op-secret"
+# A shared store requires a shared state key (>= 32 random bytes).
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/state-key"
 gateway_config() { # port store evidence-file admin-port
     cat <<YAML
 listen: "127.0.0.1:$1"
@@ -205,6 +207,7 @@ approvals:
        client_auth: {method: client_secret_basic, secret: {file: $TMP/op-secret}}}
   user: {value: demo@example.com}
   binding_message_profile: ciba-gate-dev
+  state_key: {file: $TMP/state-key}
 YAML
 }
 gateway_config "$PORT_GATEWAY" "{kind: memory}" "$TMP/evidence.jsonl" 19186 >"$TMP/gateway.yaml"
