@@ -93,7 +93,7 @@ deny contains {
 
 deny contains {
 	"code": "unknown_environment",
-	"message": concat("", ["environment ", lib.args.env, " is not an allowed deploy target"]),
+	"message": sprintf("environment %s is not an allowed deploy target", [lib.args.env]),
 } if {
 	lib.tool_name == "deploy_service"
 	lib.valid_string_arg("env")
@@ -102,7 +102,7 @@ deny contains {
 
 deny contains {
 	"code": "unknown_service",
-	"message": concat("", ["service ", lib.args.service, " is not deployable by agents"]),
+	"message": sprintf("service %s is not deployable by agents", [lib.args.service]),
 } if {
 	lib.tool_name == "deploy_service"
 	lib.valid_string_arg("service")

@@ -194,6 +194,172 @@ fn only_vm_exact_policy_sets_run_on_the_vm() {
     assert_eq!(e.eval_path(), EvalPath::Interpreter);
 }
 
+/// Constructs the analysis proves cannot fail keep a set on the VM: built-ins whose
+/// arguments a type test, a literal, the data or a rule's value pins down; bodies that
+/// exclude each other; object comprehensions whose keys cannot repeat. Everything
+/// else moves the set to the interpreter, which reports errors.
+#[test]
+fn the_vm_runs_a_set_only_when_nothing_in_it_can_fail() {
+    let data = r#"{"classes": {"a": ["x", "y"], "b": ["z"]}, "overlap": {"a": ["x"], "b": ["x"]},
+                  "names": ["n1", "n2"], "templates": {"t": "hello {who}"}}"#;
+    let exact = [
+        (
+            "a type test before the call",
+            "allow if { is_string(input.m); startswith(input.m, \"a\") }",
+        ),
+        (
+            "an equality before the call",
+            "allow if { input.m == \"ab\"; endswith(input.m, \"b\") }",
+        ),
+        (
+            "is_object before object.get",
+            "allow if { is_object(input.o); object.get(input.o, \"k\", null) == null }",
+        ),
+        (
+            "a rule whose every body types its value",
+            "name := input.n if is_string(input.n)\nallow if startswith(name, \"a\")",
+        ),
+        (
+            "strings from the data",
+            "allow if { some n in data.names; startswith(n, \"n\") }",
+        ),
+        (
+            "concat of literals and typed values",
+            "deny contains concat(\"\", [\"bad \", input.n]) if is_string(input.n)\nallow := true",
+        ),
+        (
+            "sprintf with %v of anything",
+            "deny contains sprintf(\"bad %v\", [input.n]) if input.n\nallow := true",
+        ),
+        (
+            "regex.match with a literal pattern on a string",
+            "allow if { is_string(input.p); regex.match(`^[a-z]+$`, input.p) }",
+        ),
+        (
+            "exclusive bodies by equality",
+            "approval := {\"a\": 1} if input.t == \"x\"\napproval := {\"a\": 2} if input.t == \"y\"",
+        ),
+        (
+            "exclusive bodies by negation",
+            "v := 1 if input.f\nv := 2 if not input.f\nallow if v == 1",
+        ),
+        (
+            "one class per name in the data",
+            "class := c if { some c, ns in data.classes; input.n in ns }\nallow if class == \"a\"",
+        ),
+        (
+            "an object comprehension keyed by the iteration key",
+            "o := {sprintf(\"{%s}\", [k]): sprintf(\"%v\", [v]) | some k, v in input.args} if is_object(input.args)\n\
+             allow if strings.replace_n(o, data.templates.t) == \"hello you\"",
+        ),
+    ];
+    let inexact = [
+        (
+            "an unguarded built-in",
+            "allow if startswith(input.m, \"a\")",
+            "startswith",
+        ),
+        (
+            "a guard after the call",
+            "allow if { startswith(input.m, \"a\"); is_string(input.m) }",
+            "startswith",
+        ),
+        (
+            "a guard under not",
+            "allow if { not is_number(input.m); startswith(input.m, \"a\") }",
+            "startswith",
+        ),
+        (
+            "sprintf with %d",
+            "deny contains sprintf(\"n=%d\", [input.n]) if input.n\nallow := true",
+            "sprintf",
+        ),
+        (
+            "sprintf with fewer arguments than verbs",
+            "deny contains sprintf(\"%v-%v\", [input.n]) if input.n\nallow := true",
+            "sprintf",
+        ),
+        (
+            "a pattern that does not compile",
+            "allow if { is_string(input.p); regex.match(\"(\", input.p) }",
+            "regex.match",
+        ),
+        (
+            "bodies that can both hold",
+            "approval := {\"a\": 1} if input.t == \"x\"\napproval := {\"a\": 2} if input.u == \"y\"",
+            "approval",
+        ),
+        (
+            "exclusion on a variable of the body",
+            "v := 1 if { some x in input.l; x == 1 }\nv := 2 if { some x in input.l; x == 2 }\nallow if v",
+            "data.ciba_gate.v",
+        ),
+        (
+            "several values from one body",
+            "v := x if some x in input.l\nallow if v",
+            "several values",
+        ),
+        (
+            "a name in two classes",
+            "class := c if { some c, ns in data.overlap; input.n in ns }\nallow if class == \"a\"",
+            "several values",
+        ),
+        (
+            "object comprehension keys that can repeat",
+            "o := {v: k | some k, v in input.args}\nallow if count(o) > 0",
+            "object comprehension",
+        ),
+        ("arithmetic", "allow if input.n / 2 > 1", "arithmetic"),
+    ];
+    let load = |rego: &str| {
+        let dir = policy(rego);
+        write(dir.path(), "data.json", data);
+        PolicyEngine::load(dir.path()).unwrap_or_else(|e| panic!("{rego}: {e}"))
+    };
+    for (what, rego) in exact {
+        let e = load(rego);
+        assert_eq!(e.not_vm_exact(), None, "{what}: {rego}");
+        assert_eq!(e.eval_path(), EvalPath::Rvm, "{what}");
+    }
+    for (what, rego, reason) in inexact {
+        let e = load(rego);
+        let why = e.not_vm_exact();
+        assert!(
+            why.as_deref().is_some_and(|r| r.contains(reason)),
+            "{what}: {rego}: expected a reason with {reason:?}, got {why:?}"
+        );
+        assert_eq!(e.eval_path(), EvalPath::Interpreter, "{what}");
+    }
+}
+
+/// The exact sets above still decide as OPA would when the guarded values have
+/// the wrong type: the guard fails the body, nothing errors.
+#[test]
+fn guarded_built_ins_on_the_vm_decide_like_the_interpreter() {
+    let dir = policy(
+        "deny contains concat(\"\", [\"bad \", input.n]) if { is_string(input.n); startswith(input.n, \"x\") }\n\
+         allow if { is_object(input.o); object.get(input.o, \"k\", 0) == 1 }",
+    );
+    let e = PolicyEngine::load(dir.path()).unwrap();
+    assert_eq!(e.eval_path(), EvalPath::Rvm);
+    for input in [
+        json!({"n": 5, "o": {"k": 1}}),
+        json!({"n": "xy", "o": {"k": 1}}),
+        json!({"n": "ab", "o": "not an object"}),
+        json!({"n": ["x"], "o": {"k": 1}}),
+    ] {
+        both(&e, &input);
+    }
+    assert_eq!(
+        both(&e, &json!({"n": "xy", "o": {"k": 1}})).effect,
+        Effect::Deny
+    );
+    assert_eq!(
+        both(&e, &json!({"n": 5, "o": {"k": 1}})).effect,
+        Effect::Allow
+    );
+}
+
 #[test]
 fn malformed_rule_values_fail_closed() {
     let dir = policy(

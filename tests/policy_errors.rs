@@ -231,6 +231,48 @@ deny contains "obj" if {
 }"#,
             vec![call(json!({"list": [1, 2]})), call(json!({"list": [1]}))],
         ),
+        case(
+            "several values from one body",
+            r#"allow := true
+level := x if some x in input.tool.arguments.list
+deny contains "one" if level == 1"#,
+            vec![call(json!({"list": [1, 2]})), call(json!({"list": [1]}))],
+        ),
+        // --- guarded and exclusive: these run on the VM ----------------------------
+        case(
+            "built-ins behind type tests",
+            r#"allow := true
+deny contains concat("", ["bad ", input.tool.arguments.env]) if {
+	is_string(input.tool.arguments.env)
+	startswith(input.tool.arguments.env, "prod")
+}
+deny contains "odd" if {
+	is_object(input.tool.arguments)
+	object.get(input.tool.arguments, "n", 0) == 1
+}"#,
+            vec![
+                call(json!({"env": 5})),
+                call(json!({"env": "prod-1"})),
+                call(json!({"env": ["prod"]})),
+                call(json!({"env": "dev", "n": 1})),
+                json!({"phase": "request", "tool": {"name": "x", "arguments": "flat"}}),
+            ],
+        ),
+        case(
+            "approvals in exclusive bodies",
+            r#"allow := true
+approval := {"action": "deploy", "binding_message": sprintf("Deploy %v", [input.tool.arguments.env])} if {
+	input.tool.name == "deploy_service"
+}
+approval := {"action": "delete", "binding_message": "Delete"} if {
+	input.tool.name == "delete_issue"
+}"#,
+            vec![
+                call(json!({"env": "prod"})),
+                call(json!({"env": {"nested": true}})),
+                json!({"phase": "request", "tool": {"name": "delete_issue", "arguments": {}}}),
+            ],
+        ),
         // --- where the error sits --------------------------------------------------
         case(
             "error in a list-phase rule",

@@ -14,6 +14,12 @@ fn rego(allow: bool) -> String {
     format!("package ciba_gate\nimport rego.v1\nallow := {allow}\n")
 }
 
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -40,7 +46,8 @@ async fn reloads_in_place_edits_and_rejects_broken_policy() {
     assert_ne!(rev0, rev1);
 
     // Broken policy: rejected, counted once, the good policy stays.
-    fs::write(dir.path().join("p.rego"), "package ciba_gate\nallow if {").unwrap();
+    // Written whole (rename), so no poll can see a torn, half-written file.
+    replace_file(&dir.path().join("p.rego"), "package ciba_gate\nallow if {");
     wait_for("reload failure", || engine.reload_failures() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

@@ -11,10 +11,19 @@
 //!    that body, and two bodies of a complete rule (or function) giving different
 //!    values make the rule undefined, where OPA (and the interpreter with strict
 //!    built-in errors) stop with an error. A set is *VM-exact* when no construct in
-//!    it can raise such an error: no built-in beyond the total type tests, no
-//!    arithmetic or set operator, no object comprehension or object rule, no complete
-//!    rule or function with two definitions that could give different values. Only a
-//!    VM-exact set runs on the VM; every other set runs on the interpreter.
+//!    it can raise such an error:
+//!    - every built-in call is one that cannot fail with the argument types it is
+//!      given (`types`: a type test earlier in the body, a literal, the data
+//!      document, a rule's inferred value type);
+//!    - no arithmetic or set operator, no object rule, and an object comprehension
+//!      only when its keys cannot repeat (one `some k, v in x` with key `k`, or
+//!      `sprintf` of `k` with one verb);
+//!    - every complete rule or function gives one value: each body's value depends on
+//!      no variable of its body (or, for `k` of `some k, v in data.x` with `e in v`,
+//!      the data's collections do not overlap), and two bodies with different values
+//!      cannot both hold (`x == "a"` against `x == "b"`, `x` against `not x`).
+//!
+//!    Only a VM-exact set runs on the VM; every other set runs on the interpreter.
 //!
 //! The check is conservative: "not exact" costs speed, never a wrong decision.
 
@@ -22,23 +31,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use regorus::unstable::{
-    ArithOp, AssignOp, BUILTINS, Expr, Literal, Module, Parser, Query, Ref, Rule, RuleHead, Source,
+    ArithOp, AssignOp, BUILTINS, BoolOp, Expr, Literal, Module, Parser, Query, Ref, Rule, RuleHead,
+    Source,
 };
+
+use regorus::Value;
 
 use super::PolicyError;
 use super::files::{FileSet, Kind};
-
-/// Built-ins that never fail, whatever their argument: type tests.
-const TOTAL_BUILTINS: &[&str] = &[
-    "is_array",
-    "is_boolean",
-    "is_null",
-    "is_number",
-    "is_object",
-    "is_set",
-    "is_string",
-    "type_name",
-];
+use super::types::{Env, ModuleScope, Names, Ty, Typer, builtin, sprintf_verbs};
 
 /// Functions the runtime provides without a `BUILTINS` entry (or with a
 /// variable number of arguments).
@@ -61,12 +62,19 @@ impl RuleKind {
     }
 }
 
-/// One definition (rule body that is not an `else`) of a complete rule or function.
+/// One body of a complete rule or function, with the value it gives.
 struct Definition {
     /// The value expression's source text (`true` when the rule has none).
     value: String,
-    /// Whether the value is the same in every body that could define it.
-    stable: bool,
+    value_expr: Option<Ref<Expr>>,
+    query: Ref<Query>,
+    /// Index into the analysed modules.
+    module: usize,
+    /// A function's argument texts (empty for rules).
+    args: Vec<String>,
+    /// Bodies of one `else` chain share a chain number: only one of them applies.
+    chain: usize,
+    at: String,
 }
 
 #[derive(Default)]
@@ -83,8 +91,9 @@ pub(crate) struct Analysis {
 }
 
 /// Runs the static checks over every `.rego` file of `set` (test files too, when the
-/// set holds them). A parse error is left for regorus to report with its own message.
-pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
+/// set holds them), with the set's merged data document. A parse error is left for
+/// regorus to report with its own message.
+pub(crate) fn analyze(set: &FileSet, data: &serde_json::Value) -> Result<Analysis, PolicyError> {
     let mut modules: Vec<(String, Module)> = Vec::new();
     for f in &set.files {
         if !matches!(f.kind, Kind::Rego | Kind::Test) {
@@ -102,6 +111,14 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
             }
         }
     }
+    let scopes: Vec<ModuleScope<'_>> = modules
+        .iter()
+        .map(|(_, m)| ModuleScope {
+            module: m,
+            package: format!("data.{}", ref_text(&m.package.refr).unwrap_or_default()),
+            imports: imports_of(m),
+        })
+        .collect();
     let mut rules: BTreeMap<String, RuleInfo> = BTreeMap::new();
     // Object rules (`x[k] := v`): path of the object, where defined.
     let mut object_rules: Vec<(String, String)> = Vec::new();
@@ -111,20 +128,20 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
             not_exact = Some(reason);
         }
     };
-    for (file, m) in &modules {
-        let package = ref_text(&m.package.refr).unwrap_or_default();
-        let package = format!("data.{package}");
+    let mut chains = 0usize;
+    for (index, ((file, m), scope)) in modules.iter().zip(&scopes).enumerate() {
+        let package = &scope.package;
         for rule in &m.policy {
             let Rule::Spec { head, bodies, span } = rule.as_ref() else {
                 continue;
             };
             let at = format!("{file}:{}", span.line);
-            let (refr, kind, head_assign) = match head {
-                RuleHead::Compr { refr, assign, .. } => (refr, RuleKind::Complete, assign),
-                RuleHead::Set { refr, .. } => (refr, RuleKind::PartialSet, &None),
+            let (refr, kind, head_assign, args) = match head {
+                RuleHead::Compr { refr, assign, .. } => (refr, RuleKind::Complete, assign, None),
+                RuleHead::Set { refr, .. } => (refr, RuleKind::PartialSet, &None, None),
                 RuleHead::Func {
                     refr, args, assign, ..
-                } => (refr, RuleKind::Function(args.len()), assign),
+                } => (refr, RuleKind::Function(args.len()), assign, Some(args)),
             };
             let Some(name) = ref_text(refr) else {
                 // `x[k] := v` with a variable key: an object rule, whose keys can
@@ -146,16 +163,23 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
             if kind == RuleKind::PartialSet {
                 continue;
             }
+            let args: Vec<String> = args
+                .map(|a| a.iter().map(canonical).collect())
+                .unwrap_or_default();
             for body in bodies {
-                if body.is_else {
-                    continue; // else bodies are tried in order: no conflict
+                if !body.is_else {
+                    chains += 1;
                 }
                 let assign = body.assign.as_ref().or(head_assign.as_ref());
-                let (value, stable) = match assign {
-                    None => ("true".to_string(), true),
-                    Some(a) => (a.value.span().text().to_string(), is_stable(&a.value)),
-                };
-                info.definitions.push(Definition { value, stable });
+                info.definitions.push(Definition {
+                    value: assign.map_or_else(|| "true".to_string(), |a| canonical(&a.value)),
+                    value_expr: assign.map(|a| a.value.clone()),
+                    query: body.query.clone(),
+                    module: index,
+                    args: args.clone(),
+                    chain: chains,
+                    at: format!("{file}:{}", body.span.line),
+                });
             }
         }
     }
@@ -189,41 +213,58 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
                 ),
             });
         }
-        if info.definitions.len() > 1 {
-            let v0 = &info.definitions[0].value;
-            let same = info.definitions.iter().all(|d| d.stable && &d.value == v0);
-            if !same {
+    }
+
+    let typer = Typer::infer(&scopes, rules.keys().cloned(), data);
+    let names_of = |module: usize| Names {
+        package: &scopes[module].package,
+        imports: &scopes[module].imports,
+        rules: &typer.rules,
+    };
+
+    // Every complete rule and function gives at most one value.
+    for (path, info) in &rules {
+        for (i, d) in info.definitions.iter().enumerate() {
+            let names = names_of(d.module);
+            if !value_is_stable(d, &names) && !single_by_data(d, &names, data) {
                 inexact(format!(
-                    "{path} has {} definitions that can give different values (a conflict is an error)",
-                    info.definitions.len()
+                    "{}: {path} can give several values in one body (a conflict is an error)",
+                    d.at
                 ));
+            }
+            for e in &info.definitions[i + 1..] {
+                // The same text means the same value when it names nothing an import
+                // could make differ.
+                let same = d.value == e.value
+                    && value_is_stable(d, &names)
+                    && (d.module == e.module
+                        || scopes[d.module].imports == scopes[e.module].imports);
+                if !same && d.chain != e.chain && !exclusive(d, e, &names) {
+                    inexact(format!(
+                        "{path} has definitions at {} and {} that can both hold with different values \
+                         (a conflict is an error)",
+                        d.at, e.at
+                    ));
+                }
             }
         }
     }
 
-    // Calls: every function must exist and take the arguments given.
-    for (file, m) in &modules {
-        let package = format!("data.{}", ref_text(&m.package.refr).unwrap_or_default());
-        let imports: Vec<(String, String)> = m
-            .imports
-            .iter()
-            .filter_map(|i| {
-                let full = ref_text(&i.refr)?;
-                let alias = match &i.r#as {
-                    Some(s) => s.text().to_string(),
-                    None => full.rsplit('.').next()?.to_string(),
-                };
-                Some((alias, full))
-            })
-            .collect();
+    // Calls: every function must exist and take the arguments given; built-ins must
+    // not be able to fail.
+    for (index, (file, m)) in modules.iter().enumerate() {
+        let names = names_of(index);
         let scope = Scope {
             file,
-            package: &package,
-            imports: &imports,
+            package: &scopes[index].package,
+            imports: &scopes[index].imports,
             rules: &rules,
         };
         let mut v = Visitor {
             scope: &scope,
+            typer: &typer,
+            names: &names,
+            env: Env::default(),
             error: None,
             not_exact: None,
         };
@@ -245,6 +286,209 @@ pub(crate) fn analyze(set: &FileSet) -> Result<Analysis, PolicyError> {
     })
 }
 
+fn imports_of(m: &Module) -> Vec<(String, String)> {
+    m.imports
+        .iter()
+        .filter_map(|i| {
+            let full = ref_text(&i.refr)?;
+            let alias = match &i.r#as {
+                Some(s) => s.text().to_string(),
+                None => full.rsplit('.').next()?.to_string(),
+            };
+            Some((alias, full))
+        })
+        .collect()
+}
+
+/// Whether a body's value is the same however its body is satisfied: it mentions no
+/// variable of the body (only `input`, `data`, imports, rules, function arguments).
+fn value_is_stable(d: &Definition, names: &Names<'_>) -> bool {
+    let Some(value) = &d.value_expr else {
+        return true;
+    };
+    let mut shallow = Vec::new();
+    vars(value, &mut shallow);
+    if !shallow
+        .iter()
+        .all(|(v, _)| v == "_" || names.is_global(v) || d.args.contains(v))
+    {
+        return false;
+    }
+    // A comprehension in the value must not see a variable of the body either.
+    let mut deep = Vec::new();
+    vars_deep(value, &mut deep);
+    let mut body = Vec::new();
+    query_vars(&d.query, &mut body);
+    !deep
+        .iter()
+        .any(|(v, _)| !names.is_global(v) && body.iter().any(|(b, _)| b == v))
+}
+
+/// `k` of `some k, v in data.x` with a test `e in v` (`e` stable) gives one value
+/// when no two collections under `data.x` share an item. The data is the revision's
+/// own, so this is known at load.
+fn single_by_data(d: &Definition, names: &Names<'_>, data: &serde_json::Value) -> bool {
+    let Some(value) = &d.value_expr else {
+        return true;
+    };
+    let Expr::Var { span, .. } = value.as_ref() else {
+        return false;
+    };
+    let k = span.text();
+    let mut collection = None;
+    let mut member_of = None;
+    for stmt in &d.query.stmts {
+        match &stmt.literal {
+            Literal::SomeIn {
+                key: Some(key),
+                value,
+                collection: c,
+                ..
+            } if key.span().text() == k => {
+                collection = Some((c.clone(), value.span().text().to_string()));
+            }
+            Literal::Expr { expr, .. } => {
+                if let Expr::Membership {
+                    key: None,
+                    value: item,
+                    collection: c,
+                    ..
+                } = expr.as_ref()
+                {
+                    let mut vs = Vec::new();
+                    vars(item, &mut vs);
+                    if vs.iter().all(|(v, _)| names.is_global(v)) {
+                        member_of = Some(c.span().text().to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !stmt.with_mods.is_empty() {
+            return false;
+        }
+    }
+    let (Some((c, v)), Some(m)) = (collection, member_of) else {
+        return false;
+    };
+    if v != m {
+        return false;
+    }
+    // Only other statements that bind nothing new may filter further.
+    let Some(path) = ref_text(&c).filter(|p| p.starts_with("data.")) else {
+        return false;
+    };
+    if names.rules.keys().any(|r| {
+        r == &path || r.starts_with(&format!("{path}.")) || path.starts_with(&format!("{r}."))
+    }) {
+        return false;
+    }
+    let mut doc = Some(data);
+    for seg in path.split('.').skip(1) {
+        doc = doc.and_then(|d| d.get(seg));
+    }
+    let Some(serde_json::Value::Object(groups)) = doc else {
+        return false;
+    };
+    let mut seen: Vec<&serde_json::Value> = Vec::new();
+    for items in groups.values() {
+        let serde_json::Value::Array(items) = items else {
+            return false;
+        };
+        for item in items {
+            if seen.contains(&item) {
+                return false;
+            }
+        }
+        seen.extend(items);
+    }
+    true
+}
+
+/// What a body requires of one global expression.
+#[derive(PartialEq)]
+enum Condition {
+    Equals(Value),
+    Holds,
+    Fails,
+}
+
+/// The conditions a body states at its top level on expressions of global names.
+fn conditions(d: &Definition, names: &Names<'_>) -> Vec<(String, Condition)> {
+    let global = |e: &Ref<Expr>| {
+        let mut vs = Vec::new();
+        vars(e, &mut vs);
+        vs.iter()
+            .all(|(v, _)| names.is_global(v) || d.args.contains(v))
+    };
+    let literal = |e: &Ref<Expr>| match e.as_ref() {
+        Expr::String { value, .. }
+        | Expr::RawString { value, .. }
+        | Expr::Number { value, .. }
+        | Expr::Bool { value, .. }
+        | Expr::Null { value, .. } => Some(value.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for stmt in &d.query.stmts {
+        if !stmt.with_mods.is_empty() {
+            continue;
+        }
+        match &stmt.literal {
+            Literal::Expr { expr, .. } => match expr.as_ref() {
+                Expr::BoolExpr {
+                    op: BoolOp::Eq,
+                    lhs,
+                    rhs,
+                    ..
+                } => {
+                    let (side, lit) = match (literal(lhs), literal(rhs)) {
+                        (None, Some(l)) => (lhs, l),
+                        (Some(l), None) => (rhs, l),
+                        _ => continue,
+                    };
+                    if global(side) {
+                        out.push((canonical(side), Condition::Equals(lit)));
+                    }
+                }
+                Expr::Var { .. } | Expr::RefDot { .. } | Expr::RefBrack { .. } if global(expr) => {
+                    out.push((canonical(expr), Condition::Holds));
+                }
+                _ => {}
+            },
+            Literal::NotExpr { expr, .. } if global(expr) => {
+                out.push((canonical(expr), Condition::Fails));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether two bodies can never both hold for one input: one requires `x == a` and
+/// the other `x == b` (a ≠ b), or one `x` and the other `not x`.
+fn exclusive(d: &Definition, e: &Definition, names: &Names<'_>) -> bool {
+    // Conditions on function arguments compare only when both bodies name them alike.
+    if d.args != e.args {
+        return false;
+    }
+    let (cd, ce) = (conditions(d, names), conditions(e, names));
+    cd.iter().any(|(x, a)| {
+        ce.iter().any(|(y, b)| {
+            x == y
+                && match (a, b) {
+                    (Condition::Equals(p), Condition::Equals(q)) => p != q,
+                    (Condition::Holds, Condition::Fails) | (Condition::Fails, Condition::Holds) => {
+                        true
+                    }
+                    (Condition::Equals(p), Condition::Fails)
+                    | (Condition::Fails, Condition::Equals(p)) => *p != Value::Bool(false),
+                    _ => false,
+                }
+        })
+    })
+}
+
 struct Scope<'a> {
     file: &'a str,
     package: &'a str,
@@ -254,6 +498,10 @@ struct Scope<'a> {
 
 struct Visitor<'a> {
     scope: &'a Scope<'a>,
+    typer: &'a Typer<'a>,
+    names: &'a Names<'a>,
+    /// What is known at the current statement of the current body.
+    env: Env,
     error: Option<String>,
     not_exact: Option<String>,
 }
@@ -327,39 +575,56 @@ impl Visitor<'_> {
         }
         match rule.as_ref() {
             Rule::Spec { head, bodies, .. } => {
-                match head {
+                // The head's value is computed after the body: check it in the
+                // body's environment, once per body.
+                let (head_value, set_key) = match head {
                     RuleHead::Compr { refr, assign, .. } => {
                         self.expr(refr);
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
+                        (assign.as_ref().map(|a| &a.value), None)
                     }
                     RuleHead::Set { refr, key, .. } => {
                         self.expr(refr);
-                        if let Some(k) = key {
-                            self.expr(k);
-                        }
+                        (None, key.as_ref())
                     }
                     RuleHead::Func { args, assign, .. } => {
+                        self.env = Env::for_head(head);
                         for a in args {
                             self.expr(a);
                         }
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
+                        (assign.as_ref().map(|a| &a.value), None)
+                    }
+                };
+                // A rule without a body (`x := v`) still computes its value.
+                if bodies.is_empty() {
+                    self.env = Env::for_head(head);
+                    if let Some(v) = head_value {
+                        self.expr(v);
+                    }
+                    if let Some(k) = set_key {
+                        self.expr(k);
                     }
                 }
                 for b in bodies {
-                    if let Some(a) = &b.assign {
-                        self.expr(&a.value);
-                    }
+                    self.env = Env::for_head(head);
                     self.query(&b.query);
+                    if let Some(v) = b.assign.as_ref().map(|a| &a.value).or(head_value) {
+                        self.expr(v);
+                    }
+                    if let Some(k) = set_key {
+                        self.expr(k);
+                    }
                 }
+                self.env = Env::default();
             }
-            Rule::Default { value, .. } => self.expr(value),
+            Rule::Default { value, .. } => {
+                self.env = Env::default();
+                self.expr(value);
+            }
         }
     }
 
+    /// Checks a query's statements in order, each with what the ones before it
+    /// established.
     fn query(&mut self, q: &Ref<Query>) {
         for stmt in &q.stmts {
             if !stmt.with_mods.is_empty() {
@@ -383,12 +648,36 @@ impl Visitor<'_> {
                     self.expr(collection);
                 }
                 Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
-                Literal::Every { domain, query, .. } => {
+                Literal::Every {
+                    key,
+                    value,
+                    domain,
+                    query,
+                    ..
+                } => {
                     self.expr(domain);
+                    let outer = self.env.clone();
+                    let d = self.typer.ty(domain, &self.env, self.names);
+                    if let Some(k) = key {
+                        self.env.bind(k.text().to_string(), d.keys());
+                    }
+                    self.env.bind(value.text().to_string(), d.elements());
                     self.query(query);
+                    self.env = outer;
                 }
             }
+            self.typer.learn(stmt, &mut self.env, self.names);
         }
+    }
+
+    /// Checks a comprehension's query and then its terms, in the query's scope.
+    fn comprehension(&mut self, query: &Ref<Query>, terms: &[&Ref<Expr>]) {
+        let outer = self.env.clone();
+        self.query(query);
+        for t in terms {
+            self.expr(t);
+        }
+        self.env = outer;
     }
 
     fn expr(&mut self, e: &Ref<Expr>) {
@@ -412,8 +701,7 @@ impl Visitor<'_> {
                 }
             }
             Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.expr(term);
-                self.query(query);
+                self.comprehension(query, &[term]);
             }
             Expr::ObjectCompr {
                 key,
@@ -422,15 +710,15 @@ impl Visitor<'_> {
                 span,
                 ..
             } => {
-                self.inexact(span.line, "an object comprehension's keys can conflict");
-                self.expr(key);
-                self.expr(value);
-                self.query(query);
+                if !self.unique_keys(key, query) {
+                    self.inexact(span.line, "an object comprehension's keys can conflict");
+                }
+                self.comprehension(query, &[key, value]);
             }
             Expr::Call {
                 fcn, params, span, ..
             } => {
-                self.call(fcn, params.len(), span.line);
+                self.call(fcn, params, span.line);
                 params.iter().for_each(|p| self.expr(p));
             }
             Expr::UnaryExpr { expr, span, .. } => {
@@ -507,11 +795,64 @@ impl Visitor<'_> {
         }
     }
 
-    fn call(&mut self, fcn: &Ref<Expr>, args: usize, line: u32) {
+    /// An object comprehension's keys cannot repeat when it iterates one collection
+    /// (`some k, v in x`) and its key is `k`, or `sprintf` of `k` with one verb
+    /// (`k` a string): each item of `x` gives one key, distinct items distinct keys.
+    fn unique_keys(&self, key: &Ref<Expr>, query: &Ref<Query>) -> bool {
+        let [stmt] = query.stmts.as_slice() else {
+            return false;
+        };
+        let Literal::SomeIn {
+            key: Some(k),
+            collection,
+            ..
+        } = &stmt.literal
+        else {
+            return false;
+        };
+        let Expr::Var { span: k, .. } = k.as_ref() else {
+            return false;
+        };
+        let k = k.text();
+        let c = self.typer.ty(collection, &self.env, self.names);
+        if !matches!(c, Ty::Object(..) | Ty::Array(_) | Ty::Set(_) | Ty::Never) {
+            return false;
+        }
+        match key.as_ref() {
+            Expr::Var { span, .. } => span.text() == k,
+            Expr::Call { fcn, params, .. } if ref_text(fcn).as_deref() == Some("sprintf") => {
+                let [fmt, args] = params.as_slice() else {
+                    return false;
+                };
+                let one_verb = match fmt.as_ref() {
+                    Expr::String { value, .. } | Expr::RawString { value, .. } => value
+                        .as_string()
+                        .ok()
+                        .and_then(|f| sprintf_verbs(f))
+                        .is_some_and(|v| v.len() == 1),
+                    _ => false,
+                };
+                let of_k = matches!(args.as_ref(), Expr::Array { items, .. }
+                    if matches!(items.as_slice(), [item] if item.span().text() == k));
+                // Distinct strings print distinctly; other values may not (1 and "1").
+                let mut keys_env = self.env.clone();
+                self.typer.learn(stmt, &mut keys_env, self.names);
+                let strings = self
+                    .typer
+                    .ty(args, &keys_env, self.names)
+                    .fits(&Ty::Array(Box::new(Ty::String)));
+                one_verb && of_k && strings
+            }
+            _ => false,
+        }
+    }
+
+    fn call(&mut self, fcn: &Ref<Expr>, params: &[Ref<Expr>], line: u32) {
         let Some(name) = ref_text(fcn) else {
             self.inexact(line, "a call through a computed reference");
             return;
         };
+        let args = params.len();
         if SPECIAL_FUNCTIONS.contains(&name.as_str()) {
             return;
         }
@@ -524,12 +865,22 @@ impl Visitor<'_> {
                     format!("{name}: arity mismatch: takes {arity} argument(s), given {args}"),
                 );
             }
-            if !TOTAL_BUILTINS.contains(&name.as_str()) {
-                self.inexact(line, &format!("built-in {name} can fail at run time"));
+            let types: Vec<Ty> = params
+                .iter()
+                .take(arity)
+                .map(|p| self.typer.ty(p, &self.env, self.names))
+                .collect();
+            let total =
+                builtin(&name, &params[..args.min(arity)], &types).is_some_and(|sig| sig.total);
+            if !total {
+                self.inexact(
+                    line,
+                    &format!("built-in {name} can fail at run time (arguments of unknown type)"),
+                );
             }
             return;
         }
-        let full = self.resolve(&name);
+        let full = self.names.resolve(&name);
         match self.scope.rules.get(&full) {
             Some(info) => match info.kinds.first().map(|k| k.0) {
                 Some(RuleKind::Function(n)) => {
@@ -545,29 +896,11 @@ impl Visitor<'_> {
             None => self.fail(line, format!("undefined function {name}")),
         }
     }
-
-    /// The full `data.` path a function name in this module refers to.
-    fn resolve(&self, name: &str) -> String {
-        if name.starts_with("data.") {
-            return name.to_string();
-        }
-        let (first, rest) = match name.split_once('.') {
-            Some((f, r)) => (f, Some(r)),
-            None => (name, None),
-        };
-        if let Some((_, full)) = self.scope.imports.iter().find(|(alias, _)| alias == first) {
-            return match rest {
-                Some(r) => format!("{full}.{r}"),
-                None => full.clone(),
-            };
-        }
-        format!("{}.{name}", self.scope.package)
-    }
 }
 
 /// `a.b.c` for a reference made of names only (a variable and dot or string-bracket
 /// fields); `None` when a part is computed.
-fn ref_text(e: &Ref<Expr>) -> Option<String> {
+pub(crate) fn ref_text(e: &Ref<Expr>) -> Option<String> {
     match e.as_ref() {
         Expr::Var { span, .. } => Some(span.text().to_string()),
         Expr::RefDot { refr, field, .. } => Some(format!("{}.{}", ref_text(refr)?, field.0.text())),
@@ -578,6 +911,64 @@ fn ref_text(e: &Ref<Expr>) -> Option<String> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// An expression's structure as text, for telling whether two expressions are the
+/// same. (Source spans are not enough: an object literal's span covers only its
+/// last field.) Comprehensions and unknown forms render by position, so they are
+/// never the same as anything else.
+pub(crate) fn canonical(e: &Ref<Expr>) -> String {
+    let all = |items: &[Ref<Expr>]| items.iter().map(canonical).collect::<Vec<_>>().join(",");
+    let at = |kind: &str| format!("{kind}@{}:{}", e.span().line, e.span().col);
+    match e.as_ref() {
+        Expr::String { value, .. }
+        | Expr::RawString { value, .. }
+        | Expr::Number { value, .. }
+        | Expr::Bool { value, .. }
+        | Expr::Null { value, .. } => value.to_json_str().unwrap_or_else(|_| at("literal")),
+        Expr::Var { span, .. } => span.text().to_string(),
+        Expr::Array { items, .. } => format!("[{}]", all(items)),
+        Expr::Set { items, .. } => format!("set({})", all(items)),
+        Expr::Object { fields, .. } => {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(_, k, v)| format!("{}:{}", canonical(k), canonical(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Expr::Call { fcn, params, .. } => format!("{}({})", canonical(fcn), all(params)),
+        Expr::UnaryExpr { expr, .. } => format!("-({})", canonical(expr)),
+        Expr::RefDot { refr, field, .. } => format!("{}.{}", canonical(refr), field.0.text()),
+        Expr::RefBrack { refr, index, .. } => {
+            format!("{}[{}]", canonical(refr), canonical(index))
+        }
+        Expr::BinExpr { op, lhs, rhs, .. } => {
+            format!("({} {op:?} {})", canonical(lhs), canonical(rhs))
+        }
+        Expr::BoolExpr { op, lhs, rhs, .. } => {
+            format!("({} {op:?} {})", canonical(lhs), canonical(rhs))
+        }
+        Expr::ArithExpr { op, lhs, rhs, .. } => {
+            format!("({} {op:?} {})", canonical(lhs), canonical(rhs))
+        }
+        Expr::AssignExpr { op, lhs, rhs, .. } => {
+            format!("({} {op:?} {})", canonical(lhs), canonical(rhs))
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => format!(
+            "({}{} in {})",
+            key.as_ref()
+                .map(|k| format!("{},", canonical(k)))
+                .unwrap_or_default(),
+            canonical(value),
+            canonical(collection)
+        ),
+        _ => at("expr"),
     }
 }
 
@@ -600,20 +991,8 @@ fn is_scalar_literal(e: &Ref<Expr>) -> bool {
     )
 }
 
-/// A value expression that is the same wherever it is computed in one evaluation:
-/// a scalar literal, or a reference into `input` / `data` by constant names.
-fn is_stable(e: &Ref<Expr>) -> bool {
-    if is_scalar_literal(e) {
-        return true;
-    }
-    ref_text(e).is_some_and(|t| {
-        let root = t.split('.').next().unwrap_or_default();
-        root == "input" || root == "data"
-    })
-}
-
 /// Every variable name an expression mentions (with its line).
-fn vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
+pub(crate) fn vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
     match e.as_ref() {
         Expr::Var { span, .. } => out.push((span.text().to_string(), span.line)),
         Expr::Array { items, .. } | Expr::Set { items, .. } => {
@@ -697,5 +1076,58 @@ fn query_vars(q: &Ref<Query>, out: &mut Vec<(String, u32)>) {
         for w in &stmt.with_mods {
             vars(&w.r#as, out);
         }
+    }
+}
+
+/// Every variable name an expression mentions, comprehensions included.
+fn vars_deep(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
+    match e.as_ref() {
+        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+            vars_deep(term, out);
+            query_vars(query, out);
+        }
+        Expr::ObjectCompr {
+            key, value, query, ..
+        } => {
+            vars_deep(key, out);
+            vars_deep(value, out);
+            query_vars(query, out);
+        }
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            items.iter().for_each(|i| vars_deep(i, out));
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                vars_deep(k, out);
+                vars_deep(v, out);
+            }
+        }
+        Expr::Call { params, .. } => params.iter().for_each(|p| vars_deep(p, out)),
+        Expr::UnaryExpr { expr, .. } => vars_deep(expr, out),
+        Expr::RefDot { refr, .. } => vars_deep(refr, out),
+        Expr::RefBrack { refr, index, .. } => {
+            vars_deep(refr, out);
+            vars_deep(index, out);
+        }
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            vars_deep(lhs, out);
+            vars_deep(rhs, out);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(k) = key {
+                vars_deep(k, out);
+            }
+            vars_deep(value, out);
+            vars_deep(collection, out);
+        }
+        _ => vars(e, out),
     }
 }

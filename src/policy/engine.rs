@@ -175,8 +175,8 @@ pub(crate) fn build_engine(
             message: "no .rego files".to_string(),
         });
     }
-    let analysis = analyze(set)?;
     let data_json = merge_data(set)?;
+    let analysis = analyze(set, &data_json)?;
     let data = Value::from(data_json);
     engine
         .add_data(data.clone())

@@ -20,6 +20,7 @@
 mod analysis;
 pub mod config;
 mod engine;
+mod types;
 /// For the fuzz targets (`crate::fuzzing`): the input document as the engine holds it.
 pub(crate) use engine::to_value as engine_document;
 mod files;
