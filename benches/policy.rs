@@ -93,11 +93,13 @@ fn bench(c: &mut Criterion) {
     let engine = engine();
     // The serving path is the VM only for VM-exact policy sets; asking for the VM on
     // another set measures the interpreter.
-    println!(
-        "serving path: {:?} (not VM-exact: {})",
-        engine.eval_path(),
-        engine.not_vm_exact().unwrap_or_default()
-    );
+    match engine.not_vm_exact() {
+        None => println!("serving path: {:?} (VM-exact)", engine.eval_path()),
+        Some(why) => println!(
+            "serving path: {:?} (not VM-exact: {why})",
+            engine.eval_path()
+        ),
+    }
     let inputs = inputs();
     for path in [EvalPath::Rvm, EvalPath::Interpreter] {
         percentiles(&engine, &inputs, path);

@@ -165,8 +165,18 @@ approval := object.union(
 
 binding_message(tool) := strings.replace_n(
 	{sprintf("{%s}", [k]): sprintf("%v", [v]) | some k, v in lib.args},
-	data.binding_messages[tool],
+	binding_templates[tool],
 )
+
+# The templates written for the OP's binding-message profile (input.op), or the
+# default ones: strict OPs (20 characters, no spaces) refuse the descriptive form.
+binding_templates := object.get(
+	data.binding_messages,
+	input.op.binding_message_profile,
+	data.binding_messages.default,
+) if input.op.binding_message_profile
+
+binding_templates := data.binding_messages.default if not input.op.binding_message_profile
 
 # ---------------------------------------------------------------------------
 # After approval: the call is forwarded only with evidence of who approved it

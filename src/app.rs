@@ -114,6 +114,7 @@ impl Builder<'_> {
             policy,
             evidence,
             approvals: slot.clone(),
+            binding_message_profile: approvals.as_ref().map(|a| a.profile.name.clone()),
         })
         .map_err(|e| cfg.field_error("upstreams", e))?;
         Ok(App {

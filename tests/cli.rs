@@ -73,6 +73,44 @@ fn the_commented_example_config_is_valid() {
     );
 }
 
+/// The bundled policies, unchanged, fit the default profile (oidc-provider's strict
+/// default rule) and every other shipped profile: one verdict, "ok".
+#[test]
+fn bundled_policies_fit_the_default_and_every_shipped_profile() {
+    let (dir, cfg) = example_in_tempdir();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("binding_message_profile: auth0"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("binding_message_profile: auth0"))
+        .unwrap();
+    let cases: Vec<(String, &str)> = std::iter::once((String::new(), "oidc-provider"))
+        .chain(
+            ciba_gate::approval::binding::PROFILE_NAMES
+                .iter()
+                .map(|p| (line.replace("auth0", p), *p)),
+        )
+        .collect();
+    for (replacement, expected) in cases {
+        std::fs::write(&cfg, text.replace(line, &replacement)).unwrap();
+        let out = check_example(&cfg, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{expected}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with("ok:"), "{expected}: {stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "sample binding message(s) fit the {expected} profile"
+            )),
+            "{expected}: {stdout}"
+        );
+    }
+    drop(dir);
+}
+
 #[test]
 fn check_finds_binding_messages_the_op_would_refuse() {
     let (dir, cfg) = example_in_tempdir();

@@ -198,6 +198,8 @@ struct GwOpts {
     max_wait: &'static str,
     /// ping mode: the callback listener port (also given to the OP).
     callback_port: Option<u16>,
+    /// The policy directory, relative to the repository (default: the test policy).
+    policies: &'static str,
 }
 
 impl GwOpts {
@@ -212,6 +214,7 @@ impl GwOpts {
             profile: "oidc-provider",
             max_wait: "40s",
             callback_port: None,
+            policies: "tests/fixtures/oidc-policies",
         }
     }
 }
@@ -229,7 +232,7 @@ impl Gateway {
         let port = free_port();
         let evidence = dir.path().join("evidence.jsonl");
         let config = dir.path().join("ciba-gate.yaml");
-        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc-policies");
+        let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join(o.policies);
         let user_code = o
             .user_code
             .map(|_| format!(", user_code: {{env: {USER_CODE_ENV}}}"))
@@ -677,6 +680,48 @@ async fn poll_approval_forwards_the_call_once_with_progress_and_binding_header()
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["status"], "redeemed");
     gw.assert_no_leaks(&[], &ids_for(&op, "gate-poll").await);
+}
+
+// ------------------------------------- 1b. the bundled policies, unchanged
+
+/// A newcomer's setup: the bundled policies as shipped, the gateway's default
+/// binding-message profile, and real oidc-provider with its default
+/// `validateBindingMessage` (20 characters, no spaces). The prompt is accepted, the
+/// person approves, the tool runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_policies_pass_oidc_providers_default_binding_message_rule() {
+    let op = Op::start(None);
+    let upstream = Upstream::start();
+    let gw = Gateway::start(
+        &op,
+        &upstream,
+        GwOpts {
+            policies: "policies",
+            ..GwOpts::poll()
+        },
+    );
+    let call = spawn_call(
+        gw.port,
+        2,
+        "deploy_service",
+        deploy_args("payments", "prod"),
+        true,
+    );
+    let req = op.wait_pending("payments-to-prod").await;
+    op.decide(req["auth_req_id"].as_str().unwrap(), "approve")
+        .await;
+    let a = finish(call).await;
+    assert!(!a.is_blocked(), "{}", a.result);
+    assert_eq!(a.text(), "deployed payments to prod");
+    let calls: Vec<Value> = upstream
+        .calls()
+        .into_iter()
+        .filter(|c| c["tool"] == "deploy_service")
+        .collect();
+    assert_eq!(calls.len(), 1, "exactly one forward: {calls:#?}");
+    let e = gw.one_tool_evidence("deploy_service").await;
+    assert_eq!(e["approval"]["binding_message"], "payments-to-prod", "{e}");
+    assert_eq!(e["outcome"], "forwarded", "{e}");
 }
 
 // ---------------------------------------------------------------- 2. poll: deny

@@ -78,15 +78,7 @@ async fn post_mcp(port: u16, body: Value) -> Value {
         .text()
         .await
         .unwrap();
-    if let Ok(v) = serde_json::from_str::<Value>(&text) {
-        return v;
-    }
-    text.split("\n\n")
-        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|v| v.get("id").is_some())
-        .last()
-        .unwrap_or(Value::Null)
+    support::jsonrpc_answer(&text)
 }
 
 /// Waits for a pending request at the development OP and returns its id.

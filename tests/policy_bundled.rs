@@ -106,3 +106,36 @@ fn bundled_policy_tests_pass() {
             .ends_with(&format!("{} passed, 0 failed", report.passed))
     );
 }
+
+/// With the bundled policies unchanged, every approval message fits the OP it is
+/// written for: the policy reads the configured profile (`input.op`) and picks that
+/// profile's templates, so strict OPs (oidc-provider's default rule, Okta: 20
+/// characters, no spaces) are not refused every prompt.
+#[test]
+fn bundled_approval_messages_fit_every_shipped_profile() {
+    use ciba_gate::approval::binding::{PROFILE_NAMES, Profile, check_samples};
+    let engine = bundled();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for name in PROFILE_NAMES {
+        let profile = Profile::named(name).unwrap();
+        let mut approvals = 0;
+        for ex in bundled_examples() {
+            let mut input = ex.input.clone();
+            input["op"] = serde_json::json!({"binding_message_profile": name});
+            let d = engine.decide(&input);
+            if let Some(a) = d.approval {
+                approvals += 1;
+                let msg = a["binding_message"].as_str().expect("binding_message");
+                assert!(
+                    profile.check(msg).is_ok(),
+                    "{name}: {msg:?}: {:?}",
+                    profile.check(msg)
+                );
+            }
+        }
+        assert!(approvals > 0, "{name}: no approval among the examples");
+        let (checked, problems) = check_samples(&engine, &dir, &profile).unwrap();
+        assert!(checked > 0, "{name}: no sample approval checked");
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+}

@@ -168,12 +168,7 @@ async fn call(addr: SocketAddr, body: Value) -> Value {
     if !sse {
         return serde_json::from_str(&text).unwrap_or(Value::Null);
     }
-    text.split("\n\n")
-        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|e| e.get("id").is_some())
-        .last()
-        .unwrap_or(Value::Null)
+    support::jsonrpc_answer(&text)
 }
 
 fn text(r: &Value) -> &str {

@@ -220,8 +220,14 @@ pub fn check_samples(
             serde_json::Value::Array(items) => items,
             one => vec![one],
         };
-        for (index, input) in inputs.iter().enumerate() {
-            let decision = engine.decide(input);
+        for (index, mut input) in inputs.into_iter().enumerate() {
+            // As the gateway asks: the input names the configured profile.
+            if let Some(doc) = input.as_object_mut() {
+                doc.entry("op").or_insert_with(
+                    || serde_json::json!({"binding_message_profile": profile.name}),
+                );
+            }
+            let decision = engine.decide(&input);
             let Some(approval) = decision.approval else {
                 continue;
             };

@@ -1,6 +1,6 @@
 //! The policy input document, built in one place. Its shape is the policy contract
 //! (docs/policy-contract.md): `phase`, `agent`, `upstream`, `request`, `mcp`, `tool`,
-//! `http`, `approval`. Only allow-listed request headers ever enter it.
+//! `http`, `approval`, `op`. Only allow-listed request headers ever enter it.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -92,6 +92,14 @@ pub struct Approval {
     pub binding_message: String,
 }
 
+/// What the gateway knows of the OpenID Provider that will show the message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Op {
+    /// The configured binding-message profile (`oidc-provider`, `auth0`, …, `custom`):
+    /// the policy picks a message that fits it.
+    pub binding_message_profile: String,
+}
+
 /// The whole input document.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyInput {
@@ -108,6 +116,9 @@ pub struct PolicyInput {
     pub http: Option<Http>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Absent when approvals are not configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
 }
 
 impl PolicyInput {
@@ -122,6 +133,7 @@ impl PolicyInput {
             tool: None,
             http: None,
             approval: None,
+            op: None,
         }
     }
 

@@ -67,6 +67,9 @@ impl<'g> Call<'g> {
             head.uri.path(),
             &head.headers,
         ));
+        input.op = self.gw.binding_message_profile().map(|p| input::Op {
+            binding_message_profile: p.to_string(),
+        });
         input
     }
 

@@ -78,6 +78,9 @@ pub struct GatewayParts {
     /// Human approvals (CIBA): `None` when not configured (an `approve` decision blocks
     /// the call); the slot fills once the OP's metadata has been fetched.
     pub approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
+    /// The configured binding-message profile's name (policy input `op`), when
+    /// approvals are configured.
+    pub binding_message_profile: Option<String>,
 }
 
 /// Everything a request needs, shared by all connections. Immutable once built.
@@ -88,6 +91,7 @@ pub struct Gateway {
     pub evidence: EvidenceSink,
     pub limits: Limits,
     approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
+    binding_message_profile: Option<String>,
     /// Turns true when held calls must give up (shutdown drain deadline).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     shutdown_tx: tokio::sync::watch::Sender<bool>,
@@ -152,9 +156,15 @@ impl Gateway {
             evidence: parts.evidence,
             limits: parts.limits,
             approvals: parts.approvals,
+            binding_message_profile: parts.binding_message_profile,
             shutdown,
             shutdown_tx,
         })
+    }
+
+    /// The configured binding-message profile's name, when approvals are configured.
+    pub fn binding_message_profile(&self) -> Option<&str> {
+        self.binding_message_profile.as_deref()
     }
 
     /// The approvals, once the OP's metadata has been fetched.

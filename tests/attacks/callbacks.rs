@@ -228,14 +228,7 @@ fn held_call(addr: SocketAddr) -> tokio::task::JoinHandle<Value> {
             .text()
             .await
             .unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|_| {
-            text.split("\n\n")
-                .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter(|v| v.get("id").is_some())
-                .last()
-                .unwrap_or(Value::Null)
-        })
+        crate::support::jsonrpc_answer(&text)
     })
 }
 

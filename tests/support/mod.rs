@@ -16,6 +16,20 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+/// A JSON-RPC answer as the agent reads it: the body itself when it is JSON, else the
+/// last event of the SSE stream that carries an `id` (`Null` when there is none).
+pub fn jsonrpc_answer(text: &str) -> serde_json::Value {
+    if let Ok(v) = serde_json::from_str(text) {
+        return v;
+    }
+    text.split("\n\n")
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v.get("id").is_some())
+        .last()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

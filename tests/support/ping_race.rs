@@ -273,14 +273,7 @@ async fn call(client: reqwest::Client, addr: SocketAddr, i: usize) -> (usize, St
         Err(e) => return (i, format!("transport error: {e}")),
     };
     // A JSON answer, or the last data event of an SSE stream.
-    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-        text.split("\n\n")
-            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .filter(|v| v.get("id").is_some())
-            .last()
-            .unwrap_or(Value::Null)
-    });
+    let answer = super::jsonrpc_answer(&text);
     let tool_text = answer["result"]["content"][0]["text"]
         .as_str()
         .map(str::to_string);
