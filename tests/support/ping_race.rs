@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ciba_gate::devop::op::{DeliveryMode, DevClient, DevOp, DevOpConfig, DevOpStats};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
