@@ -116,7 +116,7 @@ approval := object.union(
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.deploy_service,
 	},
-	acr_request,
+	object.union(acr_request, approver_request),
 ) if {
 	lib.tool_name == "deploy_service"
 	lib.args.service in data.deploy.services
@@ -151,7 +151,7 @@ approval := object.union(
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.delete_issue,
 	},
-	acr_request,
+	object.union(acr_request, approver_request),
 ) if {
 	lib.tool_name == "delete_issue"
 	lib.valid_project(lib.args.project)
@@ -187,6 +187,14 @@ required_acr := data.approvals.acr_values[lib.tool_name]
 acr_request := {"acr_values": required_acr} if required_acr
 
 acr_request := {} if not required_acr
+
+# Who is asked: the approver data.yaml names for the tool (e.g. the service's owner),
+# else the gateway's configured user (approvals.user).
+approver_hint := data.approvals.approvers[lib.tool_name]
+
+approver_request := {"user": {"hint_type": "login_hint", "value": approver_hint}} if approver_hint
+
+approver_request := {} if not approver_hint
 
 allow if {
 	input.phase == "approved"

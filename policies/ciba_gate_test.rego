@@ -335,3 +335,17 @@ test_http_without_route_denied if {
 	inp := object.remove(http_call("create_issue", {}), ["tool"])
 	decision(inp) == "deny"
 }
+
+# ---------------------------------------------------------------------------
+# Who approves: the approver data names for the tool, else the configured user.
+
+test_the_approver_named_in_data_is_asked if {
+	a := ciba_gate.approval with input as call("deploy_service", deploy_prod)
+		with data.approvals.approvers as {"deploy_service": "owner@example.com"}
+	a.user == {"hint_type": "login_hint", "value": "owner@example.com"}
+}
+
+test_without_a_named_approver_the_configured_user_is_asked if {
+	a := ciba_gate.approval with input as call("deploy_service", deploy_prod)
+	not a.user
+}

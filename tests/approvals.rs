@@ -25,6 +25,8 @@ use tokio::net::TcpListener;
 
 const CLIENT_SECRET: &str = "dev-client-secret-5b1e0c";
 const USER: &str = "alice@example.com";
+/// A second person: the owner a policy may name as the approver.
+const OWNER: &str = "owner@example.com";
 
 // --- the setup -------------------------------------------------------------------------
 
@@ -86,7 +88,7 @@ async fn setup(o: Opts) -> Setup {
                 notification_endpoint: (o.delivery != DeliveryMode::Poll)
                     .then(|| callback_url.clone()),
             }],
-            users: vec![USER.into()],
+            users: vec![USER.into(), OWNER.into()],
             interval: o.interval,
             slow_down_polls: o.slow_down_polls,
             default_expiry: 60,
@@ -787,8 +789,9 @@ async fn an_answer_after_the_deadline_forwards_nothing() {
 
 #[tokio::test]
 async fn a_binding_message_the_op_cannot_take_is_refused_before_anyone_is_asked() {
+    // An OP of 8 characters: the bundled policies have no templates for it.
     let s = setup(Opts {
-        profile: "oidc-provider",
+        profile: "{max_chars: 8}",
         ..Opts::default()
     })
     .await;
@@ -1003,4 +1006,157 @@ async fn without_op_metadata_sensitive_calls_are_blocked_but_others_flow() {
     let ok = call_mcp(addr, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_deployments", "arguments": {}}}), &[]).await;
     assert_eq!(tool_text(&ok.result), "done");
     assert_eq!(upstream.tool_calls().len(), 1);
+}
+
+/// The bundled policies with `data.approvals.approvers` naming `approvers` (YAML flow).
+fn policies_with_approvers(approvers: &str) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    copy_dir(src, &dir);
+    let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
+    assert!(data.contains("approvers: {}"));
+    std::fs::write(
+        dir.join("data.yaml"),
+        data.replace("approvers: {}", &format!("approvers: {approvers}")),
+    )
+    .unwrap();
+    dir
+}
+
+/// The policy names who approves (`approval.user`): that person's phone is asked,
+/// the configured user's is not, and the evidence names the approver only by keyed
+/// hash. The same call for the configured user is a separate approval.
+#[tokio::test]
+async fn the_approver_the_policy_names_is_asked_and_recorded_by_hash() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: \"{OWNER}\"}}"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(90, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 1).await;
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].user.starts_with('o'),
+        "the owner is asked: {}",
+        p[0].user
+    );
+    s.op.decide(&p[0].id, true).await.unwrap();
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done", "{}", a.result);
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+
+    // A tool the data names nobody for: the configured user is asked.
+    let other = tokio::spawn(delete_issue(s.gw_addr, "web", "91"));
+    let p = pending(&s.op, 1).await;
+    assert!(
+        p[0].user.starts_with('a'),
+        "the configured user: {}",
+        p[0].user
+    );
+    s.op.decide(&p[0].id, false).await.unwrap();
+    assert_eq!(other.await.unwrap(), "approval_denied");
+
+    let ev = evidence(&s, 2).await;
+    let owner = ev
+        .iter()
+        .find(|e| e["tool"] == "deploy_service")
+        .expect("deploy evidence");
+    let configured = ev
+        .iter()
+        .find(|e| e["tool"] == "delete_issue")
+        .expect("delete_issue evidence");
+    assert_eq!(owner["approval"]["hint_type"], "login_hint");
+    let (h1, h2) = (
+        owner["approval"]["approver_hint_hash"].as_str().unwrap(),
+        configured["approval"]["approver_hint_hash"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(h1.len(), 32);
+    assert_ne!(h1, h2, "two approvers, two hashes");
+    let all = s.evidence.lock().unwrap().join("\n");
+    assert!(!all.contains(OWNER), "raw approver hint in evidence");
+    assert_no_secrets(&s);
+}
+
+/// A malformed approver from policy blocks the call before anyone is asked; it never
+/// falls back to the configured user.
+#[tokio::test]
+async fn a_malformed_approver_from_policy_blocks_and_asks_nobody() {
+    for bad in [
+        "{deploy_service: \"\"}",
+        "{deploy_service: 42}",
+        "{deploy_service: [\"a@example.com\"]}",
+    ] {
+        let s = setup(Opts {
+            policies: Some(policies_with_approvers(bad)),
+            ..Opts::default()
+        })
+        .await;
+        let a = call_mcp(s.gw_addr, deploy(92, "payments", "prod", true), &[]).await;
+        assert_eq!(
+            reason(&a.result),
+            "approval_misconfigured",
+            "{bad}: {}",
+            a.result
+        );
+        assert!(s.op.pending().is_empty(), "{bad}: nobody is asked");
+        assert!(s.upstream.tool_calls().is_empty());
+    }
+}
+
+/// Throttles key on the person asked: the configured user's limit does not stop a
+/// prompt to the owner.
+#[tokio::test]
+async fn throttles_count_per_approver() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: \"{OWNER}\"}}"
+        ))),
+        extra: "  throttle: {per_user: {limit: 1, window: 1m}}\n",
+        ..Opts::default()
+    })
+    .await;
+    let first = tokio::spawn(delete_issue(s.gw_addr, "web", "93"));
+    pending(&s.op, 1).await;
+    // Over the configured user's limit, but asked of the owner: allowed to prompt.
+    let second = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(94, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 2).await;
+    assert_eq!(p.len(), 2);
+    // A second prompt to the configured user: throttled.
+    let third = delete_issue(s.gw_addr, "api", "95").await;
+    assert_eq!(third, "approval_rate_limited");
+    for v in s.op.pending() {
+        s.op.decide(&v.id, false).await.unwrap();
+    }
+    assert_eq!(first.await.unwrap(), "approval_denied");
+    assert_eq!(reason(&second.await.unwrap().result), "approval_denied");
+}
+
+/// `DELETE /tickets/projects/{project}/issues/{id}` (the HTTP tool `delete_issue`,
+/// held): the reason code of a refusal, or "ok".
+async fn delete_issue(addr: SocketAddr, project: &str, id: &str) -> String {
+    let url = format!("http://{addr}/tickets/projects/{project}/issues/{id}");
+    let r = reqwest::Client::new()
+        .delete(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    if r.status().is_success() {
+        return "ok".into();
+    }
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v["reason"].as_str().unwrap_or("?").to_string()
 }

@@ -96,6 +96,9 @@ pub struct CallForApproval<'a> {
 /// What the policy asked for, checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApprovalParams {
+    /// Whose phone is asked (never serialized: it holds the raw hint).
+    #[serde(skip)]
+    pub approver: Approver,
     pub action: String,
     pub binding_message: String,
     pub scope: String,
@@ -103,6 +106,21 @@ pub struct ApprovalParams {
     pub requested_expiry: Option<u64>,
     pub mode: Option<Mode>,
 }
+
+/// Who is asked to approve: the configured user, or the one the policy names for this
+/// call (`approval.user`). The raw hint goes only to the OP; everything else (store,
+/// throttles, evidence) sees its keyed hash.
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub hint: UserHint,
+    /// Keyed hash of the hint.
+    pub key: String,
+    /// False when the policy named this approver.
+    pub configured: bool,
+}
+
+/// Longest approver hint a policy may give (a `login_hint_token` is a JWT).
+const MAX_POLICY_HINT: usize = 8192;
 
 /// A call's place in the approval flow.
 #[derive(Debug, Clone)]
@@ -134,6 +152,8 @@ pub struct ApprovalEvidence {
     pub delivery_mode: String,
     pub scope: String,
     pub hint_type: String,
+    /// Keyed hash of the hint of the person asked (the raw hint never appears).
+    pub approver_hint_hash: String,
     pub binding_message: String,
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,11 +190,9 @@ pub struct Approvals {
     pub store: Arc<dyn ApprovalStore>,
     pub settings: Settings,
     pub profile: Profile,
-    hint: UserHint,
+    /// The configured user (asked unless the policy names someone else).
+    user: Approver,
     user_code: Option<String>,
-    hint_type: &'static str,
-    /// Keyed hash of the user hint.
-    user_key: String,
     /// HMAC key for requestState and keyed hashes.
     key: Vec<u8>,
     /// This process's name as a poll-lease holder (random per start).
@@ -200,21 +218,18 @@ impl Approvals {
             user_code,
             key,
         } = parts;
-        let (hint_type, raw) = match &hint {
-            UserHint::LoginHint(v) => ("login_hint", v.as_str()),
-            UserHint::IdTokenHint(v) => ("id_token_hint", v.as_str()),
-            UserHint::LoginHintToken(v) => ("login_hint_token", v.as_str()),
+        let user = Approver {
+            key: keyed_hash(&key, "user", hint.value()),
+            hint,
+            configured: true,
         };
-        let user_key = keyed_hash(&key, "user", raw);
         Arc::new(Approvals {
             ciba,
             store,
             settings,
             profile,
-            hint,
+            user,
             user_code,
-            hint_type,
-            user_key,
             key,
             instance: format!("{:032x}", rand::random::<u128>()),
             local_drivers: Default::default(),
@@ -252,8 +267,51 @@ impl Approvals {
         tokio::spawn(async move { driver::resume(this, fp).await });
     }
 
+    /// The hint type of the configured user.
     pub fn hint_type(&self) -> &'static str {
-        self.hint_type
+        self.user.hint.param()
+    }
+
+    /// Who this approval object asks: `approval.user` (`{"hint_type": "login_hint" |
+    /// "login_hint_token", "value": "…"}`) or, without one, the configured user. A
+    /// malformed `user` is a misconfiguration (blocked), never a fallback to the
+    /// configured user; an ID token cannot come from policy (it expires and must be
+    /// the user's own).
+    pub fn approver(&self, params: &Value) -> Result<Approver, Reason> {
+        let bad = |why: &str| Reason::ApprovalMisconfigured(format!("approval.user: {why}"));
+        let Some(user) = params.get("user") else {
+            return Ok(self.user.clone());
+        };
+        let Some(user) = user.as_object() else {
+            return Err(bad("not an object with hint_type and value"));
+        };
+        if let Some(k) = user
+            .keys()
+            .find(|k| !["hint_type", "value"].contains(&k.as_str()))
+        {
+            return Err(bad(&format!("unknown field {k:?}")));
+        }
+        let value = match user.get("value") {
+            Some(Value::String(v)) if !v.is_empty() => v,
+            _ => return Err(bad("value must be a non-empty string")),
+        };
+        if value.len() > MAX_POLICY_HINT || value.chars().any(char::is_control) {
+            return Err(bad("value is too long or holds control characters"));
+        }
+        let hint = match user.get("hint_type").and_then(Value::as_str) {
+            Some("login_hint") | None => UserHint::LoginHint(value.clone()),
+            Some("login_hint_token") => UserHint::LoginHintToken(value.clone()),
+            Some("id_token_hint") => {
+                return Err(bad("id_token_hint cannot come from policy"));
+            }
+            Some(_) => return Err(bad("hint_type must be login_hint or login_hint_token")),
+        };
+        let key = keyed_hash(&self.key, "user", hint.value());
+        Ok(Approver {
+            configured: key == self.user.key && hint.param() == self.user.hint.param(),
+            hint,
+            key,
+        })
     }
 
     pub fn state_key(&self) -> &[u8] {
@@ -268,6 +326,7 @@ impl Approvals {
     /// Checks the policy's approval object against the OP's limits.
     pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Reason> {
         let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
+        let approver = self.approver(params)?;
         let binding_message = s("binding_message").ok_or_else(|| {
             Reason::ApprovalMisconfigured("the approval has no binding_message".into())
         })?;
@@ -297,6 +356,7 @@ impl Approvals {
             None => None,
         };
         Ok(ApprovalParams {
+            approver,
             action: s("action").unwrap_or_else(|| "approve".into()),
             binding_message,
             scope,
@@ -306,20 +366,29 @@ impl Approvals {
         })
     }
 
-    /// The fingerprint of the exact call.
-    pub fn fingerprint(call: &CallForApproval<'_>) -> String {
-        crate::fingerprint::of_json(&json!({
+    /// The fingerprint of the exact call, and of who is asked when the policy names
+    /// someone other than the configured user: the same call for two approvers is two
+    /// approvals.
+    pub fn fingerprint(&self, call: &CallForApproval<'_>) -> String {
+        let mut doc = json!({
             "agent": call.agent,
             "upstream": call.upstream,
             "tool": call.tool,
             "arguments": call.arguments,
-        }))
+        });
+        match self.approver(call.params) {
+            Ok(a) if a.configured => {}
+            Ok(a) => doc["approver"] = Value::String(a.key),
+            // Refused by `prepare`; never the configured user's fingerprint.
+            Err(_) => doc["approver"] = Value::String("invalid".into()),
+        }
+        crate::fingerprint::of_json(&doc)
     }
 
     /// Finds or starts the approval for this call. Fails closed: any store problem blocks.
     pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Reason> {
         let params = self.parse_params(call.params)?;
-        let fingerprint = Self::fingerprint(call);
+        let fingerprint = self.fingerprint(call);
         let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
 
         // A call that joins an existing request is never throttled: it prompts nobody.
@@ -365,7 +434,7 @@ impl Approvals {
             notification_token_hash: notification_token.as_deref().map(crate::ciba::token_hash),
             binding_message: params.binding_message.clone(),
             action: params.action.clone(),
-            user_key: self.user_key.clone(),
+            user_key: params.approver.key.clone(),
             created_at_ms: created_at,
             deadline_ms: provisional_deadline,
             expires_in: None,
@@ -391,9 +460,13 @@ impl Approvals {
             Joined::Created => {
                 let request = AuthRequest {
                     scope: params.scope.clone(),
-                    hint: self.hint.clone(),
+                    hint: params.approver.hint.clone(),
                     binding_message: Some(params.binding_message.clone()),
-                    user_code: self.user_code.clone(),
+                    // The configured user's code is theirs alone.
+                    user_code: self
+                        .user_code
+                        .clone()
+                        .filter(|_| params.approver.configured),
                     acr_values: params.acr_values.clone(),
                     // Never ask the user for longer than the call will wait: the phone's
                     // countdown must not outlive the request it approves.
@@ -440,7 +513,7 @@ impl Approvals {
         if !self.settings.denial_cooldown.is_zero()
             && self
                 .store
-                .recently_denied(&self.user_key)
+                .recently_denied(&params.approver.key)
                 .await
                 .map_err(unavailable)?
         {
@@ -454,7 +527,7 @@ impl Approvals {
             ),
             (
                 self.settings.per_user,
-                format!("user:{}", self.user_key),
+                format!("user:{}", params.approver.key),
                 "per user",
             ),
             (
@@ -582,7 +655,8 @@ impl Approvals {
                 .clone(),
             delivery_mode: delivery_name(cfg.delivery).into(),
             scope: ticket.params.scope.clone(),
-            hint_type: self.hint_type.into(),
+            hint_type: ticket.params.approver.hint.param().into(),
+            approver_hint_hash: ticket.params.approver.key.clone(),
             binding_message: ticket.params.binding_message.clone(),
             action: ticket.params.action.clone(),
             expires_in: rec.and_then(|r| r.expires_in),

@@ -147,7 +147,7 @@ pub async fn run(
         ..
     } = &caller
     {
-        let digest = Approvals::fingerprint(&for_approval);
+        let digest = approvals.fingerprint(&for_approval);
         if let Err(e) = request_state::open(
             approvals.state_key(),
             state,

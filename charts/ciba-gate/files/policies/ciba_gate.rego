@@ -93,7 +93,7 @@ deny contains {
 
 deny contains {
 	"code": "unknown_environment",
-	"message": concat("", ["environment ", lib.args.env, " is not an allowed deploy target"]),
+	"message": sprintf("environment %s is not an allowed deploy target", [lib.args.env]),
 } if {
 	lib.tool_name == "deploy_service"
 	lib.valid_string_arg("env")
@@ -102,7 +102,7 @@ deny contains {
 
 deny contains {
 	"code": "unknown_service",
-	"message": concat("", ["service ", lib.args.service, " is not deployable by agents"]),
+	"message": sprintf("service %s is not deployable by agents", [lib.args.service]),
 } if {
 	lib.tool_name == "deploy_service"
 	lib.valid_string_arg("service")
@@ -116,7 +116,7 @@ approval := object.union(
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.deploy_service,
 	},
-	acr_request,
+	object.union(acr_request, approver_request),
 ) if {
 	lib.tool_name == "deploy_service"
 	lib.args.service in data.deploy.services
@@ -151,7 +151,7 @@ approval := object.union(
 		"scope": "openid",
 		"requested_expiry": data.approvals.requested_expiry.delete_issue,
 	},
-	acr_request,
+	object.union(acr_request, approver_request),
 ) if {
 	lib.tool_name == "delete_issue"
 	lib.valid_project(lib.args.project)
@@ -165,8 +165,18 @@ approval := object.union(
 
 binding_message(tool) := strings.replace_n(
 	{sprintf("{%s}", [k]): sprintf("%v", [v]) | some k, v in lib.args},
-	data.binding_messages[tool],
+	binding_templates[tool],
 )
+
+# The templates written for the OP's binding-message profile (input.op), or the
+# default ones: strict OPs (20 characters, no spaces) refuse the descriptive form.
+binding_templates := object.get(
+	data.binding_messages,
+	input.op.binding_message_profile,
+	data.binding_messages.default,
+) if input.op.binding_message_profile
+
+binding_templates := data.binding_messages.default if not input.op.binding_message_profile
 
 # ---------------------------------------------------------------------------
 # After approval: the call is forwarded only with evidence of who approved it
@@ -177,6 +187,14 @@ required_acr := data.approvals.acr_values[lib.tool_name]
 acr_request := {"acr_values": required_acr} if required_acr
 
 acr_request := {} if not required_acr
+
+# Who is asked: the approver data.yaml names for the tool (e.g. the service's owner),
+# else the gateway's configured user (approvals.user).
+approver_hint := data.approvals.approvers[lib.tool_name]
+
+approver_request := {"user": {"hint_type": "login_hint", "value": approver_hint}} if approver_hint
+
+approver_request := {} if not approver_hint
 
 allow if {
 	input.phase == "approved"

@@ -128,6 +128,50 @@ test_deploy_approval_for_every_vetted_target if {
 	}
 }
 
+# Strict OPs get a message they accept; unlisted profiles get the default text.
+for_op(inp, profile) := object.union(inp, {"op": {"binding_message_profile": profile}})
+
+test_deploy_message_per_op_profile if {
+	inp := call("deploy_service", deploy_prod)
+	m1 := ciba_gate.approval.binding_message with input as for_op(inp, "oidc-provider")
+	m1 == "payments-to-prod"
+	m2 := ciba_gate.approval.binding_message with input as for_op(inp, "okta")
+	m2 == "payments-to-prod"
+	m3 := ciba_gate.approval.binding_message with input as for_op(inp, "keycloak")
+	m3 == "Deploy-payments-to-prod"
+	m4 := ciba_gate.approval.binding_message with input as for_op(inp, "auth0")
+	m4 == "Deploy payments to prod"
+	m5 := ciba_gate.approval.binding_message with input as for_op(inp, "custom")
+	m5 == "Deploy payments to prod"
+}
+
+test_every_vetted_deploy_fits_oidc_provider_default_rule if {
+	every service in data.deploy.services {
+		every env in data.deploy.environments {
+			inp := for_op(call("deploy_service", {"service": service, "env": env}), "oidc-provider")
+			a := ciba_gate.approval with input as inp
+			count(a.binding_message) <= 20
+			regex.match(`^[a-zA-Z0-9._+/!?#-]+$`, a.binding_message)
+		}
+	}
+}
+
+test_delete_issue_message_per_op_profile if {
+	inp := http_call("delete_issue", {"project": "web", "id": "42"})
+	m1 := ciba_gate.approval.binding_message with input as for_op(inp, "oidc-provider")
+	m1 == "web#42"
+	m2 := ciba_gate.approval.binding_message with input as for_op(inp, "keycloak")
+	m2 == "Delete-web#42"
+}
+
+# The approved phase renders the message again with the same profile and compares.
+test_approved_message_is_rechecked_with_the_profile if {
+	short := object.union(evidence, {"binding_message": "payments-to-prod"})
+	decision(for_op(approved("deploy_service", deploy_prod, short), "oidc-provider")) == "allow"
+	long := object.union(evidence, {"binding_message": "Deploy payments to prod"})
+	deny_codes(for_op(approved("deploy_service", deploy_prod, long), "oidc-provider")) == {"approval_mismatch"}
+}
+
 test_deploy_extra_arguments_still_approval if {
 	decision(call("deploy_service", {"service": "search", "env": "dev", "version": "1.2.3"})) == "approve"
 }
@@ -290,4 +334,18 @@ test_delete_issue_approved_allowed if {
 test_http_without_route_denied if {
 	inp := object.remove(http_call("create_issue", {}), ["tool"])
 	decision(inp) == "deny"
+}
+
+# ---------------------------------------------------------------------------
+# Who approves: the approver data names for the tool, else the configured user.
+
+test_the_approver_named_in_data_is_asked if {
+	a := ciba_gate.approval with input as call("deploy_service", deploy_prod)
+		with data.approvals.approvers as {"deploy_service": "owner@example.com"}
+	a.user == {"hint_type": "login_hint", "value": "owner@example.com"}
+}
+
+test_without_a_named_approver_the_configured_user_is_asked if {
+	a := ciba_gate.approval with input as call("deploy_service", deploy_prod)
+	not a.user
 }
