@@ -1,14 +1,12 @@
 //! The `ciba-gate` command line.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ciba_gate::config::LoadedConfig;
-use ciba_gate::policy::{self, PolicyEngine};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -107,20 +105,49 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Run every `test_*` rule in the directory; prints pass/fail counts, exits 1 on any failure.
+    /// Run every `test_*` rule in the directory (like `opa test`). Exit codes: 0 all
+    /// passed, 1 a test failed or errored or coverage is below --threshold, 2 no tests.
     Test {
         /// Policy directory (rules, data and *_test.rego files).
         #[arg(default_value = "policies")]
         dir: PathBuf,
+        /// Print every test with its duration and `print` output (not only failures).
+        #[arg(short, long)]
+        verbose: bool,
+        /// Run only tests whose full name (data.pkg.test_x) matches this regex.
+        #[arg(short, long, value_name = "REGEX")]
+        run: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "pretty")]
+        format: ciba_gate::cli::policy::Format,
+        /// Report line coverage per file.
+        #[arg(short, long)]
+        coverage: bool,
+        /// Fail when the coverage of the policy files is below this percentage
+        /// (implies --coverage).
+        #[arg(long, value_name = "PERCENT")]
+        threshold: Option<f64>,
     },
-    /// Evaluate one input document and print the decision as JSON.
+    /// Evaluate a query (like `opa eval`), or without one the gateway decision for
+    /// --input, printed as JSON.
     Eval {
+        /// A Rego query, e.g. `data.ciba_gate.deny`; default: the gateway decision.
+        query: Option<String>,
         /// Policy directory.
-        #[arg(long, default_value = "policies")]
+        #[arg(long, short = 'p', default_value = "policies")]
         policies: PathBuf,
         /// The input document (JSON file; `-` for standard input).
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// More policy or data files (.rego, .json, .yaml) or directories; repeatable.
+        #[arg(long, short, value_name = "PATH")]
+        data: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        format: ciba_gate::cli::policy::Format,
+        /// Exit 1 when the query is undefined (the gateway decision: when it is not allow).
         #[arg(long)]
-        input: PathBuf,
+        fail: bool,
     },
 }
 
@@ -249,34 +276,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Policy {
-            command: PolicyCommand::Test { dir },
-        } => {
-            let report = policy::testing::run_tests(&dir)?;
-            if let Ok(engine) = PolicyEngine::load(&dir) {
-                println!("{}", policy::evaluator_note(&engine));
-            }
-            print!("{}", report.render());
-            Ok(if report.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+            command:
+                PolicyCommand::Test {
+                    dir,
+                    verbose,
+                    run,
+                    format,
+                    coverage,
+                    threshold,
+                },
+        } => ciba_gate::cli::policy::test(ciba_gate::cli::policy::TestArgs {
+            dir,
+            verbose,
+            run,
+            format,
+            coverage,
+            threshold,
+        }),
         Command::Policy {
-            command: PolicyCommand::Eval { policies, input },
-        } => {
-            let engine = PolicyEngine::load(&policies)?;
-            let text = if input == Path::new("-") {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(&input)
-                    .with_context(|| format!("reading {}", input.display()))?
-            };
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", input.display()))?;
-            let decision = engine.decide(&value);
-            println!("{}", serde_json::to_string_pretty(&decision)?);
-            Ok(ExitCode::SUCCESS)
-        }
+            command:
+                PolicyCommand::Eval {
+                    query,
+                    policies,
+                    input,
+                    data,
+                    format,
+                    fail,
+                },
+        } => ciba_gate::cli::policy::eval(ciba_gate::cli::policy::EvalArgs {
+            query,
+            policies,
+            input,
+            data,
+            format,
+            fail,
+        }),
     }
 }

@@ -32,6 +32,8 @@ const USER_CODE_ENV: &str = "CIBA_USER_CODE";
 
 /// Upper bound for any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
+/// Starting Node and oidc-provider on a 2-core box busy with the rest of the suite.
+const START_WAIT: Duration = Duration::from_secs(60);
 
 fn quoted(p: &Path) -> String {
     serde_json::to_string(p.to_str().expect("utf-8 path")).unwrap()
@@ -67,7 +69,7 @@ impl Op {
             cmd.args(["--callback-port", &p.to_string()]);
         }
         let mut child = ChildGuard::spawn("oidc-provider", cmd, logs.path(), true);
-        let lines = child.wait_for_stdout_lines(&["CONTROL ", "READY "], WAIT);
+        let lines = child.wait_for_stdout_lines(&["CONTROL ", "READY "], START_WAIT);
         Op {
             control: lines[0]["CONTROL ".len()..].trim().to_string(),
             issuer: lines[1]["READY ".len()..].trim().to_string(),

@@ -1,5 +1,6 @@
 //! The work behind the command line's subcommands that is more than a call into one
-//! module: `check` and the self-contained `dev` demo.
+//! module: `check`, the self-contained `dev` demo, and the offline policy tools.
 
 pub mod check;
 pub mod dev;
+pub mod policy;

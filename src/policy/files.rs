@@ -84,6 +84,37 @@ pub(crate) fn scan(dir: &Path, with_tests: bool) -> Result<FileSet, PolicyError>
     })
 }
 
+/// Adds files named on the command line (`policy eval --data`): a directory's policy
+/// files and data, or one `.rego`, `.json` or `.yaml` file. Their data merges with the
+/// set's; a leaf set twice is an error naming both files.
+pub(crate) fn add_extra(set: &mut FileSet, path: &Path) -> Result<(), PolicyError> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    let shown = path.display().to_string();
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(path, &shown, 0, false, &mut files)?;
+        set.files.extend(files);
+        return Ok(());
+    }
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some(kind) = kind_of(file_name) else {
+        return Err(PolicyError::Compile {
+            path: path.to_path_buf(),
+            message: "not a .rego, .json or .yaml file".to_string(),
+        });
+    };
+    let content = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    set.files.push(SourceFile {
+        name: shown,
+        kind,
+        content,
+    });
+    Ok(())
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> PolicyError {
     PolicyError::Io {
         path: path.to_path_buf(),

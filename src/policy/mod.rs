@@ -26,6 +26,7 @@ pub(crate) use engine::to_value as engine_document;
 mod files;
 pub mod input;
 pub use files::SAMPLE_SUFFIX;
+pub mod query;
 mod reload;
 pub mod testing;
 
@@ -208,6 +209,18 @@ impl PolicyEngine {
             files = set.files.len(),
             "policy loaded"
         );
+        Ok(Self::from_compiled(dir, options, compiled))
+    }
+
+    /// Loads `dir` plus the files named in `extra` (`policy eval --data`): their data
+    /// merges with the directory's. Not reloaded.
+    pub fn load_extra(dir: &Path, extra: &[PathBuf]) -> Result<Self, PolicyError> {
+        let mut set = files::scan(dir, false)?;
+        for path in extra {
+            files::add_extra(&mut set, path)?;
+        }
+        let options = PolicyOptions::default();
+        let compiled = Compiled::build(&set, &options)?;
         Ok(Self::from_compiled(dir, options, compiled))
     }
 

@@ -1,7 +1,10 @@
 //! Offline policy tests (`ciba-gate policy test`): every rule named `test_*` in every
 //! package, evaluated on the interpreter (test rules use `with`, which the bytecode
-//! VM does not support). A test passes iff it evaluates to `true`.
+//! VM does not support). A test passes iff it evaluates to `true`. The flags follow
+//! `opa test`: `-v` (each test, its duration and `print` output), `--run REGEX`,
+//! `--format pretty|json`, `--coverage` with a `--threshold`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -12,15 +15,55 @@ use super::engine::{build_engine, error_text};
 use super::files::{self, Kind};
 use super::{PolicyError, PolicyOptions};
 
+/// Which tests to run and what to collect.
+#[derive(Debug, Clone, Default)]
+pub struct TestOptions {
+    /// Only tests whose full name (`data.pkg.test_x`) matches.
+    pub run: Option<regex::Regex>,
+    /// Collect line coverage over the run.
+    pub coverage: bool,
+}
+
+/// Where a test rule is defined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub file: String,
+    pub row: u32,
+}
+
 /// One `test_*` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TestResult {
     /// Package without the `data.` prefix, e.g. `ciba_gate_test`.
     pub package: String,
     pub name: String,
+    pub location: Location,
     pub passed: bool,
-    /// Evaluation error, or why the result did not count as a pass.
+    /// Evaluation error (with its file:line), or why the result did not count as a pass.
     pub error: Option<String>,
+    /// Nanoseconds.
+    pub duration: u64,
+    /// What `print` wrote during the test.
+    pub output: Vec<String>,
+}
+
+/// Line coverage of one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCoverage {
+    pub file: String,
+    pub covered: Vec<u32>,
+    pub not_covered: Vec<u32>,
+    pub percent: f64,
+}
+
+/// Line coverage over all tests run. `percent` counts the policy files only (test
+/// files are listed, but do not raise the figure).
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    pub files: Vec<FileCoverage>,
+    pub covered_lines: usize,
+    pub not_covered_lines: usize,
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,6 +71,8 @@ pub struct TestReport {
     pub results: Vec<TestResult>,
     pub passed: usize,
     pub failed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
 }
 
 impl TestReport {
@@ -36,18 +81,55 @@ impl TestReport {
         self.failed == 0 && self.passed > 0
     }
 
-    /// Human-readable output; the last line is exactly `N passed, M failed`.
+    /// Human-readable output: failures (every test with `verbose`) with file:line and
+    /// the reason, coverage when collected; the last line is exactly
+    /// `N passed, M failed`.
     pub fn render(&self) -> String {
+        self.render_with(false)
+    }
+
+    pub fn render_with(&self, verbose: bool) -> String {
         let mut out = String::new();
         for r in &self.results {
+            if r.passed && !verbose {
+                continue;
+            }
             let status = if r.passed { "PASS" } else { "FAIL" };
-            let _ = write!(out, "{status} data.{}.{}", r.package, r.name);
+            let _ = write!(
+                out,
+                "{status} data.{}.{} ({}:{})",
+                r.package, r.name, r.location.file, r.location.row
+            );
+            if verbose {
+                let _ = write!(out, " {:.1} ms", r.duration as f64 / 1e6);
+            }
             if let Some(err) = &r.error {
                 let _ = write!(out, ": {}", err.lines().next().unwrap_or(""));
             }
             out.push('\n');
+            if verbose || !r.passed {
+                for line in &r.output {
+                    let _ = writeln!(out, "  print: {line}");
+                }
+            }
         }
-        if !self.results.is_empty() {
+        if let Some(c) = &self.coverage {
+            let _ = writeln!(
+                out,
+                "coverage: {:.2}% of policy lines ({} of {})",
+                c.percent,
+                c.covered_lines,
+                c.covered_lines + c.not_covered_lines
+            );
+            for f in &c.files {
+                let _ = write!(out, "  {} {:.2}%", f.file, f.percent);
+                if !f.not_covered.is_empty() {
+                    let _ = write!(out, ", not covered: {}", ranges(&f.not_covered));
+                }
+                out.push('\n');
+            }
+        }
+        if !out.is_empty() {
             out.push_str("--------------------------------------------------------------------------------\n");
         }
         let _ = writeln!(out, "{} passed, {} failed", self.passed, self.failed);
@@ -55,15 +137,41 @@ impl TestReport {
     }
 }
 
+/// `1, 3-5, 9` for sorted line numbers.
+fn ranges(lines: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let start = lines[i];
+        let mut end = start;
+        while i + 1 < lines.len() && lines[i + 1] == end + 1 {
+            i += 1;
+            end = lines[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(", ")
+}
+
 /// Loads every `.rego` (including `*_test.rego`) and data file under `dir` and runs
 /// every `test_*` rule.
 pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
+    run_tests_with(dir, &TestOptions::default())
+}
+
+/// Runs the selected tests, each on its own copy of the engine (no state carries over).
+pub fn run_tests_with(dir: &Path, options: &TestOptions) -> Result<TestReport, PolicyError> {
     let set = files::scan(dir, true)?;
     let (engine, _data, _defined, _analysis) = build_engine(&set, &PolicyOptions::default())?;
 
-    // (package, rule) pairs, in file order, without duplicates (a rule may have
+    // (package, rule, location), in file order, without duplicates (a rule may have
     // several bodies, in one file or several).
-    let mut tests: Vec<(String, String)> = Vec::new();
+    let mut tests: Vec<(String, String, Location)> = Vec::new();
     let mut probe = Engine::new();
     for f in set
         .files
@@ -77,23 +185,36 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
                 message: e.to_string(),
             })?;
         let package = package.trim_start_matches("data.").to_string();
-        for name in test_rule_names(&f.content) {
+        for (name, row) in test_rule_names(&f.content) {
             // The parser is the authority: skip names that are not rules of this file.
             if probe
                 .has_declared_rule_rooted_at(&f.name, &name)
                 .unwrap_or(false)
-                && !tests.iter().any(|(p, n)| p == &package && n == &name)
+                && !tests.iter().any(|(p, n, _)| p == &package && n == &name)
+                && options
+                    .run
+                    .as_ref()
+                    .is_none_or(|re| re.is_match(&format!("data.{package}.{name}")))
             {
-                tests.push((package.clone(), name));
+                let location = Location {
+                    file: f.name.clone(),
+                    row,
+                };
+                tests.push((package.clone(), name, location));
             }
         }
     }
 
     let mut report = TestReport::default();
-    for (package, name) in tests {
+    let mut lines: BTreeMap<String, (BTreeSet<u32>, BTreeSet<u32>)> = BTreeMap::new();
+    for (package, name, location) in tests {
         let mut e = engine.clone();
         e.set_input(Value::new_object());
+        e.set_gather_prints(true);
+        e.set_enable_coverage(options.coverage);
+        let started = crate::clock::now();
         let result = e.eval_rule(format!("data.{package}.{name}"));
+        let duration = started.elapsed().as_nanos() as u64;
         let (passed, error) = match result {
             Ok(Value::Bool(true)) => (true, None),
             Ok(Value::Undefined) => (false, Some("undefined (a condition did not hold)".into())),
@@ -106,6 +227,16 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
             ),
             Err(e) => (false, Some(error_text(&e.to_string()))),
         };
+        let output = e.take_prints().unwrap_or_default();
+        if options.coverage
+            && let Ok(cov) = e.get_coverage_report()
+        {
+            for f in cov.files {
+                let entry = lines.entry(f.path).or_default();
+                entry.0.extend(f.covered);
+                entry.1.extend(f.not_covered);
+            }
+        }
         if passed {
             report.passed += 1;
         } else {
@@ -114,18 +245,60 @@ pub fn run_tests(dir: &Path) -> Result<TestReport, PolicyError> {
         report.results.push(TestResult {
             package,
             name,
+            location,
             passed,
             error,
+            duration,
+            output,
         });
+    }
+    if options.coverage {
+        report.coverage = Some(coverage_of(lines));
     }
     Ok(report)
 }
 
-/// Candidate `test_*` rule names: identifiers at the start of a line (rules are not
-/// indented in idiomatic Rego; indented ones are checked against the parser too).
-fn test_rule_names(src: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in src.lines() {
+/// A line any test covered is covered.
+fn coverage_of(lines: BTreeMap<String, (BTreeSet<u32>, BTreeSet<u32>)>) -> Coverage {
+    let percent = |c: usize, n: usize| {
+        if c + n == 0 {
+            100.0
+        } else {
+            100.0 * c as f64 / (c + n) as f64
+        }
+    };
+    let (mut covered_lines, mut not_covered_lines) = (0, 0);
+    let files = lines
+        .into_iter()
+        .map(|(file, (covered, not_covered))| {
+            let not_covered: Vec<u32> = not_covered.difference(&covered).copied().collect();
+            let covered: Vec<u32> = covered.into_iter().collect();
+            if !file.ends_with("_test.rego") {
+                covered_lines += covered.len();
+                not_covered_lines += not_covered.len();
+            }
+            FileCoverage {
+                percent: percent(covered.len(), not_covered.len()),
+                file,
+                covered,
+                not_covered,
+            }
+        })
+        .collect();
+    Coverage {
+        files,
+        covered_lines,
+        not_covered_lines,
+        percent: percent(covered_lines, not_covered_lines),
+    }
+}
+
+/// Candidate `test_*` rule names with the line of their first definition:
+/// identifiers at the start of a line (rules are not indented in idiomatic Rego;
+/// indented ones are checked against the parser too).
+fn test_rule_names(src: &str) -> Vec<(String, u32)> {
+    let mut names: Vec<(String, u32)> = Vec::new();
+    for (i, line) in src.lines().enumerate() {
         let line = line.trim_start();
         if !line.starts_with("test_") {
             continue;
@@ -134,8 +307,8 @@ fn test_rule_names(src: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if !names.contains(&name) {
-            names.push(name);
+        if !names.iter().any(|(n, _)| *n == name) {
+            names.push((name, i as u32 + 1));
         }
     }
     names
