@@ -79,8 +79,8 @@ impl Builder<'_> {
             Some(sink) => sink,
             None => c
                 .evidence
-                .open()
-                .with_context(|| format!("{}: evidence.path: cannot open", cfg.file.display()))?,
+                .open(&base)
+                .with_context(|| format!("{}: evidence: cannot open", cfg.file.display()))?,
         };
         let approvals = match &c.approvals {
             Some(a) => Some(

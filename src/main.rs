@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, default_value = "20s")]
         drain: humantime::Duration,
     },
+    /// Evidence log tools: verify the hash chain and signed checkpoints.
+    Evidence {
+        #[command(subcommand)]
+        command: EvidenceCommand,
+    },
     /// Work with Rego policies offline.
     Policy {
         #[command(subcommand)]
@@ -100,6 +105,25 @@ enum Command {
     DemoTools {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Check evidence files (in order) for edited, deleted, inserted or reordered
+    /// records and forged checkpoints. Exit 1 on the first problem.
+    Verify {
+        /// Evidence files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The checkpoint signer's public key (PEM); without it checkpoints are not checked.
+        #[arg(long, value_name = "PUB.pem")]
+        key: Option<PathBuf>,
+    },
+    /// Print the public key (PEM) of a checkpoint signing key, for `verify --key`.
+    PublicKey {
+        /// The Ed25519 private key (PEM PKCS#8) configured as evidence.signing_key.
+        signing_key: PathBuf,
     },
 }
 
@@ -275,6 +299,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         }
+        Command::Evidence {
+            command: EvidenceCommand::Verify { files, key },
+        } => ciba_gate::cli::evidence::verify(&files, key.as_deref()),
+        Command::Evidence {
+            command: EvidenceCommand::PublicKey { signing_key },
+        } => ciba_gate::cli::evidence::public_key(&signing_key),
         Command::Policy {
             command:
                 PolicyCommand::Test {

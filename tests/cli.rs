@@ -354,6 +354,8 @@ fn every_subcommand_has_help() {
         vec!["check", "--help"],
         vec!["policy", "test", "--help"],
         vec!["policy", "eval", "--help"],
+        vec!["evidence", "verify", "--help"],
+        vec!["evidence", "public-key", "--help"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -54,6 +54,9 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
             .problems
             .push(cfg.field_error("store", e).to_string());
     }
+    if let Err(e) = c.evidence.signer(&base) {
+        report.problems.push(format!("{file}: evidence.{e}"));
+    }
     let Some(approvals) = &c.approvals else {
         return Ok(report);
     };

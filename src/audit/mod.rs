@@ -13,11 +13,14 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use crate::outcome::{Disposition, Reason};
+use crate::secret::SecretSource;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub mod chain;
+
 /// `evidence:` — where evidence records go.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceConfig {
     #[serde(default)]
@@ -25,6 +28,35 @@ pub struct EvidenceConfig {
     /// File to append to when `sink: file`. Relative to the config file.
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
+    /// Hash-chain every line (tamper evidence; see `ciba-gate evidence verify`).
+    #[serde(default = "default_chain")]
+    pub chain: bool,
+    /// Ed25519 private key (PEM PKCS#8) that signs checkpoints of the chain.
+    #[serde(default)]
+    pub signing_key: Option<SecretSource>,
+    /// Records between two signed checkpoints (one is also written when the writer
+    /// goes idle for a second, and when it closes).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig {
+            sink: SinkKind::default(),
+            path: None,
+            chain: default_chain(),
+            signing_key: None,
+            checkpoint_every: default_checkpoint_every(),
+        }
+    }
+}
+
+fn default_chain() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -35,21 +67,69 @@ pub enum SinkKind {
     File,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("signing_key: {0}")]
+    Secret(String),
+    #[error("signing_key: {0}")]
+    Key(#[from] chain::KeyError),
+    #[error("signing_key needs chain: true")]
+    KeyWithoutChain,
+}
+
 impl EvidenceConfig {
     pub fn validate(&self) -> crate::validate::Checked {
         crate::validate::require(
             self.sink != SinkKind::File || self.path.is_some(),
             "path",
             "required when evidence.sink is file",
+        )?;
+        crate::validate::require(
+            self.signing_key.is_none() || self.chain,
+            "signing_key",
+            "needs chain: true",
+        )?;
+        crate::validate::require(
+            self.checkpoint_every > 0,
+            "checkpoint_every",
+            "must be at least 1",
         )
     }
 
-    /// Opens the sink (`path` already resolved against the config file's directory).
-    pub fn open(&self) -> std::io::Result<EvidenceSink> {
-        match (self.sink, &self.path) {
-            (SinkKind::File, Some(path)) => EvidenceSink::file(path),
-            _ => Ok(EvidenceSink::stdout()),
+    /// The checkpoint signer, if a key is configured (`base`: the config's directory).
+    pub fn signer(&self, base: &Path) -> Result<Option<chain::Signer>, OpenError> {
+        let Some(source) = &self.signing_key else {
+            return Ok(None);
+        };
+        if !self.chain {
+            return Err(OpenError::KeyWithoutChain);
         }
+        let pem = source
+            .read_raw(base)
+            .map_err(|e| OpenError::Secret(e.to_string()))?;
+        Ok(Some(chain::Signer::from_pem(pem.as_bytes())?))
+    }
+
+    /// Opens the sink (`path` already resolved against the config file's directory;
+    /// `base` resolves the signing key's file).
+    pub fn open(&self, base: &Path) -> Result<EvidenceSink, OpenError> {
+        let chain = if self.chain {
+            Some(chain::Chain::new(self.signer(base)?, self.checkpoint_every))
+        } else {
+            None
+        };
+        let out: Box<dyn Write + Send> = match (self.sink, &self.path) {
+            (SinkKind::File, Some(path)) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            _ => Box::new(std::io::stdout()),
+        };
+        Ok(EvidenceSink::spawn_chained(out, QUEUE_CAPACITY, chain))
     }
 }
 
@@ -69,11 +149,56 @@ pub const QUEUE_CAPACITY: usize = 16 * 1024;
 /// one record per call cheap under load.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// After this long without a record, the writer signs a checkpoint over what it wrote
+/// (so the tail of a quiet log is covered within a second).
+const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer thread's output: lines, sealed into the chain when there is one.
+struct Writer {
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    chain: Option<chain::Chain>,
+}
+
+impl Writer {
+    fn record(&mut self, r: &EvidenceRecord) {
+        let Ok(mut line) = serde_json::to_vec(r) else {
+            return;
+        };
+        if let Some(c) = self.chain.as_mut() {
+            c.seal(&mut line);
+        }
+        self.line(&line);
+        if self
+            .chain
+            .as_ref()
+            .is_some_and(chain::Chain::checkpoint_due)
+        {
+            self.checkpoint();
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        if let Some(line) = self
+            .chain
+            .as_mut()
+            .and_then(|c| c.checkpoint(&now_rfc3339()))
+        {
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let _ = self.out.write_all(line);
+        let _ = self.out.write_all(b"\n");
+    }
+}
+
 impl EvidenceSink {
     pub fn stdout() -> Self {
         Self::spawn(Box::new(std::io::stdout()))
     }
 
+    /// An unchained file sink (tests and tools; the configured sink is `EvidenceConfig::open`).
     pub fn file(path: &Path) -> std::io::Result<Self> {
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -103,34 +228,50 @@ impl EvidenceSink {
 
     /// A sink writing to `out` through a queue of `capacity` records.
     pub fn spawn_with_capacity(out: Box<dyn Write + Send>, capacity: usize) -> Self {
+        Self::spawn_chained(out, capacity, None)
+    }
+
+    /// Like `spawn_with_capacity`, sealing every line into `chain` when given.
+    pub fn spawn_chained(
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+        chain: Option<chain::Chain>,
+    ) -> Self {
         let (tx, rx) = mpsc::sync_channel::<EvidenceRecord>(capacity);
         std::thread::Builder::new()
             .name("evidence-writer".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::new(out);
-                let write = |out: &mut std::io::BufWriter<Box<dyn Write + Send>>,
-                             r: EvidenceRecord| {
-                    if serde_json::to_writer(&mut *out, &r).is_ok() {
-                        let _ = out.write_all(b"\n");
-                    }
+                let mut w = Writer {
+                    out: std::io::BufWriter::new(out),
+                    chain,
                 };
-                // Block for the first record, then drain and linger while records keep coming.
-                while let Ok(first) = rx.recv() {
-                    write(&mut out, first);
+                loop {
+                    // Block for the first record, then drain and linger while records
+                    // keep coming; a quiet second gets a checkpoint.
+                    match rx.recv_timeout(IDLE_CHECKPOINT) {
+                        Ok(first) => w.record(&first),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            w.checkpoint();
+                            let _ = w.out.flush();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                     loop {
                         let mut any = false;
                         while let Ok(more) = rx.try_recv() {
-                            write(&mut out, more);
+                            w.record(&more);
                             any = true;
                         }
-                        let _ = out.flush();
+                        let _ = w.out.flush();
                         if !any {
                             break;
                         }
                         std::thread::sleep(LINGER);
                     }
                 }
-                let _ = out.flush();
+                w.checkpoint();
+                let _ = w.out.flush();
             })
             .expect("spawning the evidence writer thread");
         EvidenceSink { tx }
