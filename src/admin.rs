@@ -114,12 +114,20 @@ impl Admin {
         };
         let draining = self.draining.load(Ordering::Relaxed);
         checks.insert("accepting".into(), json!({"ok": !draining}));
+        if self.gateway.dry_run {
+            // Ready, and loud about it: nothing policy decides is enforced.
+            checks.insert(
+                "enforcing".into(),
+                json!({"ok": true, "dry_run": true, "warning": "policy.dry_run: decisions are recorded, not enforced"}),
+            );
+        }
         let ready = policy_ok && store_ok && op_ok && !draining;
         (
             ready,
             json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "policy_revision": &*revision,
+                "dry_run": self.gateway.dry_run,
                 "checks": Value::Object(checks),
             }),
         )

@@ -75,6 +75,20 @@ impl Builder<'_> {
         let base = cfg.base();
         let policy = PolicyEngine::load(&c.policy.dir)
             .with_context(|| format!("{}: policy.dir", cfg.file.display()))?;
+        let shadow = match &c.policy.shadow {
+            Some(s) => {
+                let engine = PolicyEngine::load(&s.dir)
+                    .with_context(|| format!("{}: policy.shadow.dir", cfg.file.display()))?;
+                tracing::info!(dir = %s.dir.display(), revision = %engine.revision(), "shadow policy loaded: decided beside the enforcing policy, never enforced");
+                Some(engine)
+            }
+            None => None,
+        };
+        if c.policy.dry_run {
+            tracing::warn!(
+                "DRY RUN (policy.dry_run: true): policy decisions are recorded but NOT enforced; denied calls and calls that need approval are forwarded"
+            );
+        }
         let evidence = match self.evidence {
             Some(sink) => sink,
             None => c
@@ -112,6 +126,8 @@ impl Builder<'_> {
             base: base.clone(),
             limits: c.limits.clone(),
             policy,
+            shadow,
+            dry_run: c.policy.dry_run,
             evidence,
             approvals: slot.clone(),
             binding_message_profile: approvals.as_ref().map(|a| a.profile.name.clone()),
@@ -160,6 +176,9 @@ impl App {
     pub async fn start(self) -> anyhow::Result<Running> {
         if !self.reload_interval.is_zero() {
             self.gateway.policy.spawn_reloader(self.reload_interval);
+            if let Some(shadow) = &self.gateway.shadow {
+                shadow.spawn_reloader(self.reload_interval);
+            }
         }
         let callback_addr = match self.approvals {
             Some((resolved, slot)) => {

@@ -173,6 +173,16 @@ enum PolicyCommand {
         #[arg(long)]
         fail: bool,
     },
+    /// Summarise where the shadow policy set (policy.shadow) decided differently, from
+    /// evidence files: by effect pair, tool and reason.
+    Diff {
+        /// Evidence files (repeatable).
+        #[arg(long, required = true, value_name = "FILE")]
+        evidence: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "pretty")]
+        format: ciba_gate::cli::policy::Format,
+    },
 }
 
 fn init_logging() {
@@ -299,6 +309,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         }
+        Command::Policy {
+            command: PolicyCommand::Diff { evidence, format },
+        } => ciba_gate::cli::policy::diff(&evidence, format),
         Command::Evidence {
             command: EvidenceCommand::Verify { files, key },
         } => ciba_gate::cli::evidence::verify(&files, key.as_deref()),

@@ -319,6 +319,23 @@ pub struct EvidenceRecord {
     /// The approval behind an `approve` decision (no tokens, hints or user codes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::approval::ApprovalEvidence>,
+    /// `policy.dry_run`: the call was forwarded although policy said `decision`,
+    /// for this reason (a deny code, `approval_required`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<String>,
+    /// What the shadow policy set decided, when it differs from `decision`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowEvidence>,
+}
+
+/// The shadow policy set's decision of a call (phase `request`), never enforced.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ShadowEvidence {
+    pub decision: &'static str,
+    /// The first deny reason's code, or the approval's `action`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub revision: String,
 }
 
 /// A record being filled in; it is written exactly once, at `finish` or on drop.

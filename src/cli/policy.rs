@@ -193,3 +193,107 @@ fn render_query(out: &QueryOutput, format: Format) -> anyhow::Result<String> {
         }
     })
 }
+
+/// One effect pair in `policy diff`.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PairSummary {
+    pub enforced: String,
+    pub shadow: String,
+    pub count: u64,
+    /// Calls by tool (or MCP method, or `-`).
+    pub tools: std::collections::BTreeMap<String, u64>,
+    /// Calls by the shadow's reason (deny code or approval action).
+    pub reasons: std::collections::BTreeMap<String, u64>,
+}
+
+/// What `policy diff` found in evidence files.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DiffSummary {
+    pub decisions: u64,
+    pub differences: u64,
+    pub pairs: Vec<PairSummary>,
+}
+
+/// Summarises the shadow differences recorded in evidence files.
+pub fn diff_summary(texts: &[String]) -> DiffSummary {
+    let mut out = DiffSummary::default();
+    let mut pairs: std::collections::BTreeMap<(String, String), PairSummary> = Default::default();
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(decision) = v.get("decision").and_then(|d| d.as_str()) else {
+            continue; // a checkpoint, or not a record
+        };
+        out.decisions += 1;
+        let Some(shadow) = v.get("shadow") else {
+            continue;
+        };
+        out.differences += 1;
+        let theirs = shadow["decision"].as_str().unwrap_or("?").to_string();
+        let p = pairs
+            .entry((decision.to_string(), theirs.clone()))
+            .or_insert_with(|| PairSummary {
+                enforced: decision.to_string(),
+                shadow: theirs,
+                ..PairSummary::default()
+            });
+        p.count += 1;
+        let tool = v["tool"]
+            .as_str()
+            .or(v["mcp_method"].as_str())
+            .unwrap_or("-")
+            .to_string();
+        *p.tools.entry(tool).or_default() += 1;
+        if let Some(r) = shadow["reason"].as_str() {
+            *p.reasons.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    out.pairs = pairs.into_values().collect();
+    out.pairs.sort_by_key(|p| std::cmp::Reverse(p.count));
+    out
+}
+
+/// `policy diff --evidence FILE…`: how the shadow policy set would have decided
+/// differently. Exit 0 (differences are information, not failure).
+pub fn diff(files: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
+    let mut texts = Vec::new();
+    for f in files {
+        texts.push(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?);
+    }
+    let s = diff_summary(&texts);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Format::Pretty | Format::Raw => {
+            let pct = if s.decisions == 0 {
+                0.0
+            } else {
+                100.0 * s.differences as f64 / s.decisions as f64
+            };
+            println!(
+                "{} decisions, {} decided differently by the shadow policy ({pct:.2}%)",
+                s.decisions, s.differences
+            );
+            for p in &s.pairs {
+                let list = |m: &std::collections::BTreeMap<String, u64>| {
+                    m.iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                print!(
+                    "  {}→{}: {} (tools: {}",
+                    p.enforced,
+                    p.shadow,
+                    p.count,
+                    list(&p.tools)
+                );
+                if !p.reasons.is_empty() {
+                    print!("; reasons: {}", list(&p.reasons));
+                }
+                println!(")");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -110,6 +110,9 @@ impl LoadedConfig {
         })?;
         let loaded_base = base_dir(file);
         config.policy.dir = loaded_base.join(&config.policy.dir);
+        if let Some(s) = config.policy.shadow.as_mut() {
+            s.dir = loaded_base.join(&s.dir);
+        }
         if let Some(p) = &config.evidence.path {
             config.evidence.path = Some(loaded_base.join(p));
         }

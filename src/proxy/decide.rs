@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::Gateway;
 use super::call::Unit;
+use crate::audit::ShadowEvidence;
 use crate::outcome::Reason;
 use crate::policy::input::{self, Phase, PolicyInput};
 use crate::policy::{Decision, Effect};
@@ -28,7 +29,11 @@ pub fn effect_name(effect: Effect) -> &'static str {
 }
 
 fn evaluate(gw: &Gateway, input: &PolicyInput) -> Decision {
-    let phase = match input.phase {
+    evaluate_document(gw, input.phase, &input.to_value())
+}
+
+fn evaluate_document(gw: &Gateway, phase: Phase, document: &Value) -> Decision {
+    let phase = match phase {
         Phase::Request => "request",
         Phase::Approved => "approved",
         Phase::List => "list",
@@ -40,7 +45,7 @@ fn evaluate(gw: &Gateway, input: &PolicyInput) -> Decision {
         ciba_gate.policy.effect = tracing::field::Empty,
         ciba_gate.policy.revision = tracing::field::Empty
     );
-    let decision = span.in_scope(|| gw.policy.decide(&input.to_value()));
+    let decision = span.in_scope(|| gw.policy.decide(document));
     span.record("ciba_gate.policy.effect", effect_name(decision.effect));
     span.record("ciba_gate.policy.revision", &*decision.revision);
     decision
@@ -48,19 +53,71 @@ fn evaluate(gw: &Gateway, input: &PolicyInput) -> Decision {
 
 /// Phase `request`: decides `unit` and notes the decision in its evidence record.
 pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
-    let decision = evaluate(gw, &unit.input);
+    let document = unit.input.to_value();
+    let decision = evaluate_document(gw, unit.input.phase, &document);
     tracing::Span::current().record("ciba_gate.decision", effect_name(decision.effect));
     let r = unit.record.get_mut();
     r.decision = effect_name(decision.effect);
     r.policy_revision = decision.revision.to_string();
-    match (decision.effect, decision.approval) {
+    if let Some(shadow) = &gw.shadow {
+        r.shadow = shadow_difference(&decision, &shadow.decide(&document));
+    }
+    let verdict = match (decision.effect, decision.approval) {
         (Effect::Allow, _) => Verdict::Forward,
         (Effect::Approve, Some(params)) if unit.approvable.is_some() => Verdict::Approve(params),
         // Anything else policy wants approved (a resource read, an unrouted HTTP
         // request, a notification) cannot be.
         (Effect::Approve, _) => Verdict::Block(Reason::ApprovalUnsupported),
         (Effect::Deny, _) => Verdict::Block(Reason::from_policy(&decision.reasons)),
+    };
+    if !gw.dry_run {
+        return verdict;
     }
+    // Dry run: what policy would have stopped goes through, and the record says so.
+    match verdict {
+        Verdict::Forward => Verdict::Forward,
+        Verdict::Approve(_) => {
+            r.dry_run = Some("approval_required".into());
+            Verdict::Forward
+        }
+        Verdict::Block(reason) => {
+            r.dry_run = Some(reason.code().to_string());
+            Verdict::Forward
+        }
+    }
+}
+
+/// The shadow decision, when it differs from the enforced one: another effect,
+/// another first deny reason, or another approval object. Counted by effect pair.
+fn shadow_difference(enforced: &Decision, shadow: &Decision) -> Option<ShadowEvidence> {
+    let same = enforced.effect == shadow.effect
+        && match enforced.effect {
+            Effect::Allow => true,
+            Effect::Deny => enforced.reason_code() == shadow.reason_code(),
+            Effect::Approve => enforced.approval == shadow.approval,
+        };
+    if same {
+        return None;
+    }
+    crate::telemetry::metrics::shadow_difference(
+        effect_name(enforced.effect),
+        effect_name(shadow.effect),
+    );
+    let reason = match shadow.effect {
+        Effect::Allow => None,
+        Effect::Deny => shadow.reason_code().map(str::to_string),
+        Effect::Approve => shadow
+            .approval
+            .as_ref()
+            .and_then(|a| a.get("action"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    Some(ShadowEvidence {
+        decision: effect_name(shadow.effect),
+        reason,
+        revision: shadow.revision.to_string(),
+    })
 }
 
 /// Phase `approved`: separate approval from execution. Policy decides again with the

@@ -74,6 +74,10 @@ pub struct GatewayParts {
     pub base: PathBuf,
     pub limits: Limits,
     pub policy: PolicyEngine,
+    /// A policy set decided beside `policy` and never enforced (`policy.shadow`).
+    pub shadow: Option<PolicyEngine>,
+    /// `policy.dry_run`: decisions are recorded, none is enforced.
+    pub dry_run: bool,
     pub evidence: EvidenceSink,
     /// Human approvals (CIBA): `None` when not configured (an `approve` decision blocks
     /// the call); the slot fills once the OP's metadata has been fetched.
@@ -88,6 +92,8 @@ pub struct Gateway {
     pub agent: AgentConfig,
     mounts: Vec<Mount>,
     pub policy: PolicyEngine,
+    pub shadow: Option<PolicyEngine>,
+    pub dry_run: bool,
     pub evidence: EvidenceSink,
     pub limits: Limits,
     approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
@@ -153,6 +159,8 @@ impl Gateway {
             agent: parts.agent,
             mounts,
             policy: parts.policy,
+            shadow: parts.shadow,
+            dry_run: parts.dry_run,
             evidence: parts.evidence,
             limits: parts.limits,
             approvals: parts.approvals,

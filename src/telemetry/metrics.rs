@@ -52,6 +52,12 @@ pub struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub enforced: &'static str,
+    pub shadow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartyLabels {
     pub party: &'static str,
 }
@@ -98,6 +104,7 @@ pub struct Metrics {
     limits_exceeded: Family<LimitLabels, Counter>,
     evidence_dropped: Counter,
     token_requests_deferred: Family<PartyLabels, Counter>,
+    shadow_differences: Family<ShadowLabels, Counter>,
 }
 
 impl Metrics {
@@ -179,8 +186,15 @@ impl Metrics {
             "Token requests not made because another party (a ping handler, a poll loop, another replica) held the approval's redemption claim, by the party that deferred (ping, poll)",
             token_requests_deferred.clone(),
         );
+        let shadow_differences = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_shadow_differences",
+            "Calls the shadow policy set (policy.shadow) decided differently from the enforcing one, by effect pair (enforced, shadow); never enforced",
+            shadow_differences.clone(),
+        );
         Metrics {
             registry,
+            shadow_differences,
             token_requests_deferred,
             limits_exceeded,
             evidence_dropped,
@@ -198,6 +212,14 @@ impl Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Counts one call the shadow policy set decided differently.
+pub fn shadow_difference(enforced: &'static str, shadow: &'static str) {
+    METRICS
+        .shadow_differences
+        .get_or_create(&ShadowLabels { enforced, shadow })
+        .inc();
+}
 
 /// Counts one evidence record (every decision writes exactly one).
 pub fn decision(effect: &'static str, outcome: &'static str, reason: &'static str, upstream: &str) {
