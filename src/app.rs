@@ -129,6 +129,7 @@ impl Builder<'_> {
             shadow,
             dry_run: c.policy.dry_run,
             evidence,
+            evidence_required: c.evidence.required,
             approvals: slot.clone(),
             binding_message_profile: approvals.as_ref().map(|a| a.profile.name.clone()),
         })
@@ -178,6 +179,20 @@ impl App {
             self.gateway.policy.spawn_reloader(self.reload_interval);
             if let Some(shadow) = &self.gateway.shadow {
                 shadow.spawn_reloader(self.reload_interval);
+            }
+        }
+        #[cfg(unix)]
+        {
+            // SIGHUP: reopen the evidence file (after logrotate moved it away).
+            let gateway = self.gateway.clone();
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        gateway.evidence.request_reopen();
+                    }
+                });
             }
         }
         let callback_addr = match self.approvals {

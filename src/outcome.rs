@@ -125,6 +125,9 @@ pub enum Reason {
     /// `unknown_user_id`, `invalid_client`, `invalid_id_token`, `op_unreachable`, ...
     ApprovalFailed(String),
     ShuttingDown,
+    /// `evidence.required`: the evidence sink cannot write, so calls that need an
+    /// audit trail are refused.
+    EvidenceUnavailable,
 
     // --- the tool server ---------------------------------------------------------------
     UpstreamUnreachable(String),
@@ -215,6 +218,7 @@ impl Reason {
             RequestLost => "request_lost",
             StoreUnavailable(_) => "store_unavailable",
             ShuttingDown => "shutting_down",
+            EvidenceUnavailable => "evidence_unavailable",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamError(_) => "upstream_error",
@@ -269,7 +273,7 @@ impl Reason {
             | DenialCooldown => Source::Approver,
             OpUnavailable | ApprovalFailed(_) | RequestLost => Source::Op,
             ApprovalLost | StoreUnavailable(_) => Source::Store,
-            ApprovalNotConfigured | ShuttingDown => Source::Gateway,
+            ApprovalNotConfigured | ShuttingDown | EvidenceUnavailable => Source::Gateway,
             UpstreamUnreachable(_)
             | UpstreamTimeout(_)
             | UpstreamError(_)
@@ -292,6 +296,7 @@ impl Reason {
             BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
             ApprovalPending => StatusCode::ACCEPTED,
             ApprovalRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            EvidenceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             UpstreamUnreachable(_)
             | UpstreamError(_)
@@ -379,6 +384,7 @@ impl Reason {
                 other => format!("the approval failed ({other})"),
             },
             ShuttingDown => "the gateway is shutting down; call again to continue (the approval request is kept)".into(),
+            EvidenceUnavailable => "the gateway cannot write its audit trail right now, so this call is refused; try again later".into(),
             UpstreamUnreachable(why) => format!("could not connect to the upstream: {why}"),
             UpstreamTimeout(d) => format!("the upstream did not answer within {d:?}"),
             UpstreamError(why) => why.clone(),

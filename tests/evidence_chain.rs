@@ -281,11 +281,28 @@ fn the_chain_names_the_first_broken_record() {
     edited[1] = edited[1].replace("\"n\":1", "\"n\":9");
     assert!(matches!(run(&edited).tamper, Some(Tamper::Edited { edited, .. }) if edited == at(1)));
 
+    // A file that begins mid-chain (rotation) is accepted and said to; a chain that
+    // appears mid-file at record > 0 is not.
     let mut gone = lines.clone();
     gone.remove(0);
+    let v = run(&gone);
+    assert_eq!(v.tamper, None);
+    assert_eq!(
+        v.starts_later.values().copied().collect::<Vec<_>>(),
+        vec![1]
+    );
+    let mut other = Chain::new(None, 3);
+    let mut late = Vec::new();
+    for i in 0..3 {
+        let mut line = serde_json::to_vec(&json!({"m": i})).unwrap();
+        other.seal(&mut line);
+        late.push(String::from_utf8(line).unwrap());
+    }
+    let mut mixed = lines.clone();
+    mixed.insert(2, late[2].clone());
     assert!(matches!(
-        run(&gone).tamper,
-        Some(Tamper::MissingStart { seq: 1, .. })
+        run(&mixed).tamper,
+        Some(Tamper::MissingStart { seq: 2, .. })
     ));
 
     // The checkpoint's time is signed too.

@@ -229,6 +229,9 @@ pub struct Verified {
     pub checkpoints: u64,
     /// Per chain: records after its last verified checkpoint (all of them without a key).
     pub uncovered: BTreeMap<String, u64>,
+    /// Chains whose first line (the first line of a file) is record N > 0: what came
+    /// before is not in the files given (rotated away, or cut off).
+    pub starts_later: BTreeMap<String, u64>,
     pub tamper: Option<Tamper>,
 }
 
@@ -257,13 +260,18 @@ pub fn verify(lines: &[(At, &str)], key: Option<&VerifyingKey>) -> Verified {
         match chains.get_mut(&id) {
             None => {
                 if seq != 0 {
-                    out.tamper = Some(Tamper::MissingStart { at, chain: id, seq });
-                    break;
+                    // A file may begin mid-chain (the files before it rotated away);
+                    // anywhere else a chain must start at 0.
+                    if at.line != 1 {
+                        out.tamper = Some(Tamper::MissingStart { at, chain: id, seq });
+                        break;
+                    }
+                    out.starts_later.insert(id.clone(), seq);
                 }
                 chains.insert(
                     id.clone(),
                     ChainState {
-                        next: 1,
+                        next: seq + 1,
                         last_hash: hash,
                         last_at: at.clone(),
                         uncovered: 1,

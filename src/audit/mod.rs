@@ -8,6 +8,7 @@ use crate::clock::Instant;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use serde::Serialize;
@@ -38,6 +39,26 @@ pub struct EvidenceConfig {
     /// goes idle for a second, and when it closes).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// `sink: file`: rotate when the file reaches this many bytes (`path` → `path.1`
+    /// → … → `path.<keep>`); the chain continues in the new file.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// What is refused while evidence cannot be written: `off`, `approvals` (calls
+    /// that need a person's approval) or `all`.
+    #[serde(default)]
+    pub required: Required,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Required {
+    #[default]
+    Off,
+    Approvals,
+    All,
 }
 
 impl Default for EvidenceConfig {
@@ -48,6 +69,9 @@ impl Default for EvidenceConfig {
             chain: default_chain(),
             signing_key: None,
             checkpoint_every: default_checkpoint_every(),
+            max_bytes: None,
+            keep: default_keep(),
+            required: Required::default(),
         }
     }
 }
@@ -57,6 +81,9 @@ fn default_chain() -> bool {
 }
 fn default_checkpoint_every() -> u64 {
     1000
+}
+fn default_keep() -> usize {
+    5
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -95,6 +122,16 @@ impl EvidenceConfig {
             self.checkpoint_every > 0,
             "checkpoint_every",
             "must be at least 1",
+        )?;
+        crate::validate::require(
+            self.max_bytes.is_none() || self.sink == SinkKind::File,
+            "max_bytes",
+            "rotation needs sink: file",
+        )?;
+        crate::validate::require(
+            self.max_bytes.is_none_or(|m| m >= 4096),
+            "max_bytes",
+            "must be at least 4096",
         )
     }
 
@@ -120,23 +157,133 @@ impl EvidenceConfig {
         } else {
             None
         };
-        let out: Box<dyn Write + Send> = match (self.sink, &self.path) {
-            (SinkKind::File, Some(path)) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-            _ => Box::new(std::io::stdout()),
+        let out = match (self.sink, &self.path) {
+            (SinkKind::File, Some(path)) => Output::file(path, self.max_bytes, self.keep)?,
+            _ => Output::Stream(Box::new(std::io::stdout())),
         };
-        Ok(EvidenceSink::spawn_chained(out, QUEUE_CAPACITY, chain))
+        Ok(EvidenceSink::spawn_output(out, QUEUE_CAPACITY, chain))
     }
+}
+
+/// Where the writer thread's bytes go.
+enum Output {
+    Stream(Box<dyn Write + Send>),
+    /// A file it can rotate and reopen.
+    File {
+        path: std::path::PathBuf,
+        file: std::fs::File,
+        size: u64,
+        max_bytes: Option<u64>,
+        keep: usize,
+    },
+}
+
+impl Output {
+    fn file(path: &Path, max_bytes: Option<u64>, keep: usize) -> std::io::Result<Output> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(Output::File {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_bytes,
+            keep,
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stream(w) => w.write_all(bytes),
+            Output::File { file, size, .. } => {
+                file.write_all(bytes)?;
+                *size += bytes.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Stream(w) => w.flush(),
+            Output::File { file, .. } => file.flush(),
+        }
+    }
+
+    /// Whether `more` bytes would take a rotating file past its limit.
+    fn rotation_due(&self, more: usize) -> bool {
+        matches!(self, Output::File { size, max_bytes: Some(max), .. }
+            if *size > 0 && *size + more as u64 > *max)
+    }
+
+    /// `path.<keep-1>` → `path.<keep>`, …, `path` → `path.1`, and a new `path`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Output::File {
+            path,
+            file,
+            size,
+            keep,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        file.flush()?;
+        let numbered = |i: usize| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".{i}"));
+            std::path::PathBuf::from(p)
+        };
+        if *keep == 0 {
+            std::fs::remove_file(&*path)?;
+        } else {
+            let _ = std::fs::remove_file(numbered(*keep));
+            for i in (1..*keep).rev() {
+                if numbered(i).exists() {
+                    std::fs::rename(numbered(i), numbered(i + 1))?;
+                }
+            }
+            std::fs::rename(&*path, numbered(1))?;
+        }
+        *file = open_append(path)?;
+        *size = 0;
+        Ok(())
+    }
+
+    /// Opens the path again (after an external rotation moved the file away).
+    fn reopen(&mut self) -> std::io::Result<()> {
+        if let Output::File {
+            path, file, size, ..
+        } = self
+        {
+            file.flush()?;
+            *file = open_append(path)?;
+            *size = file.metadata()?.len();
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Where evidence lines go. Cheap to clone.
 #[derive(Clone)]
 pub struct EvidenceSink {
     tx: mpsc::SyncSender<EvidenceRecord>,
+    state: Arc<SinkState>,
+}
+
+/// What the writer thread and the request path share.
+#[derive(Default)]
+struct SinkState {
+    /// False after a write failed, true again after one succeeds.
+    failing: AtomicBool,
+    /// Set by SIGHUP: reopen the file at its path.
+    reopen: AtomicBool,
 }
 
 /// Records waiting for the writer, at most. A writer that cannot keep up (a blocked
@@ -155,19 +302,39 @@ const IDLE_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The writer thread's output: lines, sealed into the chain when there is one.
 struct Writer {
-    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    out: Output,
+    /// Bytes of the lines written since the last flush.
+    buf: Vec<u8>,
+    /// Records in `buf`.
+    buffered: u64,
     chain: Option<chain::Chain>,
+    state: Arc<SinkState>,
 }
+
+/// Room for the chain member and a newline, when deciding whether a line still fits.
+const CHAIN_OVERHEAD: usize = 160;
 
 impl Writer {
     fn record(&mut self, r: &EvidenceRecord) {
         let Ok(mut line) = serde_json::to_vec(r) else {
             return;
         };
+        if self
+            .out
+            .rotation_due(self.buf.len() + line.len() + CHAIN_OVERHEAD)
+        {
+            // The old file ends covered by a checkpoint; the chain goes on in the new one.
+            self.checkpoint();
+            self.flush();
+            if let Err(e) = self.out.rotate() {
+                self.failed(&e);
+            }
+        }
         if let Some(c) = self.chain.as_mut() {
             c.seal(&mut line);
         }
         self.line(&line);
+        self.buffered += 1;
         if self
             .chain
             .as_ref()
@@ -188,8 +355,47 @@ impl Writer {
     }
 
     fn line(&mut self, line: &[u8]) {
-        let _ = self.out.write_all(line);
-        let _ = self.out.write_all(b"\n");
+        self.buf.extend_from_slice(line);
+        self.buf.push(b'\n');
+    }
+
+    /// Writes what is buffered; a failure is counted, logged and marks the sink as
+    /// failing (`evidence.required` refuses calls while it is).
+    fn flush(&mut self) {
+        if self.state.reopen.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.out.reopen() {
+                self.failed(&e);
+            } else {
+                tracing::info!("evidence file reopened");
+            }
+        }
+        if self.buf.is_empty() {
+            return;
+        }
+        let result = self
+            .out
+            .write_all(&self.buf)
+            .and_then(|()| self.out.flush());
+        self.buf.clear();
+        let records = std::mem::take(&mut self.buffered);
+        match result {
+            Ok(()) => {
+                crate::telemetry::metrics::evidence_written(records);
+                if self.state.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("evidence is being written again");
+                }
+            }
+            Err(e) => {
+                crate::telemetry::metrics::evidence_lost(records);
+                self.failed(&e);
+            }
+        }
+    }
+
+    fn failed(&mut self, e: &std::io::Error) {
+        if !self.state.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "evidence cannot be written; records are being lost");
+        }
     }
 }
 
@@ -200,11 +406,11 @@ impl EvidenceSink {
 
     /// An unchained file sink (tests and tools; the configured sink is `EvidenceConfig::open`).
     pub fn file(path: &Path) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Self::spawn(Box::new(f)))
+        Ok(Self::spawn_output(
+            Output::file(path, None, 0)?,
+            QUEUE_CAPACITY,
+            None,
+        ))
     }
 
     /// A sink that keeps lines in memory (tests).
@@ -219,7 +425,13 @@ impl EvidenceSink {
                 }
             }
         });
-        (EvidenceSink { tx }, lines)
+        (
+            EvidenceSink {
+                tx,
+                state: Arc::default(),
+            },
+            lines,
+        )
     }
 
     fn spawn(out: Box<dyn Write + Send>) -> Self {
@@ -228,7 +440,7 @@ impl EvidenceSink {
 
     /// A sink writing to `out` through a queue of `capacity` records.
     pub fn spawn_with_capacity(out: Box<dyn Write + Send>, capacity: usize) -> Self {
-        Self::spawn_chained(out, capacity, None)
+        Self::spawn_output(Output::Stream(out), capacity, None)
     }
 
     /// Like `spawn_with_capacity`, sealing every line into `chain` when given.
@@ -237,13 +449,22 @@ impl EvidenceSink {
         capacity: usize,
         chain: Option<chain::Chain>,
     ) -> Self {
+        Self::spawn_output(Output::Stream(out), capacity, chain)
+    }
+
+    fn spawn_output(out: Output, capacity: usize, chain: Option<chain::Chain>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<EvidenceRecord>(capacity);
+        let state = Arc::new(SinkState::default());
+        let shared = state.clone();
         std::thread::Builder::new()
             .name("evidence-writer".into())
             .spawn(move || {
                 let mut w = Writer {
-                    out: std::io::BufWriter::new(out),
+                    out,
+                    buf: Vec::new(),
+                    buffered: 0,
                     chain,
+                    state: shared,
                 };
                 loop {
                     // Block for the first record, then drain and linger while records
@@ -252,7 +473,7 @@ impl EvidenceSink {
                         Ok(first) => w.record(&first),
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             w.checkpoint();
-                            let _ = w.out.flush();
+                            w.flush();
                             continue;
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -263,7 +484,7 @@ impl EvidenceSink {
                             w.record(&more);
                             any = true;
                         }
-                        let _ = w.out.flush();
+                        w.flush();
                         if !any {
                             break;
                         }
@@ -271,10 +492,21 @@ impl EvidenceSink {
                     }
                 }
                 w.checkpoint();
-                let _ = w.out.flush();
+                w.flush();
             })
             .expect("spawning the evidence writer thread");
-        EvidenceSink { tx }
+        EvidenceSink { tx, state }
+    }
+
+    /// True while the last write failed (`evidence.required` refuses calls then).
+    pub fn failing(&self) -> bool {
+        self.state.failing.load(Ordering::Relaxed)
+    }
+
+    /// Reopens the file at its path before the next write (SIGHUP, after an external
+    /// rotation moved it away).
+    pub fn request_reopen(&self) {
+        self.state.reopen.store(true, Ordering::Relaxed);
     }
 
     fn write(&self, record: EvidenceRecord) {

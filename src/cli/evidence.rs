@@ -53,6 +53,11 @@ pub fn verify(files: &[PathBuf], key: Option<&Path>) -> anyhow::Result<ExitCode>
             "  no --key: checkpoints not checked; the chain shows edits, deletions and reordering, not a cut-off or rewritten tail"
         );
     }
+    for (chain, seq) in &v.starts_later {
+        println!(
+            "  chain {chain}: starts at record {seq}; records 0..{seq} are not in these files (rotated away, or cut off)"
+        );
+    }
     for (chain, n) in &v.uncovered {
         println!(
             "  chain {chain}: the last {n} record(s) are after its last signed checkpoint (not covered)"

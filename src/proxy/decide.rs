@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::Gateway;
 use super::call::Unit;
-use crate::audit::ShadowEvidence;
+use crate::audit::{Required, ShadowEvidence};
 use crate::outcome::Reason;
 use crate::policy::input::{self, Phase, PolicyInput};
 use crate::policy::{Decision, Effect};
@@ -70,6 +70,15 @@ pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
         (Effect::Approve, _) => Verdict::Block(Reason::ApprovalUnsupported),
         (Effect::Deny, _) => Verdict::Block(Reason::from_policy(&decision.reasons)),
     };
+    // An audit trail that cannot be written is treated like a store that is down.
+    let refuse = match gw.evidence_required {
+        Required::Off => false,
+        Required::Approvals => matches!(verdict, Verdict::Approve(_)),
+        Required::All => !matches!(verdict, Verdict::Block(_)),
+    };
+    if refuse && gw.evidence.failing() {
+        return Verdict::Block(Reason::EvidenceUnavailable);
+    }
     if !gw.dry_run {
         return verdict;
     }

@@ -79,6 +79,8 @@ pub struct GatewayParts {
     /// `policy.dry_run`: decisions are recorded, none is enforced.
     pub dry_run: bool,
     pub evidence: EvidenceSink,
+    /// `evidence.required`: what is refused while the sink cannot write.
+    pub evidence_required: crate::audit::Required,
     /// Human approvals (CIBA): `None` when not configured (an `approve` decision blocks
     /// the call); the slot fills once the OP's metadata has been fetched.
     pub approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
@@ -95,6 +97,7 @@ pub struct Gateway {
     pub shadow: Option<PolicyEngine>,
     pub dry_run: bool,
     pub evidence: EvidenceSink,
+    pub evidence_required: crate::audit::Required,
     pub limits: Limits,
     approvals: Option<Arc<OnceLock<Arc<Approvals>>>>,
     binding_message_profile: Option<String>,
@@ -162,6 +165,7 @@ impl Gateway {
             shadow: parts.shadow,
             dry_run: parts.dry_run,
             evidence: parts.evidence,
+            evidence_required: parts.evidence_required,
             limits: parts.limits,
             approvals: parts.approvals,
             binding_message_profile: parts.binding_message_profile,

@@ -103,6 +103,8 @@ pub struct Metrics {
     op_errors: Family<CodeLabels, Counter>,
     limits_exceeded: Family<LimitLabels, Counter>,
     evidence_dropped: Counter,
+    evidence_written: Counter,
+    evidence_lost: Counter,
     token_requests_deferred: Family<PartyLabels, Counter>,
     shadow_differences: Family<ShadowLabels, Counter>,
 }
@@ -192,8 +194,22 @@ impl Metrics {
             "Calls the shadow policy set (policy.shadow) decided differently from the enforcing one, by effect pair (enforced, shadow); never enforced",
             shadow_differences.clone(),
         );
+        let evidence_written = Counter::default();
+        registry.register(
+            "ciba_gate_evidence_written",
+            "Evidence records written to the sink",
+            evidence_written.clone(),
+        );
+        let evidence_lost = Counter::default();
+        registry.register(
+            "ciba_gate_evidence_write_failed",
+            "Evidence records lost because writing them to the sink failed",
+            evidence_lost.clone(),
+        );
         Metrics {
             registry,
+            evidence_written,
+            evidence_lost,
             shadow_differences,
             token_requests_deferred,
             limits_exceeded,
@@ -212,6 +228,16 @@ impl Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Counts records the evidence writer wrote.
+pub fn evidence_written(records: u64) {
+    METRICS.evidence_written.inc_by(records);
+}
+
+/// Counts records lost to a failed write.
+pub fn evidence_lost(records: u64) {
+    METRICS.evidence_lost.inc_by(records);
+}
 
 /// Counts one call the shadow policy set decided differently.
 pub fn shadow_difference(enforced: &'static str, shadow: &'static str) {

@@ -1,0 +1,180 @@
+//! The evidence file as operations meet it: size-based rotation that keeps the hash
+//! chain across files, reopening after an external rotation, write failures that are
+//! counted and, with `evidence.required`, refuse calls instead of losing the trail.
+#![allow(clippy::disallowed_methods)] // waits on a real writer thread in real time
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ciba_gate::app::{App, Running};
+use ciba_gate::config::LoadedConfig;
+use serde_json::{Value, json};
+
+async fn gateway(dir: &Path, evidence: &str) -> Running {
+    let tools = ciba_gate::devop::demo_tools::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\nadmin: {{listen: \"127.0.0.1:0\"}}\n\
+         agent: {{id: billing-agent}}\n\
+         policy: {{dir: {policies:?}, reload_interval: 0s}}\n\
+         evidence: {evidence}\n\
+         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{tools}/mcp\"}}\n"
+    );
+    let file = dir.join("gate.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let cfg = LoadedConfig::parse(&file, &yaml).unwrap();
+    App::builder(&cfg).build().unwrap().start().await.unwrap()
+}
+
+async fn list_deployments(running: &Running, id: i64) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": "list_deployments", "arguments": {"page": id}}});
+    let text = reqwest::Client::new()
+        .post(format!("http://{}/mcp", running.addr))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+fn records(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"decision\""))
+        .count()
+}
+
+fn numbered(path: &Path, i: usize) -> PathBuf {
+    PathBuf::from(format!("{}.{i}", path.display()))
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn verify(files: &[PathBuf]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ciba-gate"))
+        .args(["evidence", "verify"])
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_size_keeps_n_files_and_the_chain_runs_through_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = gateway(
+        dir.path(),
+        "{sink: file, path: evidence.jsonl, max_bytes: 4096, keep: 2}",
+    )
+    .await;
+    let log = dir.path().join("evidence.jsonl");
+    for i in 0..60 {
+        list_deployments(&running, i).await;
+    }
+    wait_for("a rotated file", || numbered(&log, 2).exists()).await;
+    // Until the writer is done: the current file stops growing.
+    let mut last = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(!numbered(&log, 3).exists(), "keep: 2");
+    for f in [numbered(&log, 2), numbered(&log, 1)] {
+        let size = std::fs::metadata(&f).unwrap().len();
+        assert!(size <= 4096, "{} is {size} bytes", f.display());
+    }
+    // Oldest first, the chain holds across the files; the first kept file starts
+    // mid-chain (its predecessors rotated away), which verify says.
+    let (code, out) = verify(&[numbered(&log, 2), numbered(&log, 1), log.clone()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("starts at record"), "{out}");
+    let (code, out) = verify(&[numbered(&log, 1), numbered(&log, 2), log.clone()]);
+    assert_eq!(code, 1, "out of order: {out}");
+    drop(running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_rotation_and_a_reopen_continue_the_chain_in_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = gateway(dir.path(), "{sink: file, path: evidence.jsonl}").await;
+    let log = dir.path().join("evidence.jsonl");
+    for i in 0..3 {
+        list_deployments(&running, i).await;
+    }
+    wait_for("3 records", || records(&log) == 3).await;
+    let old = dir.path().join("evidence.jsonl.old");
+    std::fs::rename(&log, &old).unwrap();
+    // What SIGHUP does.
+    running.gateway.evidence.request_reopen();
+    for i in 3..5 {
+        list_deployments(&running, i).await;
+    }
+    wait_for("2 records in the new file", || records(&log) == 2).await;
+    assert_eq!(records(&old), 3);
+    let (code, out) = verify(&[old.clone(), log.clone()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok: 5 records in 1 chain"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_cannot_write_is_counted_and_required_evidence_refuses_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    // /dev/full: every write fails with ENOSPC.
+    let running = gateway(dir.path(), "{sink: file, path: /dev/full, required: all}").await;
+    let first = list_deployments(&running, 1).await;
+    assert!(first["result"].is_object(), "nothing failed yet: {first}");
+    let gw = running.gateway.clone();
+    wait_for("the sink to report failure", || gw.evidence.failing()).await;
+    let second = list_deployments(&running, 2).await;
+    assert_eq!(
+        second["result"]["_meta"]["ciba-gate/reason"], "evidence_unavailable",
+        "{second}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost = metrics
+        .lines()
+        .find(|l| l.starts_with("ciba_gate_evidence_write_failed_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_ne!(lost, "ciba_gate_evidence_write_failed_total 0", "{lost}");
+    drop(Arc::clone(&gw));
+
+    // Not required (the default): calls keep flowing, and the loss is counted.
+    let dir = tempfile::tempdir().unwrap();
+    let running = gateway(dir.path(), "{sink: file, path: /dev/full}").await;
+    list_deployments(&running, 1).await;
+    let gw = running.gateway.clone();
+    wait_for("the sink to report failure", || gw.evidence.failing()).await;
+    let again = list_deployments(&running, 2).await;
+    assert!(again["result"]["content"].is_array(), "{again}");
+}
