@@ -334,6 +334,7 @@ async fn approved_call_is_held_over_sse_with_progress_then_forwarded_once_poll_m
     assert_eq!(ap["hint_type"], "login_hint");
     assert_eq!(ap["binding_message"], "Deploy payments to prod");
     assert_eq!(ap["user_decision"], "approved");
+    assert_eq!(ap["token_outcome"], "granted");
     assert_eq!(ap["interval"], 1);
     assert_eq!(
         ap["backchannel_endpoint"],
@@ -367,6 +368,7 @@ async fn denied_on_the_phone_blocks_the_call_ping_mode() {
     assert!(s.upstream.tool_calls().is_empty());
     let ev = evidence(&s, 1).await;
     assert_eq!(ev[0]["approval"]["user_decision"], "denied");
+    assert_eq!(ev[0]["approval"]["token_outcome"], "access_denied");
     assert_eq!(ev[0]["approval"]["delivery_mode"], "ping");
     assert_eq!(ev[0]["outcome"], "blocked");
 }

@@ -164,6 +164,10 @@ pub struct ApprovalEvidence {
     pub joined: bool,
     /// approved | denied | expired | failed | pending
     pub user_decision: String,
+    /// What the token endpoint (or the push) said: `granted`, `access_denied`,
+    /// `expired_token`, or the failure's code (`invalid_grant`, `invalid_id_token`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_outcome: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -663,6 +667,15 @@ impl Approvals {
             interval: rec.and_then(|r| r.interval),
             joined: !ticket.started,
             user_decision: decision.into(),
+            token_outcome: rec.and_then(|r| match r.status {
+                Status::Granted | Status::Consumed => Some("granted".to_string()),
+                Status::Denied => Some(r.failure.clone().unwrap_or_else(|| "access_denied".into())),
+                Status::Expired => {
+                    Some(r.failure.clone().unwrap_or_else(|| "expired_token".into()))
+                }
+                Status::Failed => r.failure.clone(),
+                Status::Pending => None,
+            }),
             failure: rec.and_then(|r| r.failure.clone()),
             approver_subject_hash: rec
                 .and_then(|r| r.approver.as_ref())
