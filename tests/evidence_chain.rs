@@ -3,6 +3,8 @@
 //! that was edited, deleted, inserted or reordered, and a forged checkpoint.
 #![allow(clippy::disallowed_methods)] // waits on a real writer thread in real time
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -65,21 +67,10 @@ async fn real_log(calls: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::write(&file, &yaml).unwrap();
     let cfg = LoadedConfig::parse(&file, &yaml).unwrap();
     let running = App::builder(&cfg).build().unwrap().start().await.unwrap();
-    let client = reqwest::Client::new();
     for i in 0..calls {
         let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                           "params": {"name": "list_deployments", "arguments": {"page": i}}});
-        client
-            .post(format!("http://{}/mcp", running.addr))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        support::post_mcp(running.addr, &body).await;
     }
     let log = dir.path().join("evidence.jsonl");
     let mut last_is_checkpoint = false;

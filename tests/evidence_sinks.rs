@@ -3,6 +3,8 @@
 //! counted and, with `evidence.required`, refuse calls instead of losing the trail.
 #![allow(clippy::disallowed_methods)] // waits on a real writer thread in real time
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -33,18 +35,7 @@ async fn gateway(dir: &Path, evidence: &str) -> Running {
 async fn list_deployments(running: &Running, id: i64) -> Value {
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                       "params": {"name": "list_deployments", "arguments": {"page": id}}});
-    let text = reqwest::Client::new()
-        .post(format!("http://{}/mcp", running.addr))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    support::post_mcp(running.addr, &body).await
 }
 
 fn records(path: &Path) -> usize {

@@ -53,18 +53,7 @@ fn call(tool: &str, args: Value, id: i64) -> Value {
 }
 
 async fn post(gate: &Gate, body: &Value) -> Value {
-    let text = reqwest::Client::new()
-        .post(format!("http://{}/mcp", gate.addr))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    support::jsonrpc_answer(&text)
+    support::post_mcp(gate.addr, body).await
 }
 
 async fn admin(gate: &Gate, path: &str) -> String {

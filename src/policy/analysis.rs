@@ -991,37 +991,55 @@ fn is_scalar_literal(e: &Ref<Expr>) -> bool {
     )
 }
 
-/// Every variable name an expression mentions (with its line).
+/// Every variable name an expression mentions (with its line). A comprehension's
+/// variables are its own (regorus checks their safety) and are not included.
 pub(crate) fn vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
+    collect_vars(e, out, false);
+}
+
+/// Every variable name an expression mentions, comprehensions included.
+fn vars_deep(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
+    collect_vars(e, out, true);
+}
+
+fn collect_vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>, deep: bool) {
+    let go = |x: &Ref<Expr>, out: &mut Vec<(String, u32)>| collect_vars(x, out, deep);
     match e.as_ref() {
         Expr::Var { span, .. } => out.push((span.text().to_string(), span.line)),
         Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            items.iter().for_each(|i| vars(i, out));
+            items.iter().for_each(|i| go(i, out));
         }
         Expr::Object { fields, .. } => {
             for (_, k, v) in fields {
-                vars(k, out);
-                vars(v, out);
+                go(k, out);
+                go(v, out);
             }
         }
-        // A comprehension's variables are its own (regorus checks their safety).
-        Expr::ArrayCompr { .. } | Expr::SetCompr { .. } | Expr::ObjectCompr { .. } => {}
-        Expr::Call { params, .. } => {
-            // The function's own name is not a variable.
-            params.iter().for_each(|p| vars(p, out));
+        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } if deep => {
+            go(term, out);
+            query_vars(query, out);
         }
-        Expr::UnaryExpr { expr, .. } => vars(expr, out),
-        Expr::RefDot { refr, .. } => vars(refr, out),
+        Expr::ObjectCompr {
+            key, value, query, ..
+        } if deep => {
+            go(key, out);
+            go(value, out);
+            query_vars(query, out);
+        }
+        // The function's own name is not a variable.
+        Expr::Call { params, .. } => params.iter().for_each(|p| go(p, out)),
+        Expr::UnaryExpr { expr, .. } => go(expr, out),
+        Expr::RefDot { refr, .. } => go(refr, out),
         Expr::RefBrack { refr, index, .. } => {
-            vars(refr, out);
-            vars(index, out);
+            go(refr, out);
+            go(index, out);
         }
         Expr::BinExpr { lhs, rhs, .. }
         | Expr::BoolExpr { lhs, rhs, .. }
         | Expr::ArithExpr { lhs, rhs, .. }
         | Expr::AssignExpr { lhs, rhs, .. } => {
-            vars(lhs, out);
-            vars(rhs, out);
+            go(lhs, out);
+            go(rhs, out);
         }
         Expr::Membership {
             key,
@@ -1030,10 +1048,10 @@ pub(crate) fn vars(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
             ..
         } => {
             if let Some(k) = key {
-                vars(k, out);
+                go(k, out);
             }
-            vars(value, out);
-            vars(collection, out);
+            go(value, out);
+            go(collection, out);
         }
         _ => {}
     }
@@ -1076,58 +1094,5 @@ fn query_vars(q: &Ref<Query>, out: &mut Vec<(String, u32)>) {
         for w in &stmt.with_mods {
             vars(&w.r#as, out);
         }
-    }
-}
-
-/// Every variable name an expression mentions, comprehensions included.
-fn vars_deep(e: &Ref<Expr>, out: &mut Vec<(String, u32)>) {
-    match e.as_ref() {
-        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-            vars_deep(term, out);
-            query_vars(query, out);
-        }
-        Expr::ObjectCompr {
-            key, value, query, ..
-        } => {
-            vars_deep(key, out);
-            vars_deep(value, out);
-            query_vars(query, out);
-        }
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            items.iter().for_each(|i| vars_deep(i, out));
-        }
-        Expr::Object { fields, .. } => {
-            for (_, k, v) in fields {
-                vars_deep(k, out);
-                vars_deep(v, out);
-            }
-        }
-        Expr::Call { params, .. } => params.iter().for_each(|p| vars_deep(p, out)),
-        Expr::UnaryExpr { expr, .. } => vars_deep(expr, out),
-        Expr::RefDot { refr, .. } => vars_deep(refr, out),
-        Expr::RefBrack { refr, index, .. } => {
-            vars_deep(refr, out);
-            vars_deep(index, out);
-        }
-        Expr::BinExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::AssignExpr { lhs, rhs, .. } => {
-            vars_deep(lhs, out);
-            vars_deep(rhs, out);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            if let Some(k) = key {
-                vars_deep(k, out);
-            }
-            vars_deep(value, out);
-            vars_deep(collection, out);
-        }
-        _ => vars(e, out),
     }
 }

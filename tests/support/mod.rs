@@ -30,6 +30,23 @@ pub fn jsonrpc_answer(text: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// POSTs a JSON-RPC message to the gateway's `/mcp` as an SDK client would (JSON or
+/// SSE accepted) and returns the answer (`jsonrpc_answer`).
+pub async fn post_mcp(addr: SocketAddr, body: &serde_json::Value) -> serde_json::Value {
+    let text = reqwest::Client::new()
+        .post(format!("http://{addr}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    jsonrpc_answer(&text)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
