@@ -48,6 +48,8 @@ struct Opts {
     max_wait: &'static str,
     extra: &'static str,
     policies: Option<std::path::PathBuf>,
+    /// `policy.shadow.dir`.
+    shadow: Option<std::path::PathBuf>,
     profile: &'static str,
 }
 
@@ -61,6 +63,7 @@ impl Default for Opts {
             max_wait: "30s",
             extra: "",
             policies: None,
+            shadow: None,
             profile: "ciba-gate-dev",
         }
     }
@@ -110,7 +113,7 @@ async fn setup(o: Opts) -> Setup {
     let yaml = format!(
         r#"
 agent: {{id: billing-agent, namespace: agents}}
-policy: {{dir: {policies:?}, reload_interval: 0s}}
+policy: {{dir: {policies:?}, reload_interval: 0s{shadow}}}
 upstreams:
   - {{name: tools, kind: mcp, mount: /mcp, url: "http://{up_addr}/mcp"}}
   - name: tickets
@@ -141,6 +144,11 @@ approvals:
         max_wait = o.max_wait,
         profile = o.profile,
         extra = o.extra,
+        shadow = o
+            .shadow
+            .as_ref()
+            .map(|d| format!(", shadow: {{dir: {d:?}}}"))
+            .unwrap_or_default(),
     );
     let gate = support::gateway::Gate::start(&dir, &yaml).await;
     gate.approvals_ready().await;
@@ -1161,4 +1169,42 @@ async fn delete_issue(addr: SocketAddr, project: &str, id: &str) -> String {
     }
     let v: Value = r.json().await.unwrap_or(Value::Null);
     v["reason"].as_str().unwrap_or("?").to_string()
+}
+
+/// A shadow policy that differs only after approval is recorded with that phase: the
+/// call is still forwarded (the shadow never enforces).
+#[tokio::test]
+async fn a_shadow_difference_after_approval_is_recorded_with_its_phase() {
+    let shadow = tempfile::tempdir().unwrap().keep();
+    copy_dir(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
+        &shadow,
+    );
+    let rego = std::fs::read_to_string(shadow.join("ciba_gate.rego")).unwrap();
+    std::fs::write(
+        shadow.join("ciba_gate.rego"),
+        format!(
+            "{rego}\ndeny contains {{\"code\": \"second_look\", \"message\": \"a second look\"}} if input.phase == \"approved\"\n"
+        ),
+    )
+    .unwrap();
+    let s = setup(Opts {
+        shadow: Some(shadow),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(95, "payments", "prod", true),
+        &[],
+    ));
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done", "{}", a.result);
+    let ev = evidence(&s, 1).await;
+    let e = ev.iter().find(|e| e["tool"] == "deploy_service").unwrap();
+    assert_eq!(e["outcome"], "forwarded");
+    assert_eq!(e["shadow"]["phase"], "approved", "{e}");
+    assert_eq!(e["shadow"]["decision"], "deny", "{e}");
+    assert_eq!(e["shadow"]["reason"], "second_look", "{e}");
 }

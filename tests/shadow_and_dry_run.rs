@@ -97,6 +97,7 @@ async fn the_shadow_policy_is_decided_beside_and_never_enforced() {
     let list = ev.iter().find(|e| e["tool"] == "list_deployments").unwrap();
     assert_eq!(list["decision"], "allow");
     assert_eq!(list["outcome"], "forwarded");
+    assert_eq!(list["shadow"]["phase"], "request", "{list}");
     assert_eq!(list["shadow"]["decision"], "deny", "{list}");
     assert_eq!(list["shadow"]["reason"], "destructive_tool", "{list}");
     assert!(

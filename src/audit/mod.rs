@@ -560,9 +560,12 @@ pub struct EvidenceRecord {
     pub shadow: Option<ShadowEvidence>,
 }
 
-/// The shadow policy set's decision of a call (phase `request`), never enforced.
+/// The shadow policy set's decision of a call, never enforced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ShadowEvidence {
+    /// The first phase where it differed: `request`, or `approved` (after a person
+    /// approved, with their evidence).
+    pub phase: &'static str,
     pub decision: &'static str,
     /// The first deny reason's code, or the approval's `action`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -28,10 +28,6 @@ pub fn effect_name(effect: Effect) -> &'static str {
     }
 }
 
-fn evaluate(gw: &Gateway, input: &PolicyInput) -> Decision {
-    evaluate_document(gw, input.phase, &input.to_value())
-}
-
 fn evaluate_document(gw: &Gateway, phase: Phase, document: &Value) -> Decision {
     let phase = match phase {
         Phase::Request => "request",
@@ -60,7 +56,7 @@ pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
     r.decision = effect_name(decision.effect);
     r.policy_revision = decision.revision.to_string();
     if let Some(shadow) = &gw.shadow {
-        r.shadow = shadow_difference(&decision, &shadow.decide(&document));
+        r.shadow = shadow_difference("request", &decision, &shadow.decide(&document));
     }
     let verdict = match (decision.effect, decision.approval) {
         (Effect::Allow, _) => Verdict::Forward,
@@ -98,7 +94,11 @@ pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
 
 /// The shadow decision, when it differs from the enforced one: another effect,
 /// another first deny reason, or another approval object. Counted by effect pair.
-fn shadow_difference(enforced: &Decision, shadow: &Decision) -> Option<ShadowEvidence> {
+fn shadow_difference(
+    phase: &'static str,
+    enforced: &Decision,
+    shadow: &Decision,
+) -> Option<ShadowEvidence> {
     let same = enforced.effect == shadow.effect
         && match enforced.effect {
             Effect::Allow => true,
@@ -123,6 +123,7 @@ fn shadow_difference(enforced: &Decision, shadow: &Decision) -> Option<ShadowEvi
             .map(str::to_string),
     };
     Some(ShadowEvidence {
+        phase,
         decision: effect_name(shadow.effect),
         reason,
         revision: shadow.revision.to_string(),
@@ -130,15 +131,25 @@ fn shadow_difference(enforced: &Decision, shadow: &Decision) -> Option<ShadowEvi
 }
 
 /// Phase `approved`: separate approval from execution. Policy decides again with the
-/// approver's evidence; `Ok` only on `allow`.
+/// approver's evidence; `Ok` only on `allow`. The shadow set (if any) decides too;
+/// its difference is returned for a record that has none from phase `request`.
 pub fn approved(
     gw: &Gateway,
     input: &mut PolicyInput,
     approval: input::Approval,
-) -> (Result<(), Reason>, std::sync::Arc<str>) {
+) -> (
+    Result<(), Reason>,
+    std::sync::Arc<str>,
+    Option<ShadowEvidence>,
+) {
     input.phase = Phase::Approved;
     input.approval = Some(approval);
-    let decision = evaluate(gw, input);
+    let document = input.to_value();
+    let decision = evaluate_document(gw, Phase::Approved, &document);
+    let shadow = gw
+        .shadow
+        .as_ref()
+        .and_then(|s| shadow_difference("approved", &decision, &s.decide(&document)));
     let revision = decision.revision.clone();
     let verdict = match decision.effect {
         Effect::Allow => Ok(()),
@@ -150,7 +161,7 @@ pub fn approved(
             other => other,
         }),
     };
-    (verdict, revision)
+    (verdict, revision, shadow)
 }
 
 /// Phase `list`: whether a tool in a `tools/list` answer may be shown. A deny (or a

@@ -286,8 +286,12 @@ async fn conclude(
                 auth_time: approver.auth_time,
                 binding_message: r.binding_message.clone(),
             };
-            let (verdict, revision) = decide::approved(call.gw, &mut unit.input, facts);
-            unit.record.get_mut().policy_revision = revision.to_string();
+            let (verdict, revision, shadow) = decide::approved(call.gw, &mut unit.input, facts);
+            let r = unit.record.get_mut();
+            r.policy_revision = revision.to_string();
+            if r.shadow.is_none() {
+                r.shadow = shadow;
+            }
             if let Err(reason) = verdict {
                 unit.record.get_mut().decision = "deny";
                 unit.record.conclude(Disposition::Blocked, &reason, None);
