@@ -12,9 +12,7 @@ use std::time::Duration;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::Ed25519KeyPair;
 use base64::Engine as _;
-use ciba_gate::app::App;
 use ciba_gate::audit::chain::{self, At, Chain, Signer, Tamper, VerifyingKey};
-use ciba_gate::config::LoadedConfig;
 use serde_json::{Value, json};
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -52,21 +50,11 @@ fn verify(files: &[&Path], key: Option<&Path>) -> (i32, String) {
 async fn real_log(calls: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("evidence-key.pem"), signing_key_pem()).unwrap();
-    let tools = ciba_gate::devop::demo_tools::spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\nadmin: {{listen: \"127.0.0.1:0\"}}\n\
-         agent: {{id: billing-agent}}\n\
-         policy: {{dir: {policies:?}, reload_interval: 0s}}\n\
-         evidence: {{sink: file, path: evidence.jsonl, signing_key: {{file: evidence-key.pem}}, checkpoint_every: 4}}\n\
-         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{tools}/mcp\"}}\n"
-    );
-    let file = dir.path().join("gate.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    let cfg = LoadedConfig::parse(&file, &yaml).unwrap();
-    let running = App::builder(&cfg).build().unwrap().start().await.unwrap();
+    let running = support::gateway::with_configured_evidence(
+        dir.path(),
+        "{sink: file, path: evidence.jsonl, signing_key: {file: evidence-key.pem}, checkpoint_every: 4}",
+    )
+    .await;
     for i in 0..calls {
         let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                           "params": {"name": "list_deployments", "arguments": {"page": i}}});

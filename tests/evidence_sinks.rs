@@ -10,26 +10,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ciba_gate::app::{App, Running};
-use ciba_gate::config::LoadedConfig;
+use ciba_gate::app::Running;
 use serde_json::{Value, json};
 
 async fn gateway(dir: &Path, evidence: &str) -> Running {
-    let tools = ciba_gate::devop::demo_tools::spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\nadmin: {{listen: \"127.0.0.1:0\"}}\n\
-         agent: {{id: billing-agent}}\n\
-         policy: {{dir: {policies:?}, reload_interval: 0s}}\n\
-         evidence: {evidence}\n\
-         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{tools}/mcp\"}}\n"
-    );
-    let file = dir.join("gate.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    let cfg = LoadedConfig::parse(&file, &yaml).unwrap();
-    App::builder(&cfg).build().unwrap().start().await.unwrap()
+    support::gateway::with_configured_evidence(dir, evidence).await
 }
 
 async fn list_deployments(running: &Running, id: i64) -> Value {

@@ -81,3 +81,24 @@ impl Gate {
         self.evidence.lock().unwrap().join("\n")
     }
 }
+
+/// A gateway built from its config exactly as `serve` builds it — evidence through
+/// the configured sink (`evidence` is the YAML of the `evidence:` section), not the
+/// in-memory one — with the bundled policies, in front of the demo MCP tools.
+pub async fn with_configured_evidence(dir: &Path, evidence: &str) -> Running {
+    let tools = ciba_gate::devop::demo_tools::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\nadmin: {{listen: \"127.0.0.1:0\"}}\n\
+         agent: {{id: billing-agent}}\n\
+         policy: {{dir: {policies:?}, reload_interval: 0s}}\n\
+         evidence: {evidence}\n\
+         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{tools}/mcp\"}}\n"
+    );
+    let file = dir.join("gate.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let cfg = LoadedConfig::parse(&file, &yaml).unwrap();
+    App::builder(&cfg).build().unwrap().start().await.unwrap()
+}
