@@ -114,6 +114,9 @@ pub enum Reason {
     ApprovalExpired,
     ApprovalAlreadyUsed,
     ApprovalLost,
+    /// Two-person rule: the grants came from fewer distinct people (by the ID tokens'
+    /// subjects) than the policy requires.
+    ApproversNotDistinct,
     ApprovalRateLimited {
         what: &'static str,
         retry_after_secs: u64,
@@ -213,6 +216,7 @@ impl Reason {
             ApprovalExpired => "approval_expired",
             ApprovalAlreadyUsed => "approval_already_used",
             ApprovalLost => "approval_lost",
+            ApproversNotDistinct => "approvers_not_distinct",
             ApprovalRateLimited { .. } => "approval_rate_limited",
             DenialCooldown => "denial_cooldown",
             RequestLost => "request_lost",
@@ -269,6 +273,7 @@ impl Reason {
             | ApprovalDenied
             | ApprovalExpired
             | ApprovalAlreadyUsed
+            | ApproversNotDistinct
             | ApprovalRateLimited { .. }
             | DenialCooldown => Source::Approver,
             OpUnavailable | ApprovalFailed(_) | RequestLost => Source::Op,
@@ -365,6 +370,7 @@ impl Reason {
             ApprovalDenied => "the user denied the request on their phone".into(),
             ApprovalExpired => "nobody approved the request in time".into(),
             ApprovalAlreadyUsed => "the approval for this exact call was used by an identical call; call again to ask for a new approval".into(),
+            ApproversNotDistinct => "the approvals came from fewer distinct people than the policy requires (two of the approvers named are one person); nothing was forwarded".into(),
             ApprovalLost => "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval".into(),
             ApprovalRateLimited { what, retry_after_secs } => format!(
                 "too many approval requests {what}; try again in {retry_after_secs} s"
@@ -421,6 +427,8 @@ impl Reason {
     pub fn from_failure(code: &str) -> Reason {
         match code {
             "request_lost" => Reason::RequestLost,
+            "approval_lost" => Reason::ApprovalLost,
+            "approvers_not_distinct" => Reason::ApproversNotDistinct,
             "store_unavailable" => Reason::StoreUnavailable("the approval store failed".into()),
             "invalid_binding_message" => Reason::InvalidBindingMessage("the OP rejected it".into()),
             other => Reason::ApprovalFailed(other.to_string()),

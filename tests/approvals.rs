@@ -27,6 +27,9 @@ const CLIENT_SECRET: &str = "dev-client-secret-5b1e0c";
 const USER: &str = "alice@example.com";
 /// A second person: the owner a policy may name as the approver.
 const OWNER: &str = "owner@example.com";
+/// Two more people, for the two-person rule.
+const BOB: &str = "bob@example.com";
+const CAROL: &str = "carol@example.com";
 
 // --- the setup -------------------------------------------------------------------------
 
@@ -91,7 +94,7 @@ async fn setup(o: Opts) -> Setup {
                 notification_endpoint: (o.delivery != DeliveryMode::Poll)
                     .then(|| callback_url.clone()),
             }],
-            users: vec![USER.into(), OWNER.into()],
+            users: vec![USER.into(), OWNER.into(), BOB.into(), CAROL.into()],
             interval: o.interval,
             slow_down_polls: o.slow_down_polls,
             default_expiry: 60,
@@ -1103,7 +1106,12 @@ async fn a_malformed_approver_from_policy_blocks_and_asks_nobody() {
     for bad in [
         "{deploy_service: \"\"}",
         "{deploy_service: 42}",
-        "{deploy_service: [\"a@example.com\"]}",
+        "{deploy_service: {hint_type: login_hint}}",
+        "{deploy_service: []}",
+        "{deploy_service: [\"bob@example.com\", \"bob@example.com\"]}",
+        "{deploy_service: {from: [\"bob@example.com\", \"owner@example.com\"], count: 3}}",
+        "{deploy_service: {from: [\"bob@example.com\", \"owner@example.com\"], count: 0}}",
+        "{deploy_service: [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\", \"h\", \"i\", \"j\", \"k\"]}",
     ] {
         let s = setup(Opts {
             policies: Some(policies_with_approvers(bad)),
@@ -1207,4 +1215,187 @@ async fn a_shadow_difference_after_approval_is_recorded_with_its_phase() {
     assert_eq!(e["shadow"]["phase"], "approved", "{e}");
     assert_eq!(e["shadow"]["decision"], "deny", "{e}");
     assert_eq!(e["shadow"]["reason"], "second_look", "{e}");
+}
+
+// --- the two-person rule ---------------------------------------------------------------
+
+/// The pending requests of the people whose hints start with these letters (the OP
+/// masks hints as `o***@example.com`).
+fn asked_of(p: &[ciba_gate::devop::op::PendingView], first: char) -> String {
+    p.iter()
+        .find(|v| v.user.starts_with(first))
+        .unwrap_or_else(|| panic!("nobody starting with {first} was asked"))
+        .id
+        .clone()
+}
+
+/// A list of approvers means all of them: each person is asked on their own phone, the
+/// call waits while only one has approved, and runs once when both have: one forward,
+/// one evidence record naming both people by keyed hash.
+#[tokio::test]
+async fn two_people_must_approve_and_the_call_runs_once_when_both_have() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(120, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 2).await;
+    assert_eq!(p.len(), 2, "one request per person");
+    assert!(p.iter().all(|v| v.binding_message == p[0].binding_message));
+    s.op.decide(&asked_of(&p, 'o'), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!call.is_finished(), "one approval of two is not enough");
+    assert!(s.upstream.tool_calls().is_empty());
+    s.op.decide(&asked_of(&p, 'b'), true).await.unwrap();
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done", "{}", a.result);
+    assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
+
+    let ev = evidence(&s, 1).await;
+    let approval = &ev[0]["approval"];
+    assert_eq!(approval["user_decision"], "approved");
+    let q = &approval["quorum"];
+    assert_eq!(
+        (q["required"].as_u64(), q["asked"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(q["granted"], 2);
+    let people = q["approvers"].as_array().unwrap();
+    assert!(people.iter().all(|m| m["user_decision"] == "approved"
+        && m["token_outcome"] == "granted"
+        && m["joined"] == false));
+    assert_ne!(
+        people[0]["approver_subject_hash"], people[1]["approver_subject_hash"],
+        "two distinct people"
+    );
+    let all = s.evidence.lock().unwrap().join("\n");
+    assert!(
+        !all.contains(OWNER) && !all.contains(BOB),
+        "raw hints in evidence"
+    );
+    assert_no_secrets(&s);
+
+    // Used once: the identical call asks both people again.
+    let again = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(121, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 2).await;
+    for v in &p {
+        s.op.decide(&v.id, false).await.unwrap();
+    }
+    assert_eq!(reason(&again.await.unwrap().result), "approval_denied");
+    assert_eq!(s.upstream.tool_calls().len(), 1);
+}
+
+/// One person's denial ends the approval for everyone: the call is blocked at once,
+/// whatever the others answer later.
+#[tokio::test]
+async fn one_denial_blocks_a_two_person_approval() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(122, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 2).await;
+    s.op.decide(&asked_of(&p, 'b'), false).await.unwrap();
+    let a = call.await.unwrap();
+    assert_eq!(reason(&a.result), "approval_denied", "{}", a.result);
+    s.op.decide(&asked_of(&p, 'o'), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(s.upstream.tool_calls().is_empty(), "nothing forwarded");
+    let ev = evidence(&s, 1).await;
+    assert_eq!(ev[0]["approval"]["user_decision"], "denied");
+    assert_eq!(ev[0]["approval"]["quorum"]["granted"], 0);
+}
+
+/// `{from: [...], count: N}` asks everyone listed and runs the call once N distinct
+/// people approved; a later answer from the rest changes nothing.
+#[tokio::test]
+async fn any_two_of_three_approvers_suffice() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: {{from: [\"{OWNER}\", \"{BOB}\", \"{CAROL}\"], count: 2}}}}"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(123, "payments", "prod", true),
+        &[],
+    ));
+    let p = pending(&s.op, 3).await;
+    s.op.decide(&asked_of(&p, 'c'), true).await.unwrap();
+    s.op.decide(&asked_of(&p, 'o'), true).await.unwrap();
+    let a = call.await.unwrap();
+    assert_eq!(tool_text(&a.result), "done", "{}", a.result);
+    s.op.decide(&asked_of(&p, 'b'), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
+    let ev = evidence(&s, 1).await;
+    let q = &ev[0]["approval"]["quorum"];
+    assert_eq!(
+        (q["required"].as_u64(), q["asked"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(q["granted"], 2);
+}
+
+/// Identical calls racing for one two-person approval share the two prompts, and only
+/// one of them runs.
+#[tokio::test]
+async fn identical_calls_share_a_two_person_approval_and_one_runs() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
+        ))),
+        ..Opts::default()
+    })
+    .await;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(call_mcp(
+                s.gw_addr,
+                deploy(130 + i, "payments", "prod", true),
+                &[],
+            ))
+        })
+        .collect();
+    let p = pending(&s.op, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.op.pending().len(),
+        2,
+        "one request per person, not per call"
+    );
+    for v in &p {
+        s.op.decide(&v.id, true).await.unwrap();
+    }
+    let mut ran = 0;
+    for c in calls {
+        let a = c.await.unwrap();
+        if tool_text(&a.result) == "done" {
+            ran += 1;
+        } else {
+            assert_eq!(reason(&a.result), "approval_already_used", "{}", a.result);
+        }
+    }
+    assert_eq!(ran, 1);
+    assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
 }

@@ -8,7 +8,10 @@ pub mod binding;
 pub mod callback;
 pub mod config;
 pub mod driver;
+mod quorum;
 pub mod request_state;
+
+pub use quorum::{MemberEvidence, QuorumEvidence, approvals_used};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,9 +99,9 @@ pub struct CallForApproval<'a> {
 /// What the policy asked for, checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApprovalParams {
-    /// Whose phone is asked (never serialized: it holds the raw hint).
+    /// Whose phones are asked (never serialized: they hold the raw hints).
     #[serde(skip)]
-    pub approver: Approver,
+    pub approvers: Approvers,
     pub action: String,
     pub binding_message: String,
     pub scope: String,
@@ -119,28 +122,73 @@ pub struct Approver {
     pub configured: bool,
 }
 
+/// Who must approve a call: one person, or (two-person rule) `required` distinct
+/// people out of those `asked`, each with a CIBA request of their own.
+#[derive(Debug, Clone)]
+pub struct Approvers {
+    pub asked: Vec<Approver>,
+    pub required: usize,
+}
+
+impl Approvers {
+    fn one(approver: Approver) -> Self {
+        Approvers {
+            asked: vec![approver],
+            required: 1,
+        }
+    }
+
+    /// More than one person is asked: the call waits for a quorum.
+    pub fn is_quorum(&self) -> bool {
+        self.asked.len() > 1
+    }
+
+    /// The first person asked (named in the evidence's top-level fields).
+    pub fn primary(&self) -> &Approver {
+        &self.asked[0]
+    }
+}
+
 /// Longest approver hint a policy may give (a `login_hint_token` is a JWT).
 const MAX_POLICY_HINT: usize = 8192;
+/// Most people one call may ask (each gets a CIBA request of their own).
+pub const MAX_APPROVERS: usize = 10;
 
 /// A call's place in the approval flow.
 #[derive(Debug, Clone)]
 pub struct Ticket {
+    /// The call's fingerprint: the store key of its approval (of its quorum record when
+    /// several people are asked) and what a sealed `requestState` names.
     pub fingerprint: String,
     pub params: ApprovalParams,
-    /// True when this call started the CIBA request (false: it joined one).
+    /// True when this call started a CIBA request (false: it joined existing ones).
     pub started: bool,
     pub deadline_ms: u64,
+    /// With a quorum: one approval per person asked, in the policy's order (else empty).
+    pub members: Vec<Member>,
 }
 
-/// The result of waiting.
+/// One person's approval within a quorum: its own store record and CIBA request.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The store key of this person's approval.
+    pub key: String,
+    pub approver: Approver,
+    /// True when this call sent this person's CIBA request.
+    pub started: bool,
+}
+
+/// The result of waiting. Each variant carries the records read (one, or one per person
+/// asked), for evidence.
 #[derive(Debug, Clone)]
 pub enum Settled {
-    /// Granted, and this call took it (single use): re-check policy, then forward.
-    Approved(ApprovalRecord),
+    /// Granted (by every person required), and this call took it (single use): re-check
+    /// policy with the approvers' evidence, then forward.
+    Approved(Vec<ApprovalRecord>),
     /// Not decided yet (park mode, or the hold's time is up for this request).
-    Pending(ApprovalRecord),
-    /// Ended without a grant this call may use: why, and the record (for evidence).
-    Blocked(Reason, Option<ApprovalRecord>),
+    Pending(Vec<ApprovalRecord>),
+    /// Ended without a grant this call may use: why, and the records (for evidence).
+    Blocked(Reason, Vec<ApprovalRecord>),
 }
 
 /// What the evidence record says about the approval (no tokens, hints or user codes).
@@ -174,6 +222,9 @@ pub struct ApprovalEvidence {
     pub approver_subject_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
+    /// Two-person rule: how many had to approve and what each person asked decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<quorum::QuorumEvidence>,
 }
 
 /// What the approval subsystem is built from.
@@ -276,33 +327,105 @@ impl Approvals {
         self.user.hint.param()
     }
 
-    /// Who this approval object asks: `approval.user` (`{"hint_type": "login_hint" |
-    /// "login_hint_token", "value": "…"}`) or, without one, the configured user. A
-    /// malformed `user` is a misconfiguration (blocked), never a fallback to the
-    /// configured user; an ID token cannot come from policy (it expires and must be
-    /// the user's own).
-    pub fn approver(&self, params: &Value) -> Result<Approver, Reason> {
-        let bad = |why: &str| Reason::ApprovalMisconfigured(format!("approval.user: {why}"));
-        let Some(user) = params.get("user") else {
-            return Ok(self.user.clone());
-        };
-        let Some(user) = user.as_object() else {
-            return Err(bad("not an object with hint_type and value"));
-        };
-        if let Some(k) = user
-            .keys()
-            .find(|k| !["hint_type", "value"].contains(&k.as_str()))
-        {
-            return Err(bad(&format!("unknown field {k:?}")));
+    /// Who this approval object asks: `approval.user` (one person), `approval.approvers`
+    /// (a list: all of them; or `{"from": [...], "count": N}`: N distinct people of
+    /// those), or, with neither, the configured user. Each person is
+    /// `{"hint_type": "login_hint" | "login_hint_token", "value": "…"}` or a plain
+    /// string (a `login_hint`). Anything malformed is a misconfiguration (blocked),
+    /// never a fallback to the configured user.
+    pub fn approvers(&self, params: &Value) -> Result<Approvers, Reason> {
+        let bad = |why: String| Reason::ApprovalMisconfigured(why);
+        match (params.get("user"), params.get("approvers")) {
+            (Some(_), Some(_)) => Err(bad(
+                "approval: name the approver with user or approvers, not both".into(),
+            )),
+            (None, None) => Ok(Approvers::one(self.user.clone())),
+            (Some(user), None) => Ok(Approvers::one(self.parse_user(user, "approval.user")?)),
+            (None, Some(group)) => {
+                let field = "approval.approvers";
+                let (list, count) = match group {
+                    Value::Array(list) => (list, None),
+                    Value::Object(o) => {
+                        if let Some(k) = o.keys().find(|k| !["from", "count"].contains(&k.as_str()))
+                        {
+                            return Err(bad(format!("{field}: unknown field {k:?}")));
+                        }
+                        let Some(Value::Array(list)) = o.get("from") else {
+                            return Err(bad(format!("{field}.from must be a list of approvers")));
+                        };
+                        let count = o.get("count").map(|c| {
+                            c.as_u64()
+                                .ok_or_else(|| bad(format!("{field}.count must be a whole number")))
+                        });
+                        (list, count.transpose()?)
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "{field} must be a list, or an object with from and count"
+                        )));
+                    }
+                };
+                if list.is_empty() || list.len() > MAX_APPROVERS {
+                    return Err(bad(format!(
+                        "{field} must name 1 to {MAX_APPROVERS} approvers (it names {})",
+                        list.len()
+                    )));
+                }
+                let mut asked: Vec<Approver> = Vec::with_capacity(list.len());
+                for (i, user) in list.iter().enumerate() {
+                    let a = self.parse_user(user, &format!("{field}[{i}]"))?;
+                    if asked.iter().any(|b| b.key == a.key) {
+                        return Err(bad(format!("{field}[{i}] names an approver twice")));
+                    }
+                    asked.push(a);
+                }
+                let required = count.map_or(asked.len() as u64, |c| c);
+                if required == 0 || required > asked.len() as u64 {
+                    return Err(bad(format!(
+                        "{field}.count must be between 1 and the {} approvers listed",
+                        asked.len()
+                    )));
+                }
+                Ok(Approvers {
+                    asked,
+                    required: required as usize,
+                })
+            }
         }
-        let value = match user.get("value") {
-            Some(Value::String(v)) if !v.is_empty() => v,
-            _ => return Err(bad("value must be a non-empty string")),
+    }
+
+    /// One approver named by policy. An ID token cannot come from policy (it expires and
+    /// must be the user's own).
+    fn parse_user(&self, user: &Value, field: &str) -> Result<Approver, Reason> {
+        let bad = |why: &str| Reason::ApprovalMisconfigured(format!("{field}: {why}"));
+        let (hint_type, value) = match user {
+            Value::String(v) => (None, v),
+            Value::Object(user) => {
+                if let Some(k) = user
+                    .keys()
+                    .find(|k| !["hint_type", "value"].contains(&k.as_str()))
+                {
+                    return Err(bad(&format!("unknown field {k:?}")));
+                }
+                let Some(Value::String(value)) = user.get("value") else {
+                    return Err(bad("value must be a non-empty string"));
+                };
+                let hint_type = match user.get("hint_type") {
+                    None => None,
+                    Some(Value::String(t)) => Some(t.as_str()),
+                    Some(_) => return Err(bad("hint_type must be a string")),
+                };
+                (hint_type, value)
+            }
+            _ => return Err(bad("not an object with hint_type and value")),
         };
+        if value.is_empty() {
+            return Err(bad("value must be a non-empty string"));
+        }
         if value.len() > MAX_POLICY_HINT || value.chars().any(char::is_control) {
             return Err(bad("value is too long or holds control characters"));
         }
-        let hint = match user.get("hint_type").and_then(Value::as_str) {
+        let hint = match hint_type {
             Some("login_hint") | None => UserHint::LoginHint(value.clone()),
             Some("login_hint_token") => UserHint::LoginHintToken(value.clone()),
             Some("id_token_hint") => {
@@ -330,7 +453,7 @@ impl Approvals {
     /// Checks the policy's approval object against the OP's limits.
     pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Reason> {
         let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
-        let approver = self.approver(params)?;
+        let approvers = self.approvers(params)?;
         let binding_message = s("binding_message").ok_or_else(|| {
             Reason::ApprovalMisconfigured("the approval has no binding_message".into())
         })?;
@@ -360,7 +483,7 @@ impl Approvals {
             None => None,
         };
         Ok(ApprovalParams {
-            approver,
+            approvers,
             action: s("action").unwrap_or_else(|| "approve".into()),
             binding_message,
             scope,
@@ -372,7 +495,7 @@ impl Approvals {
 
     /// The fingerprint of the exact call, and of who is asked when the policy names
     /// someone other than the configured user: the same call for two approvers is two
-    /// approvals.
+    /// approvals, and a quorum (who is asked, how many must say yes) is one of its own.
     pub fn fingerprint(&self, call: &CallForApproval<'_>) -> String {
         let mut doc = json!({
             "agent": call.agent,
@@ -380,9 +503,15 @@ impl Approvals {
             "tool": call.tool,
             "arguments": call.arguments,
         });
-        match self.approver(call.params) {
-            Ok(a) if a.configured => {}
-            Ok(a) => doc["approver"] = Value::String(a.key),
+        match self.approvers(call.params) {
+            Ok(a) if a.is_quorum() => {
+                let mut keys: Vec<&str> = a.asked.iter().map(|x| x.key.as_str()).collect();
+                keys.sort_unstable();
+                doc["approvers"] = json!(keys);
+                doc["required"] = json!(a.required);
+            }
+            Ok(a) if a.primary().configured => {}
+            Ok(a) => doc["approver"] = Value::String(a.primary().key.clone()),
             // Refused by `prepare`; never the configured user's fingerprint.
             Err(_) => doc["approver"] = Value::String("invalid".into()),
         }
@@ -393,8 +522,33 @@ impl Approvals {
     pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Reason> {
         let params = self.parse_params(call.params)?;
         let fingerprint = self.fingerprint(call);
-        let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
+        if params.approvers.is_quorum() {
+            return quorum::prepare(self, call, params, fingerprint).await;
+        }
+        let approver = params.approvers.primary().clone();
+        let (started, deadline_ms) = self
+            .join_or_start(call, &params, &approver, &fingerprint)
+            .await?;
+        Ok(Ticket {
+            fingerprint,
+            params,
+            started,
+            deadline_ms,
+            members: Vec::new(),
+        })
+    }
 
+    /// Joins the approval stored under `key` or starts it: one CIBA request asking
+    /// `approver`. Returns whether this call started it, and its deadline.
+    async fn join_or_start(
+        self: &Arc<Self>,
+        call: &CallForApproval<'_>,
+        params: &ApprovalParams,
+        approver: &Approver,
+        key: &str,
+    ) -> Result<(bool, u64), Reason> {
+        let fingerprint = key.to_string();
+        let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
         // A call that joins an existing request is never throttled: it prompts nobody.
         let mut existing = self.store.get(&fingerprint).await.map_err(unavailable)?;
         // A lost request (its creator died before the OP acknowledged) is forgotten,
@@ -411,14 +565,9 @@ impl Approvals {
         }
         if let Some(existing) = existing {
             self.ensure_driver(&existing);
-            return Ok(Ticket {
-                deadline_ms: existing.deadline_ms,
-                fingerprint,
-                params,
-                started: false,
-            });
+            return Ok((false, existing.deadline_ms));
         }
-        self.throttle(&params, call.agent).await?;
+        self.throttle(approver, &params.action, call.agent).await?;
 
         let created_at = now_ms();
         let max_wait_ms = self.settings.max_wait.as_millis() as u64;
@@ -438,7 +587,7 @@ impl Approvals {
             notification_token_hash: notification_token.as_deref().map(crate::ciba::token_hash),
             binding_message: params.binding_message.clone(),
             action: params.action.clone(),
-            user_key: params.approver.key.clone(),
+            user_key: approver.key.clone(),
             created_at_ms: created_at,
             deadline_ms: provisional_deadline,
             expires_in: None,
@@ -454,23 +603,15 @@ impl Approvals {
         {
             Joined::Existing(existing) => {
                 self.ensure_driver(&existing);
-                Ok(Ticket {
-                    deadline_ms: existing.deadline_ms,
-                    fingerprint,
-                    params,
-                    started: false,
-                })
+                Ok((false, existing.deadline_ms))
             }
             Joined::Created => {
                 let request = AuthRequest {
                     scope: params.scope.clone(),
-                    hint: params.approver.hint.clone(),
+                    hint: approver.hint.clone(),
                     binding_message: Some(params.binding_message.clone()),
                     // The configured user's code is theirs alone.
-                    user_code: self
-                        .user_code
-                        .clone()
-                        .filter(|_| params.approver.configured),
+                    user_code: self.user_code.clone().filter(|_| approver.configured),
                     acr_values: params.acr_values.clone(),
                     // Never ask the user for longer than the call will wait: the phone's
                     // countdown must not outlive the request it approves.
@@ -502,22 +643,17 @@ impl Approvals {
                     span,
                 );
                 tokio::spawn(fut);
-                Ok(Ticket {
-                    deadline_ms: provisional_deadline,
-                    fingerprint,
-                    params,
-                    started: true,
-                })
+                Ok((true, provisional_deadline))
             }
         }
     }
 
-    async fn throttle(&self, params: &ApprovalParams, agent: &str) -> Result<(), Reason> {
+    async fn throttle(&self, approver: &Approver, action: &str, agent: &str) -> Result<(), Reason> {
         let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
         if !self.settings.denial_cooldown.is_zero()
             && self
                 .store
-                .recently_denied(&params.approver.key)
+                .recently_denied(&approver.key)
                 .await
                 .map_err(unavailable)?
         {
@@ -531,12 +667,12 @@ impl Approvals {
             ),
             (
                 self.settings.per_user,
-                format!("user:{}", params.approver.key),
+                format!("user:{}", approver.key),
                 "per user",
             ),
             (
                 self.settings.per_action,
-                format!("action:{}", params.action),
+                format!("action:{action}"),
                 "per action",
             ),
         ];
@@ -560,6 +696,9 @@ impl Approvals {
     /// Waits for the decision (hold: until `until_ms` at the latest; park: not at all)
     /// and takes a granted approval for this call, exactly once.
     pub async fn settle(self: &Arc<Self>, ticket: &Ticket, until_ms: u64) -> Settled {
+        if !ticket.members.is_empty() {
+            return quorum::settle(self, ticket, until_ms).await;
+        }
         loop {
             let rec = match self.store.get(&ticket.fingerprint).await {
                 Ok(Some(r)) => r,
@@ -567,39 +706,39 @@ impl Approvals {
                     // Gone: taken by an identical call, or lost by the store (e.g. Redis
                     // restarted empty). Either way nothing is forwarded on a guess.
                     if let Ok(false) = self.store.recently_consumed(&ticket.fingerprint).await {
-                        return Settled::Blocked(Reason::ApprovalLost, None);
+                        return Settled::Blocked(Reason::ApprovalLost, Vec::new());
                     }
-                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, None);
+                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, Vec::new());
                 }
                 Err(e) => {
-                    return Settled::Blocked(Reason::StoreUnavailable(e.to_string()), None);
+                    return Settled::Blocked(Reason::StoreUnavailable(e.to_string()), Vec::new());
                 }
             };
             match rec.status {
                 Status::Granted => {
                     return match self.store.consume(&ticket.fingerprint).await {
-                        Ok(Some(r)) => Settled::Approved(r),
-                        Ok(None) => Settled::Blocked(Reason::ApprovalAlreadyUsed, Some(rec)),
+                        Ok(Some(r)) => Settled::Approved(vec![r]),
+                        Ok(None) => Settled::Blocked(Reason::ApprovalAlreadyUsed, vec![rec]),
                         Err(e) => {
-                            Settled::Blocked(Reason::StoreUnavailable(e.to_string()), Some(rec))
+                            Settled::Blocked(Reason::StoreUnavailable(e.to_string()), vec![rec])
                         }
                     };
                 }
                 Status::Consumed => {
-                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, Some(rec));
+                    return Settled::Blocked(Reason::ApprovalAlreadyUsed, vec![rec]);
                 }
                 Status::Denied => {
-                    return Settled::Blocked(Reason::ApprovalDenied, Some(rec));
+                    return Settled::Blocked(Reason::ApprovalDenied, vec![rec]);
                 }
                 Status::Expired => {
-                    return Settled::Blocked(Reason::ApprovalExpired, Some(rec));
+                    return Settled::Blocked(Reason::ApprovalExpired, vec![rec]);
                 }
                 Status::Failed => {
                     let code = rec
                         .failure
                         .clone()
                         .unwrap_or_else(|| "approval_failed".into());
-                    return Settled::Blocked(Reason::from_failure(&code), Some(rec));
+                    return Settled::Blocked(Reason::from_failure(&code), vec![rec]);
                 }
                 Status::Pending => {
                     let now = now_ms();
@@ -625,9 +764,9 @@ impl Approvals {
                             // This call's evidence says what its answer says: expired.
                             let mut rec = rec;
                             rec.status = Status::Expired;
-                            return Settled::Blocked(Reason::ApprovalExpired, Some(rec));
+                            return Settled::Blocked(Reason::ApprovalExpired, vec![rec]);
                         }
-                        return Settled::Pending(rec);
+                        return Settled::Pending(vec![rec]);
                     }
                     // Re-read on every wake-up and at least once a second: a missed
                     // notice only delays, it never strands a call.
@@ -638,16 +777,27 @@ impl Approvals {
         }
     }
 
-    /// The evidence for a record (and this call's part in it).
-    pub fn evidence(&self, ticket: &Ticket, rec: Option<&ApprovalRecord>) -> ApprovalEvidence {
+    /// The evidence for the records a wait read (and this call's part in them). With a
+    /// quorum, the top-level fields describe the record that decided the outcome and
+    /// `quorum` lists every person asked.
+    pub fn evidence(&self, ticket: &Ticket, records: &[ApprovalRecord]) -> ApprovalEvidence {
         let cfg = self.ciba.config();
-        let decision = match rec.map(|r| r.status) {
-            Some(Status::Granted) | Some(Status::Consumed) => "approved",
-            Some(Status::Denied) => "denied",
-            Some(Status::Expired) => "expired",
-            Some(Status::Failed) => "failed",
-            Some(Status::Pending) => "pending",
-            None => "unknown",
+        let quorum = (!ticket.members.is_empty()).then(|| quorum::evidence(ticket, records));
+        let rec = if ticket.members.is_empty() {
+            records.first()
+        } else {
+            quorum::deciding(records)
+        };
+        let primary = ticket.params.approvers.primary();
+        let (hint_type, hint_hash) = ticket
+            .members
+            .iter()
+            .find(|m| rec.is_some_and(|r| r.fingerprint == m.key))
+            .map(|m| (m.approver.hint.param(), m.approver.key.clone()))
+            .unwrap_or((primary.hint.param(), primary.key.clone()));
+        let user_decision = match &quorum {
+            Some(q) => q.decision.to_string(),
+            None => decision(rec).into(),
         };
         ApprovalEvidence {
             op_issuer: cfg.issuer.clone(),
@@ -659,23 +809,15 @@ impl Approvals {
                 .clone(),
             delivery_mode: delivery_name(cfg.delivery).into(),
             scope: ticket.params.scope.clone(),
-            hint_type: ticket.params.approver.hint.param().into(),
-            approver_hint_hash: ticket.params.approver.key.clone(),
+            hint_type: hint_type.into(),
+            approver_hint_hash: hint_hash,
             binding_message: ticket.params.binding_message.clone(),
             action: ticket.params.action.clone(),
             expires_in: rec.and_then(|r| r.expires_in),
             interval: rec.and_then(|r| r.interval),
             joined: !ticket.started,
-            user_decision: decision.into(),
-            token_outcome: rec.and_then(|r| match r.status {
-                Status::Granted | Status::Consumed => Some("granted".to_string()),
-                Status::Denied => Some(r.failure.clone().unwrap_or_else(|| "access_denied".into())),
-                Status::Expired => {
-                    Some(r.failure.clone().unwrap_or_else(|| "expired_token".into()))
-                }
-                Status::Failed => r.failure.clone(),
-                Status::Pending => None,
-            }),
+            user_decision,
+            token_outcome: rec.and_then(token_outcome),
             failure: rec.and_then(|r| r.failure.clone()),
             approver_subject_hash: rec
                 .and_then(|r| r.approver.as_ref())
@@ -683,7 +825,31 @@ impl Approvals {
             acr: rec
                 .and_then(|r| r.approver.as_ref())
                 .and_then(|a| a.acr.clone()),
+            quorum,
         }
+    }
+}
+
+/// What a record says the person decided.
+fn decision(rec: Option<&ApprovalRecord>) -> &'static str {
+    match rec.map(|r| r.status) {
+        Some(Status::Granted) | Some(Status::Consumed) => "approved",
+        Some(Status::Denied) => "denied",
+        Some(Status::Expired) => "expired",
+        Some(Status::Failed) => "failed",
+        Some(Status::Pending) => "pending",
+        None => "unknown",
+    }
+}
+
+/// What the token endpoint (or the push) said for a record with a result.
+fn token_outcome(r: &ApprovalRecord) -> Option<String> {
+    match r.status {
+        Status::Granted | Status::Consumed => Some("granted".to_string()),
+        Status::Denied => Some(r.failure.clone().unwrap_or_else(|| "access_denied".into())),
+        Status::Expired => Some(r.failure.clone().unwrap_or_else(|| "expired_token".into())),
+        Status::Failed => r.failure.clone(),
+        Status::Pending => None,
     }
 }
 

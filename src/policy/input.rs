@@ -116,6 +116,9 @@ pub struct PolicyInput {
     pub http: Option<Http>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Every distinct approver, in phase `approved` (one entry unless a quorum was asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<Vec<Approval>>,
     /// Absent when approvals are not configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
@@ -133,6 +136,7 @@ impl PolicyInput {
             tool: None,
             http: None,
             approval: None,
+            approvals: None,
             op: None,
         }
     }

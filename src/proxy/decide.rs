@@ -136,14 +136,16 @@ fn shadow_difference(
 pub fn approved(
     gw: &Gateway,
     input: &mut PolicyInput,
-    approval: input::Approval,
+    approvals: Vec<input::Approval>,
 ) -> (
     Result<(), Reason>,
     std::sync::Arc<str>,
     Option<ShadowEvidence>,
 ) {
     input.phase = Phase::Approved;
-    input.approval = Some(approval);
+    // `input.approval` keeps its one-approver shape; `input.approvals` lists them all.
+    input.approval = approvals.first().cloned();
+    input.approvals = Some(approvals);
     let document = input.to_value();
     let decision = evaluate_document(gw, Phase::Approved, &document);
     let shadow = gw

@@ -233,11 +233,11 @@ async fn wait_or_shutdown(
 ) -> Settled {
     let mut shutdown = call.gw.shutdown.clone();
     if *shutdown.borrow() {
-        return Settled::Blocked(Reason::ShuttingDown, None);
+        return Settled::Blocked(Reason::ShuttingDown, Vec::new());
     }
     tokio::select! {
         s = approvals.settle(ticket, until) => s,
-        _ = shutdown.wait_for(|v| *v) => Settled::Blocked(Reason::ShuttingDown, None),
+        _ = shutdown.wait_for(|v| *v) => Settled::Blocked(Reason::ShuttingDown, Vec::new()),
     }
 }
 
@@ -259,13 +259,13 @@ async fn conclude(
     unit.record.get_mut().decision = "approve";
     match settled {
         Settled::Pending(r) => {
-            unit.record.get_mut().approval = Some(approvals.evidence(ticket, Some(&r)));
+            unit.record.get_mut().approval = Some(approvals.evidence(ticket, &r));
             unit.record
                 .conclude(Disposition::Parked, &Reason::ApprovalPending, None);
             park::answer(call, approvals, ticket, caller)
         }
         Settled::Blocked(reason, r) => {
-            unit.record.get_mut().approval = Some(approvals.evidence(ticket, r.as_ref()));
+            unit.record.get_mut().approval = Some(approvals.evidence(ticket, &r));
             unit.record.conclude(Disposition::Blocked, &reason, None);
             let (status, mut body) = render::value(&reason, &caller.shape(&tool));
             name_the_request(&mut body, &ticket.params.binding_message);
@@ -277,15 +277,20 @@ async fn conclude(
             }
         }
         Settled::Approved(r) => {
-            unit.record.get_mut().approval = Some(approvals.evidence(ticket, Some(&r)));
-            let approver = r.approver.clone().unwrap_or_default();
-            let facts = input::Approval {
-                subject_hash: approver.subject_hash,
-                acr: approver.acr,
-                amr: approver.amr,
-                auth_time: approver.auth_time,
-                binding_message: r.binding_message.clone(),
-            };
+            unit.record.get_mut().approval = Some(approvals.evidence(ticket, &r));
+            let facts: Vec<input::Approval> = crate::approval::approvals_used(&r)
+                .into_iter()
+                .map(|rec| {
+                    let approver = rec.approver.clone().unwrap_or_default();
+                    input::Approval {
+                        subject_hash: approver.subject_hash,
+                        acr: approver.acr,
+                        amr: approver.amr,
+                        auth_time: approver.auth_time,
+                        binding_message: rec.binding_message.clone(),
+                    }
+                })
+                .collect();
             let (verdict, revision, shadow) = decide::approved(call.gw, &mut unit.input, facts);
             let r = unit.record.get_mut();
             r.policy_revision = revision.to_string();

@@ -189,10 +189,21 @@ acr_request := {"acr_values": required_acr} if required_acr
 acr_request := {} if not required_acr
 
 # Who is asked: the approver data.yaml names for the tool (e.g. the service's owner),
-# else the gateway's configured user (approvals.user).
+# else the gateway's configured user (approvals.user). A list names several people who
+# must all approve (two-person rule); {"from": [...], "count": N} asks for N of them.
 approver_hint := data.approvals.approvers[lib.tool_name]
 
-approver_request := {"user": {"hint_type": "login_hint", "value": approver_hint}} if approver_hint
+one_approver if is_string(approver_hint)
+
+approver_request := {"user": {"hint_type": "login_hint", "value": approver_hint}} if {
+	approver_hint
+	one_approver
+}
+
+approver_request := {"approvers": approver_hint} if {
+	approver_hint
+	not one_approver
+}
 
 approver_request := {} if not approver_hint
 
