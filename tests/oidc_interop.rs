@@ -1313,3 +1313,134 @@ async fn replayed_auth_req_id_gets_invalid_grant_after_the_gateway_redeemed_it()
     assert_eq!(upstream.calls().len(), 1, "still exactly one forward");
     gw.assert_no_leaks(&[], &[id]);
 }
+
+// ---------------------------------------------------------------- the two-person rule
+
+/// The pending requests showing `binding`, once there are `n` of them.
+async fn wait_pending_n(op: &Op, binding: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found: Vec<Value> = op
+            .requests(false)
+            .await
+            .into_iter()
+            .filter(|r| r["binding_message"] == binding)
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} pending CIBA requests for {binding:?} at the OP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The auth_req_id of the request sent for `login_hint`.
+fn asked(requests: &[Value], login_hint: &str) -> String {
+    requests
+        .iter()
+        .find(|r| r["login_hint"] == login_hint)
+        .unwrap_or_else(|| panic!("{login_hint} was not asked: {requests:#?}"))["auth_req_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A deploy to `vault` needs alice and bob: oidc-provider gets one CIBA request per
+/// person, the call waits while only one has approved, and runs once after both;
+/// the evidence names two distinct subjects by keyed hash. The next identical call
+/// asks again, and bob's denial blocks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_approve_a_vault_deploy_on_a_real_op() {
+    let op = Op::start(None);
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&op, &upstream, GwOpts::poll());
+
+    let call = spawn_call(
+        gw.port,
+        60,
+        "deploy_service",
+        deploy_args("api", "vault"),
+        true,
+    );
+    let reqs = wait_pending_n(&op, "Deploy-api-vault", 2).await;
+    assert_eq!(reqs.len(), 2, "one request per person: {reqs:#?}");
+    op.decide(&asked(&reqs, USER), "approve").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!call.is_finished(), "alice alone is not enough");
+    assert!(upstream.calls().is_empty());
+    op.decide(&asked(&reqs, "bob@example.com"), "approve").await;
+    let a = finish(call).await;
+    assert_forwarded(&a, &upstream, "api", "vault");
+
+    let e = gw.one_tool_evidence("deploy_service").await;
+    assert_approval_evidence(&e, &op, "gate-poll", "poll", "approved");
+    let q = &e["approval"]["quorum"];
+    assert_eq!(
+        (q["required"].as_u64(), q["granted"].as_u64()),
+        (Some(2), Some(2)),
+        "{e}"
+    );
+    let people = q["approvers"].as_array().unwrap();
+    assert_eq!(people.len(), 2);
+    assert_ne!(
+        people[0]["approver_subject_hash"],
+        people[1]["approver_subject_hash"]
+    );
+    assert!(
+        people.iter().all(|p| p["token_outcome"] == "granted"),
+        "{e}"
+    );
+    let redeemed = op.requests(true).await;
+    assert!(
+        redeemed.iter().all(|r| r["status"] == "redeemed"),
+        "{redeemed:#?}"
+    );
+
+    let again = spawn_call(
+        gw.port,
+        61,
+        "deploy_service",
+        deploy_args("api", "vault"),
+        true,
+    );
+    let reqs = wait_pending_n(&op, "Deploy-api-vault", 2).await;
+    op.decide(&asked(&reqs, "bob@example.com"), "deny").await;
+    let a = finish(again).await;
+    assert_eq!(a.reason(), "approval_denied", "{}", a.result);
+    assert_eq!(upstream.calls().len(), 1, "still one forward");
+    gw.assert_no_leaks(&["bob@example.com"], &ids_for(&op, "gate-poll").await);
+}
+
+/// Two hints that the OP resolves to one person (alice and her alias) are one
+/// approver, not two: both approve, and the call is blocked with
+/// `approvers_not_distinct`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_under_two_hints_is_not_two_approvers() {
+    let op = Op::start(None);
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&op, &upstream, GwOpts::poll());
+
+    let call = spawn_call(
+        gw.port,
+        62,
+        "deploy_service",
+        deploy_args("api", "mirror"),
+        true,
+    );
+    let reqs = wait_pending_n(&op, "Deploy-api-mirror", 2).await;
+    for r in &reqs {
+        op.decide(r["auth_req_id"].as_str().unwrap(), "approve")
+            .await;
+    }
+    let a = finish(call).await;
+    assert!(a.is_blocked(), "{}", a.result);
+    assert_eq!(a.reason(), "approvers_not_distinct", "{}", a.result);
+    assert!(upstream.calls().is_empty(), "nothing forwarded");
+    let e = gw.one_tool_evidence("deploy_service").await;
+    assert_eq!(e["reason"], "approvers_not_distinct", "{e}");
+    assert_eq!(e["approval"]["quorum"]["granted"], 1, "{e}");
+    gw.assert_no_leaks(&["alice.alt@example.com"], &ids_for(&op, "gate-poll").await);
+}

@@ -72,6 +72,9 @@ const USERS = {
   'bob@example.com': { accountId: 'bob', email: 'bob@example.com', name: 'Bob Example' },
 };
 const ACCOUNTS = Object.fromEntries(Object.values(USERS).map((u) => [u.accountId, u]));
+// A second login hint for alice: one person, two hints (the two-person rule must
+// count her once).
+const ALIASES = { 'alice.alt@example.com': 'alice' };
 const VALID_USER_CODE = '1234';
 
 const clientJwk = JSON.parse(readFileSync(join(here, 'keys', 'client-es256.pub.jwk.json'), 'utf8'));
@@ -235,7 +238,7 @@ const configuration = {
       deliveryModes: ['poll', 'ping'],
       async processLoginHint(ctx, loginHint) {
         // Unknown hint -> undefined -> oidc-provider answers `unknown_user_id`.
-        return USERS[loginHint]?.accountId;
+        return USERS[loginHint]?.accountId ?? ALIASES[loginHint];
       },
       async processLoginHintToken(ctx, loginHintToken) {
         throw new errors.InvalidRequest('login_hint_token is not supported by this test OP');
