@@ -92,6 +92,7 @@ fn record(fp: &str, deadline_in: Duration) -> ApprovalRecord {
         interval: None,
         approver: None,
         failure: None,
+        trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     }
 }
 

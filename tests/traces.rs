@@ -2,7 +2,9 @@
 //! (HTTP/protobuf) to a receiver in this test; an approved call (held over SSE, poll
 //! delivery, development OP) must be one trace under the agent's `traceparent`, with
 //! the expected spans, the tool server must see the gateway's upstream span as its
-//! parent, and no attribute may carry a secret, a hint or an argument.
+//! parent, and no attribute may carry a secret, a hint or an argument. A parked call
+//! (JSON-only client) names its session by digest, its request id and revision, and
+//! the retry that runs it links to the first attempt's span.
 //! (Its own test binary: it installs the process-wide tracing subscriber.)
 
 mod support;
@@ -32,6 +34,32 @@ const CLIENT_SECRET: &str = "trace-test-secret-8f2a91";
 const USER: &str = "carol@example.com";
 const AGENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const AGENT_SPAN: &str = "00f067aa0ba902b7";
+/// The traces of a parked call and of its retries.
+const PARK_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+const RETRY_TRACE: &str = "6df92f3577b34da6a3ce929d0e0e4738";
+const SESSION: &str = "session-7f3a2c91d0";
+
+/// A JSON-only MCP call in session `SESSION` under the agent's trace `trace`: the
+/// JSON-RPC answer.
+async fn json_only_call(gw: SocketAddr, id: i64, trace: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "deploy_service", "arguments": {"service": "search", "env": "prod"}}});
+    reqwest::Client::new()
+        .post(format!("http://{gw}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", SESSION)
+        .header("traceparent", format!("00-{trace}-{AGENT_SPAN}-01"))
+        .timeout(Duration::from_secs(30))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 
 /// Serves `handler` for every request on a fresh loopback port.
 async fn serve<F, Fut>(handler: F) -> SocketAddr
@@ -195,6 +223,7 @@ approvals:
   binding_message_profile: ciba-gate-dev
   mode: hold
   max_wait: 30s
+  max_plain_wait: 1s
 "#,
         issuer = op.issuer(),
     );
@@ -232,11 +261,99 @@ approvals:
     let answer = call.await.unwrap();
     assert!(answer.contains("deployed"), "{answer}");
 
+    // A client that takes JSON only is parked (the wait is past max_plain_wait); once
+    // approved, its identical retry runs the call.
+    let parked = json_only_call(gw_addr, 7, PARK_TRACE).await;
+    assert_eq!(
+        parked["result"]["_meta"]["ciba-gate/reason"], "approval_pending",
+        "{parked}"
+    );
+    let pending = loop {
+        let p = op.pending();
+        if !p.is_empty() {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    op.decide(&pending[0].id, true).await.unwrap();
+    let mut retried = Value::Null;
+    for attempt in 0..20 {
+        retried = json_only_call(gw_addr, 8 + attempt, RETRY_TRACE).await;
+        if retried["result"]["_meta"]["ciba-gate/reason"] != "approval_pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        retried["result"]["content"][0]["text"], "deployed",
+        "{retried}"
+    );
+
     // Flush the exporter (blocking: off the runtime's workers).
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .unwrap();
-    let spans = spans.lock().unwrap().clone();
+    let all_spans = spans.lock().unwrap().clone();
+    let in_trace = |t: &str| -> Vec<Span> {
+        all_spans
+            .iter()
+            .filter(|s| hex(&s.trace_id) == t)
+            .cloned()
+            .collect()
+    };
+
+    // The parked call's root names the session by digest, its request id and revision;
+    // every retry's root links to it.
+    let park_roots: Vec<Span> = in_trace(PARK_TRACE)
+        .into_iter()
+        .filter(|s| s.name == "POST /mcp")
+        .collect();
+    assert_eq!(
+        park_roots.len(),
+        1,
+        "{:?}",
+        in_trace(PARK_TRACE)
+            .iter()
+            .map(|s| (
+                s.name.clone(),
+                hex(&s.span_id),
+                hex(&s.parent_span_id),
+                attr_strings(s)
+            ))
+            .collect::<Vec<_>>()
+    );
+    let park_attrs: HashMap<String, String> = attr_strings(&park_roots[0]).into_iter().collect();
+    use sha2::Digest;
+    assert_eq!(
+        park_attrs["mcp.session.id"],
+        hex(&sha2::Sha256::digest(SESSION.as_bytes())[..16])
+    );
+    assert_eq!(park_attrs["jsonrpc.request.id"], "7");
+    assert_eq!(park_attrs["mcp.protocol.version"], "2025-06-18");
+    let retry_roots: Vec<Span> = in_trace(RETRY_TRACE)
+        .into_iter()
+        .filter(|s| s.name == "POST /mcp")
+        .collect();
+    assert!(!retry_roots.is_empty());
+    for r in &retry_roots {
+        assert!(
+            r.links.iter().any(|l| l.trace_id == park_roots[0].trace_id
+                && l.span_id == park_roots[0].span_id),
+            "a retry's span does not link to the first attempt: {:?}",
+            r.links
+        );
+    }
+    for s in &all_spans {
+        for (k, v) in attr_strings(s) {
+            assert!(
+                !v.contains(SESSION),
+                "span {} attribute {k} carries the session id",
+                s.name
+            );
+        }
+    }
+
+    let spans = in_trace(AGENT_TRACE);
     let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     let get = |n: &str| {
@@ -245,15 +362,13 @@ approvals:
             .unwrap_or_else(|| panic!("no span {n:?} in {names:?}"))
     };
 
-    // One trace, the agent's.
-    for s in &spans {
-        assert_eq!(
-            hex(&s.trace_id),
-            AGENT_TRACE,
-            "span {} is in another trace",
-            s.name
-        );
-    }
+    // One trace, the agent's: every span of the held call is in it.
+    assert!(
+        all_spans
+            .iter()
+            .all(|s| [AGENT_TRACE, PARK_TRACE, RETRY_TRACE].contains(&hex(&s.trace_id).as_str())),
+        "a span outside the agents' traces"
+    );
     let root = get("POST /mcp");
     assert_eq!(
         hex(&root.parent_span_id),
@@ -314,12 +429,16 @@ approvals:
         .iter()
         .filter(|(_, v)| v["method"] == "tools/call")
         .collect();
-    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls.len(),
+        2,
+        "the held call, then the parked call's retry"
+    );
     let tp = calls[0].0.clone().expect("no traceparent upstream");
     assert_eq!(tp, format!("00-{AGENT_TRACE}-{}-01", hex(&up.span_id)));
 
     // Nothing secret or user-supplied in any attribute or span name.
-    for s in &spans {
+    for s in &all_spans {
         for (k, v) in attr_strings(s)
             .into_iter()
             .chain([("name".to_string(), s.name.clone())])

@@ -94,6 +94,9 @@ pub struct CallForApproval<'a> {
     pub arguments: &'a Value,
     /// The policy's `approval` object.
     pub params: &'a Value,
+    /// This call's W3C traceparent (when traces are exported), stored with a request
+    /// it starts.
+    pub trace_parent: Option<String>,
 }
 
 /// What the policy asked for, checked.
@@ -166,6 +169,8 @@ pub struct Ticket {
     pub deadline_ms: u64,
     /// With a quorum: one approval per person asked, in the policy's order (else empty).
     pub members: Vec<Member>,
+    /// The traceparent of the call that started the request this call joined.
+    pub joined_trace: Option<String>,
 }
 
 /// One person's approval within a quorum: its own store record and CIBA request.
@@ -254,6 +259,24 @@ pub struct Approvals {
     pub(crate) instance: String,
     /// Fingerprints with a driver (creator or resume) running in this process.
     pub(crate) local_drivers: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// What `join_or_start` found: whether this call started the request, its deadline,
+/// and (when it joined) the traceparent of the call that started it.
+struct Joining {
+    started: bool,
+    deadline_ms: u64,
+    trace_parent: Option<String>,
+}
+
+impl Joining {
+    fn joined(existing: &ApprovalRecord) -> Self {
+        Joining {
+            started: false,
+            deadline_ms: existing.deadline_ms,
+            trace_parent: existing.trace_parent.clone(),
+        }
+    }
 }
 
 /// A record still pending without an `auth_req_id` this long after it was created has
@@ -526,15 +549,16 @@ impl Approvals {
             return quorum::prepare(self, call, params, fingerprint).await;
         }
         let approver = params.approvers.primary().clone();
-        let (started, deadline_ms) = self
+        let j = self
             .join_or_start(call, &params, &approver, &fingerprint)
             .await?;
         Ok(Ticket {
             fingerprint,
             params,
-            started,
-            deadline_ms,
+            started: j.started,
+            deadline_ms: j.deadline_ms,
             members: Vec::new(),
+            joined_trace: j.trace_parent,
         })
     }
 
@@ -546,7 +570,7 @@ impl Approvals {
         params: &ApprovalParams,
         approver: &Approver,
         key: &str,
-    ) -> Result<(bool, u64), Reason> {
+    ) -> Result<Joining, Reason> {
         let fingerprint = key.to_string();
         let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
         // A call that joins an existing request is never throttled: it prompts nobody.
@@ -565,7 +589,7 @@ impl Approvals {
         }
         if let Some(existing) = existing {
             self.ensure_driver(&existing);
-            return Ok((false, existing.deadline_ms));
+            return Ok(Joining::joined(&existing));
         }
         self.throttle(approver, &params.action, call.agent).await?;
 
@@ -594,6 +618,7 @@ impl Approvals {
             interval: None,
             approver: None,
             failure: None,
+            trace_parent: call.trace_parent.clone(),
         };
         match self
             .store
@@ -603,7 +628,7 @@ impl Approvals {
         {
             Joined::Existing(existing) => {
                 self.ensure_driver(&existing);
-                Ok((false, existing.deadline_ms))
+                Ok(Joining::joined(&existing))
             }
             Joined::Created => {
                 let request = AuthRequest {
@@ -643,7 +668,11 @@ impl Approvals {
                     span,
                 );
                 tokio::spawn(fut);
-                Ok((true, provisional_deadline))
+                Ok(Joining {
+                    started: true,
+                    deadline_ms: provisional_deadline,
+                    trace_parent: None,
+                })
             }
         }
     }

@@ -60,6 +60,7 @@ pub(super) async fn prepare(
         interval: None,
         approver: None,
         failure: None,
+        trace_parent: call.trace_parent.clone(),
     };
     let (quorum, mut started) = match approvals
         .store
@@ -77,11 +78,11 @@ pub(super) async fn prepare(
         let mut member_started = false;
         // A quorum with its result asks nobody again; `settle` reports it.
         if !quorum.status.is_final() {
-            let (s, d) = approvals
+            let j = approvals
                 .join_or_start(call, &params, approver, &key)
                 .await?;
-            member_started = s;
-            deadline_ms = deadline_ms.max(d);
+            member_started = j.started;
+            deadline_ms = deadline_ms.max(j.deadline_ms);
         }
         started |= member_started;
         members.push(Member {
@@ -96,6 +97,7 @@ pub(super) async fn prepare(
         started,
         deadline_ms,
         members,
+        joined_trace: (!started).then(|| quorum.trace_parent.clone()).flatten(),
     })
 }
 
@@ -424,6 +426,7 @@ mod tests {
                 ..Approver::default()
             }),
             failure: None,
+            trace_parent: None,
         }
     }
 

@@ -93,6 +93,22 @@ async fn one(call: &Call<'_>, mut unit: Unit, out: Outbound, plan: Plan) -> Resp
     }
 }
 
+/// The trace attribute for an MCP session id: 32 hex digits of its SHA-256.
+fn session_digest(id: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(id)[..16])
+}
+
+/// A JSON-RPC id as a trace attribute: a number or string as written, cut at 64
+/// characters (the agent picks it).
+fn request_id_attribute(id: &Value) -> String {
+    let text = match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    text.chars().take(64).collect()
+}
+
 fn session(head: &http::request::Parts) -> Option<String> {
     head.headers
         .get("mcp-session-id")
@@ -165,6 +181,17 @@ fn message_unit(
     let root = tracing::Span::current();
     if let Some(m) = &msg.method {
         root.record("mcp.method.name", m.as_str());
+    }
+    if let Some(r) = revision {
+        root.record("mcp.protocol.version", r);
+    }
+    if let Some(s) = head.headers.get("mcp-session-id") {
+        // A digest, not the id: whoever holds a session id can speak in that session.
+        root.record("mcp.session.id", session_digest(s.as_bytes()).as_str());
+    }
+    // A batch has one id per member: the span names none of them.
+    if let (true, Some(id)) = (single, &msg.id) {
+        root.record("jsonrpc.request.id", request_id_attribute(id).as_str());
     }
     let tool = match msg.tool_call() {
         Ok(t) => t,

@@ -68,6 +68,10 @@ pub struct ApprovalRecord {
     pub approver: Option<Approver>,
     /// Reason code when Failed (or the OP's error when Denied/Expired).
     pub failure: Option<String>,
+    /// W3C `traceparent` of the call that started the request: a later call that joins
+    /// it (a parked call's retry) links its trace to that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl ApprovalRecord {

@@ -202,3 +202,41 @@ pub fn detached_child(span: tracing::Span) -> tracing::Span {
     }
     span
 }
+
+/// The W3C `traceparent` of `span` (when traces are exported and it is sampled).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new()
+        .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut headers));
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Links `span` to the span a stored `traceparent` names (a parked call's retry to the
+/// call that started its approval). A value that does not parse is ignored.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::trace::TraceContextExt;
+    if !enabled() {
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    let Ok(value) = http::HeaderValue::from_str(traceparent) else {
+        return;
+    };
+    headers.insert("traceparent", value);
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&headers));
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}

@@ -138,6 +138,7 @@ pub async fn run(
         tool: &tool.name,
         arguments: &bound,
         params: &params,
+        trace_parent: crate::telemetry::traces::traceparent(&tracing::Span::current()),
     };
     // A 2026-07-28 retry carries the requestState we issued: it must be intact, ours,
     // for this agent and this exact call.
@@ -177,6 +178,9 @@ pub async fn run(
         Ok(t) => t,
         Err(reason) => return refuse(unit, reason),
     };
+    if let Some(first) = &ticket.joined_trace {
+        crate::telemetry::traces::link_to(&tracing::Span::current(), first);
+    }
     let binding = ticket.params.binding_message.clone();
     let mode = ticket.params.mode.unwrap_or(approvals.settings.mode);
     let remaining = Duration::from_millis(ticket.deadline_ms.saturating_sub(now_ms()));

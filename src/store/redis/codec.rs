@@ -28,6 +28,8 @@ pub mod field {
     pub const APPROVER: &str = "ap";
     /// The failure code of a failed record.
     pub const FAILURE: &str = "f";
+    /// The starting call's W3C traceparent (empty: none).
+    pub const TRACE_PARENT: &str = "t";
 }
 
 pub(super) fn status_name(s: Status) -> &'static str {
@@ -143,5 +145,6 @@ pub(super) fn decode_map(
         interval: num(&m, field::INTERVAL)?,
         approver,
         failure: m.remove(field::FAILURE),
+        trace_parent: m.remove(field::TRACE_PARENT).filter(|s| !s.is_empty()),
     })
 }

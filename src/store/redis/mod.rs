@@ -459,6 +459,7 @@ impl ApprovalStore for RedisStore {
                     .arg(&token_hash)
                     .arg(&record.action)
                     .arg(&record.user_key)
+                    .arg(record.trace_parent.as_deref().unwrap_or(""))
                     .invoke_async(&mut c),
             )
             .await?;
