@@ -347,6 +347,7 @@ async fn approved_call_is_held_over_sse_with_progress_then_forwarded_once_poll_m
     assert_eq!(ap["user_decision"], "approved");
     assert_eq!(ap["token_outcome"], "granted");
     assert_eq!(ap["interval"], 1);
+    assert_eq!(ap["delivered_via"], "poll", "the token endpoint, polled");
     assert_eq!(
         ap["backchannel_endpoint"],
         format!("{}/backchannel", s.op.issuer())
@@ -401,6 +402,11 @@ async fn ping_wakes_the_held_call_without_waiting_for_a_poll() {
         .unwrap();
     assert_eq!(tool_text(&a.result), "done");
     assert_eq!(s.upstream.tool_calls().len(), 1);
+    let ev = evidence(&s, 1).await;
+    assert_eq!(
+        ev[0]["approval"]["delivered_via"], "ping",
+        "the callback brought the answer, not the fallback poll"
+    );
 }
 
 #[tokio::test]
@@ -420,6 +426,7 @@ async fn push_delivers_a_validated_approval() {
     assert_eq!(tool_text(&a.result), "done");
     let ev = evidence(&s, 1).await;
     assert_eq!(ev[0]["approval"]["delivery_mode"], "push");
+    assert_eq!(ev[0]["approval"]["delivered_via"], "push");
     assert_eq!(ev[0]["approval"]["acr"], "urn:ciba-gate:dev:phone");
     assert_no_secrets(&s);
 }

@@ -1124,6 +1124,10 @@ async fn ping_approval_completes_the_call_without_waiting_for_the_fallback_poll(
 
     let e = gw.one_tool_evidence("deploy_service").await;
     assert_approval_evidence(&e, &op, "gate-ping", "ping", "approved");
+    assert_eq!(
+        e["approval"]["delivered_via"], "ping",
+        "the ping, not the fallback poll: {e}"
+    );
     assert_eq!(e["outcome"], "forwarded", "{e}");
     gw.assert_no_leaks(&[], &ids_for(&op, "gate-ping").await);
 }

@@ -93,6 +93,7 @@ fn record(fp: &str, deadline_in: Duration) -> ApprovalRecord {
         approver: None,
         failure: None,
         trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        delivered_via: None,
     }
 }
 
@@ -149,8 +150,12 @@ async fn resolve_once_first_answer_wins(s: Subject) {
     assert_eq!(r.auth_req_id.as_deref(), Some("req-1"));
     assert_eq!((r.expires_in, r.interval), (Some(120), Some(5)));
     let (x, y) = tokio::join!(
-        s.a.resolve("fp-res", Resolution::Granted(approver())),
-        s.b.resolve("fp-res", Resolution::Denied("access_denied".into()))
+        s.a.resolve_via("fp-res", Resolution::Granted(approver()), Some("ping")),
+        s.b.resolve_via(
+            "fp-res",
+            Resolution::Denied("access_denied".into()),
+            Some("poll")
+        )
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     assert!(x ^ y, "exactly one resolve wins ({x}, {y})");
@@ -158,9 +163,19 @@ async fn resolve_once_first_answer_wins(s: Subject) {
     if x {
         assert_eq!(r.status, Status::Granted);
         assert_eq!(r.approver, Some(approver()));
+        assert_eq!(
+            r.delivered_via.as_deref(),
+            Some("ping"),
+            "the winner's party"
+        );
     } else {
         assert_eq!(r.status, Status::Denied);
         assert_eq!(r.failure.as_deref(), Some("access_denied"));
+        assert_eq!(
+            r.delivered_via.as_deref(),
+            Some("poll"),
+            "the winner's party"
+        );
     }
     assert!(!s.a.resolve("fp-res", Resolution::Expired).await.unwrap());
     // An acknowledgement never reopens a finished record.

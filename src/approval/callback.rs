@@ -245,7 +245,7 @@ pub async fn handle(
                     }
                 }
             };
-            finish(&approvals, &fingerprint, resolution).await;
+            finish(&approvals, &fingerprint, resolution, "push").await;
             no_content()
         }
         DeliveryMode::Poll => reply(StatusCode::NOT_FOUND, json!({"error": "not_found"})),

@@ -51,6 +51,7 @@ async fn resolve_counted(
     approvals: &Approvals,
     fingerprint: &str,
     resolution: Resolution,
+    via: Option<&'static str>,
 ) -> Result<bool, crate::store::StoreError> {
     let outcome = match &resolution {
         Resolution::Granted(_) => "granted",
@@ -58,7 +59,10 @@ async fn resolve_counted(
         Resolution::Expired => "expired",
         Resolution::Failed(_) => "failed",
     };
-    let r = approvals.store.resolve(fingerprint, resolution).await;
+    let r = approvals
+        .store
+        .resolve_via(fingerprint, resolution, via)
+        .await;
     if let Ok(true) = r {
         crate::telemetry::metrics::approval_resolved(
             outcome,
@@ -95,6 +99,7 @@ pub async fn drive(
                 &approvals,
                 &fingerprint,
                 Resolution::Failed(e.code().to_string()),
+                None,
             )
             .await;
             return;
@@ -121,6 +126,7 @@ pub async fn drive(
             &approvals,
             &fingerprint,
             Resolution::Failed("store_unavailable".into()),
+            None,
         )
         .await;
         return;
@@ -188,7 +194,7 @@ async fn wait_for_answer(
                 Some(code) => Resolution::Failed(code),
                 None => Resolution::Expired,
             };
-            let _ = resolve_counted(approvals, &fingerprint, resolution).await;
+            let _ = resolve_counted(approvals, &fingerprint, resolution, None).await;
             return;
         }
         let remaining = Duration::from_millis(deadline - now);
@@ -303,7 +309,7 @@ pub(crate) async fn redeem(
     }
     let out = match token_step(approvals, auth_req_id, poller).await {
         Step::Resolved(resolution) => {
-            finish(approvals, fingerprint, resolution).await;
+            finish(approvals, fingerprint, resolution, party).await;
             Attempt::Resolved
         }
         Step::KeepWaiting => Attempt::KeepWaiting,
@@ -451,10 +457,15 @@ async fn validate(
     }
 }
 
-/// Records the result and remembers a denial for the cool-down.
-pub(crate) async fn finish(approvals: &Approvals, fingerprint: &str, resolution: Resolution) {
+/// Records the result (brought by `via`) and remembers a denial for the cool-down.
+pub(crate) async fn finish(
+    approvals: &Approvals,
+    fingerprint: &str,
+    resolution: Resolution,
+    via: &'static str,
+) {
     let denied = matches!(resolution, Resolution::Denied(_));
-    match resolve_counted(approvals, fingerprint, resolution).await {
+    match resolve_counted(approvals, fingerprint, resolution, Some(via)).await {
         Ok(true) if denied && !approvals.settings.denial_cooldown.is_zero() => {
             if let Ok(Some(r)) = approvals.store.get(fingerprint).await {
                 let _ = approvals

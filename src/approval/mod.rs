@@ -221,6 +221,10 @@ pub struct ApprovalEvidence {
     /// `expired_token`, or the failure's code (`invalid_grant`, `invalid_id_token`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_outcome: Option<String>,
+    /// Which party brought the answer: `poll`, `ping` (the callback, then one token
+    /// request; in ping mode `poll` means the fallback poll did) or `push`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_via: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -619,6 +623,7 @@ impl Approvals {
             approver: None,
             failure: None,
             trace_parent: call.trace_parent.clone(),
+            delivered_via: None,
         };
         match self
             .store
@@ -847,6 +852,7 @@ impl Approvals {
             joined: !ticket.started,
             user_decision,
             token_outcome: rec.and_then(token_outcome),
+            delivered_via: rec.and_then(|r| r.delivered_via.clone()),
             failure: rec.and_then(|r| r.failure.clone()),
             approver_subject_hash: rec
                 .and_then(|r| r.approver.as_ref())

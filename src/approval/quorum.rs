@@ -61,6 +61,7 @@ pub(super) async fn prepare(
         approver: None,
         failure: None,
         trace_parent: call.trace_parent.clone(),
+        delivered_via: None,
     };
     let (quorum, mut started) = match approvals
         .store
@@ -334,6 +335,8 @@ pub struct MemberEvidence {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_outcome: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_via: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approver_subject_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
@@ -352,6 +355,7 @@ pub(super) fn evidence(ticket: &Ticket, records: &[ApprovalRecord]) -> QuorumEvi
                 joined: !m.started,
                 user_decision: super::decision(rec),
                 token_outcome: rec.and_then(super::token_outcome),
+                delivered_via: rec.and_then(|r| r.delivered_via.clone()),
                 approver_subject_hash: who.map(|a| a.subject_hash.clone()),
                 acr: who.and_then(|a| a.acr.clone()),
             }
@@ -427,6 +431,7 @@ mod tests {
             }),
             failure: None,
             trace_parent: None,
+            delivered_via: None,
         }
     }
 

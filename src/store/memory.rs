@@ -140,7 +140,12 @@ impl ApprovalStore for MemoryStore {
         Ok(())
     }
 
-    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError> {
+    async fn resolve_via(
+        &self,
+        fingerprint: &str,
+        resolution: Resolution,
+        via: Option<&'static str>,
+    ) -> Result<bool, StoreError> {
         let mut g = self.lock()?;
         let now = now_ms();
         let Some((rec, expires)) = g.records.get_mut(fingerprint) else {
@@ -150,6 +155,7 @@ impl ApprovalStore for MemoryStore {
             return Ok(false);
         }
         resolve_in_place(rec, expires, now, resolution);
+        rec.delivered_via = via.map(str::to_string);
         g.leases.remove(fingerprint);
         g.claims.remove(fingerprint);
         g.notify(fingerprint);

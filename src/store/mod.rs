@@ -72,6 +72,10 @@ pub struct ApprovalRecord {
     /// it (a parked call's retry) links its trace to that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_parent: Option<String>,
+    /// Which party brought the answer: `poll` (the token endpoint, polled), `ping` (a
+    /// ping callback, then one token request), `push` (the tokens pushed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_via: Option<String>,
 }
 
 impl ApprovalRecord {
@@ -143,7 +147,17 @@ pub trait ApprovalStore: Send + Sync + 'static {
     /// Moves a pending record to its final state. Returns false if it was not pending
     /// (someone else resolved it first, or it is gone): the first answer wins. A final
     /// "no" (denied, expired, failed) is then kept only for the grace period.
-    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError>;
+    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError> {
+        self.resolve_via(fingerprint, resolution, None).await
+    }
+
+    /// `resolve`, recording which party brought the answer (`poll`, `ping`, `push`).
+    async fn resolve_via(
+        &self,
+        fingerprint: &str,
+        resolution: Resolution,
+        via: Option<&'static str>,
+    ) -> Result<bool, StoreError>;
 
     /// Takes a granted approval for use, exactly once: returns the record (status
     /// Consumed) only to the one caller that took it, and forgets it, so that a later

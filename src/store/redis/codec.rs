@@ -30,6 +30,8 @@ pub mod field {
     pub const FAILURE: &str = "f";
     /// The starting call's W3C traceparent (empty: none).
     pub const TRACE_PARENT: &str = "t";
+    /// The party that brought the answer: poll, ping, push.
+    pub const DELIVERED_VIA: &str = "v";
 }
 
 pub(super) fn status_name(s: Status) -> &'static str {
@@ -146,5 +148,6 @@ pub(super) fn decode_map(
         approver,
         failure: m.remove(field::FAILURE),
         trace_parent: m.remove(field::TRACE_PARENT).filter(|s| !s.is_empty()),
+        delivered_via: m.remove(field::DELIVERED_VIA).filter(|s| !s.is_empty()),
     })
 }

@@ -538,7 +538,12 @@ impl ApprovalStore for RedisStore {
         self.secondary(cmds).await
     }
 
-    async fn resolve(&self, fingerprint: &str, resolution: Resolution) -> Result<bool, StoreError> {
+    async fn resolve_via(
+        &self,
+        fingerprint: &str,
+        resolution: Resolution,
+        via: Option<&'static str>,
+    ) -> Result<bool, StoreError> {
         let (status, failure, approver) = match resolution {
             Resolution::Granted(a) => (
                 Status::Granted,
@@ -562,6 +567,7 @@ impl ApprovalStore for RedisStore {
                     .arg(status_name(status))
                     .arg(failure)
                     .arg(approver)
+                    .arg(via.unwrap_or(""))
                     .invoke_async(&mut c),
             )
             .await?;

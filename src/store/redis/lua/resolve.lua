@@ -1,5 +1,7 @@
--- KEYS: record, lease, claim. ARGV: channel, fp, status, failure, approver JSON.
+-- KEYS: record, lease, claim. ARGV: channel, fp, status, failure, approver JSON,
+-- the party that brought the answer ('' when none).
 if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'v', ARGV[6]) end
 if ARGV[3] == 'granted' then
   redis.call('HSET', KEYS[1], 's', 'granted', 'ap', ARGV[5])
 else
