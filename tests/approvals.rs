@@ -777,6 +777,40 @@ async fn policy_rechecks_after_approval_and_can_still_block() {
     );
 }
 
+/// A policy's `requested_expiry` too large to count in milliseconds is capped at
+/// `max_wait`, not wrapped: the person is asked and the approved call runs.
+#[tokio::test]
+async fn a_huge_requested_expiry_is_capped_at_max_wait() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
+    copy_dir(src, &dir);
+    let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
+    assert!(data.contains("deploy_service: 300"));
+    std::fs::write(
+        dir.join("data.yaml"),
+        data.replace("deploy_service: 300", "deploy_service: 100000000000000000"),
+    )
+    .unwrap();
+    let s = setup(Opts {
+        policies: Some(dir),
+        ..Opts::default()
+    })
+    .await;
+    let call = tokio::spawn(call_mcp(
+        s.gw_addr,
+        deploy(31, "payments", "prod", true),
+        &[],
+    ));
+    answer_on_phone(&s.op, true).await;
+    let a = call.await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        s.upstream.tool_calls().len(),
+        1,
+        "approved and forwarded once"
+    );
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let e = entry.unwrap();
@@ -1048,13 +1082,7 @@ fn policies_with_approvers(approvers: &str) -> std::path::PathBuf {
 /// hash. The same call for the configured user is a separate approval.
 #[tokio::test]
 async fn the_approver_the_policy_names_is_asked_and_recorded_by_hash() {
-    let s = setup(Opts {
-        policies: Some(policies_with_approvers(&format!(
-            "{{deploy_service: \"{OWNER}\"}}"
-        ))),
-        ..Opts::default()
-    })
-    .await;
+    let s = with_deploy_approvers(&format!("\"{OWNER}\"")).await;
     let call = tokio::spawn(call_mcp(
         s.gw_addr,
         deploy(90, "payments", "prod", true),
@@ -1226,8 +1254,20 @@ async fn a_shadow_difference_after_approval_is_recorded_with_its_phase() {
 
 // --- the two-person rule ---------------------------------------------------------------
 
-/// The pending requests of the people whose hints start with these letters (the OP
-/// masks hints as `o***@example.com`).
+/// The gateway with the bundled policies, `deploy_service` approved by `approvers`
+/// (a YAML list, or `{from: [...], count: N}`).
+async fn with_deploy_approvers(approvers: &str) -> Setup {
+    setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{deploy_service: {approvers}}}"
+        ))),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// The id of the pending request asked of the person whose hint starts with `first`
+/// (the OP masks hints as `o***@example.com`).
 fn asked_of(p: &[ciba_gate::devop::op::PendingView], first: char) -> String {
     p.iter()
         .find(|v| v.user.starts_with(first))
@@ -1241,13 +1281,7 @@ fn asked_of(p: &[ciba_gate::devop::op::PendingView], first: char) -> String {
 /// one evidence record naming both people by keyed hash.
 #[tokio::test]
 async fn two_people_must_approve_and_the_call_runs_once_when_both_have() {
-    let s = setup(Opts {
-        policies: Some(policies_with_approvers(&format!(
-            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
-        ))),
-        ..Opts::default()
-    })
-    .await;
+    let s = with_deploy_approvers(&format!("[\"{OWNER}\", \"{BOB}\"]")).await;
     let call = tokio::spawn(call_mcp(
         s.gw_addr,
         deploy(120, "payments", "prod", true),
@@ -1307,13 +1341,7 @@ async fn two_people_must_approve_and_the_call_runs_once_when_both_have() {
 /// whatever the others answer later.
 #[tokio::test]
 async fn one_denial_blocks_a_two_person_approval() {
-    let s = setup(Opts {
-        policies: Some(policies_with_approvers(&format!(
-            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
-        ))),
-        ..Opts::default()
-    })
-    .await;
+    let s = with_deploy_approvers(&format!("[\"{OWNER}\", \"{BOB}\"]")).await;
     let call = tokio::spawn(call_mcp(
         s.gw_addr,
         deploy(122, "payments", "prod", true),
@@ -1335,12 +1363,9 @@ async fn one_denial_blocks_a_two_person_approval() {
 /// people approved; a later answer from the rest changes nothing.
 #[tokio::test]
 async fn any_two_of_three_approvers_suffice() {
-    let s = setup(Opts {
-        policies: Some(policies_with_approvers(&format!(
-            "{{deploy_service: {{from: [\"{OWNER}\", \"{BOB}\", \"{CAROL}\"], count: 2}}}}"
-        ))),
-        ..Opts::default()
-    })
+    let s = with_deploy_approvers(&format!(
+        "{{from: [\"{OWNER}\", \"{BOB}\", \"{CAROL}\"], count: 2}}"
+    ))
     .await;
     let call = tokio::spawn(call_mcp(
         s.gw_addr,
@@ -1368,13 +1393,7 @@ async fn any_two_of_three_approvers_suffice() {
 /// one of them runs.
 #[tokio::test]
 async fn identical_calls_share_a_two_person_approval_and_one_runs() {
-    let s = setup(Opts {
-        policies: Some(policies_with_approvers(&format!(
-            "{{deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
-        ))),
-        ..Opts::default()
-    })
-    .await;
+    let s = with_deploy_approvers(&format!("[\"{OWNER}\", \"{BOB}\"]")).await;
     let calls: Vec<_> = (0..3)
         .map(|i| {
             tokio::spawn(call_mcp(

@@ -520,6 +520,16 @@ impl Approvals {
         })
     }
 
+    /// When a request made at `created_at` gives up: the policy's `requested_expiry`,
+    /// never later than `max_wait` (saturating: a policy's huge number is not a wrap).
+    pub(crate) fn deadline_from(&self, created_at_ms: u64, params: &ApprovalParams) -> u64 {
+        let max_wait_ms = u64::try_from(self.settings.max_wait.as_millis()).unwrap_or(u64::MAX);
+        let requested_ms = params
+            .requested_expiry
+            .map_or(max_wait_ms, |secs| secs.saturating_mul(1000));
+        created_at_ms.saturating_add(requested_ms.min(max_wait_ms))
+    }
+
     /// The fingerprint of the exact call, and of who is asked when the policy names
     /// someone other than the configured user: the same call for two approvers is two
     /// approvals, and a quorum (who is asked, how many must say yes) is one of its own.
@@ -598,12 +608,7 @@ impl Approvals {
         self.throttle(approver, &params.action, call.agent).await?;
 
         let created_at = now_ms();
-        let max_wait_ms = self.settings.max_wait.as_millis() as u64;
-        let requested = params
-            .requested_expiry
-            .map(|s| s * 1000)
-            .unwrap_or(max_wait_ms);
-        let provisional_deadline = created_at + requested.min(max_wait_ms);
+        let provisional_deadline = self.deadline_from(created_at, params);
         let delivery = self.ciba.config().delivery;
         let notification_token = matches!(delivery, DeliveryMode::Ping | DeliveryMode::Push)
             .then(crate::ciba::new_notification_token);

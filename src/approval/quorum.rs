@@ -41,11 +41,7 @@ pub(super) async fn prepare(
     fingerprint: String,
 ) -> Result<Ticket, Reason> {
     let created_at = now_ms();
-    let max_wait_ms = approvals.settings.max_wait.as_millis() as u64;
-    let requested = params
-        .requested_expiry
-        .map(|s| s * 1000)
-        .unwrap_or(max_wait_ms);
+    let deadline_ms = approvals.deadline_from(created_at, &params);
     let record = ApprovalRecord {
         fingerprint: fingerprint.clone(),
         status: Status::Pending,
@@ -55,7 +51,7 @@ pub(super) async fn prepare(
         action: params.action.clone(),
         user_key: params.approvers.primary().key.clone(),
         created_at_ms: created_at,
-        deadline_ms: created_at + requested.min(max_wait_ms),
+        deadline_ms,
         expires_in: None,
         interval: None,
         approver: None,
