@@ -84,6 +84,9 @@ pub enum Reason {
     BadQuery,
     /// A 2026-07-28 retry whose `requestState` is not ours, or not for this call.
     InvalidRequestState(String),
+    /// The end user's identity (`x-ciba-gate-identity`) could not be verified, or is
+    /// not accepted here.
+    IdentityRefused(String),
 
     // --- policy ------------------------------------------------------------------------
     /// The policy's own reason (a `deny` element, or the engine's `no_matching_rule`,
@@ -117,6 +120,9 @@ pub enum Reason {
     /// Two-person rule: the grants came from fewer distinct people (by the ID tokens'
     /// subjects) than the policy requires.
     ApproversNotDistinct,
+    /// The person who approved (the ID token's subject) is not the person the call was
+    /// for (the verified identity the agent sent).
+    ApproverMismatch,
     ApprovalRateLimited {
         what: &'static str,
         retry_after_secs: u64,
@@ -204,6 +210,7 @@ impl Reason {
             AmbiguousArguments(_) => "ambiguous_arguments",
             BadQuery => "bad_query",
             InvalidRequestState(_) => "invalid_request_state",
+            IdentityRefused(_) => "identity_refused",
             ApprovalUnsupported => "approval_unsupported",
             ApprovalInBatch => "approval_in_batch",
             ApprovalNotSufficient(_) => "approval_not_sufficient",
@@ -217,6 +224,7 @@ impl Reason {
             ApprovalAlreadyUsed => "approval_already_used",
             ApprovalLost => "approval_lost",
             ApproversNotDistinct => "approvers_not_distinct",
+            ApproverMismatch => "approver_mismatch",
             ApprovalRateLimited { .. } => "approval_rate_limited",
             DenialCooldown => "denial_cooldown",
             RequestLost => "request_lost",
@@ -261,7 +269,8 @@ impl Reason {
             | BadHeader(_)
             | AmbiguousArguments(_)
             | BadQuery
-            | InvalidRequestState(_) => Source::Agent,
+            | InvalidRequestState(_)
+            | IdentityRefused(_) => Source::Agent,
             Policy { .. }
             | ApprovalUnsupported
             | ApprovalInBatch
@@ -274,6 +283,7 @@ impl Reason {
             | ApprovalExpired
             | ApprovalAlreadyUsed
             | ApproversNotDistinct
+            | ApproverMismatch
             | ApprovalRateLimited { .. }
             | DenialCooldown => Source::Approver,
             OpUnavailable | ApprovalFailed(_) | RequestLost => Source::Op,
@@ -299,6 +309,7 @@ impl Reason {
             }
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
+            IdentityRefused(_) => StatusCode::UNAUTHORIZED,
             ApprovalPending => StatusCode::ACCEPTED,
             ApprovalRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             EvidenceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -355,6 +366,7 @@ impl Reason {
             EmptyBatch => "an empty batch is not a valid JSON-RPC request".into(),
             BadQuery => "query string is not valid UTF-8 after percent-decoding".into(),
             InvalidRequestState(why) => format!("{why}; call again without it"),
+            IdentityRefused(why) => format!("the end user's identity was refused: {why}; nothing was run and no one was asked"),
             Policy { message, .. } => message.clone(),
             ApprovalUnsupported => "policy asks for a person's approval, which is given only for tool calls (MCP tools/call or a routed HTTP tool); this request was not run".into(),
             ApprovalInBatch => "it needs a person's approval, which cannot be given inside a JSON-RPC batch; send it on its own".into(),
@@ -371,6 +383,7 @@ impl Reason {
             ApprovalExpired => "nobody approved the request in time".into(),
             ApprovalAlreadyUsed => "the approval for this exact call was used by an identical call; call again to ask for a new approval".into(),
             ApproversNotDistinct => "the approvals came from fewer distinct people than the policy requires (two of the approvers named are one person); nothing was forwarded".into(),
+            ApproverMismatch => "the approval came from a different person than the one this call is for; nothing was forwarded".into(),
             ApprovalLost => "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval".into(),
             ApprovalRateLimited { what, retry_after_secs } => format!(
                 "too many approval requests {what}; try again in {retry_after_secs} s"

@@ -1425,3 +1425,56 @@ async fn identical_calls_share_a_two_person_approval_and_one_runs() {
     assert_eq!(ran, 1);
     assert_eq!(s.upstream.tool_calls().len(), 1, "exactly one forward");
 }
+
+// --- the end user's identity -------------------------------------------------------
+
+/// `x-ciba-gate-identity` is refused, never ignored: when the gateway does not accept
+/// identities (the default), when it is sent twice, and when it does not verify.
+/// Each is HTTP 401 with a JSON-RPC error `identity_refused` for the message's id;
+/// no one is asked, nothing is forwarded, and the token is in no evidence record.
+#[tokio::test]
+async fn identities_the_gateway_cannot_use_are_refused_before_anyone_is_asked() {
+    let unsigned = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvd25lciJ9.c2lnbmF0dXJl";
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let cases: [(&str, Headers, &str); 3] = [
+        (
+            "",
+            vec![("x-ciba-gate-identity", unsigned)],
+            "accept_identity is off",
+        ),
+        (
+            "  accept_identity: true\n",
+            vec![
+                ("x-ciba-gate-identity", unsigned),
+                ("x-ciba-gate-identity", unsigned),
+            ],
+            "more than once",
+        ),
+        (
+            "  accept_identity: true\n",
+            vec![("x-ciba-gate-identity", unsigned)],
+            "not valid",
+        ),
+    ];
+    for (i, (extra, headers, why)) in cases.into_iter().enumerate() {
+        let s = setup(Opts {
+            extra,
+            ..Opts::default()
+        })
+        .await;
+        let id = 140 + i as i64;
+        let a = call_mcp(s.gw_addr, deploy(id, "payments", "prod", true), &headers).await;
+        assert_eq!(a.status, 401, "{}", a.result);
+        assert_eq!(a.result["id"], id, "{}", a.result);
+        assert_eq!(a.result["error"]["data"]["reason"], "identity_refused");
+        let message = a.result["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+        assert!(s.op.pending().is_empty(), "no one was asked");
+        assert!(s.upstream.tool_calls().is_empty());
+        let records = evidence(&s, 1).await;
+        assert_eq!(records[0]["reason"], "identity_refused", "{records:?}");
+        assert_eq!(records[0]["outcome"], "rejected", "{records:?}");
+        let text = s.evidence.lock().unwrap().join("\n");
+        assert!(!text.contains(unsigned), "{text}");
+    }
+}

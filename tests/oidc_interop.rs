@@ -127,7 +127,7 @@ impl Op {
             .unwrap()
     }
 
-    async fn token_endpoint(&self) -> String {
+    async fn endpoint(&self, name: &str) -> String {
         let meta: Value = http()
             .get(format!("{}/.well-known/openid-configuration", self.issuer))
             .send()
@@ -136,7 +136,52 @@ impl Op {
             .json()
             .await
             .unwrap();
-        meta["token_endpoint"].as_str().unwrap().to_string()
+        meta[name].as_str().unwrap().to_string()
+    }
+
+    async fn token_endpoint(&self) -> String {
+        self.endpoint("token_endpoint").await
+    }
+
+    /// An ID token for `login_hint`, issued to `gate-poll` (as the agent's own sign-in
+    /// through the gateway's client would give it): one CIBA grant, approved.
+    async fn id_token_for(&self, login_hint: &str) -> String {
+        let ack: Value = http()
+            .post(self.endpoint("backchannel_authentication_endpoint").await)
+            .basic_auth("gate-poll", Some(POLL_SECRET))
+            .form(&[
+                ("scope", "openid"),
+                ("login_hint", login_hint),
+                ("binding_message", "Sign-in"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = ack["auth_req_id"]
+            .as_str()
+            .expect("auth_req_id")
+            .to_string();
+        self.decide(&id, "approve").await;
+        let tokens: Value = http()
+            .post(self.token_endpoint().await)
+            .basic_auth("gate-poll", Some(POLL_SECRET))
+            .form(&[
+                ("grant_type", "urn:openid:params:grant-type:ciba"),
+                ("auth_req_id", id.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens["id_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id_token: {tokens}"))
+            .to_string()
     }
 }
 
@@ -202,6 +247,8 @@ struct GwOpts {
     callback_port: Option<u16>,
     /// The policy directory, relative to the repository (default: the test policy).
     policies: &'static str,
+    /// `approvals.accept_identity`.
+    accept_identity: bool,
 }
 
 impl GwOpts {
@@ -217,6 +264,7 @@ impl GwOpts {
             max_wait: "40s",
             callback_port: None,
             policies: "tests/fixtures/oidc-policies",
+            accept_identity: false,
         }
     }
 }
@@ -265,6 +313,7 @@ approvals:
   keepalive: 1s
   progress_interval: 10s
   ping_fallback_poll: 60s
+  accept_identity: {accept_identity}
 {callback}"#,
             policies = quoted(&policies),
             evidence = quoted(&evidence),
@@ -276,6 +325,7 @@ approvals:
             user = o.user,
             profile = o.profile,
             max_wait = o.max_wait,
+            accept_identity = o.accept_identity,
         );
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
@@ -450,7 +500,7 @@ impl Answer {
 /// agent that accepts JSON only: its hold is answered with plain JSON (the SDK
 /// upstream refuses such requests, so use it only for calls that are never forwarded).
 async fn call_tool(port: u16, id: i64, tool: &str, args: Value, progress: bool) -> Answer {
-    call_tool_notify(port, id, tool, args, progress, None).await
+    call_tool_notify(port, id, tool, args, progress, None, None).await
 }
 
 /// [`call_tool`], telling `held` once the answer's headers arrived (an SSE hold has begun).
@@ -461,6 +511,7 @@ async fn call_tool_notify(
     args: Value,
     progress: bool,
     held: Option<tokio::sync::mpsc::UnboundedSender<i64>>,
+    identity: Option<&str>,
 ) -> Answer {
     // Negative ids: a JSON-only agent (no SSE; the hold answers with plain JSON).
     let json_only = id < 0;
@@ -469,8 +520,11 @@ async fn call_tool_notify(
         params["_meta"] = json!({"progressToken": format!("progress-{id}")});
     }
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
-    let resp = http()
-        .post(format!("http://127.0.0.1:{port}/mcp"))
+    let mut req = http().post(format!("http://127.0.0.1:{port}/mcp"));
+    if let Some(token) = identity {
+        req = req.header("x-ciba-gate-identity", token);
+    }
+    let resp = req
         .header("content-type", "application/json")
         .header(
             "accept",
@@ -1193,6 +1247,7 @@ async fn identical_concurrent_calls_share_one_ciba_request_and_forward_once() {
                     deploy_args("api", "prod"),
                     true,
                     Some(tx),
+                    None,
                 )
                 .await
             })
@@ -1447,4 +1502,172 @@ async fn one_person_under_two_hints_is_not_two_approvers() {
     assert_eq!(e["reason"], "approvers_not_distinct", "{e}");
     assert_eq!(e["approval"]["quorum"]["granted"], 1, "{e}");
     gw.assert_no_leaks(&["alice.alt@example.com"], &ids_for(&op, "gate-poll").await);
+}
+
+// ---------------------------------------------------------------- the end user's identity
+
+/// The agent proves whom the call is for with an ID token the OP issued to the
+/// gateway's client: that person (bob) is asked, by `id_token_hint`, instead of the
+/// configured user (alice); the approved call runs once; the evidence names bob by
+/// keyed hash and hint type only, and the token appears in no log or record.
+#[tokio::test]
+async fn the_end_user_the_agent_proves_is_asked_by_id_token_hint() {
+    let op = Op::start(None);
+    let upstream = Upstream::start();
+    let gw = Gateway::start(
+        &op,
+        &upstream,
+        GwOpts {
+            accept_identity: true,
+            ..GwOpts::poll()
+        },
+    );
+    let bob = op.id_token_for("bob@example.com").await;
+
+    let port = gw.port;
+    let token = bob.clone();
+    let call = tokio::spawn(async move {
+        call_tool_notify(
+            port,
+            70,
+            "deploy_service",
+            deploy_args("api", "prod"),
+            true,
+            None,
+            Some(&token),
+        )
+        .await
+    });
+    let req = op.wait_pending("Deploy-api-prod").await;
+    assert_eq!(req["accountId"], "bob", "{req}");
+    assert_eq!(req["hint_type"], "id_token_hint", "{req}");
+    op.decide(req["auth_req_id"].as_str().unwrap(), "approve")
+        .await;
+    let a = finish(call).await;
+    assert_forwarded(&a, &upstream, "api", "prod");
+
+    let e = gw.one_tool_evidence("deploy_service").await;
+    assert_eq!(e["approval"]["hint_type"], "id_token_hint", "{e}");
+    assert!(e["approval"]["approver_hint_hash"].is_string(), "{e}");
+    assert_eq!(e["approval"]["user_decision"], "approved", "{e}");
+    assert_eq!(e["approval"]["token_outcome"], "granted", "{e}");
+    // The gateway checked that the approving ID token names the identity's subject
+    // (else `approver_mismatch`); the evidence carries only its keyed hash.
+    assert!(e["approval"]["approver_subject_hash"].is_string(), "{e}");
+
+    // The policy reads who the call is for (`input.identity`) before anyone is asked.
+    let staging = call_tool_notify(
+        gw.port,
+        72,
+        "deploy_service",
+        deploy_args("api", "staging"),
+        true,
+        None,
+        Some(&bob),
+    )
+    .await;
+    assert_eq!(staging.reason(), "not_for_end_users", "{}", staging.result);
+    assert!(op.requests(false).await.is_empty(), "no one was asked");
+
+    // Two tokens of one person are one approver: identical calls carrying either
+    // share one request (throttles and cool-downs count bob once, too).
+    let bob_again = op.id_token_for("bob@example.com").await;
+    assert_ne!(bob_again, bob);
+    let calls: Vec<_> = [(73, bob.clone()), (74, bob_again.clone())]
+        .into_iter()
+        .map(|(id, token)| {
+            tokio::spawn(async move {
+                call_tool_notify(
+                    port,
+                    id,
+                    "deploy_service",
+                    deploy_args("api", "dev"),
+                    true,
+                    None,
+                    Some(&token),
+                )
+                .await
+            })
+        })
+        .collect();
+    let req = op.wait_pending("Deploy-api-dev").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        op.requests(false).await.len(),
+        1,
+        "one request for one person"
+    );
+    op.decide(req["auth_req_id"].as_str().unwrap(), "deny")
+        .await;
+    for c in calls {
+        assert_eq!(finish(c).await.reason(), "approval_denied");
+    }
+
+    // The same person with the same call and no identity is the configured user's
+    // approval: a different request, to alice.
+    let again = spawn_call(
+        gw.port,
+        71,
+        "deploy_service",
+        deploy_args("api", "prod"),
+        true,
+    );
+    let req = op.wait_pending("Deploy-api-prod").await;
+    assert_eq!(req["accountId"], "alice", "{req}");
+    op.decide(req["auth_req_id"].as_str().unwrap(), "deny")
+        .await;
+    assert_eq!(finish(again).await.reason(), "approval_denied");
+    assert_eq!(upstream.calls().len(), 1);
+    gw.assert_no_leaks(
+        &[bob.as_str(), "bob@example.com"],
+        &ids_for(&op, "gate-poll").await,
+    );
+}
+
+/// An identity that does not verify (altered signature, another client's audience is
+/// covered by the same check, garbage) is refused with `identity_refused` before
+/// anyone is asked: nothing reaches the OP or the tool server.
+#[tokio::test]
+async fn an_identity_that_does_not_verify_is_refused_and_no_one_is_asked() {
+    let op = Op::start(None);
+    let upstream = Upstream::start();
+    let gw = Gateway::start(
+        &op,
+        &upstream,
+        GwOpts {
+            accept_identity: true,
+            ..GwOpts::poll()
+        },
+    );
+    let bob = op.id_token_for("bob@example.com").await;
+    let asked_before = op.requests(true).await.len();
+    let (head, sig) = bob.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{head}.{flipped}{}", &sig[1..]);
+    for (id, token) in [(80, forged.as_str()), (81, "not-a-token")] {
+        let a = call_tool_notify(
+            gw.port,
+            id,
+            "deploy_service",
+            deploy_args("api", "prod"),
+            true,
+            None,
+            Some(token),
+        )
+        .await;
+        assert_eq!(a.status, 401, "{}", a.result);
+        assert_eq!(
+            a.result["error"]["data"]["reason"], "identity_refused",
+            "{}",
+            a.result
+        );
+        assert_eq!(a.result["id"], id, "the refusal answers the message's id");
+    }
+    assert_eq!(
+        op.requests(true).await.len(),
+        asked_before,
+        "no one was asked"
+    );
+    assert!(upstream.calls().is_empty());
+    gw.assert_no_leaks(&[bob.as_str()], &ids_for(&op, "gate-poll").await);
 }

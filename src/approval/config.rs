@@ -59,6 +59,10 @@ pub struct ApprovalsConfig {
     /// Send RFC 9396 `authorization_details` with the tool and action (e.g. Auth0).
     #[serde(default)]
     pub authorization_details: bool,
+    /// Accept the end user's ID token in `x-ciba-gate-identity`: verified against the
+    /// OP, it makes that person the call's default approver (asked by `id_token_hint`).
+    #[serde(default)]
+    pub accept_identity: bool,
 }
 
 fn default_profile() -> ProfileConfig {
@@ -426,6 +430,7 @@ impl ApprovalsConfig {
             per_action: self.throttle.per_action,
             denial_cooldown: self.throttle.denial_cooldown.unwrap_or_default(),
             send_authorization_details: self.authorization_details,
+            accept_identity: self.accept_identity,
         }
     }
 }

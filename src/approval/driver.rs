@@ -432,7 +432,7 @@ pub(crate) async fn check_id_token(
         .instrument(child_span!("ciba.id_token_validation"))
         .await?;
     Ok(Approver {
-        subject_hash: approvals.pseudonym("sub", &format!("{}|{}", ev.issuer, ev.subject)),
+        subject_hash: approvals.subject_hash(&ev.issuer, &ev.subject),
         acr: ev.acr,
         amr: ev.amr,
         auth_time: ev.auth_time,

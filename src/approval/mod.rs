@@ -8,6 +8,7 @@ pub mod binding;
 pub mod callback;
 pub mod config;
 pub mod driver;
+pub mod identity;
 mod quorum;
 pub mod request_state;
 
@@ -64,6 +65,8 @@ pub struct Settings {
     pub per_action: Option<Limit>,
     pub denial_cooldown: Duration,
     pub send_authorization_details: bool,
+    /// `approvals.accept_identity`: the agent may name the end user with an ID token.
+    pub accept_identity: bool,
 }
 
 impl Default for Settings {
@@ -82,6 +85,7 @@ impl Default for Settings {
             per_action: None,
             denial_cooldown: Duration::from_secs(0),
             send_authorization_details: false,
+            accept_identity: false,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct CallForApproval<'a> {
     /// This call's W3C traceparent (when traces are exported), stored with a request
     /// it starts.
     pub trace_parent: Option<String>,
+    /// The end user the agent proved the call is for (`x-ciba-gate-identity`).
+    pub identity: Option<&'a identity::Identity>,
 }
 
 /// What the policy asked for, checked.
@@ -121,8 +127,11 @@ pub struct Approver {
     pub hint: UserHint,
     /// Keyed hash of the hint.
     pub key: String,
-    /// False when the policy named this approver.
+    /// False when the policy (or the agent's verified identity) named this approver.
     pub configured: bool,
+    /// The keyed hash of the person's ID-token issuer and subject, when it is known
+    /// before asking (a verified identity): the approving ID token must name them.
+    pub subject_hash: Option<String>,
 }
 
 /// Who must approve a call: one person, or (two-person rule) `required` distinct
@@ -304,6 +313,7 @@ impl Approvals {
             key: keyed_hash(&key, "user", hint.value()),
             hint,
             configured: true,
+            subject_hash: None,
         };
         Arc::new(Approvals {
             ciba,
@@ -349,6 +359,18 @@ impl Approvals {
         tokio::spawn(async move { driver::resume(this, fp).await });
     }
 
+    /// The person a verified identity names, asked with their ID token as
+    /// `id_token_hint`: keyed on their subject, so every token they hold is one person
+    /// to throttles, fingerprints and evidence.
+    fn identified(&self, person: &identity::Identity) -> Approver {
+        Approver {
+            hint: UserHint::IdTokenHint(person.token().to_string()),
+            key: keyed_hash(&self.key, "user", &person.stable_name()),
+            configured: false,
+            subject_hash: Some(self.subject_hash(&person.issuer, &person.subject)),
+        }
+    }
+
     /// The hint type of the configured user.
     pub fn hint_type(&self) -> &'static str {
         self.user.hint.param()
@@ -356,17 +378,25 @@ impl Approvals {
 
     /// Who this approval object asks: `approval.user` (one person), `approval.approvers`
     /// (a list: all of them; or `{"from": [...], "count": N}`: N distinct people of
-    /// those), or, with neither, the configured user. Each person is
+    /// those), or, with neither, the person the agent's verified identity names, else the
+    /// configured user. Each person is
     /// `{"hint_type": "login_hint" | "login_hint_token", "value": "…"}` or a plain
     /// string (a `login_hint`). Anything malformed is a misconfiguration (blocked),
     /// never a fallback to the configured user.
-    pub fn approvers(&self, params: &Value) -> Result<Approvers, Reason> {
+    pub fn approvers(
+        &self,
+        params: &Value,
+        identity: Option<&identity::Identity>,
+    ) -> Result<Approvers, Reason> {
         let bad = |why: String| Reason::ApprovalMisconfigured(why);
         match (params.get("user"), params.get("approvers")) {
             (Some(_), Some(_)) => Err(bad(
                 "approval: name the approver with user or approvers, not both".into(),
             )),
-            (None, None) => Ok(Approvers::one(self.user.clone())),
+            (None, None) => Ok(Approvers::one(match identity {
+                Some(person) => self.identified(person),
+                None => self.user.clone(),
+            })),
             (Some(user), None) => Ok(Approvers::one(self.parse_user(user, "approval.user")?)),
             (None, Some(group)) => {
                 let field = "approval.approvers";
@@ -465,11 +495,17 @@ impl Approvals {
             configured: key == self.user.key && hint.param() == self.user.hint.param(),
             hint,
             key,
+            subject_hash: None,
         })
     }
 
     pub fn state_key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// The keyed hash that names the person behind an ID token (issuer and subject).
+    pub fn subject_hash(&self, issuer: &str, subject: &str) -> String {
+        self.pseudonym("sub", &format!("{issuer}|{subject}"))
     }
 
     /// A keyed hash: pseudonymous identifiers for evidence and throttling.
@@ -478,9 +514,13 @@ impl Approvals {
     }
 
     /// Checks the policy's approval object against the OP's limits.
-    pub fn parse_params(&self, params: &Value) -> Result<ApprovalParams, Reason> {
+    pub fn parse_params(
+        &self,
+        params: &Value,
+        identity: Option<&identity::Identity>,
+    ) -> Result<ApprovalParams, Reason> {
         let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
-        let approvers = self.approvers(params)?;
+        let approvers = self.approvers(params, identity)?;
         let binding_message = s("binding_message").ok_or_else(|| {
             Reason::ApprovalMisconfigured("the approval has no binding_message".into())
         })?;
@@ -540,7 +580,7 @@ impl Approvals {
             "tool": call.tool,
             "arguments": call.arguments,
         });
-        match self.approvers(call.params) {
+        match self.approvers(call.params, call.identity) {
             Ok(a) if a.is_quorum() => {
                 let mut keys: Vec<&str> = a.asked.iter().map(|x| x.key.as_str()).collect();
                 keys.sort_unstable();
@@ -557,7 +597,7 @@ impl Approvals {
 
     /// Finds or starts the approval for this call. Fails closed: any store problem blocks.
     pub async fn prepare(self: &Arc<Self>, call: &CallForApproval<'_>) -> Result<Ticket, Reason> {
-        let params = self.parse_params(call.params)?;
+        let params = self.parse_params(call.params, call.identity)?;
         let fingerprint = self.fingerprint(call);
         if params.approvers.is_quorum() {
             return quorum::prepare(self, call, params, fingerprint).await;
@@ -755,7 +795,12 @@ impl Approvals {
             };
             match rec.status {
                 Status::Granted => {
+                    let expected = ticket.params.approvers.primary().subject_hash.as_deref();
                     return match self.store.consume(&ticket.fingerprint).await {
+                        // Someone other than the person the identity named approved.
+                        Ok(Some(r)) if !identity::approved_by(expected, &r) => {
+                            Settled::Blocked(Reason::ApproverMismatch, vec![r])
+                        }
                         Ok(Some(r)) => Settled::Approved(vec![r]),
                         Ok(None) => Settled::Blocked(Reason::ApprovalAlreadyUsed, vec![rec]),
                         Err(e) => {

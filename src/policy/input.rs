@@ -1,6 +1,6 @@
 //! The policy input document, built in one place. Its shape is the policy contract
 //! (docs/policy-contract.md): `phase`, `agent`, `upstream`, `request`, `mcp`, `tool`,
-//! `http`, `approval`, `op`. Only allow-listed request headers ever enter it.
+//! `http`, `approval`, `op`, `identity`. Only allow-listed request headers ever enter it.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -92,6 +92,16 @@ pub struct Approval {
     pub binding_message: String,
 }
 
+/// The end user the agent proved the call is for (a verified ID token in
+/// `x-ciba-gate-identity`); absent when the agent sent none.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub subject: String,
+    pub issuer: String,
+    /// The same keyed hash as `approval.subject_hash` for this person.
+    pub subject_hash: String,
+}
+
 /// What the gateway knows of the OpenID Provider that will show the message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Op {
@@ -122,6 +132,8 @@ pub struct PolicyInput {
     /// Absent when approvals are not configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
 }
 
 impl PolicyInput {
@@ -138,6 +150,7 @@ impl PolicyInput {
             approval: None,
             approvals: None,
             op: None,
+            identity: None,
         }
     }
 

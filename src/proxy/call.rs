@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::mcp::ToolCall;
 use super::render::Shape;
-use super::{Gateway, Mount};
+use super::{ApprovalsState, Gateway, Mount};
+use crate::approval::identity::{self, Identity};
 use crate::audit::{EvidenceRecord, PendingRecord};
 use crate::outcome::{Disposition, Reason};
 use crate::policy::input::{self, PolicyInput};
@@ -22,6 +23,8 @@ pub struct Call<'g> {
     pub id: String,
     pub started: Instant,
     pub method: Method,
+    /// The end user the agent proved this request is for (`x-ciba-gate-identity`).
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl<'g> Call<'g> {
@@ -32,6 +35,7 @@ impl<'g> Call<'g> {
             id: new_request_id(),
             started: crate::clock::now(),
             method: method.clone(),
+            identity: None,
         }
     }
 
@@ -52,6 +56,36 @@ impl<'g> Call<'g> {
         super::render::answer(&reason, shape)
     }
 
+    /// Phase `identify`: verifies the end user's identity the request carries, if any.
+    /// A refusal ends the request before any decision.
+    pub async fn identify(&mut self, headers: &http::HeaderMap) -> Result<(), Reason> {
+        let mut values = headers.get_all(identity::IDENTITY_HEADER).iter();
+        let Some(value) = values.next() else {
+            return Ok(());
+        };
+        if values.next().is_some() {
+            return Err(identity::refused(format!(
+                "{} is given more than once",
+                identity::IDENTITY_HEADER
+            )));
+        }
+        let approvals = match self.gw.approvals_state() {
+            ApprovalsState::Ready(a) => a,
+            ApprovalsState::NotConfigured => {
+                return Err(identity::refused(
+                    "this gateway asks no one for approval (no `approvals` configured)",
+                ));
+            }
+            ApprovalsState::Unavailable => {
+                return Err(identity::refused(
+                    "the OpenID Provider's keys are not available yet, so it cannot be verified; try again shortly",
+                ));
+            }
+        };
+        self.identity = Some(Arc::new(identity::verify(&approvals, value).await?));
+        Ok(())
+    }
+
     /// The input facts every call of this request shares (phase `request`).
     pub fn base_input(&self, head: &http::request::Parts) -> PolicyInput {
         let mut input = PolicyInput::new(
@@ -70,6 +104,14 @@ impl<'g> Call<'g> {
         input.op = self.gw.binding_message_profile().map(|p| input::Op {
             binding_message_profile: p.to_string(),
         });
+        input.identity = self.identity.as_ref().and_then(|person| {
+            let approvals = self.gw.approvals()?;
+            Some(input::Identity {
+                subject: person.subject.clone(),
+                issuer: person.issuer.clone(),
+                subject_hash: approvals.subject_hash(&person.issuer, &person.subject),
+            })
+        });
         input
     }
 
@@ -81,6 +123,7 @@ impl<'g> Call<'g> {
             id: self.id.clone(),
             started: self.started,
             method: self.method.clone(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -99,6 +142,7 @@ pub struct OwnedCall {
     id: String,
     started: Instant,
     method: Method,
+    identity: Option<Arc<Identity>>,
 }
 
 impl OwnedCall {
@@ -109,6 +153,7 @@ impl OwnedCall {
             id: self.id.clone(),
             started: self.started,
             method: self.method.clone(),
+            identity: self.identity.clone(),
         }
     }
 }

@@ -54,6 +54,33 @@ pub enum McpRequest {
     Stream { head: Parts },
 }
 
+impl McpRequest {
+    pub fn headers(&self) -> &http::HeaderMap {
+        match self {
+            McpRequest::Messages { head, .. } | McpRequest::Stream { head } => &head.headers,
+        }
+    }
+
+    /// How to refuse the whole request: a JSON-RPC error with the message's id when
+    /// it is one message, else with a null id.
+    pub fn refusal_shape(&self) -> Shape {
+        let id = match self {
+            McpRequest::Messages {
+                members,
+                batch: false,
+                ..
+            } => members
+                .first()
+                .and_then(|m| m.as_ref().ok())
+                .and_then(|m| m.id.clone()),
+            _ => None,
+        };
+        Shape::Post {
+            id: id.unwrap_or(Value::Null),
+        }
+    }
+}
+
 /// A body as it will go upstream.
 pub enum OutBody {
     None,

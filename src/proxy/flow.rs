@@ -39,41 +39,58 @@ pub async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<BoxBody>
     let Some(mount) = mount else {
         return render::answer(&Reason::NoSuchRoute, &Shape::Http);
     };
-    let call = Call::new(gw, mount, req.method());
+    let mut call = Call::new(gw, mount, req.method());
     let rest = mount.rest(&path).unwrap_or_default().to_string();
     if is_mcp {
         match classify::mcp(&call, &rest, req).await {
             Err(r) => call.reject(r.reason, &r.shape),
-            Ok(McpRequest::Stream { head }) => stream(&call, head).await,
-            Ok(McpRequest::Messages {
-                head,
-                bytes,
-                members,
-                batch,
-                revision,
-            }) => {
-                let out = Outbound {
-                    head,
-                    rest: String::new(),
-                    body: OutBody::Held(bytes),
-                };
-                if batch {
-                    batch_of(&call, out, members, revision).await
-                } else {
-                    match members.into_iter().next() {
-                        Some(Ok(msg)) => single(&call, out, msg, revision).await,
-                        _ => call.reject(
-                            Reason::InvalidRequest("no message".into()),
-                            &Shape::Post { id: Value::Null },
-                        ),
-                    }
+            Ok(request) => {
+                if let Err(reason) = call.identify(request.headers()).await {
+                    return call.reject(reason, &request.refusal_shape());
                 }
+                mcp_request(&call, request).await
             }
         }
     } else {
         match classify::http(&call, &rest, req).await {
             Err(r) => call.reject(r.reason, &r.shape),
-            Ok(h) => http_call(&call, h).await,
+            Ok(h) => {
+                if let Err(reason) = call.identify(&h.head.headers).await {
+                    return call.reject(reason, &Shape::Http);
+                }
+                http_call(&call, h).await
+            }
+        }
+    }
+}
+
+/// An MCP request, classified and identified.
+async fn mcp_request(call: &Call<'_>, request: McpRequest) -> Response<BoxBody> {
+    match request {
+        McpRequest::Stream { head } => stream(call, head).await,
+        McpRequest::Messages {
+            head,
+            bytes,
+            members,
+            batch,
+            revision,
+        } => {
+            let out = Outbound {
+                head,
+                rest: String::new(),
+                body: OutBody::Held(bytes),
+            };
+            if batch {
+                batch_of(call, out, members, revision).await
+            } else {
+                match members.into_iter().next() {
+                    Some(Ok(msg)) => single(call, out, msg, revision).await,
+                    _ => call.reject(
+                        Reason::InvalidRequest("no message".into()),
+                        &Shape::Post { id: Value::Null },
+                    ),
+                }
+            }
         }
     }
 }

@@ -266,6 +266,7 @@ const configuration = {
           client_id: client.clientId,
           accountId: account.accountId,
           login_hint: ctx.oidc.params.login_hint,
+          hint_type: ['login_hint', 'id_token_hint', 'login_hint_token'].find((h) => ctx.oidc.params[h]),
           binding_message: ctx.oidc.params.binding_message,
           user_code: ctx.oidc.params.user_code,
           scope: request.scope,

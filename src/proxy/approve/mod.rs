@@ -139,6 +139,7 @@ pub async fn run(
         arguments: &bound,
         params: &params,
         trace_parent: crate::telemetry::traces::traceparent(&tracing::Span::current()),
+        identity: call.identity.as_deref(),
     };
     // A 2026-07-28 retry carries the requestState we issued: it must be intact, ours,
     // for this agent and this exact call.
