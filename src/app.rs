@@ -103,6 +103,10 @@ impl Builder<'_> {
             ),
             None => None,
         };
+        let mut approvals = approvals;
+        if let Some(a) = approvals.as_mut() {
+            a.settings.keep_access_tokens = c.upstreams.iter().any(|u| u.approval_token.is_some());
+        }
         let store = match (&approvals, self.store) {
             (None, _) => None,
             (Some(_), Some(store)) => Some(store),

@@ -123,6 +123,9 @@ pub enum Reason {
     /// The person who approved (the ID token's subject) is not the person the call was
     /// for (the verified identity the agent sent).
     ApproverMismatch,
+    /// The upstream takes the approver's access token, and the grant kept none that
+    /// opens (the OP sent none, or the store's copy was altered).
+    ApprovalTokenMissing,
     ApprovalRateLimited {
         what: &'static str,
         retry_after_secs: u64,
@@ -225,6 +228,7 @@ impl Reason {
             ApprovalLost => "approval_lost",
             ApproversNotDistinct => "approvers_not_distinct",
             ApproverMismatch => "approver_mismatch",
+            ApprovalTokenMissing => "approval_token_missing",
             ApprovalRateLimited { .. } => "approval_rate_limited",
             DenialCooldown => "denial_cooldown",
             RequestLost => "request_lost",
@@ -286,7 +290,7 @@ impl Reason {
             | ApproverMismatch
             | ApprovalRateLimited { .. }
             | DenialCooldown => Source::Approver,
-            OpUnavailable | ApprovalFailed(_) | RequestLost => Source::Op,
+            OpUnavailable | ApprovalFailed(_) | RequestLost | ApprovalTokenMissing => Source::Op,
             ApprovalLost | StoreUnavailable(_) => Source::Store,
             ApprovalNotConfigured | ShuttingDown | EvidenceUnavailable => Source::Gateway,
             UpstreamUnreachable(_)
@@ -383,6 +387,7 @@ impl Reason {
             ApprovalExpired => "nobody approved the request in time".into(),
             ApprovalAlreadyUsed => "the approval for this exact call was used by an identical call; call again to ask for a new approval".into(),
             ApproversNotDistinct => "the approvals came from fewer distinct people than the policy requires (two of the approvers named are one person); nothing was forwarded".into(),
+            ApprovalTokenMissing => "it was approved, but the tool server takes the approver's access token and none could be recovered from the grant; nothing was forwarded".into(),
             ApproverMismatch => "the approval came from a different person than the one this call is for; nothing was forwarded".into(),
             ApprovalLost => "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval".into(),
             ApprovalRateLimited { what, retry_after_secs } => format!(

@@ -50,6 +50,8 @@ struct Opts {
     slow_down_polls: u32,
     max_wait: &'static str,
     extra: &'static str,
+    /// Added to the `tools` upstream's mapping (e.g. `, approval_token: {}`).
+    tools_extra: &'static str,
     policies: Option<std::path::PathBuf>,
     /// `policy.shadow.dir`.
     shadow: Option<std::path::PathBuf>,
@@ -65,6 +67,7 @@ impl Default for Opts {
             slow_down_polls: 0,
             max_wait: "30s",
             extra: "",
+            tools_extra: "",
             policies: None,
             shadow: None,
             profile: "ciba-gate-dev",
@@ -118,7 +121,7 @@ async fn setup(o: Opts) -> Setup {
 agent: {{id: billing-agent, namespace: agents}}
 policy: {{dir: {policies:?}, reload_interval: 0s{shadow}}}
 upstreams:
-  - {{name: tools, kind: mcp, mount: /mcp, url: "http://{up_addr}/mcp"}}
+  - {{name: tools, kind: mcp, mount: /mcp, url: "http://{up_addr}/mcp"{tools_extra}}}
   - name: tickets
     kind: http
     mount: /tickets
@@ -147,6 +150,7 @@ approvals:
         max_wait = o.max_wait,
         profile = o.profile,
         extra = o.extra,
+        tools_extra = o.tools_extra,
         shadow = o
             .shadow
             .as_ref()
@@ -1476,5 +1480,80 @@ async fn identities_the_gateway_cannot_use_are_refused_before_anyone_is_asked() 
         assert_eq!(records[0]["outcome"], "rejected", "{records:?}");
         let text = s.evidence.lock().unwrap().join("\n");
         assert!(!text.contains(unsigned), "{text}");
+    }
+}
+
+// --- the approver's token ---------------------------------------------------------
+
+/// An upstream with `approval_token` gets the approver's access token from the CIBA
+/// grant with each call a person approved — in place of its static credential, never
+/// with an allowed call, never the agent's own token, and not to the other upstream.
+/// Each approval brings its own token; the evidence says it was forwarded and never
+/// holds it.
+#[tokio::test]
+async fn an_approved_call_carries_the_approvers_token_to_the_upstream_that_asks() {
+    let s = setup(Opts {
+        tools_extra: ", credential: {header: authorization, prefix: \"Static \", file: secret}, approval_token: {}",
+        ..Opts::default()
+    })
+    .await;
+    const AGENT: &[(&str, &str)] = &[("authorization", "Bearer agent-own-token")];
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "list_deployments", "arguments": {}}});
+    let a = call_mcp(s.gw_addr, list, AGENT).await;
+    assert_eq!(a.status, 200);
+    let static_credential = format!("Static {CLIENT_SECRET}");
+    assert_eq!(
+        s.upstream.authorization_of("list_deployments"),
+        vec![Some(static_credential.clone())],
+        "an allowed call carries the static credential only"
+    );
+
+    let mut tokens = Vec::new();
+    for id in [150, 151] {
+        let call = tokio::spawn(call_mcp(
+            s.gw_addr,
+            deploy(id, "payments", "prod", true),
+            AGENT,
+        ));
+        answer_on_phone(&s.op, true).await;
+        assert_eq!(call.await.unwrap().status, 200);
+        let seen = s.upstream.authorization_of("deploy_service");
+        let token = seen.last().cloned().flatten().expect("a token");
+        let bearer = token.strip_prefix("Bearer ").expect("a bearer token");
+        assert!(!bearer.is_empty() && bearer != "agent-own-token", "{token}");
+        tokens.push(bearer.to_string());
+    }
+    assert_ne!(tokens[0], tokens[1], "each approval brings its own token");
+
+    // The HTTP upstream does not ask: its approved call carries no token.
+    let del = tokio::spawn(delete_issue(s.gw_addr, "web", "95"));
+    answer_on_phone(&s.op, true).await;
+    assert_eq!(del.await.unwrap(), "ok");
+    let auth = s.upstream.authorizations.lock().unwrap().clone();
+    assert_eq!(auth.last().cloned().flatten(), None, "{auth:?}");
+
+    let records = evidence(&s, 4).await;
+    let deploys: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["tool"] == "deploy_service")
+        .collect();
+    assert_eq!(deploys.len(), 2);
+    assert!(
+        deploys
+            .iter()
+            .all(|r| r["approval"]["token_forwarded"] == true)
+    );
+    let other = records
+        .iter()
+        .find(|r| r["tool"] == "delete_issue")
+        .unwrap();
+    assert!(
+        other["approval"].get("token_forwarded").is_none(),
+        "{other}"
+    );
+    let text = s.evidence.lock().unwrap().join("\n");
+    for t in &tokens {
+        assert!(!text.contains(t.as_str()), "a token in the evidence");
     }
 }

@@ -103,6 +103,7 @@ fn approver() -> Approver {
         acr: Some("urn:acr:mfa".into()),
         amr: vec![],
         auth_time: Some(1_700_000_000),
+        sealed_access_token: Some("c2VhbGVk".into()),
     }
 }
 

@@ -431,6 +431,8 @@ impl ApprovalsConfig {
             denial_cooldown: self.throttle.denial_cooldown.unwrap_or_default(),
             send_authorization_details: self.authorization_details,
             accept_identity: self.accept_identity,
+            // Set by the app when an upstream takes approvers' tokens.
+            keep_access_tokens: false,
         }
     }
 }

@@ -436,6 +436,12 @@ pub(crate) async fn check_id_token(
         acr: ev.acr,
         amr: ev.amr,
         auth_time: ev.auth_time,
+        // Bound to this request: it opens only for the record that names it.
+        sealed_access_token: approvals
+            .settings
+            .keep_access_tokens
+            .then(|| approvals.seal.seal(auth_req_id, &tokens.access_token))
+            .flatten(),
     })
 }
 

@@ -115,6 +115,7 @@ mod tests {
                 acr: None,
                 amr: Vec::new(),
                 auth_time: None,
+                sealed_access_token: None,
             }),
             failure: None,
             trace_parent: None,

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod identity;
 mod quorum;
 pub mod request_state;
+pub mod token_seal;
 
 pub use quorum::{MemberEvidence, QuorumEvidence, approvals_used};
 
@@ -67,6 +68,8 @@ pub struct Settings {
     pub send_authorization_details: bool,
     /// `approvals.accept_identity`: the agent may name the end user with an ID token.
     pub accept_identity: bool,
+    /// Some upstream takes approvers' access tokens: grants keep theirs, sealed.
+    pub keep_access_tokens: bool,
 }
 
 impl Default for Settings {
@@ -86,6 +89,7 @@ impl Default for Settings {
             denial_cooldown: Duration::from_secs(0),
             send_authorization_details: false,
             accept_identity: false,
+            keep_access_tokens: false,
         }
     }
 }
@@ -243,6 +247,10 @@ pub struct ApprovalEvidence {
     /// Two-person rule: how many had to approve and what each person asked decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<quorum::QuorumEvidence>,
+    /// The approver's access token went to the tool server with the call (never the
+    /// token itself).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub token_forwarded: bool,
 }
 
 /// What the approval subsystem is built from.
@@ -268,6 +276,8 @@ pub struct Approvals {
     user_code: Option<String>,
     /// HMAC key for requestState and keyed hashes.
     key: Vec<u8>,
+    /// Seals the access tokens grants keep (key derived from `key`).
+    pub(crate) seal: token_seal::TokenSeal,
     /// This process's name as a poll-lease holder (random per start).
     pub(crate) instance: String,
     /// Fingerprints with a driver (creator or resume) running in this process.
@@ -322,6 +332,7 @@ impl Approvals {
             profile,
             user,
             user_code,
+            seal: token_seal::TokenSeal::new(&key),
             key,
             instance: format!("{:032x}", rand::random::<u128>()),
             local_drivers: Default::default(),
@@ -501,6 +512,13 @@ impl Approvals {
 
     pub fn state_key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// The approver's access token kept with a grant, for an upstream that asks for it;
+    /// `None` when none was kept or it does not open for this record.
+    pub fn access_token(&self, record: &ApprovalRecord) -> Option<secrecy::SecretString> {
+        let sealed = record.approver.as_ref()?.sealed_access_token.as_deref()?;
+        self.seal.open(record.auth_req_id.as_deref()?, sealed)
     }
 
     /// The keyed hash that names the person behind an ID token (issuer and subject).
@@ -911,6 +929,7 @@ impl Approvals {
                 .and_then(|r| r.approver.as_ref())
                 .and_then(|a| a.acr.clone()),
             quorum,
+            token_forwarded: false,
         }
     }
 }

@@ -143,6 +143,10 @@ pub struct UpstreamConfig {
     /// Forward the agent's own `Authorization` header (off: no token passthrough).
     #[serde(default)]
     pub forward_agent_authorization: bool,
+    /// Send the approver's access token (from the CIBA grant) with each call a person
+    /// approved, and only with those (off when absent).
+    #[serde(default)]
+    pub approval_token: Option<ApprovalTokenConfig>,
     /// Plain HTTP routes (kind: http).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -181,6 +185,33 @@ impl CredentialConfig {
         SecretSource {
             env: self.env.clone(),
             file: self.file.clone(),
+        }
+    }
+}
+
+/// `approval_token:` — where the approver's access token goes on an approved call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalTokenConfig {
+    /// Header to set (default `authorization`, replacing the upstream's credential
+    /// there on approved calls).
+    #[serde(default = "default_approval_token_header")]
+    pub header: String,
+    /// Text put before the token (default `"Bearer "` for `authorization`, else none).
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+fn default_approval_token_header() -> String {
+    "authorization".into()
+}
+
+impl ApprovalTokenConfig {
+    pub fn prefix(&self) -> &str {
+        match &self.prefix {
+            Some(p) => p,
+            None if self.header.eq_ignore_ascii_case("authorization") => "Bearer ",
+            None => "",
         }
     }
 }
@@ -250,6 +281,22 @@ impl UpstreamConfig {
             cred.source()
                 .validate()
                 .map_err(|e| e.under("credential"))?;
+        }
+        if let Some(t) = &self.approval_token {
+            require(
+                http::HeaderName::from_bytes(t.header.as_bytes()).is_ok()
+                    && !t
+                        .header
+                        .to_ascii_lowercase()
+                        .starts_with(super::upstream::GATEWAY_HEADER_PREFIX),
+                "approval_token.header",
+                "is not a valid header name outside the gateway's x-ciba-gate- prefix",
+            )?;
+            require(
+                http::HeaderValue::from_str(t.prefix()).is_ok(),
+                "approval_token.prefix",
+                "is not a valid header value",
+            )?;
         }
         match self.kind {
             UpstreamKind::Mcp if !self.routes.is_empty() => {

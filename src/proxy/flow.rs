@@ -269,6 +269,7 @@ fn list_plan(unit: &Unit, batch: bool) -> Plan {
         list_input: unit.list_id.as_ref().map(|_| unit.input.clone()),
         answers: Vec::new(),
         batch,
+        approval_token: None,
     }
 }
 

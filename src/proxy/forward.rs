@@ -43,6 +43,8 @@ pub struct Plan {
     pub answers: Vec<Value>,
     /// The request was a JSON-RPC batch.
     pub batch: bool,
+    /// The approver's access token, for an approved call to an upstream that asks.
+    pub approval_token: Option<secrecy::SecretString>,
 }
 
 impl Plan {
@@ -88,6 +90,7 @@ pub async fn send(
             out.head.uri.query(),
             out.head.headers,
             body,
+            plan.approval_token.as_ref(),
         )
         .await;
     let resp = match resp {

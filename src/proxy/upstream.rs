@@ -74,6 +74,9 @@ pub struct Upstream {
     base: Uri,
     authority: HeaderValue,
     credential: Option<(HeaderName, HeaderValue)>,
+    /// Where the approver's access token goes (header, prefix), when this upstream
+    /// asks for it.
+    approval_token: Option<(HeaderName, String)>,
     forward_agent_authorization: bool,
     response_timeout: Duration,
     client: Transport,
@@ -158,8 +161,18 @@ impl Upstream {
             }
             _ => None,
         };
+        let approval_token = match &cfg.approval_token {
+            Some(t) => Some((
+                HeaderName::from_bytes(t.header.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    FieldError::new("approval_token.header", "is not a valid header name")
+                })?,
+                t.prefix().to_string(),
+            )),
+            None => None,
+        };
         Ok(Upstream {
             name: cfg.name.clone(),
+            approval_token,
             authority: HeaderValue::from_str(authority.as_str())
                 .map_err(|e| url_err(e.to_string()))?,
             base,
@@ -195,7 +208,13 @@ impl Upstream {
             .build()
     }
 
-    /// Builds the upstream request for a path below the mount and sends it.
+    /// True when this upstream takes the approver's access token on approved calls.
+    pub fn wants_approval_token(&self) -> bool {
+        self.approval_token.is_some()
+    }
+
+    /// Builds the upstream request for a path below the mount and sends it, with the
+    /// approver's access token when the call was approved and this upstream asks for it.
     pub async fn forward(
         &self,
         method: http::Method,
@@ -203,6 +222,7 @@ impl Upstream {
         query: Option<&str>,
         headers: HeaderMap,
         body: BoxBody,
+        approval_token: Option<&SecretString>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let uri = self
             .target(rest, query)
@@ -214,13 +234,14 @@ impl Upstream {
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         *req.headers_mut() = headers;
         *req.version_mut() = http::Version::HTTP_11;
-        self.send(req).await
+        self.send(req, approval_token).await
     }
 
     /// Sends the request with clean headers and the upstream's credential.
     pub async fn send(
         &self,
         mut req: Request<BoxBody>,
+        approval_token: Option<&SecretString>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         use tracing::Instrument;
         clean_request_headers(req.headers_mut(), self.forward_agent_authorization);
@@ -246,6 +267,18 @@ impl Upstream {
         h.insert(header::HOST, self.authority.clone());
         if let Some((name, value)) = &self.credential {
             h.insert(name.clone(), value.clone());
+        }
+        // After the credential: on an approved call the person's token takes its place
+        // when both use one header.
+        if let (Some((name, prefix)), Some(token)) = (&self.approval_token, approval_token) {
+            let mut v = HeaderValue::from_str(&format!("{prefix}{}", token.expose_secret()))
+                .map_err(|_| {
+                    UpstreamError::Protocol(
+                        "the approver's token is not a valid header value".into(),
+                    )
+                })?;
+            v.set_sensitive(true);
+            h.insert(name.clone(), v);
         }
         let started = crate::clock::now();
         let result = match tokio::time::timeout(self.response_timeout, self.client.request(req))

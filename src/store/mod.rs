@@ -45,6 +45,10 @@ pub struct Approver {
     pub acr: Option<String>,
     pub amr: Vec<String>,
     pub auth_time: Option<i64>,
+    /// The OP's access token from the grant, sealed (`approval::token_seal`): kept only
+    /// when an upstream asks for approvers' tokens, opened only for this approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_access_token: Option<String>,
 }
 
 /// One approval, keyed by the fingerprint of the exact call it approves.

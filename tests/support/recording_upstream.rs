@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 #[derive(Clone, Default)]
 pub struct RecordingUpstream {
     pub calls: Arc<Mutex<Vec<Value>>>,
+    /// The `Authorization` header of each request, in the order of `calls`.
+    pub authorizations: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl RecordingUpstream {
@@ -34,9 +36,17 @@ impl RecordingUpstream {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
                         async move {
+                            let authorization = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            seen.calls.lock().unwrap().push(v.clone());
+                            let mut calls = seen.calls.lock().unwrap();
+                            seen.authorizations.lock().unwrap().push(authorization);
+                            calls.push(v.clone());
+                            drop(calls);
                             let answer = match v.get("id") {
                                 Some(id) => json!({"jsonrpc": "2.0", "id": id,
                                     "result": {"content": [{"type": "text", "text": "done"}], "isError": false}}),
@@ -57,6 +67,18 @@ impl RecordingUpstream {
             }
         });
         (addr, up)
+    }
+
+    /// The `Authorization` each call of `tool` (MCP `tools/call`) arrived with.
+    pub fn authorization_of(&self, tool: &str) -> Vec<Option<String>> {
+        let calls = self.calls.lock().unwrap();
+        let auth = self.authorizations.lock().unwrap();
+        calls
+            .iter()
+            .zip(auth.iter())
+            .filter(|(c, _)| c["params"]["name"] == tool)
+            .map(|(_, a)| a.clone())
+            .collect()
     }
 
     /// Every tool call received: MCP `tools/call` bodies and plain HTTP tool bodies.

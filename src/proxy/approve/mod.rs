@@ -281,9 +281,9 @@ async fn conclude(
                 retry_after: reason.retry_after(),
             }
         }
-        Settled::Approved(r) => {
-            unit.record.get_mut().approval = Some(approvals.evidence(ticket, &r));
-            let facts: Vec<input::Approval> = crate::approval::approvals_used(&r)
+        Settled::Approved(records) => {
+            unit.record.get_mut().approval = Some(approvals.evidence(ticket, &records));
+            let facts: Vec<input::Approval> = crate::approval::approvals_used(&records)
                 .into_iter()
                 .map(|rec| {
                     let approver = rec.approver.clone().unwrap_or_default();
@@ -313,9 +313,35 @@ async fn conclude(
                     retry_after: None,
                 };
             }
+            // An upstream that takes the approver's token gets it, or nothing at all.
+            let approval_token = if call.mount.upstream.wants_approval_token() {
+                let first = crate::approval::approvals_used(&records).into_iter().next();
+                match first.and_then(|rec| approvals.access_token(rec)) {
+                    Some(token) => {
+                        if let Some(a) = unit.record.get_mut().approval.as_mut() {
+                            a.token_forwarded = true;
+                        }
+                        Some(token)
+                    }
+                    None => {
+                        let reason = Reason::ApprovalTokenMissing;
+                        unit.record.conclude(Disposition::Blocked, &reason, None);
+                        let (status, body) = render::value(&reason, &caller.shape(&tool));
+                        return Concluded::Answer {
+                            status,
+                            body,
+                            state: State::Approved,
+                            retry_after: None,
+                        };
+                    }
+                }
+            } else {
+                None
+            };
             unit.record.get_mut().decision = "allow";
             let plan = Plan {
                 jsonrpc: matches!(caller, Caller::Mcp { .. }),
+                approval_token,
                 ..Plan::default()
             };
             Concluded::Forwarded(
