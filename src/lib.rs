@@ -22,3 +22,4 @@ pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod verify;

@@ -196,6 +196,16 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::start_with(&[])
+    }
+
+    /// A tool server that runs sensitive tools only with an approval token from
+    /// `issuer` for `audience` (mcp-server.mjs `--verify-issuer` / `--verify-audience`).
+    fn start_verifying(issuer: &str, audience: &str) -> Upstream {
+        Upstream::start_with(&["--verify-issuer", issuer, "--verify-audience", audience])
+    }
+
+    fn start_with(extra: &[&str]) -> Upstream {
         let interop = ensure_node_peers();
         let dir = tempfile::tempdir().unwrap();
         let calls_log = dir.path().join("upstream-calls.jsonl");
@@ -204,7 +214,8 @@ impl Upstream {
             .arg("mcp-server.mjs")
             .args(["--port", "0", "--mode", "json"])
             .arg("--calls-log")
-            .arg(&calls_log);
+            .arg(&calls_log)
+            .args(extra);
         let mut child = ChildGuard::spawn("mcp-server", cmd, dir.path(), true);
         let ready = child.wait_for_stdout_line("READY ", WAIT);
         let port = ready["READY ".len()..]
@@ -249,6 +260,9 @@ struct GwOpts {
     policies: &'static str,
     /// `approvals.accept_identity`.
     accept_identity: bool,
+    /// The tool server's audience: `approval_token: {audience}` on the upstream and
+    /// `approvals.authorization_details: true`.
+    approval_audience: Option<&'static str>,
 }
 
 impl GwOpts {
@@ -265,6 +279,7 @@ impl GwOpts {
             callback_port: None,
             policies: "tests/fixtures/oidc-policies",
             accept_identity: false,
+            approval_audience: None,
         }
     }
 }
@@ -298,7 +313,7 @@ admin: {{listen: "127.0.0.1:0"}}
 policy: {{dir: {policies}, reload_interval: 60s}}
 evidence: {{sink: file, path: {evidence}}}
 upstreams:
-  - {{name: tools, kind: mcp, mount: /mcp, url: "http://127.0.0.1:{up}/mcp", response_timeout: 10s}}
+  - {{name: tools, kind: mcp, mount: /mcp, url: "http://127.0.0.1:{up}/mcp", response_timeout: 10s{approval_token}}}
 approvals:
   op:
     issuer: "{issuer}"
@@ -314,6 +329,7 @@ approvals:
   progress_interval: 10s
   ping_fallback_poll: 60s
   accept_identity: {accept_identity}
+  authorization_details: {authorization_details}
 {callback}"#,
             policies = quoted(&policies),
             evidence = quoted(&evidence),
@@ -326,6 +342,11 @@ approvals:
             profile = o.profile,
             max_wait = o.max_wait,
             accept_identity = o.accept_identity,
+            approval_token = o
+                .approval_audience
+                .map(|a| format!(", approval_token: {{audience: \"{a}\"}}"))
+                .unwrap_or_default(),
+            authorization_details = o.approval_audience.is_some(),
         );
         std::fs::write(&config, yaml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
@@ -1670,4 +1691,114 @@ async fn an_identity_that_does_not_verify_is_refused_and_no_one_is_asked() {
     );
     assert!(upstream.calls().is_empty());
     gw.assert_no_leaks(&[bob.as_str()], &ids_for(&op, "gate-poll").await);
+}
+
+// ---------------------------------------------------------------- approvals a tool server verifies
+
+const TOOLS_AUDIENCE: &str = "https://tools.test/mcp";
+
+/// A `tools/call` sent straight to the tool server, around the gateway.
+async fn call_tool_server(port: u16, id: i64, args: Value, bearer: Option<&str>) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "deploy_service", "arguments": args}});
+    let mut req = http()
+        .post(format!("http://127.0.0.1:{port}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(b) = bearer {
+        req = req.header("authorization", b);
+    }
+    req.body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn refusal(answer: &Value) -> String {
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The approved call carries the person's access token, a JWT oidc-provider issued for
+/// the tool server's audience with the call's `authorization_details`; the tool server
+/// (official TypeScript SDK, verifying with `jose`) runs it. The same token cannot run
+/// the call again, cannot run a different call, and a call around the gateway without
+/// one is refused: what the person did not approve cannot run there even with the
+/// gateway bypassed. The crate's own `verify::Verifier` agrees with the TypeScript one.
+#[tokio::test]
+async fn a_tool_server_runs_only_the_call_a_person_approved() {
+    let op = Op::start(None);
+    let upstream = Upstream::start_verifying(&op.issuer, TOOLS_AUDIENCE);
+    let gw = Gateway::start(
+        &op,
+        &upstream,
+        GwOpts {
+            approval_audience: Some(TOOLS_AUDIENCE),
+            ..GwOpts::poll()
+        },
+    );
+    let prod = deploy_args("api", "prod");
+    let call = spawn_call(gw.port, 90, "deploy_service", prod.clone(), true);
+    let req = op.wait_pending("Deploy-api-prod").await;
+    assert_eq!(req["resource"], TOOLS_AUDIENCE, "{req}");
+    let detail = &req["authorization_details"][0];
+    assert_eq!(detail["type"], ciba_gate::verify::DETAIL_TYPE, "{req}");
+    assert_eq!(
+        detail["call_digest"],
+        ciba_gate::verify::call_digest("deploy_service", &prod),
+        "{req}"
+    );
+    op.decide(req["auth_req_id"].as_str().unwrap(), "approve")
+        .await;
+    let a = finish(call).await;
+    assert_forwarded(&a, &upstream, "api", "prod");
+    let bearer = upstream.calls()[0]["authorization"]
+        .as_str()
+        .expect("the approved call carried a token")
+        .to_string();
+    let e = gw.one_tool_evidence("deploy_service").await;
+    assert_eq!(e["approval"]["token_forwarded"], true, "{e}");
+
+    // Around the gateway: no token, the same token again, the token on another call.
+    let bypass = call_tool_server(upstream.port, 91, prod.clone(), None).await;
+    assert!(refusal(&bypass).contains("no approval token"), "{bypass}");
+    let replay = call_tool_server(upstream.port, 92, prod.clone(), Some(&bearer)).await;
+    assert!(refusal(&replay).contains("used before"), "{replay}");
+    let dev = deploy_args("api", "dev");
+    let other = call_tool_server(upstream.port, 93, dev.clone(), Some(&bearer)).await;
+    assert!(refusal(&other).contains("different call"), "{other}");
+    assert_eq!(upstream.calls().len(), 1, "only the approved call ran");
+
+    // The Rust verifier reads the same token the same way (its own replay cache).
+    let jwks: jsonwebtoken::jwk::JwkSet = http()
+        .get(op.endpoint("jwks_uri").await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let verifier = ciba_gate::verify::Verifier::new(op.issuer.clone(), TOOLS_AUDIENCE, jwks);
+    use ciba_gate::verify::VerifyError;
+    assert_eq!(
+        verifier.verify(Some(&bearer), "deploy_service", &dev),
+        Err(VerifyError::OtherCall)
+    );
+    let ok = verifier
+        .verify(Some(&bearer), "deploy_service", &prod)
+        .expect("the approval verifies");
+    assert_eq!(ok.subject, "alice");
+    assert_eq!(
+        verifier.verify(Some(&bearer), "deploy_service", &prod),
+        Err(VerifyError::Replayed)
+    );
+    let token = bearer.trim_start_matches("Bearer ").to_string();
+    gw.assert_no_leaks(&[token.as_str()], &ids_for(&op, "gate-poll").await);
 }

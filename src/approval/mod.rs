@@ -107,6 +107,12 @@ pub struct CallForApproval<'a> {
     pub trace_parent: Option<String>,
     /// The end user the agent proved the call is for (`x-ciba-gate-identity`).
     pub identity: Option<&'a identity::Identity>,
+    /// The tool server's audience (`approval_token.audience`): asked for as the
+    /// access token's `resource` (RFC 8707).
+    pub resource: Option<&'a str>,
+    /// The digest a tool server recomputes from the call it receives
+    /// (`verify::call_digest`), carried in `authorization_details`.
+    pub call_digest: String,
 }
 
 /// What the policy asked for, checked.
@@ -714,14 +720,11 @@ impl Approvals {
                             .unwrap_or(u64::MAX)
                             .min(self.settings.max_wait.as_secs().max(1)),
                     ),
-                    authorization_details: self.settings.send_authorization_details.then(|| {
-                        json!([{
-                            "type": "tool_call",
-                            "actions": [params.action],
-                            "tool": call.tool,
-                            "binding_message": params.binding_message,
-                        }])
-                    }),
+                    authorization_details: self
+                        .settings
+                        .send_authorization_details
+                        .then(|| crate::verify::authorization_details(call, params)),
+                    resource: call.resource.map(str::to_string),
                     client_notification_token: notification_token,
                 };
                 let this = self.clone();

@@ -179,7 +179,7 @@ fn usable(jwk: &Jwk, alg: Algorithm) -> bool {
 }
 
 /// `Ok(None)` when no key has that kid; an error when the key exists but cannot be used.
-fn select(
+pub(crate) fn select(
     keys: &JwkSet,
     kid: Option<&str>,
     alg: Algorithm,

@@ -12,7 +12,7 @@ mod discovery;
 mod error;
 mod http;
 mod id_token;
-mod jwks;
+pub(crate) mod jwks;
 mod notification;
 mod request;
 mod token;
@@ -286,6 +286,8 @@ pub struct AuthRequest {
     pub requested_expiry: Option<u64>,
     /// RFC 9396 rich authorization request (a JSON array).
     pub authorization_details: Option<serde_json::Value>,
+    /// RFC 8707 resource indicator: the audience the access token is for.
+    pub resource: Option<String>,
     /// Required for ping and push; not sent in poll mode.
     pub client_notification_token: Option<String>,
 }
@@ -301,6 +303,7 @@ impl AuthRequest {
             acr_values: None,
             requested_expiry: None,
             authorization_details: None,
+            resource: None,
             client_notification_token: None,
         }
     }
@@ -319,6 +322,7 @@ impl fmt::Debug for AuthRequest {
                 "authorization_details",
                 &self.authorization_details.as_ref().map(|_| "<set>"),
             )
+            .field("resource", &self.resource)
             .field(
                 "client_notification_token",
                 &self

@@ -102,6 +102,9 @@ pub(crate) fn params(
         }
         p.push(("authorization_details", d.clone()));
     }
+    if let Some(r) = &req.resource {
+        p.push(("resource", Value::String(r.clone())));
+    }
     Ok(p)
 }
 

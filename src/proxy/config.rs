@@ -200,6 +200,10 @@ pub struct ApprovalTokenConfig {
     /// Text put before the token (default `"Bearer "` for `authorization`, else none).
     #[serde(default)]
     pub prefix: Option<String>,
+    /// The tool server's identifier, asked for as the token's audience (RFC 8707
+    /// `resource` in the authentication request).
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 fn default_approval_token_header() -> String {

@@ -77,6 +77,8 @@ pub struct Upstream {
     /// Where the approver's access token goes (header, prefix), when this upstream
     /// asks for it.
     approval_token: Option<(HeaderName, String)>,
+    /// The audience the approver's token is asked for (`approval_token.audience`).
+    approval_audience: Option<String>,
     forward_agent_authorization: bool,
     response_timeout: Duration,
     client: Transport,
@@ -173,6 +175,7 @@ impl Upstream {
         Ok(Upstream {
             name: cfg.name.clone(),
             approval_token,
+            approval_audience: cfg.approval_token.as_ref().and_then(|t| t.audience.clone()),
             authority: HeaderValue::from_str(authority.as_str())
                 .map_err(|e| url_err(e.to_string()))?,
             base,
@@ -206,6 +209,11 @@ impl Upstream {
             )
             .path_and_query(pq)
             .build()
+    }
+
+    /// The audience the approver's token is asked for, when configured.
+    pub fn approval_audience(&self) -> Option<&str> {
+        self.approval_audience.as_deref()
     }
 
     /// True when this upstream takes the approver's access token on approved calls.

@@ -17,19 +17,30 @@
 //               {tool, args, authorization}
 // --http-log    every HTTP request the server receives, one JSON line
 //               {method, path, session, authorization, rpc}
+// --verify-issuer URL --verify-audience AUD
+//               run deploy_service and delete_repository only with a bearer token
+//               that proves a person approved exactly this call: a JWT signed by the
+//               issuer's JWKS for this audience, unexpired, whose authorization_details
+//               hold a ciba_gate_tool_call entry for this tool whose call_digest is the
+//               SHA-256 of the JCS form of {name, arguments}, never seen before (jti).
+//               A refused call is answered with isError and never runs or logs.
 //
 // Prints "READY <port>" on stdout once listening. --port 0 picks a free port.
 
 import { createServer } from 'node:http';
 import { appendFileSync } from 'node:fs';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
 function parseArgs(argv) {
-  const opts = { port: 0, mode: 'sse', stateful: false, callsLog: null, httpLog: null, progressDelayMs: 500 };
+  const opts = {
+    port: 0, mode: 'sse', stateful: false, callsLog: null, httpLog: null, progressDelayMs: 500,
+    verifyIssuer: null, verifyAudience: null,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -43,6 +54,8 @@ function parseArgs(argv) {
       case '--calls-log': opts.callsLog = next(); break;
       case '--http-log': opts.httpLog = next(); break;
       case '--progress-delay-ms': opts.progressDelayMs = Number(next()); break;
+      case '--verify-issuer': opts.verifyIssuer = next(); break;
+      case '--verify-audience': opts.verifyAudience = next(); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -61,6 +74,57 @@ function header(extra, name) {
   const h = extra?.requestInfo?.headers?.[name];
   return Array.isArray(h) ? h.join(', ') : (h ?? null);
 }
+
+// ---------------------------------------------------------------- approval tokens
+// The recipe a tool server follows to run only calls a person approved.
+
+// RFC 8785 (JCS) for JSON data: sorted keys (UTF-16 order, as Array.sort), ES number
+// and string serialisation (what JSON.stringify does), no whitespace.
+function jcs(v) {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(jcs).join(',')}]`;
+  return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${jcs(v[k])}`).join(',')}}`;
+}
+
+const callDigest = (name, args) =>
+  createHash('sha256').update(jcs({ name, arguments: args ?? {} }), 'utf8').digest('hex');
+
+let jwks;
+const seenTokens = new Map(); // jti -> exp (kept while the token lives)
+
+// Why this call may not run, or null when an approval token proves it may.
+async function approvalRefusal(name, args, extra) {
+  if (!opts.verifyIssuer) return null;
+  const auth = header(extra, 'authorization');
+  if (!auth?.startsWith('Bearer ')) return 'no approval token';
+  if (!jwks) {
+    const meta = await (await fetch(`${opts.verifyIssuer}/.well-known/openid-configuration`)).json();
+    jwks = createRemoteJWKSet(new URL(meta.jwks_uri));
+  }
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(auth.slice('Bearer '.length), jwks, {
+      issuer: opts.verifyIssuer,
+      audience: opts.verifyAudience,
+      algorithms: ['RS256', 'PS256', 'ES256', 'EdDSA'],
+      requiredClaims: ['exp', 'jti'],
+    }));
+  } catch (err) {
+    return `the approval token is not valid (${err.code ?? err.message})`;
+  }
+  const digest = callDigest(name, args);
+  const approved = (payload.authorization_details ?? []).some(
+    (d) => d.type === 'ciba_gate_tool_call' && d.tool === name && d.call_digest === digest,
+  );
+  if (!approved) return 'the approval token approves a different call';
+  const now = Math.floor(Date.now() / 1000);
+  for (const [jti, exp] of seenTokens) if (exp < now) seenTokens.delete(jti);
+  if (seenTokens.has(payload.jti)) return 'the approval token was used before';
+  seenTokens.set(payload.jti, payload.exp);
+  return null;
+}
+
+const refused = (why) => ({ isError: true, content: [{ type: 'text', text: `refused: ${why}` }] });
 
 const DEPLOYMENTS = [
   { service: 'payments', env: 'prod', version: 'v1.42.0' },
@@ -111,6 +175,8 @@ function buildServer() {
       inputSchema: { service: z.string(), env: z.string() },
     },
     async (args, extra) => {
+      const why = await approvalRefusal('deploy_service', args, extra);
+      if (why) return refused(why);
       recordCall('deploy_service', args, extra);
       return { content: [{ type: 'text', text: `deployed ${args.service} to ${args.env}` }] };
     },
@@ -124,6 +190,8 @@ function buildServer() {
       annotations: { destructiveHint: true },
     },
     async (args, extra) => {
+      const why = await approvalRefusal('delete_repository', args, extra);
+      if (why) return refused(why);
       recordCall('delete_repository', args, extra);
       return { content: [{ type: 'text', text: `deleted ${args.repo}` }] };
     },

@@ -173,6 +173,7 @@ const configuration = {
       redirect_uris: [],
       backchannel_token_delivery_mode: 'poll',
       backchannel_user_code_parameter: true,
+      authorization_details_types: ['ciba_gate_tool_call'],
     },
     {
       client_id: 'gate-post',
@@ -233,6 +234,35 @@ const configuration = {
   },
   features: {
     devInteractions: { enabled: false },
+    // A tool server's audience (RFC 8707 `resource`): its access tokens are JWTs the tool
+    // server verifies itself, carrying the approved call's authorization_details.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => ({
+        scope: 'tools:call',
+        audience: resource,
+        accessTokenTTL: 300,
+        accessTokenFormat: 'jwt',
+        jwt: { sign: { alg: 'RS256' } },
+      }),
+    },
+    // RFC 9396: the gateway's `ciba_gate_tool_call` details, copied into the access token.
+    richAuthorizationRequests: {
+      enabled: true,
+      types: {
+        ciba_gate_tool_call: {
+          validate(ctx, detail) {
+            if (typeof detail.call_digest !== 'string' || typeof detail.tool !== 'string') {
+              throw new errors.InvalidAuthorizationDetails('ciba_gate_tool_call needs tool and call_digest');
+            }
+          },
+        },
+      },
+      authorizationDetailsForAccessToken: (ctx, token, source) => source?.rar,
+      authorizationDetailsForGrantSource: (ctx, source) => source?.rar,
+    },
     ciba: {
       enabled: true,
       deliveryModes: ['poll', 'ping'],
@@ -272,6 +302,10 @@ const configuration = {
           scope: request.scope,
           acr_values: ctx.oidc.params.acr_values,
           requested_expiry: ctx.oidc.params.requested_expiry,
+          resource: request.resource,
+          authorization_details: ctx.oidc.params.authorization_details
+            ? JSON.parse(ctx.oidc.params.authorization_details)
+            : undefined,
           client_notification_token: ctx.oidc.params.client_notification_token,
           delivery_mode: client.backchannelTokenDeliveryMode,
           created_at: new Date().toISOString(),
@@ -431,11 +465,14 @@ async function controller(req, res) {
       if (action === 'approve') {
         const grant = new provider.Grant({ accountId: info.accountId, clientId: info.client_id });
         grant.addOIDCScope(body.scope ?? info.scope ?? 'openid');
+        if (info.resource) grant.addResourceScope(info.resource, 'tools:call');
         await grant.save();
         const outcome = await complete(id, grant, {
           acr: body.acr ?? 'urn:example:acr:phone',
           amr: body.amr ?? ['hwk'],
           authTime: body.auth_time ?? Math.floor(Date.now() / 1000),
+          // What the person approved travels into the access token (RFC 9396).
+          rar: info.authorization_details,
         });
         log('approved', id, JSON.stringify(outcome));
         return send(res, 200, { auth_req_id: id, status: requestStatus(info), ...outcome });

@@ -140,6 +140,8 @@ pub async fn run(
         params: &params,
         trace_parent: crate::telemetry::traces::traceparent(&tracing::Span::current()),
         identity: call.identity.as_deref(),
+        resource: call.mount.upstream.approval_audience(),
+        call_digest: crate::verify::call_digest(&tool.name, &bound),
     };
     // A 2026-07-28 retry carries the requestState we issued: it must be intact, ours,
     // for this agent and this exact call.
