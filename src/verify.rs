@@ -24,18 +24,8 @@ use crate::approval::{ApprovalParams, CallForApproval};
 /// The `authorization_details` type the gateway sends.
 pub const DETAIL_TYPE: &str = "ciba_gate_tool_call";
 
-/// Signature algorithms accepted (asymmetric only).
-const ALGS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
+/// Signature algorithms accepted: the ID token's (asymmetric only).
+const ALGS: &[Algorithm] = crate::ciba::id_token::ID_TOKEN_ALGS;
 
 /// Most token ids remembered at once (a replay cache that cannot grow without bound).
 const MAX_REMEMBERED: usize = 100_000;

@@ -749,18 +749,10 @@ async fn parked_http_call_gets_202_with_retry_after() {
 #[tokio::test]
 async fn policy_rechecks_after_approval_and_can_still_block() {
     // The same policies, but deploys now need an authentication context the OP does not give.
-    let dir = tempfile::tempdir().unwrap().keep();
-    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
-    copy_dir(src, &dir);
-    let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
-    std::fs::write(
-        dir.join("data.yaml"),
-        data.replace(
-            "acr_values: {}",
-            "acr_values:\n    deploy_service: \"urn:example:acr:mfa\"",
-        ),
-    )
-    .unwrap();
+    let dir = policies_with_data(
+        "acr_values: {}",
+        "acr_values:\n    deploy_service: \"urn:example:acr:mfa\"",
+    );
     let s = setup(Opts {
         policies: Some(dir),
         ..Opts::default()
@@ -785,16 +777,7 @@ async fn policy_rechecks_after_approval_and_can_still_block() {
 /// `max_wait`, not wrapped: the person is asked and the approved call runs.
 #[tokio::test]
 async fn a_huge_requested_expiry_is_capped_at_max_wait() {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
-    copy_dir(src, &dir);
-    let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
-    assert!(data.contains("deploy_service: 300"));
-    std::fs::write(
-        dir.join("data.yaml"),
-        data.replace("deploy_service: 300", "deploy_service: 100000000000000000"),
-    )
-    .unwrap();
+    let dir = policies_with_data("deploy_service: 300", "deploy_service: 100000000000000000");
     let s = setup(Opts {
         policies: Some(dir),
         ..Opts::default()
@@ -1068,16 +1051,17 @@ async fn without_op_metadata_sensitive_calls_are_blocked_but_others_flow() {
 
 /// The bundled policies with `data.approvals.approvers` naming `approvers` (YAML flow).
 fn policies_with_approvers(approvers: &str) -> std::path::PathBuf {
+    policies_with_data("approvers: {}", &format!("approvers: {approvers}"))
+}
+
+/// A copy of the bundled policies whose `data.yaml` has `from` replaced by `to`.
+fn policies_with_data(from: &str, to: &str) -> std::path::PathBuf {
     let dir = tempfile::tempdir().unwrap().keep();
     let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"));
     copy_dir(src, &dir);
     let data = std::fs::read_to_string(dir.join("data.yaml")).unwrap();
-    assert!(data.contains("approvers: {}"));
-    std::fs::write(
-        dir.join("data.yaml"),
-        data.replace("approvers: {}", &format!("approvers: {approvers}")),
-    )
-    .unwrap();
+    assert!(data.contains(from), "data.yaml has no {from:?}");
+    std::fs::write(dir.join("data.yaml"), data.replace(from, to)).unwrap();
     dir
 }
 

@@ -1527,12 +1527,9 @@ async fn one_person_under_two_hints_is_not_two_approvers() {
 
 // ---------------------------------------------------------------- the end user's identity
 
-/// The agent proves whom the call is for with an ID token the OP issued to the
-/// gateway's client: that person (bob) is asked, by `id_token_hint`, instead of the
-/// configured user (alice); the approved call runs once; the evidence names bob by
-/// keyed hash and hint type only, and the token appears in no log or record.
-#[tokio::test]
-async fn the_end_user_the_agent_proves_is_asked_by_id_token_hint() {
+/// oidc-provider, a tool server and a gateway that accepts end-user identities; and an
+/// ID token for bob issued to the gateway's client.
+async fn accepting_identities() -> (Op, Upstream, Gateway, String) {
     let op = Op::start(None);
     let upstream = Upstream::start();
     let gw = Gateway::start(
@@ -1544,6 +1541,16 @@ async fn the_end_user_the_agent_proves_is_asked_by_id_token_hint() {
         },
     );
     let bob = op.id_token_for("bob@example.com").await;
+    (op, upstream, gw, bob)
+}
+
+/// The agent proves whom the call is for with an ID token the OP issued to the
+/// gateway's client: that person (bob) is asked, by `id_token_hint`, instead of the
+/// configured user (alice); the approved call runs once; the evidence names bob by
+/// keyed hash and hint type only, and the token appears in no log or record.
+#[tokio::test]
+async fn the_end_user_the_agent_proves_is_asked_by_id_token_hint() {
+    let (op, upstream, gw, bob) = accepting_identities().await;
 
     let port = gw.port;
     let token = bob.clone();
@@ -1650,17 +1657,7 @@ async fn the_end_user_the_agent_proves_is_asked_by_id_token_hint() {
 /// anyone is asked: nothing reaches the OP or the tool server.
 #[tokio::test]
 async fn an_identity_that_does_not_verify_is_refused_and_no_one_is_asked() {
-    let op = Op::start(None);
-    let upstream = Upstream::start();
-    let gw = Gateway::start(
-        &op,
-        &upstream,
-        GwOpts {
-            accept_identity: true,
-            ..GwOpts::poll()
-        },
-    );
-    let bob = op.id_token_for("bob@example.com").await;
+    let (op, upstream, gw, bob) = accepting_identities().await;
     let asked_before = op.requests(true).await.len();
     let (head, sig) = bob.rsplit_once('.').unwrap();
     let flipped = if sig.starts_with('A') { "B" } else { "A" };

@@ -14,8 +14,9 @@ use super::{ClientConfig, ProviderMetadata, alg_name, now_secs};
 const AUTH_REQ_ID_CLAIM: &str = "urn:openid:params:jwt:claim:auth_req_id";
 const RT_HASH_CLAIM: &str = "urn:openid:params:jwt:claim:rt_hash";
 
-/// Algorithms accepted for ID tokens (asymmetric only; never `none` or HMAC).
-const ID_TOKEN_ALGS: &[Algorithm] = &[
+/// Algorithms accepted for ID tokens and approval tokens (asymmetric only; never
+/// `none` or HMAC).
+pub(crate) const ID_TOKEN_ALGS: &[Algorithm] = &[
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,

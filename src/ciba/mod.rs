@@ -11,7 +11,7 @@ mod client_auth;
 mod discovery;
 mod error;
 mod http;
-mod id_token;
+pub(crate) mod id_token;
 pub(crate) mod jwks;
 mod notification;
 mod request;

@@ -306,14 +306,7 @@ async fn conclude(
             }
             if let Err(reason) = verdict {
                 unit.record.get_mut().decision = "deny";
-                unit.record.conclude(Disposition::Blocked, &reason, None);
-                let (status, body) = render::value(&reason, &caller.shape(&tool));
-                return Concluded::Answer {
-                    status,
-                    body,
-                    state: State::Approved,
-                    retry_after: None,
-                };
+                return blocked_after_approval(unit, &reason, caller, &tool);
             }
             // An upstream that takes the approver's token gets it, or nothing at all.
             let approval_token = if call.mount.upstream.wants_approval_token() {
@@ -327,14 +320,7 @@ async fn conclude(
                     }
                     None => {
                         let reason = Reason::ApprovalTokenMissing;
-                        unit.record.conclude(Disposition::Blocked, &reason, None);
-                        let (status, body) = render::value(&reason, &caller.shape(&tool));
-                        return Concluded::Answer {
-                            status,
-                            body,
-                            state: State::Approved,
-                            retry_after: None,
-                        };
+                        return blocked_after_approval(unit, &reason, caller, &tool);
                     }
                 }
             } else {
@@ -350,6 +336,19 @@ async fn conclude(
                 forward::send(call, out, vec![unit.record], Reason::Approved, plan).await,
             )
         }
+    }
+}
+
+/// A call a person approved that is still not forwarded: recorded blocked, answered
+/// in the caller's shape.
+fn blocked_after_approval(unit: Unit, reason: &Reason, caller: &Caller, tool: &str) -> Concluded {
+    unit.record.conclude(Disposition::Blocked, reason, None);
+    let (status, body) = render::value(reason, &caller.shape(tool));
+    Concluded::Answer {
+        status,
+        body,
+        state: State::Approved,
+        retry_after: None,
     }
 }
 
