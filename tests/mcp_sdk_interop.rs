@@ -21,7 +21,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{ChildGuard, ensure_node_peers, free_port, wait_for_port};
+use support::{ChildGuard, ensure_node_peers, free_port, python_sdk, wait_for_port};
 
 const UPSTREAM_TOKEN: &str = "s3cr3t-upstream-token";
 const TOKEN_ENV: &str = "TOOLS_API_TOKEN";
@@ -550,27 +550,6 @@ fn sdk_client_session_and_event_stream_pass_through_gateway_and_delete_is_forwar
 
 const OP_SECRET: &str = "interop-op-secret-0123456789abcdef";
 const OP_USER: &str = "demo@example.com";
-
-/// The Python SDK's interpreter (target/mcp-py), installed on first use.
-fn python_sdk() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dest = std::env::var_os("MCP_PY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/mcp-py"));
-    let out = Command::new("bash")
-        .arg(root.join("tests/interop/py/install.sh"))
-        .env("MCP_PY_DIR", &dest)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run tests/interop/py/install.sh (bash): {e}"));
-    assert!(
-        out.status.success(),
-        "installing the MCP Python SDK failed (needs python3 with venv and pip, and PyPI \
-         for mcp==2.3.0):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dest.join("bin/python")
-}
 
 /// `ciba-gate dev-op` (poll delivery, one user) for a gateway started by `Stack::launch`.
 struct Op {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    ChildGuard, ensure_node_deps, ensure_node_peers, free_port, oidc_dir, wait_for_port,
+    ChildGuard, ensure_node_deps, ensure_node_peers, free_port, oidc_dir, python_sdk, wait_for_port,
 };
 
 const POLL_SECRET: &str = "gate-poll-test-secret-0000000000000000";
@@ -1715,6 +1715,35 @@ async fn call_tool_server(port: u16, id: i64, args: Value, bearer: Option<&str>)
         .unwrap()
 }
 
+/// `tests/interop/py/verify_approval.py`'s verdict on each call (JSON lines).
+fn python_verdicts(issuer: &str, calls: &[String]) -> Vec<String> {
+    use std::io::Write;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/py/verify_approval.py");
+    let mut child = Command::new(python_sdk())
+        .arg(script)
+        .args([issuer, TOOLS_AUDIENCE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python verifier");
+    let mut stdin = child.stdin.take().unwrap();
+    for c in calls {
+        writeln!(stdin, "{c}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn refusal(answer: &Value) -> String {
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     answer["result"]["content"][0]["text"]
@@ -1772,6 +1801,29 @@ async fn a_tool_server_runs_only_the_call_a_person_approved() {
     let other = call_tool_server(upstream.port, 93, dev.clone(), Some(&bearer)).await;
     assert!(refusal(&other).contains("different call"), "{other}");
     assert_eq!(upstream.calls().len(), 1, "only the approved call ran");
+
+    // The Python recipe (PyJWT) reads the same token the same way (its own cache).
+    let lines: Vec<String> = [
+        (Some(bearer.as_str()), &prod),
+        (Some(bearer.as_str()), &prod),
+        (Some(bearer.as_str()), &dev),
+        (None, &prod),
+    ]
+    .iter()
+    .map(|(auth, args)| {
+        json!({"authorization": auth, "tool": "deploy_service", "arguments": args}).to_string()
+    })
+    .collect();
+    let verdicts = python_verdicts(&op.issuer, &lines);
+    assert_eq!(
+        verdicts,
+        [
+            "ok",
+            "refused: the approval token was used before",
+            "refused: the approval token approves a different call",
+            "refused: no approval token",
+        ],
+    );
 
     // The Rust verifier reads the same token the same way (its own replay cache).
     let jwks: jsonwebtoken::jwk::JwkSet = http()

@@ -551,3 +551,24 @@ impl RedisCluster {
         format!("redis://127.0.0.1:{}/0", self.ports[0])
     }
 }
+
+/// The Python SDK's interpreter (target/mcp-py), installed on first use.
+pub fn python_sdk() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dest = std::env::var_os("MCP_PY_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/mcp-py"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/interop/py/install.sh"))
+        .env("MCP_PY_DIR", &dest)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run tests/interop/py/install.sh (bash): {e}"));
+    assert!(
+        out.status.success(),
+        "installing the MCP Python SDK failed (needs python3 with venv and pip, and PyPI \
+         for mcp==2.3.0):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dest.join("bin/python")
+}
