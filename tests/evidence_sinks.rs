@@ -154,3 +154,181 @@ async fn a_sink_that_cannot_write_is_counted_and_required_evidence_refuses_calls
     let again = list_deployments(&running, 2).await;
     assert!(again["result"]["content"].is_array(), "{again}");
 }
+
+// --- sink: http -----------------------------------------------------------------------
+
+/// One upload: its `Content-Encoding` and each record's JSON text.
+type Batch = (Option<String>, Vec<String>);
+
+/// A decision-log collector: keeps each batch (gunzipped, parsed) with its
+/// `Content-Encoding`; answers 503 to the first `refuse` requests.
+#[derive(Clone, Default)]
+struct Collector {
+    /// Each batch: its encoding and its records, as the exact JSON text of each.
+    batches: Arc<std::sync::Mutex<Vec<Batch>>>,
+    refuse: Arc<std::sync::atomic::AtomicUsize>,
+    tries: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Collector {
+    async fn start(refuse: usize) -> (String, Collector) {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/logs", listener.local_addr().unwrap());
+        let c = Collector::default();
+        c.refuse.store(refuse, Ordering::SeqCst);
+        let seen = c.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                seen.tries.fetch_add(1, Ordering::SeqCst);
+                                let encoding = req
+                                    .headers()
+                                    .get("content-encoding")
+                                    .map(|v| v.to_str().unwrap().to_string());
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let refuse = seen.refuse.load(Ordering::SeqCst);
+                                let status = if refuse > 0 {
+                                    seen.refuse.store(refuse - 1, Ordering::SeqCst);
+                                    503
+                                } else {
+                                    let mut json = String::new();
+                                    std::io::Read::read_to_string(
+                                        &mut flate2::read::GzDecoder::new(&body[..]),
+                                        &mut json,
+                                    )
+                                    .unwrap();
+                                    let raw: Vec<Box<serde_json::value::RawValue>> =
+                                        serde_json::from_str(&json).unwrap();
+                                    let texts = raw.iter().map(|r| r.get().to_string()).collect();
+                                    seen.batches.lock().unwrap().push((encoding, texts));
+                                    200
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        (url, c)
+    }
+
+    /// Every record received, in order (checkpoints included), as sent.
+    fn texts(&self) -> Vec<String> {
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.texts()
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect()
+    }
+}
+
+/// Records go to the collector in gzip-compressed JSON-array batches (OPA's
+/// decision-log upload format), hash-chained: the received lines, written to a file,
+/// pass `ciba-gate evidence verify`. A collector that refuses at first gets the batch
+/// again (retry with backoff), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_posted_to_a_collector_in_gzip_batches_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, collector) = Collector::start(2).await;
+    let running = gateway(
+        dir.path(),
+        &format!("{{sink: http, http: {{url: \"{url}\"}}}}"),
+    )
+    .await;
+    for id in 1..=3 {
+        let a = list_deployments(&running, id).await;
+        assert!(a["result"].is_object(), "{a}");
+    }
+    let c = collector.clone();
+    wait_for("three records at the collector", || {
+        c.lines()
+            .iter()
+            .filter(|l| l.get("decision").is_some())
+            .count()
+            == 3
+    })
+    .await;
+    assert!(
+        collector.tries.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "the refused batch was sent again"
+    );
+    let batches = collector.batches.lock().unwrap().clone();
+    assert!(
+        batches
+            .iter()
+            .all(|(enc, _)| enc.as_deref() == Some("gzip"))
+    );
+    let records: Vec<Value> = collector
+        .lines()
+        .into_iter()
+        .filter(|l| l.get("decision").is_some())
+        .collect();
+    assert!(records.iter().all(|r| r["tool"] == "list_deployments"));
+
+    // The chain as received verifies.
+    let file = dir.path().join("received.jsonl");
+    let text: String = collector.texts().iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = verify(&[file]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A collector that is gone: batches are lost and counted, the sink reports failing,
+/// and with `evidence.required: all` calls are refused until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_gone_makes_required_evidence_refuse_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let running = gateway(
+        dir.path(),
+        &format!(
+            "{{sink: http, required: all, http: {{url: \"http://127.0.0.1:{port}/logs\", timeout: 1s, retries: 0}}}}"
+        ),
+    )
+    .await;
+    list_deployments(&running, 1).await;
+    let gw = running.gateway.clone();
+    wait_for("the sink to report failure", || gw.evidence.failing()).await;
+    let refused = list_deployments(&running, 2).await;
+    assert_eq!(
+        refused["result"]["_meta"]["ciba-gate/reason"], "evidence_unavailable",
+        "{refused}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost = metrics
+        .lines()
+        .find(|l| l.starts_with("ciba_gate_evidence_write_failed_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_ne!(lost, "ciba_gate_evidence_write_failed_total 0", "{lost}");
+}

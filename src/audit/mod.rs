@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub mod chain;
+pub mod http_sink;
 
 /// `evidence:` — where evidence records go.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -50,6 +51,9 @@ pub struct EvidenceConfig {
     /// that need a person's approval) or `all`.
     #[serde(default)]
     pub required: Required,
+    /// `sink: http`: where batches of records are POSTed.
+    #[serde(default)]
+    pub http: Option<http_sink::HttpSinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -72,6 +76,7 @@ impl Default for EvidenceConfig {
             max_bytes: None,
             keep: default_keep(),
             required: Required::default(),
+            http: None,
         }
     }
 }
@@ -92,6 +97,8 @@ pub enum SinkKind {
     #[default]
     Stdout,
     File,
+    /// Batches POSTed to a collector (OPA's decision-log upload format).
+    Http,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +120,14 @@ impl EvidenceConfig {
             "path",
             "required when evidence.sink is file",
         )?;
+        crate::validate::require(
+            (self.sink == SinkKind::Http) == self.http.is_some(),
+            "http",
+            "give `http: {url}` exactly when evidence.sink is http",
+        )?;
+        if let Some(h) = &self.http {
+            h.validate().map_err(|e| e.under("http"))?;
+        }
         crate::validate::require(
             self.signing_key.is_none() || self.chain,
             "signing_key",
@@ -157,8 +172,9 @@ impl EvidenceConfig {
         } else {
             None
         };
-        let out = match (self.sink, &self.path) {
-            (SinkKind::File, Some(path)) => Output::file(path, self.max_bytes, self.keep)?,
+        let out = match (self.sink, &self.path, &self.http) {
+            (SinkKind::File, Some(path), _) => Output::file(path, self.max_bytes, self.keep)?,
+            (SinkKind::Http, _, Some(http)) => Output::Http(http_sink::HttpSink::new(http.clone())),
             _ => Output::Stream(Box::new(std::io::stdout())),
         };
         Ok(EvidenceSink::spawn_output(out, QUEUE_CAPACITY, chain))
@@ -168,6 +184,8 @@ impl EvidenceConfig {
 /// Where the writer thread's bytes go.
 enum Output {
     Stream(Box<dyn Write + Send>),
+    /// Batches POSTed to a collector.
+    Http(http_sink::HttpSink),
     /// A file it can rotate and reopen.
     File {
         path: std::path::PathBuf,
@@ -194,6 +212,7 @@ impl Output {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Output::Stream(w) => w.write_all(bytes),
+            Output::Http(h) => h.send(bytes),
             Output::File { file, size, .. } => {
                 file.write_all(bytes)?;
                 *size += bytes.len() as u64;
@@ -205,6 +224,7 @@ impl Output {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Output::Stream(w) => w.flush(),
+            Output::Http(_) => Ok(()),
             Output::File { file, .. } => file.flush(),
         }
     }
