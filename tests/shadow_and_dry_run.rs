@@ -156,6 +156,49 @@ async fn the_shadow_policy_is_decided_beside_and_never_enforced() {
     assert_eq!(v["pairs"][0]["shadow"], "deny");
 }
 
+/// The shadow set decides phase `list` too: the enforced list still shows what the
+/// enforcing policy shows, and the `tools/list` record names the tools the shadow
+/// would show or hide differently (counted by effect pair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_policy_decides_which_tools_a_list_would_show() {
+    let tools = ciba_gate::devop::demo_tools::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let policy = format!(
+        "{{dir: {:?}, reload_interval: 0s, shadow: {{dir: {:?}}}}}",
+        bundled(),
+        stricter_policies()
+    );
+    let gate = gate_with(&policy, tools).await;
+    let list = post(
+        &gate,
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}),
+    )
+    .await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"list_deployments"),
+        "enforced, not shadow: {names:?}"
+    );
+
+    let ev = gate.evidence(1).await;
+    let rec = ev.iter().find(|e| e["mcp_method"] == "tools/list").unwrap();
+    assert_eq!(rec["shadow"]["phase"], "list", "{rec}");
+    assert_eq!(rec["shadow"]["decision"], "deny", "{rec}");
+    assert_eq!(rec["shadow"]["tools"], json!(["list_deployments"]), "{rec}");
+    let metrics = admin(&gate, "/metrics").await;
+    assert!(
+        metrics
+            .contains("ciba_gate_shadow_differences_total{enforced=\"allow\",shadow=\"deny\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_forwards_what_policy_would_stop_and_says_so_everywhere() {
     let (up_addr, upstream) = RecordingUpstream::start().await;

@@ -583,14 +583,17 @@ pub struct EvidenceRecord {
 /// The shadow policy set's decision of a call, never enforced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ShadowEvidence {
-    /// The first phase where it differed: `request`, or `approved` (after a person
-    /// approved, with their evidence).
+    /// The first phase where it differed: `request`, `approved` (after a person
+    /// approved, with their evidence), or `list` (which tools a `tools/list` shows).
     pub phase: &'static str,
     pub decision: &'static str,
     /// The first deny reason's code, or the approval's `action`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub revision: String,
+    /// Phase `list`: the tools the shadow set would show or hide differently.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
 }
 
 /// A record being filled in; it is written exactly once, at `finish` or on drop.

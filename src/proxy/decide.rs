@@ -127,6 +127,7 @@ fn shadow_difference(
         decision: effect_name(shadow.effect),
         reason,
         revision: shadow.revision.to_string(),
+        tools: Vec::new(),
     })
 }
 
@@ -166,9 +167,37 @@ pub fn approved(
     (verdict, revision, shadow)
 }
 
+/// The tools of one `tools/list` answer the shadow set shows or hides differently.
+#[derive(Debug, Default)]
+pub struct ListShadow {
+    pub tools: Vec<String>,
+    /// The shadow's effect on the first of them, and its revision.
+    pub first: Option<(&'static str, String)>,
+}
+
+impl ListShadow {
+    /// The evidence for a `tools/list` record, when the shadow differed.
+    pub fn evidence(&self) -> Option<ShadowEvidence> {
+        let (decision, revision) = self.first.clone()?;
+        Some(ShadowEvidence {
+            phase: "list",
+            decision,
+            reason: None,
+            revision,
+            tools: self.tools.clone(),
+        })
+    }
+}
+
 /// Phase `list`: whether a tool in a `tools/list` answer may be shown. A deny (or a
-/// policy error, which is a deny) hides it.
-pub fn list_shows(gw: &Gateway, base: &PolicyInput, tool: &Value) -> bool {
+/// policy error, which is a deny) hides it. The shadow set decides it too; a tool it
+/// would show or hide differently is noted in `shadow` and counted.
+pub fn list_shows(
+    gw: &Gateway,
+    base: &PolicyInput,
+    tool: &Value,
+    shadow: &std::sync::Mutex<ListShadow>,
+) -> bool {
     let Some(name) = tool.get("name").and_then(Value::as_str) else {
         return false;
     };
@@ -184,5 +213,21 @@ pub fn list_shows(gw: &Gateway, base: &PolicyInput, tool: &Value) -> bool {
         arguments: None,
         annotations: tool.get("annotations").cloned(),
     });
-    gw.policy.decide(&input.to_value()).effect != Effect::Deny
+    let document = input.to_value();
+    let enforced = gw.policy.decide(&document).effect;
+    if let Some(set) = &gw.shadow {
+        let other = set.decide(&document);
+        if (enforced == Effect::Deny) != (other.effect == Effect::Deny) {
+            crate::telemetry::metrics::shadow_difference(
+                effect_name(enforced),
+                effect_name(other.effect),
+            );
+            if let Ok(mut s) = shadow.lock() {
+                s.tools.push(name.to_string());
+                s.first
+                    .get_or_insert((effect_name(other.effect), other.revision.to_string()));
+            }
+        }
+    }
+    enforced != Effect::Deny
 }

@@ -110,6 +110,7 @@ pub async fn send(
     let is_json = ctype.starts_with("application/json");
     // Records of a filtered JSON answer are written once the hidden tools are counted.
     let hidden = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shadow = Arc::new(Mutex::new(decide::ListShadow::default()));
     let _finish_later = ConcludeOnDrop {
         records: if is_json {
             records
@@ -122,6 +123,7 @@ pub async fn send(
         reason: reason.clone(),
         status,
         hidden: hidden.clone(),
+        shadow: shadow.clone(),
     };
     let limit = call.gw.limits.max_inspected_response_bytes;
     // The tools/list requests still waiting for their (filtered) answer.
@@ -137,8 +139,9 @@ pub async fn send(
             }
             let base = base.as_ref()?;
             let tools = v.get("result")?.get("tools")?.as_array()?;
-            let (kept, gone): (Vec<&Value>, Vec<&Value>) =
-                tools.iter().partition(|t| decide::list_shows(&gw, base, t));
+            let (kept, gone): (Vec<&Value>, Vec<&Value>) = tools
+                .iter()
+                .partition(|t| decide::list_shows(&gw, base, t, &shadow));
             if !gone.is_empty() {
                 tracing::debug!(
                     hidden = gone.len(),
@@ -270,6 +273,8 @@ struct ConcludeOnDrop {
     reason: Reason,
     status: u16,
     hidden: Arc<std::sync::atomic::AtomicUsize>,
+    /// The shadow set's differences in which tools a list shows.
+    shadow: Arc<Mutex<decide::ListShadow>>,
 }
 
 impl Drop for ConcludeOnDrop {
@@ -277,7 +282,11 @@ impl Drop for ConcludeOnDrop {
         let hidden = self.hidden.load(std::sync::atomic::Ordering::Relaxed);
         for mut r in self.records.drain(..) {
             if r.get_mut().mcp_method.as_deref() == Some("tools/list") {
-                r.get_mut().hidden_tools = Some(hidden);
+                let rec = r.get_mut();
+                rec.hidden_tools = Some(hidden);
+                if rec.shadow.is_none() {
+                    rec.shadow = self.shadow.lock().ok().and_then(|s| s.evidence());
+                }
             }
             r.conclude(Disposition::Forwarded, &self.reason, Some(self.status));
         }
