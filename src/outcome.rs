@@ -387,7 +387,7 @@ impl Reason {
             ApprovalExpired => "nobody approved the request in time".into(),
             ApprovalAlreadyUsed => "the approval for this exact call was used by an identical call; call again to ask for a new approval".into(),
             ApproversNotDistinct => "the approvals came from fewer distinct people than the policy requires (two of the approvers named are one person); nothing was forwarded".into(),
-            ApprovalTokenMissing => "it was approved, but the tool server takes the approver's access token and none could be recovered from the grant; nothing was forwarded".into(),
+            ApprovalTokenMissing => "it was approved, but the tool server takes the approver's access token and none could be recovered from the grant (or exchanged for the tool server); nothing was forwarded".into(),
             ApproverMismatch => "the approval came from a different person than the one this call is for; nothing was forwarded".into(),
             ApprovalLost => "the pending approval for this call is gone from the approval store (it was lost or has expired); nothing was forwarded; call again to ask for a new approval".into(),
             ApprovalRateLimited { what, retry_after_secs } => format!(

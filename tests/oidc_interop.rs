@@ -263,6 +263,8 @@ struct GwOpts {
     /// The tool server's audience: `approval_token: {audience}` on the upstream and
     /// `approvals.authorization_details: true`.
     approval_audience: Option<&'static str>,
+    /// `approval_token.exchange`: the token is exchanged for the audience (RFC 8693).
+    approval_exchange: bool,
 }
 
 impl GwOpts {
@@ -280,6 +282,7 @@ impl GwOpts {
             policies: "tests/fixtures/oidc-policies",
             accept_identity: false,
             approval_audience: None,
+            approval_exchange: false,
         }
     }
 }
@@ -344,7 +347,12 @@ approvals:
             accept_identity = o.accept_identity,
             approval_token = o
                 .approval_audience
-                .map(|a| format!(", approval_token: {{audience: \"{a}\"}}"))
+                .map(|a| {
+                    format!(
+                        ", approval_token: {{audience: \"{a}\", exchange: {}}}",
+                        o.approval_exchange
+                    )
+                })
                 .unwrap_or_default(),
             authorization_details = o.approval_audience.is_some(),
         );
@@ -1848,6 +1856,54 @@ async fn a_tool_server_runs_only_the_call_a_person_approved() {
         verifier.verify(Some(&bearer), "deploy_service", &prod),
         Err(VerifyError::Replayed)
     );
+    let token = bearer.trim_start_matches("Bearer ").to_string();
+    gw.assert_no_leaks(&[token.as_str()], &ids_for(&op, "gate-poll").await);
+}
+
+/// With `approval_token.exchange`, the authentication request asks for no audience;
+/// after the approval the gateway exchanges the person's access token at the OP
+/// (RFC 8693) for one issued to the tool server, keeping the approved call's details,
+/// and the verifying tool server runs the call with it.
+#[tokio::test]
+async fn an_approval_token_exchanged_for_the_tool_server_runs_the_call() {
+    let op = Op::start(None);
+    let upstream = Upstream::start_verifying(&op.issuer, TOOLS_AUDIENCE);
+    let gw = Gateway::start(
+        &op,
+        &upstream,
+        GwOpts {
+            approval_audience: Some(TOOLS_AUDIENCE),
+            approval_exchange: true,
+            ..GwOpts::poll()
+        },
+    );
+    let prod = deploy_args("api", "prod");
+    let call = spawn_call(gw.port, 95, "deploy_service", prod.clone(), true);
+    let req = op.wait_pending("Deploy-api-prod").await;
+    assert_ne!(
+        req["resource"], TOOLS_AUDIENCE,
+        "the tool server's is not asked for: {req}"
+    );
+    op.decide(req["auth_req_id"].as_str().unwrap(), "approve")
+        .await;
+    let a = finish(call).await;
+    assert_forwarded(&a, &upstream, "api", "prod");
+    let exchanges: Vec<Value> = http()
+        .get(format!("{}/exchanges", op.control))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(exchanges.len(), 1, "{exchanges:?}");
+    assert_eq!(exchanges[0]["audience"], TOOLS_AUDIENCE);
+    let bearer = upstream.calls()[0]["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let replay = call_tool_server(upstream.port, 96, prod, Some(&bearer)).await;
+    assert!(refusal(&replay).contains("used before"), "{replay}");
     let token = bearer.trim_start_matches("Bearer ").to_string();
     gw.assert_no_leaks(&[token.as_str()], &ids_for(&op, "gate-poll").await);
 }

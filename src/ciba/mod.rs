@@ -413,6 +413,22 @@ impl CibaClient {
         .await
     }
 
+    /// RFC 8693: exchanges an access token for one whose audience is `audience`.
+    pub async fn exchange_token(
+        &self,
+        subject_token: &str,
+        audience: &str,
+    ) -> Result<secrecy::SecretString, CibaError> {
+        token::exchange_token(
+            &self.inner.http,
+            &self.inner.cfg,
+            &self.inner.meta,
+            subject_token,
+            audience,
+        )
+        .await
+    }
+
     /// Validates an ID token from a token response or a push notification.
     pub async fn validate_id_token(
         &self,

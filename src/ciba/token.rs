@@ -126,6 +126,55 @@ pub(crate) async fn poll_token(
     interpret(&answer)
 }
 
+/// RFC 8693 token exchange.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Exchanges `subject_token` (an access token the OP issued) for one whose audience is
+/// `audience` (RFC 8693 §2.1), authenticating as the CIBA client.
+pub(crate) async fn exchange_token(
+    http_client: &reqwest::Client,
+    cfg: &ClientConfig,
+    meta: &ProviderMetadata,
+    subject_token: &str,
+    audience: &str,
+) -> Result<secrecy::SecretString, CibaError> {
+    #[derive(Deserialize)]
+    struct Exchanged {
+        access_token: String,
+        #[serde(default)]
+        issued_token_type: Option<String>,
+    }
+    let form = vec![
+        ("grant_type", TOKEN_EXCHANGE_GRANT.to_owned()),
+        ("subject_token", subject_token.to_owned()),
+        ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ("requested_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ("audience", audience.to_owned()),
+    ];
+    let builder = post_form(http_client, &meta.token_endpoint, cfg, &meta.issuer, form)?;
+    let answer = http::send(ENDPOINT, builder).await?;
+    if answer.status != 200 {
+        return Err(http::error_from_answer(ENDPOINT, &answer, &[]));
+    }
+    let not_json = CibaError::NotJson {
+        status: answer.status,
+        endpoint: ENDPOINT,
+    };
+    let out: Exchanged = serde_json::from_slice(&answer.body).map_err(|_| not_json)?;
+    let issued_ok = out
+        .issued_token_type
+        .as_deref()
+        .is_none_or(|t| t == ACCESS_TOKEN_TYPE || t == "urn:ietf:params:oauth:token-type:jwt");
+    if out.access_token.is_empty() || !issued_ok {
+        return Err(CibaError::NotJson {
+            status: answer.status,
+            endpoint: ENDPOINT,
+        });
+    }
+    Ok(secrecy::SecretString::from(out.access_token))
+}
+
 fn interpret(answer: &http::Answer) -> Result<TokenPoll, CibaError> {
     if answer.status == 200 {
         return parse_tokens(answer.status, &answer.body).map(TokenPoll::Granted);

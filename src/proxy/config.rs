@@ -204,6 +204,11 @@ pub struct ApprovalTokenConfig {
     /// `resource` in the authentication request).
     #[serde(default)]
     pub audience: Option<String>,
+    /// Exchange the approver's token for one issued to `audience` (RFC 8693 token
+    /// exchange at the OP's token endpoint) before sending it, instead of asking for
+    /// the audience in the authentication request.
+    #[serde(default)]
+    pub exchange: bool,
 }
 
 fn default_approval_token_header() -> String {
@@ -300,6 +305,11 @@ impl UpstreamConfig {
                 http::HeaderValue::from_str(t.prefix()).is_ok(),
                 "approval_token.prefix",
                 "is not a valid header value",
+            )?;
+            require(
+                !t.exchange || t.audience.is_some(),
+                "approval_token.exchange",
+                "needs approval_token.audience (the audience to exchange for)",
             )?;
         }
         match self.kind {

@@ -79,6 +79,8 @@ pub struct Upstream {
     approval_token: Option<(HeaderName, String)>,
     /// The audience the approver's token is asked for (`approval_token.audience`).
     approval_audience: Option<String>,
+    /// Exchange the token for that audience (RFC 8693) instead of asking for it.
+    approval_exchange: bool,
     forward_agent_authorization: bool,
     response_timeout: Duration,
     client: Transport,
@@ -176,6 +178,7 @@ impl Upstream {
             name: cfg.name.clone(),
             approval_token,
             approval_audience: cfg.approval_token.as_ref().and_then(|t| t.audience.clone()),
+            approval_exchange: cfg.approval_token.as_ref().is_some_and(|t| t.exchange),
             authority: HeaderValue::from_str(authority.as_str())
                 .map_err(|e| url_err(e.to_string()))?,
             base,
@@ -211,9 +214,19 @@ impl Upstream {
             .build()
     }
 
-    /// The audience the approver's token is asked for, when configured.
-    pub fn approval_audience(&self) -> Option<&str> {
-        self.approval_audience.as_deref()
+    /// The audience asked for in the authentication request (`resource`), when
+    /// configured and not obtained by exchange.
+    pub fn approval_resource(&self) -> Option<&str> {
+        self.approval_audience
+            .as_deref()
+            .filter(|_| !self.approval_exchange)
+    }
+
+    /// The audience to exchange the approver's token for (RFC 8693), when configured.
+    pub fn approval_exchange_audience(&self) -> Option<&str> {
+        self.approval_audience
+            .as_deref()
+            .filter(|_| self.approval_exchange)
     }
 
     /// True when this upstream takes the approver's access token on approved calls.

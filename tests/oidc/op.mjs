@@ -65,6 +65,9 @@ const CLIENT_SECRETS = {
   'gate-ping': 'gate-ping-test-secret-0000000000000000',
 };
 const NOTIFICATION_ENDPOINT = 'https://gateway.test/ciba/callback';
+const GRANT_RESOURCE = 'urn:ciba-gate:approval';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 const CALLBACK_HOST = 'gateway.test';
 
 const USERS = {
@@ -144,6 +147,7 @@ class MapAdapter {
 // ---------------------------------------------------------------- CIBA bookkeeping
 // auth_req_id -> what the authentication device was shown, plus outcome.
 const requests = new Map();
+const exchanges = []; // every token exchange granted
 const pings = []; // every notification the OP attempted
 let callbackPort = args.callbackPort;
 
@@ -168,7 +172,7 @@ const configuration = {
       client_id: 'gate-poll',
       client_secret: CLIENT_SECRETS['gate-poll'],
       token_endpoint_auth_method: 'client_secret_basic',
-      grant_types: ['urn:openid:params:grant-type:ciba'],
+      grant_types: ['urn:openid:params:grant-type:ciba', TOKEN_EXCHANGE],
       response_types: [],
       redirect_uris: [],
       backchannel_token_delivery_mode: 'poll',
@@ -238,15 +242,20 @@ const configuration = {
     // server verifies itself, carrying the approved call's authorization_details.
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => undefined,
+      // oidc-provider wants a resource with RAR: a request that names none gets an
+      // opaque token for this one (to be exchanged for the tool server's, RFC 8693).
+      defaultResource: (ctx, client, oneOf) => oneOf
+        ?? (ctx.oidc.params.authorization_details ? GRANT_RESOURCE : undefined),
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource) => ({
-        scope: 'tools:call',
-        audience: resource,
-        accessTokenTTL: 300,
-        accessTokenFormat: 'jwt',
-        jwt: { sign: { alg: 'RS256' } },
-      }),
+      getResourceServerInfo: (ctx, resource) => (resource === GRANT_RESOURCE
+        ? { scope: 'tools:call', audience: resource, accessTokenTTL: 300, accessTokenFormat: 'opaque' }
+        : {
+          scope: 'tools:call',
+          audience: resource,
+          accessTokenTTL: 300,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        }),
     },
     // RFC 9396: the gateway's `ciba_gate_tool_call` details, copied into the access token.
     richAuthorizationRequests: {
@@ -378,6 +387,43 @@ await new Promise((resolve, reject) => {
 const issuer = `http://${args.host}:${opServer.address().port}`;
 
 const provider = new Provider(issuer, configuration);
+
+// RFC 8693 token exchange (oidc-provider has the hook, not the grant): an access token
+// this OP issued to the same client, exchanged for a JWT for `audience` that keeps the
+// approved authorization_details.
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { subject_token: subjectToken, subject_token_type: subjectType, audience } = ctx.oidc.params;
+  if (subjectType !== ACCESS_TOKEN_TYPE) throw new errors.InvalidRequest('unsupported subject_token_type');
+  if (!audience) throw new errors.InvalidRequest('audience is required');
+  const subject = await provider.AccessToken.find(subjectToken);
+  if (!subject || subject.clientId !== ctx.oidc.client.clientId) {
+    throw new errors.InvalidGrant('subject_token is not an access token of this client');
+  }
+  const at = new provider.AccessToken({
+    accountId: subject.accountId,
+    client: ctx.oidc.client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    rar: subject.rar,
+    scope: 'tools:call',
+  });
+  at.resourceServer = new provider.ResourceServer(audience, {
+    scope: 'tools:call',
+    audience,
+    accessTokenTTL: 300,
+    accessTokenFormat: 'jwt',
+    jwt: { sign: { alg: 'RS256' } },
+  });
+  const value = await at.save();
+  exchanges.push({ audience, client_id: ctx.oidc.client.clientId });
+  log('token exchanged', audience);
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: at.expiration,
+  };
+}, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience']);
 for (const ev of ['backchannel_authentication.error', 'grant.error', 'server_error']) {
   provider.on(ev, (ctx, err) => log(ev, err?.error ?? err?.message, err?.error_description ?? '', err?.error_detail ?? ''));
 }
@@ -422,6 +468,9 @@ async function controller(req, res) {
   try {
     if (req.method === 'GET' && url.pathname === '/health') {
       return send(res, 200, { issuer, callback_port: callbackPort ?? null });
+    }
+    if (req.method === 'GET' && url.pathname === '/exchanges') {
+      return send(res, 200, exchanges);
     }
     if (req.method === 'GET' && parts[0] === 'requests' && parts.length === 1) {
       const all = url.searchParams.has('all');

@@ -140,7 +140,7 @@ pub async fn run(
         params: &params,
         trace_parent: crate::telemetry::traces::traceparent(&tracing::Span::current()),
         identity: call.identity.as_deref(),
-        resource: call.mount.upstream.approval_audience(),
+        resource: call.mount.upstream.approval_resource(),
         call_digest: crate::verify::call_digest(&tool.name, &bound),
     };
     // A 2026-07-28 retry carries the requestState we issued: it must be intact, ours,
@@ -311,7 +311,25 @@ async fn conclude(
             // An upstream that takes the approver's token gets it, or nothing at all.
             let approval_token = if call.mount.upstream.wants_approval_token() {
                 let first = crate::approval::approvals_used(&records).into_iter().next();
-                match first.and_then(|rec| approvals.access_token(rec)) {
+                let kept = first.and_then(|rec| approvals.access_token(rec));
+                let token = match (kept, call.mount.upstream.approval_exchange_audience()) {
+                    (Some(t), Some(audience)) => {
+                        use secrecy::ExposeSecret;
+                        match approvals
+                            .ciba
+                            .exchange_token(t.expose_secret(), audience)
+                            .await
+                        {
+                            Ok(exchanged) => Some(exchanged),
+                            Err(e) => {
+                                tracing::warn!(code = e.code(), error = %e, "token exchange for the tool server failed");
+                                None
+                            }
+                        }
+                    }
+                    (kept, _) => kept,
+                };
+                match token {
                     Some(token) => {
                         if let Some(a) = unit.record.get_mut().approval.as_mut() {
                             a.token_forwarded = true;
