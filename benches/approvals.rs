@@ -7,16 +7,18 @@
 //!    progressToken); each is approved with `DevOp::decide` and the time from just
 //!    before `decide()` to the upstream receiving the forwarded call is recorded.
 //!    Delivery `ping` and `push`.
-//! 2. `memory`: 10,000 distinct calls held at once; the gateway's VmRSS / VmHWM before
-//!    and while holding, per-held-call bytes, CPU while idle-holding, then all are
-//!    denied and drained.
+//! 2. `memory`: 10,000 distinct calls waiting for a person at once, once per client
+//!    kind (SSE with and without a progressToken, JSON only, parked); the gateway's
+//!    VmRSS / VmHWM before and while they wait, bytes per call, CPU while waiting,
+//!    then all are denied and drained.
 //! 3. `rps`: CIBA requests per second the gateway starts (park mode, distinct calls,
 //!    closed-loop clients), counted at the OP.
 //!
 //! Run: `ulimit -n 20000; cargo bench --bench approvals` (see BENCHMARKS.md).
 //! Knobs (environment): APPROVALS_ONLY=latency,memory,rps  APPROVALS_N=500
 //! APPROVALS_WARMUP=20  APPROVALS_HELD=10000  APPROVALS_RPS_SECS=5
-//! APPROVALS_RPS_CONNS=32  APPROVALS_RPS_ROUNDS=5  APPROVALS_KEEP_TMP=1.
+//! APPROVALS_KINDS=sse-progress,sse-default,plain,park  APPROVALS_RPS_CONNS=32
+//! APPROVALS_RPS_ROUNDS=5  APPROVALS_KEEP_TMP=1.
 #![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 
 use std::collections::HashMap;
@@ -545,7 +547,168 @@ async fn latency(delivery: DeliveryMode, n: usize, warmup: usize) {
 
 // --- 2. memory with 10,000 held calls -------------------------------------------------------
 
-async fn memory(held: usize) {
+/// How the agent's client asks, which decides how the gateway keeps the call while the
+/// person decides.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ClientKind {
+    /// `Accept: text/event-stream` and a `progressToken`: held on SSE with keep-alives
+    /// and progress notifications.
+    SseProgress,
+    /// `Accept: text/event-stream`, no `progressToken` (an SDK's default call): held on
+    /// SSE with keep-alives only.
+    SseDefault,
+    /// `Accept: application/json` only: held with a plain answer (`max_plain_wait`
+    /// covers the deadline), nothing written until the decision.
+    Plain,
+    /// `mode: park`: answered at once with the pending tool result; only the approval
+    /// record and its request driver stay, no connection.
+    Park,
+}
+
+impl ClientKind {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "sse-progress" => Some(Self::SseProgress),
+            "sse-default" => Some(Self::SseDefault),
+            "plain" => Some(Self::Plain),
+            "park" => Some(Self::Park),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::SseProgress => "SSE + progressToken (held)",
+            Self::SseDefault => "SSE, no progressToken (held, keep-alives only)",
+            Self::Plain => "JSON only (held, plain answer)",
+            Self::Park => "parked (pending tool result at once; connection closed)",
+        }
+    }
+
+    fn accept(self) -> &'static str {
+        match self {
+            Self::SseProgress | Self::SseDefault => "application/json, text/event-stream",
+            Self::Plain | Self::Park => "application/json",
+        }
+    }
+
+    /// The content type of the answer's head.
+    fn answer_type(self) -> &'static str {
+        match self {
+            Self::SseProgress | Self::SseDefault => "text/event-stream",
+            Self::Plain | Self::Park => "application/json",
+        }
+    }
+
+    /// Whether the answer's head arrives before the decision (so the opening limit can
+    /// be released on it).
+    fn head_first(self) -> bool {
+        matches!(self, Self::SseProgress | Self::SseDefault | Self::Park)
+    }
+
+    fn gateway_lines(self) -> &'static str {
+        match self {
+            Self::Park => "  max_wait: 5m\n",
+            _ => "  max_wait: 5m\n  max_plain_wait: 5m\n",
+        }
+    }
+}
+
+/// Counters shared by the client tasks of one memory run.
+#[derive(Default)]
+struct HeldCounters {
+    /// Answer heads of the expected kind (200 with the kind's content type).
+    heads: AtomicUsize,
+    /// Answers that ended (the final JSON-RPC result was read).
+    done: AtomicUsize,
+    /// Connection failures and answers of another kind.
+    bad: AtomicUsize,
+    /// Final results that say `approval_denied`.
+    denied: AtomicUsize,
+    /// Final results that say `approval_pending` (park).
+    pending: AtomicUsize,
+}
+
+/// One raw-TCP client: sends the call and reads until the final JSON-RPC result.
+async fn held_client(
+    addr: SocketAddr,
+    kind: ClientKind,
+    i: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    n: Arc<HeldCounters>,
+) {
+    let mut permit = Some(permit);
+    let progress = kind == ClientKind::SseProgress;
+    let body = deploy(1_000_000 + i as i64, &format!("mem-{i}"), progress).to_string();
+    let close = if kind == ClientKind::Park {
+        "connection: close\r\n"
+    } else {
+        ""
+    };
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: {}\r\n{close}content-length: {}\r\n\r\n{body}",
+        kind.accept(),
+        body.len()
+    );
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        n.bad.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if s.write_all(req.as_bytes()).await.is_err() {
+        n.bad.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if !kind.head_first() {
+        permit.take();
+    }
+    let mut buf = vec![0u8; 2048];
+    let mut acc: Vec<u8> = Vec::new();
+    let mut headers_seen = false;
+    loop {
+        let read = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        acc.extend_from_slice(&buf[..read]);
+        if !headers_seen {
+            let Some(end) = acc.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            headers_seen = true;
+            let head = String::from_utf8_lossy(&acc[..end]).to_ascii_lowercase();
+            if head.starts_with("http/1.1 200") && head.contains(kind.answer_type()) {
+                n.heads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                n.bad.fetch_add(1, Ordering::Relaxed);
+            }
+            permit.take();
+            acc.drain(..end + 4);
+        }
+        // The final message is the JSON-RPC answer (it has "result").
+        if let Some(pos) = acc.windows(8).position(|w| w == b"\"result\"") {
+            let tail = String::from_utf8_lossy(&acc[pos..]);
+            if tail.contains("approval_denied") {
+                n.denied.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            if tail.contains("approval_pending") {
+                n.pending.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            if kind != ClientKind::Park {
+                break;
+            }
+        }
+        // Keep only a tail long enough to find the marker across reads.
+        if acc.len() > 4096 {
+            acc.drain(..acc.len() - 64);
+        }
+    }
+    permit.take();
+    n.done.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn memory(held: usize, kind: ClientKind) {
     let limit = nofile_soft_limit();
     assert!(
         limit as usize >= held + 1000,
@@ -553,10 +716,14 @@ async fn memory(held: usize) {
     );
     let b = start(GwOpts {
         delivery: DeliveryMode::Ping,
-        mode: "hold",
+        mode: if kind == ClientKind::Park {
+            "park"
+        } else {
+            "hold"
+        },
         // Production-like timers (keep-alive 15 s, progress 10 s, fallback poll 30 s);
         // no throttle configured (none by default).
-        extra: "  max_wait: 5m\n",
+        extra: kind.gateway_lines(),
     })
     .await;
     // No warm-up call: the OP has room for exactly 10,000 requests.
@@ -564,91 +731,29 @@ async fn memory(held: usize) {
     let pid = b.gw.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss0 = proc_status_kb(pid, "VmRSS");
-    let hwm0 = proc_status_kb(pid, "VmHWM");
     let quiet_before = busy_box();
 
-    let held_n = Arc::new(AtomicUsize::new(0));
-    let done_n = Arc::new(AtomicUsize::new(0));
-    let bad = Arc::new(AtomicUsize::new(0));
-    let denied_n = Arc::new(AtomicUsize::new(0));
+    let n = Arc::new(HeldCounters::default());
     let opening = Arc::new(Semaphore::new(256));
     let addr = b.gw.addr;
     let t_open = Instant::now();
     let mut tasks = Vec::with_capacity(held);
     for i in 0..held {
         let permit = opening.clone().acquire_owned().await.unwrap();
-        let (held_n, done_n, bad, denied_n) = (
-            held_n.clone(),
-            done_n.clone(),
-            bad.clone(),
-            denied_n.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut permit = Some(permit);
-            let body = deploy(1_000_000 + i as i64, &format!("mem-{i}"), true).to_string();
-            let req = format!(
-                "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let Ok(mut s) = TcpStream::connect(addr).await else {
-                bad.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            if s.write_all(req.as_bytes()).await.is_err() {
-                bad.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let mut buf = vec![0u8; 2048];
-            let mut acc: Vec<u8> = Vec::new();
-            let mut headers_seen = false;
-            loop {
-                let n = match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                acc.extend_from_slice(&buf[..n]);
-                if !headers_seen {
-                    if let Some(end) = acc.windows(4).position(|w| w == b"\r\n\r\n") {
-                        headers_seen = true;
-                        let head = String::from_utf8_lossy(&acc[..end]).to_ascii_lowercase();
-                        if head.starts_with("http/1.1 200") && head.contains("text/event-stream") {
-                            held_n.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            bad.fetch_add(1, Ordering::Relaxed);
-                        }
-                        permit.take();
-                        acc.drain(..end + 4);
-                    }
-                    continue;
-                }
-                // The final SSE event is the JSON-RPC answer (it has "result").
-                if let Some(pos) = acc.windows(8).position(|w| w == b"\"result\"") {
-                    let tail = String::from_utf8_lossy(&acc[pos..]);
-                    if tail.contains("approval_denied") {
-                        denied_n.fetch_add(1, Ordering::Relaxed);
-                    }
-                    break;
-                }
-                // Keep only a tail long enough to find the marker across reads.
-                if acc.len() > 4096 {
-                    acc.drain(..acc.len() - 64);
-                }
-            }
-            done_n.fetch_add(1, Ordering::Relaxed);
-        }));
+        tasks.push(tokio::spawn(held_client(addr, kind, i, permit, n.clone())));
     }
-    // Every call is held once the OP has all of them pending.
+    // Every call is waiting for its person once the OP has all of them pending.
     let end = Instant::now() + Duration::from_secs(180);
     loop {
         let p = b.op.pending().len();
         if p >= held {
             break;
         }
-        if Instant::now() > end || bad.load(Ordering::Relaxed) > 0 {
+        if Instant::now() > end || n.bad.load(Ordering::Relaxed) > 0 {
             panic!(
-                "only {p} of {held} calls reached the OP (held streams {}, bad answers {})",
-                held_n.load(Ordering::Relaxed),
-                bad.load(Ordering::Relaxed)
+                "only {p} of {held} calls reached the OP (answer heads {}, bad answers {})",
+                n.heads.load(Ordering::Relaxed),
+                n.bad.load(Ordering::Relaxed)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -659,81 +764,60 @@ async fn memory(held: usize) {
     let hwm1 = proc_status_kb(pid, "VmHWM");
     let threads = proc_status_kb(pid, "Threads");
     let fds = fd_count(pid);
-    // CPU the gateway spends just holding them (keep-alives, progress, re-checks).
+    // CPU the gateway spends just waiting (keep-alives, progress, record reads).
     let c0 = cpu_us(&pid.to_string());
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_cpu =
         (cpu_us(&pid.to_string()) - c0) as f64 / w0.elapsed().as_secs_f64() / 1e6 * 100.0;
-    let rss1b = proc_status_kb(pid, "VmRSS");
     let quiet_held = busy_box();
 
-    // Deny them all, at most ~1000 in flight, and wait for every stream to end.
+    // Deny them all, at most ~1000 undelivered at a time, and wait for every held
+    // answer to end (a parked call has ended already).
     let t_drain = Instant::now();
     let pending = b.op.pending();
     for (k, p) in pending.iter().enumerate() {
         b.op.decide(&p.id, false).await.unwrap();
-        if k % 250 == 249 {
+        if kind != ClientKind::Park && k % 250 == 249 {
             let until = Instant::now() + Duration::from_secs(30);
-            while k + 1 > done_n.load(Ordering::Relaxed) + 1000 && Instant::now() < until {
+            while k + 1 > n.done.load(Ordering::Relaxed) + 1000 && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     }
     let until = Instant::now() + Duration::from_secs(120);
-    while done_n.load(Ordering::Relaxed) < held && Instant::now() < until {
+    while n.done.load(Ordering::Relaxed) < held && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_time = t_drain.elapsed();
-    let done = done_n.load(Ordering::Relaxed);
-    let denied = denied_n.load(Ordering::Relaxed);
     for t in tasks {
         t.abort();
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss2 = proc_status_kb(pid, "VmRSS");
-    let fds2 = fd_count(pid);
-    let threads2 = proc_status_kb(pid, "Threads");
     let per_call = (rss1 as f64 - rss0 as f64) * 1024.0 / held as f64;
+    let ended = match kind {
+        ClientKind::Park => format!(
+            "{} answered at once with approval_pending",
+            n.pending.load(Ordering::Relaxed)
+        ),
+        _ => format!(
+            "{} ended with approval_denied",
+            n.denied.load(Ordering::Relaxed)
+        ),
+    };
     println!(
-        "| held calls | {held} (all {} streams 200 text/event-stream; OP pending {held}) |",
-        held_n.load(Ordering::Relaxed)
-    );
-    println!(
-        "| opening them took | {:.1} s ({:.0} calls/s) |",
-        open_time.as_secs_f64(),
-        held as f64 / open_time.as_secs_f64()
-    );
-    println!(
-        "| VmRSS before (ready, idle) | {:.1} MB (VmHWM {:.1} MB) |",
+        "| {} | {held} | {} | {:.1} | {:.1} | {:.1} | **{:.1}** | {threads} / {fds} | {idle_cpu:.1} % | {:.1} s; {ended} |",
+        kind.label(),
+        n.heads.load(Ordering::Relaxed),
         rss0 as f64 / 1024.0,
-        hwm0 as f64 / 1024.0
-    );
-    println!(
-        "| VmRSS with {held} held | {:.1} MB (+5 s: {:.1} MB) |",
         rss1 as f64 / 1024.0,
-        rss1b as f64 / 1024.0
-    );
-    println!(
-        "| VmHWM with {held} held | {:.1} MB |",
-        hwm1 as f64 / 1024.0
-    );
-    println!(
-        "| per held call | {:.1} KB ({:.0} bytes) |",
+        hwm1 as f64 / 1024.0,
         per_call / 1024.0,
-        per_call
+        drain_time.as_secs_f64(),
     );
-    println!("| gateway threads / open fds while holding | {threads} / {fds} |");
-    println!("| gateway CPU while only holding (5 s) | {idle_cpu:.1} % of one core |");
-    println!(
-        "| deny all + drain | {:.1} s; {done} streams ended, {denied} with approval_denied |",
-        drain_time.as_secs_f64()
+    eprintln!(
+        "  [memory {kind:?}] open {:.1} s; quiet box before/holding: {quiet_before} / {quiet_held}",
+        open_time.as_secs_f64()
     );
-    println!(
-        "| after drain (+3 s) | VmRSS {:.1} MB, threads {threads2}, fds {fds2} |",
-        rss2 as f64 / 1024.0
-    );
-    eprintln!("  [memory] quiet box before/holding: {quiet_before} / {quiet_held}");
 }
 
 // --- 3. CIBA requests per second ----------------------------------------------------------
@@ -836,10 +920,16 @@ fn main() {
         }
         if only.contains("memory") {
             let held = env_num("APPROVALS_HELD", 10_000) as usize;
-            println!("### 2. Memory with {held} calls held at once\n");
-            println!("| | |");
-            println!("|---|---|");
-            memory(held).await;
+            let kinds = std::env::var("APPROVALS_KINDS")
+                .unwrap_or_else(|_| "sse-progress,sse-default,plain,park".into());
+            println!("### 2. Memory with {held} calls waiting for a person at once, per client kind\n");
+            println!("| client kind | calls | answer heads | VmRSS before MB | VmRSS waiting MB | VmHWM MB | KB per call | threads / fds | CPU while waiting | deny all + drain |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
+            for name in kinds.split(',') {
+                let kind = ClientKind::parse(name.trim())
+                    .unwrap_or_else(|| panic!("APPROVALS_KINDS: unknown kind {name:?}"));
+                memory(held, kind).await;
+            }
             println!();
         }
         if only.contains("rps") {

@@ -1185,6 +1185,36 @@ async fn throttles_count_per_approver() {
     assert_eq!(reason(&second.await.unwrap().result), "approval_denied");
 }
 
+/// A two-person approval asks nobody unless everyone it needs may be asked: with the
+/// second person over their limit, the first gets no prompt for a call that is refused.
+#[tokio::test]
+async fn a_throttled_second_approver_means_no_one_is_asked() {
+    let s = setup(Opts {
+        policies: Some(policies_with_approvers(&format!(
+            "{{delete_issue: \"{BOB}\", deploy_service: [\"{OWNER}\", \"{BOB}\"]}}"
+        ))),
+        extra: "  throttle: {per_user: {limit: 1, window: 1m}}\n",
+        ..Opts::default()
+    })
+    .await;
+    // Bob's one prompt this minute.
+    let first = tokio::spawn(delete_issue(s.gw_addr, "web", "96"));
+    let p = pending(&s.op, 1).await;
+    asked_of(&p, 'b');
+    let a = call_mcp(s.gw_addr, deploy(97, "payments", "prod", true), &[]).await;
+    assert_eq!(reason(&a.result), "approval_rate_limited", "{}", a.result);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = s.op.pending();
+    assert_eq!(p.len(), 1, "only Bob's earlier prompt: {p:?}");
+    assert!(
+        !p.iter().any(|v| v.user.starts_with('o')),
+        "the owner was asked"
+    );
+    s.op.decide(&p[0].id, false).await.unwrap();
+    assert_eq!(first.await.unwrap(), "approval_denied");
+    assert!(s.upstream.tool_calls().is_empty(), "nothing forwarded");
+}
+
 /// `DELETE /tickets/projects/{project}/issues/{id}` (the HTTP tool `delete_issue`,
 /// held): the reason code of a refusal, or "ok".
 async fn delete_issue(addr: SocketAddr, project: &str, id: &str) -> String {

@@ -68,6 +68,10 @@ struct Seen {
     alpn: Option<String>,
     client_cert: bool,
     body: Value,
+    /// The values of the request's `host` header fields.
+    host: Vec<String>,
+    /// The request target's authority (HTTP/2 `:authority`).
+    authority: Option<String>,
 }
 
 /// An MCP tool server over TLS: answers every JSON-RPC request with a tool result.
@@ -133,6 +137,13 @@ impl TlsToolServer {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (log, alpn) = (log.clone(), alpn.clone());
                         async move {
+                            let host = req
+                                .headers()
+                                .get_all("host")
+                                .iter()
+                                .map(|v| v.to_str().unwrap_or("").to_string())
+                                .collect();
+                            let authority = req.uri().authority().map(|a| a.to_string());
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             let answer = json!({"jsonrpc": "2.0", "id": body["id"].clone(),
@@ -141,6 +152,8 @@ impl TlsToolServer {
                                 alpn,
                                 client_cert,
                                 body,
+                                host,
+                                authority,
                             });
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
@@ -228,6 +241,11 @@ async fn a_tool_server_certified_by_the_configured_ca_is_reached_over_http2() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].alpn.as_deref(), Some("h2"));
     assert_eq!(seen[0].body["params"]["name"], "list_deployments");
+    // RFC 9113 §8.3.1: over HTTP/2 the target is `:authority`, never a `host` field as
+    // well (nginx answers 400 "duplicate host header" to a request with both).
+    let port = server.addr.port();
+    assert_eq!(seen[0].authority, Some(format!("localhost:{port}")));
+    assert!(seen[0].host.is_empty(), "host fields: {:?}", seen[0].host);
     let evidence = gate.evidence(1).await;
     assert_eq!(evidence[0]["outcome"], "forwarded");
 }
@@ -242,7 +260,13 @@ async fn a_tool_server_without_http2_is_reached_over_http1_with_tls() {
     let gate = gate_in_front_of(dir.path(), server.addr, "tls: {ca_file: ca.pem}").await;
     let (status, _) = call_tool(&gate).await;
     assert_eq!(status, 200);
-    assert_eq!(server.seen()[0].alpn.as_deref(), Some("http/1.1"));
+    let seen = server.seen();
+    assert_eq!(seen[0].alpn.as_deref(), Some("http/1.1"));
+    // HTTP/1.1 names the target in exactly one `host` field: the tool server's.
+    assert_eq!(
+        seen[0].host,
+        vec![format!("localhost:{}", server.addr.port())]
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,12 @@
 #   (a) the demo MCP tool server directly,
 #   (b) nginx as a plain reverse proxy (HTTP/1.1 keepalive pool to the upstream),
 #   (c) ciba-gate (full JSON-RPC parsing + a Rego decision + an evidence record per call),
-#   (d) ciba-gate with the Redis approval store (the allow path must not touch it).
+#   (d) ciba-gate with the Redis approval store (the allow path must not touch it),
+#   and, with TLS=1 (default), the added cost of an HTTPS tool server:
+#   (e) ciba-gate -> nginx (plain HTTP) -> tool server,
+#   (f) ciba-gate -> nginx (HTTPS, HTTP/1.1, private CA) -> tool server,
+#   (g) ciba-gate -> nginx (HTTPS, HTTP/2 by ALPN) -> tool server;
+#   (f) - (e) and (g) - (e) are what TLS to the tool server adds, in the same run.
 #
 # Usage: benches/load/run.sh          (from anywhere; needs cargo, wrk, nginx, curl)
 # Knobs (environment):
@@ -16,6 +21,7 @@
 #   BUILD_TIMEOUT=1800    seconds
 #   QUIET_WAIT=900        seconds to wait for other cargo/rustc processes to finish first
 #   KEEP_TMP=0            1 = keep the temp dir (configs, logs, wrk outputs, evidence)
+#   TLS=1                 0 = skip (e)-(g)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -37,11 +43,12 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 QUIET_WAIT=${QUIET_WAIT:-900}
 KEEP_TMP=${KEEP_TMP:-0}
+TLS=${TLS:-1}
 
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in cargo wrk nginx curl ss timeout redis-server; do
+for tool in cargo wrk nginx curl ss timeout redis-server openssl; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nginx-light curl)"
 done
 
@@ -132,6 +139,41 @@ UP_PID=$!; PIDS+=("$UP_PID")
 wait_up upstream "http://127.0.0.1:$PORT_UPSTREAM/mcp"
 
 mkdir -p "$TMP/nginx"
+# A private CA and a certificate for 127.0.0.1 (ECDSA P-256, as hosted servers commonly
+# use); nginx terminates TLS in front of the same tool server for targets (f) and (g).
+PORT_NGINX_TLS=${PORT_NGINX_TLS:-19192}
+PORT_NGINX_H2=${PORT_NGINX_H2:-19193}
+TLS_SERVERS=""
+if [ "$TLS" = 1 ]; then
+    (
+        cd "$TMP" &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=bench CA" -keyout ca.key -out ca.pem &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=127.0.0.1" -keyout server.key -out server.csr &&
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out server.pem
+    ) >"$TMP/openssl.log" 2>&1 || die "making the test certificates failed (see $TMP/openssl.log)"
+    tls_server() { # port listen-flags
+        cat <<TLSBLOCK
+    server {
+        listen 127.0.0.1:$1 $2;
+        ssl_certificate $TMP/server.pem;
+        ssl_certificate_key $TMP/server.key;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:tls$1:1m;
+        location /mcp {
+            proxy_pass http://tools;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+TLSBLOCK
+    }
+    TLS_SERVERS="$(tls_server "$PORT_NGINX_TLS" ssl)
+$(tls_server "$PORT_NGINX_H2" "ssl http2")"
+fi
 if [ "$NGINX_ACCESS_LOG" = on ]; then
     ACCESS="access_log $TMP/nginx/access.log combined buffer=64k flush=1s;"
 else
@@ -168,6 +210,7 @@ http {
             proxy_set_header Connection "";
         }
     }
+$TLS_SERVERS
 }
 NGINX
 log "starting nginx ($NGINX_WORKERS workers, upstream keepalive $NGINX_KEEPALIVE) on 127.0.0.1:$PORT_NGINX"
@@ -189,7 +232,8 @@ REDIS_PID=$!; PIDS+=("$REDIS_PID")
 echo bench-secret >"$TMP/op-secret"
 # A shared store requires a shared state key (>= 32 random bytes).
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/state-key"
-gateway_config() { # port store evidence-file admin-port
+gateway_config() { # port store evidence-file admin-port [upstream-url [upstream-tls]]
+    local url=${5:-http://127.0.0.1:$PORT_UPSTREAM/mcp} tls=${6:-}
     cat <<YAML
 listen: "127.0.0.1:$1"
 agent: {id: bench-agent, namespace: agents}
@@ -201,7 +245,8 @@ upstreams:
   - name: tools
     kind: mcp
     mount: /mcp
-    url: http://127.0.0.1:$PORT_UPSTREAM/mcp
+    url: $url
+$tls
 approvals:
   op: {issuer: "http://127.0.0.1:$PORT_OP", client_id: gate, delivery: poll, allow_insecure_http: true,
        client_auth: {method: client_secret_basic, secret: {file: $TMP/op-secret}}}
@@ -219,6 +264,28 @@ GW_PID=$!; PIDS+=("$GW_PID")
 GWR_PID=$!; PIDS+=("$GWR_PID")
 wait_up ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp"
 wait_up ciba-gate-redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp"
+
+PORT_GATEWAY_VIA=${PORT_GATEWAY_VIA:-19194}
+PORT_GATEWAY_TLS=${PORT_GATEWAY_TLS:-19195}
+PORT_GATEWAY_H2=${PORT_GATEWAY_H2:-19196}
+if [ "$TLS" = 1 ]; then
+    PIN="    tls: {ca_file: $TMP/ca.pem, system_roots: false}"
+    gateway_config "$PORT_GATEWAY_VIA" "{kind: memory}" "$TMP/evidence-via.jsonl" 19197 \
+        "http://127.0.0.1:$PORT_NGINX/mcp" >"$TMP/gateway-via.yaml"
+    gateway_config "$PORT_GATEWAY_TLS" "{kind: memory}" "$TMP/evidence-tls.jsonl" 19198 \
+        "https://127.0.0.1:$PORT_NGINX_TLS/mcp" "$PIN" >"$TMP/gateway-tls.yaml"
+    gateway_config "$PORT_GATEWAY_H2" "{kind: memory}" "$TMP/evidence-h2.jsonl" 19199 \
+        "https://127.0.0.1:$PORT_NGINX_H2/mcp" "$PIN" >"$TMP/gateway-h2.yaml"
+    log "starting ciba-gate in front of nginx: plain :$PORT_GATEWAY_VIA, https :$PORT_GATEWAY_TLS, https+h2 :$PORT_GATEWAY_H2"
+    for v in via tls h2; do
+        "$BIN" serve --config "$TMP/gateway-$v.yaml" >"$TMP/gateway-$v.log" 2>&1 &
+        PIDS+=("$!")
+        eval "GW_${v^^}_PID=$!"
+    done
+    wait_up ciba-gate-via-nginx "http://127.0.0.1:$PORT_GATEWAY_VIA/mcp"
+    wait_up ciba-gate-via-nginx-tls "http://127.0.0.1:$PORT_GATEWAY_TLS/mcp"
+    wait_up ciba-gate-via-nginx-h2 "http://127.0.0.1:$PORT_GATEWAY_H2/mcp"
+fi
 
 # The gateway really decides: a destructive tool is blocked, the allowed one is not.
 DENIED=$(probe "http://127.0.0.1:$PORT_GATEWAY/mcp" \
@@ -244,21 +311,19 @@ WARM_S=$(secs "$WARMUP")
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 
-run_one() { # name url proxy_pid
-    local name=$1 url=$2 ppid=$3 out="$TMP/wrk-$1-$4.txt"
+run_one() { # name url proxy_pid round [evidence-file]
+    local name=$1 url=$2 ppid=$3 out="$TMP/wrk-$1-$4.txt" evf=${5:-$TMP/evidence.jsonl}
     wait_quiet
     log "$name: warm-up $WARMUP"
     timeout $((WARM_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$LUA" "$url" >/dev/null
     sleep 1
     local up0 px0 up1 px1 ev0 ev1 quiet0=yes
     if pgrep -x 'cargo|rustc' >/dev/null; then quiet0=no; fi
-    local evf="$TMP/evidence.jsonl"
-    if [ "$name" = ciba-gate+redis ]; then evf="$TMP/evidence-redis.jsonl"; fi
     ev0=$( [ -f "$evf" ] && wc -l <"$evf" || echo 0)
-    up0=$(cpu_ticks "$UP_PID"); px0=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
+    up0=$(cpu_ticks "$UP_PID"); px0=$( [ -n "$ppid" ] && cpu_ticks $ppid || echo 0)
     log "$name: $DURATION, -t$THREADS -c$CONNS"
     timeout $((DUR_S + 30)) wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --timeout 5s --latency -s "$LUA" "$url" | tee "$out" >&2
-    up1=$(cpu_ticks "$UP_PID"); px1=$( [ -n "$ppid" ] && cpu_ticks "$ppid" || echo 0)
+    up1=$(cpu_ticks "$UP_PID"); px1=$( [ -n "$ppid" ] && cpu_ticks $ppid || echo 0)
     local quiet=yes
     if [ "$quiet0" != yes ] || pgrep -x 'cargo|rustc' >/dev/null; then quiet=no; fi
     sleep 1
@@ -273,7 +338,12 @@ for round in $(seq 1 "$ROUNDS"); do
     run_one direct "http://127.0.0.1:$PORT_UPSTREAM/mcp" "" "$round"
     run_one nginx "http://127.0.0.1:$PORT_NGINX/mcp" "$NGX_PID" "$round"
     run_one ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp" "$GW_PID" "$round"
-    run_one ciba-gate+redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp" "$GWR_PID" "$round"
+    run_one ciba-gate+redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp" "$GWR_PID" "$round" "$TMP/evidence-redis.jsonl"
+    if [ "$TLS" = 1 ]; then
+        run_one ciba-gate→nginx "http://127.0.0.1:$PORT_GATEWAY_VIA/mcp" "$GW_VIA_PID $NGX_PID" "$round" "$TMP/evidence-via.jsonl"
+        run_one ciba-gate→nginx-https "http://127.0.0.1:$PORT_GATEWAY_TLS/mcp" "$GW_TLS_PID $NGX_PID" "$round" "$TMP/evidence-tls.jsonl"
+        run_one ciba-gate→nginx-https-h2 "http://127.0.0.1:$PORT_GATEWAY_H2/mcp" "$GW_H2_PID $NGX_PID" "$round" "$TMP/evidence-h2.jsonl"
+    fi
 done
 
 # --- report --------------------------------------------------------------------------

@@ -290,6 +290,14 @@ pub struct Approvals {
     pub(crate) local_drivers: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// Whether `join_or_start` still checks the throttles before it prompts anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Throttle {
+    Check,
+    /// Checked already for this person (a quorum checks everyone before asking anyone).
+    Checked,
+}
+
 /// What `join_or_start` found: whether this call started the request, its deadline,
 /// and (when it joined) the traceparent of the call that started it.
 struct Joining {
@@ -628,7 +636,7 @@ impl Approvals {
         }
         let approver = params.approvers.primary().clone();
         let j = self
-            .join_or_start(call, &params, &approver, &fingerprint)
+            .join_or_start(call, &params, &approver, &fingerprint, Throttle::Check)
             .await?;
         Ok(Ticket {
             fingerprint,
@@ -648,6 +656,7 @@ impl Approvals {
         params: &ApprovalParams,
         approver: &Approver,
         key: &str,
+        throttle: Throttle,
     ) -> Result<Joining, Reason> {
         let fingerprint = key.to_string();
         let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
@@ -669,7 +678,9 @@ impl Approvals {
             self.ensure_driver(&existing);
             return Ok(Joining::joined(&existing));
         }
-        self.throttle(approver, &params.action, call.agent).await?;
+        if throttle == Throttle::Check {
+            self.throttle(approver, &params.action, call.agent).await?;
+        }
 
         let created_at = now_ms();
         let provisional_deadline = self.deadline_from(created_at, params);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{ApprovalParams, Approvals, CallForApproval, Member, Settled, Ticket};
+use super::{ApprovalParams, Approvals, CallForApproval, Member, Settled, Throttle, Ticket};
 use crate::outcome::Reason;
 use crate::store::{ApprovalRecord, Joined, Resolution, Status, StoreError, now_ms};
 
@@ -68,15 +68,39 @@ pub(super) async fn prepare(
         Joined::Created => (record, true),
         Joined::Existing(r) => (*r, false),
     };
+    let keys: Vec<String> = params
+        .approvers
+        .asked
+        .iter()
+        .map(|a| member_key(&fingerprint, quorum.created_at_ms, &a.key))
+        .collect();
+    // A quorum with its result asks nobody again; `settle` reports it.
+    let asking = !quorum.status.is_final();
+    if asking {
+        // Everyone not asked yet passes the throttles before anyone is asked: a
+        // throttled second person must not leave the first with a prompt for a call
+        // that was refused.
+        for (approver, key) in params.approvers.asked.iter().zip(&keys) {
+            if approvals
+                .store
+                .get(key)
+                .await
+                .map_err(unavailable)?
+                .is_none()
+            {
+                approvals
+                    .throttle(approver, &params.action, call.agent)
+                    .await?;
+            }
+        }
+    }
     let mut members = Vec::with_capacity(params.approvers.asked.len());
     let mut deadline_ms = quorum.deadline_ms;
-    for approver in &params.approvers.asked {
-        let key = member_key(&fingerprint, quorum.created_at_ms, &approver.key);
+    for (approver, key) in params.approvers.asked.iter().zip(keys) {
         let mut member_started = false;
-        // A quorum with its result asks nobody again; `settle` reports it.
-        if !quorum.status.is_final() {
+        if asking {
             let j = approvals
-                .join_or_start(call, &params, approver, &key)
+                .join_or_start(call, &params, approver, &key, Throttle::Checked)
                 .await?;
             member_started = j.started;
             deadline_ms = deadline_ms.max(j.deadline_ms);

@@ -106,7 +106,9 @@ async fn one(call: &Call<'_>, mut unit: Unit, out: Outbound, plan: Plan) -> Resp
             unit.record.conclude(Disposition::Blocked, &reason, None);
             resp
         }
-        Verdict::Approve(params) => approve::run(call, unit, params, out).await,
+        // Boxed: the approval path's state is far larger than the allow path's, and a
+        // request future is as large as its largest path for its whole life.
+        Verdict::Approve(params) => Box::pin(approve::run(call, unit, params, out)).await,
     }
 }
 
@@ -177,7 +179,7 @@ async fn stream(call: &Call<'_>, head: http::request::Parts) -> Response<BoxBody
 }
 
 /// Classifies one message into a unit, or the answer for a malformed `tools/call`.
-fn message_unit(
+pub(super) fn message_unit(
     call: &Call<'_>,
     base: &PolicyInput,
     head: &http::request::Parts,

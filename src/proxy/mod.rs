@@ -20,6 +20,8 @@ pub mod forward;
 pub mod framing;
 pub mod mcp;
 pub mod path;
+#[cfg(test)]
+mod phases_tests;
 pub mod render;
 pub mod routes;
 pub mod server;

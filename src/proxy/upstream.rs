@@ -72,7 +72,6 @@ impl UpstreamError {
 pub struct Upstream {
     pub name: String,
     base: Uri,
-    authority: HeaderValue,
     credential: Option<(HeaderName, HeaderValue)>,
     /// Where the approver's access token goes (header, prefix), when this upstream
     /// asks for it.
@@ -145,9 +144,9 @@ impl Upstream {
             .url
             .parse()
             .map_err(|e: http::uri::InvalidUri| url_err(e.to_string()))?;
-        let authority = base
-            .authority()
-            .ok_or_else(|| url_err("has no host".into()))?;
+        if base.host().is_none() {
+            return Err(url_err("has no host".into()));
+        }
         let client = Transport::new(cfg, files)?;
         let credential = match (&cfg.credential, secret) {
             (Some(c), Some(s)) => {
@@ -179,8 +178,6 @@ impl Upstream {
             approval_token,
             approval_audience: cfg.approval_token.as_ref().and_then(|t| t.audience.clone()),
             approval_exchange: cfg.approval_token.as_ref().is_some_and(|t| t.exchange),
-            authority: HeaderValue::from_str(authority.as_str())
-                .map_err(|e| url_err(e.to_string()))?,
             base,
             credential,
             forward_agent_authorization: cfg.forward_agent_authorization,
@@ -284,8 +281,10 @@ impl Upstream {
         );
         // The tool server sees the gateway's upstream span as its parent.
         crate::telemetry::traces::inject(&span, req.headers_mut());
+        // No `host` field: the client writes it from the target over HTTP/1.1, and over
+        // HTTP/2 the target travels as `:authority` alone (RFC 9113 §8.3.1; nginx
+        // refuses a request with both).
         let h = req.headers_mut();
-        h.insert(header::HOST, self.authority.clone());
         if let Some((name, value)) = &self.credential {
             h.insert(name.clone(), value.clone());
         }

@@ -4,6 +4,7 @@
 
 mod hold;
 mod park;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::forward::{self, Outbound, Plan};
 use super::render::{self, Shape};
 use super::{ApprovalsState, BoxBody, decide, framing, mcp};
 use crate::approval::request_state;
-use crate::approval::{Approvals, CallForApproval, Mode, Settled, Ticket};
+use crate::approval::{Approvals, CallForApproval, Settled, Ticket};
 use crate::outcome::{Disposition, Reason};
 use crate::policy::input;
 use crate::store::now_ms;
@@ -187,25 +188,10 @@ pub async fn run(
     let binding = ticket.params.binding_message.clone();
     let mode = ticket.params.mode.unwrap_or(approvals.settings.mode);
     let remaining = Duration::from_millis(ticket.deadline_ms.saturating_sub(now_ms()));
-    let plain_ok = remaining <= approvals.settings.max_plain_wait;
-    // Hold or park by what the client can do: an MCP client that accepts an SSE answer
-    // is held over SSE (keep-alives; progress only when it sent a progressToken) up to
-    // the deadline; any other client is held with a plain answer only while the wait
-    // fits `max_plain_wait`, else parked.
-    let stream_hold = matches!(
-        &caller,
-        Caller::Mcp {
-            accepts_sse: true,
-            ..
-        }
-    );
-    if mode == Mode::Hold && stream_hold {
-        return hold::over_sse(call, approvals, ticket, unit, caller, out);
-    }
-    let until = if mode == Mode::Hold && plain_ok {
-        ticket.deadline_ms
-    } else {
-        now_ms()
+    let until = match wait::how(mode, &caller, remaining, approvals.settings.max_plain_wait) {
+        wait::Wait::OverSse => return hold::over_sse(call, approvals, ticket, unit, caller, out),
+        wait::Wait::Plain => ticket.deadline_ms,
+        wait::Wait::Park => now_ms(),
     };
     let settled = wait_or_shutdown(call, &approvals, &ticket, until)
         .instrument(crate::traced_span!(

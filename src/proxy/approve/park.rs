@@ -6,6 +6,7 @@
 
 use http::StatusCode;
 
+use super::wait::{self, Parked};
 use super::{Concluded, State, pending_http_body};
 use crate::approval::request_state::{self, RequestState};
 use crate::approval::{Approvals, Ticket};
@@ -24,18 +25,24 @@ pub(super) fn answer(
 ) -> Concluded {
     let binding = &ticket.params.binding_message;
     let retry = approvals.settings.park_retry_after.as_secs().max(1);
-    let (status, body, retry_after) = match caller {
-        Caller::Http => (
+    let id = match caller {
+        Caller::Mcp { id, .. } => id.clone(),
+        Caller::Http => serde_json::Value::Null,
+    };
+    let stateless = matches!(
+        caller,
+        Caller::Mcp {
+            stateless: true,
+            ..
+        }
+    );
+    let (status, body, retry_after) = match wait::parked(caller) {
+        Parked::Accepted => (
             StatusCode::ACCEPTED,
             pending_http_body(binding, retry),
             Some(retry),
         ),
-        Caller::Mcp {
-            id,
-            stateless: true,
-            can_elicit: true,
-            ..
-        } => {
+        Parked::InputRequired => {
             let state = request_state::seal(
                 approvals.state_key(),
                 &RequestState {
@@ -46,13 +53,13 @@ pub(super) fn answer(
             );
             (
                 StatusCode::OK,
-                results::input_required(id.clone(), binding, &state),
+                results::input_required(id, binding, &state),
                 None,
             )
         }
-        Caller::Mcp { id, stateless, .. } => (
+        Parked::PendingToolResult => (
             StatusCode::OK,
-            results::pending_tool_result(id.clone(), binding, retry, *stateless),
+            results::pending_tool_result(id, binding, retry, stateless),
             None,
         ),
     };
