@@ -4,16 +4,22 @@
 //! It never forwards anything itself: the proxy re-checks policy with the approver's
 //! evidence and forwards only on `allow`.
 
+mod approvers;
 pub mod binding;
 pub mod callback;
 pub mod config;
 pub mod driver;
+mod evidence;
 pub mod identity;
 mod quorum;
 pub mod request_state;
+mod throttle;
 pub mod token_seal;
 
+pub use approvers::{Approver, Approvers, MAX_APPROVERS};
+pub use evidence::ApprovalEvidence;
 pub use quorum::{MemberEvidence, QuorumEvidence, approvals_used};
+use throttle::Throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,53 +135,6 @@ pub struct ApprovalParams {
     pub mode: Option<Mode>,
 }
 
-/// Who is asked to approve: the configured user, or the one the policy names for this
-/// call (`approval.user`). The raw hint goes only to the OP; everything else (store,
-/// throttles, evidence) sees its keyed hash.
-#[derive(Debug, Clone)]
-pub struct Approver {
-    pub hint: UserHint,
-    /// Keyed hash of the hint.
-    pub key: String,
-    /// False when the policy (or the agent's verified identity) named this approver.
-    pub configured: bool,
-    /// The keyed hash of the person's ID-token issuer and subject, when it is known
-    /// before asking (a verified identity): the approving ID token must name them.
-    pub subject_hash: Option<String>,
-}
-
-/// Who must approve a call: one person, or (two-person rule) `required` distinct
-/// people out of those `asked`, each with a CIBA request of their own.
-#[derive(Debug, Clone)]
-pub struct Approvers {
-    pub asked: Vec<Approver>,
-    pub required: usize,
-}
-
-impl Approvers {
-    fn one(approver: Approver) -> Self {
-        Approvers {
-            asked: vec![approver],
-            required: 1,
-        }
-    }
-
-    /// More than one person is asked: the call waits for a quorum.
-    pub fn is_quorum(&self) -> bool {
-        self.asked.len() > 1
-    }
-
-    /// The first person asked (named in the evidence's top-level fields).
-    pub fn primary(&self) -> &Approver {
-        &self.asked[0]
-    }
-}
-
-/// Longest approver hint a policy may give (a `login_hint_token` is a JWT).
-const MAX_POLICY_HINT: usize = 8192;
-/// Most people one call may ask (each gets a CIBA request of their own).
-pub const MAX_APPROVERS: usize = 10;
-
 /// A call's place in the approval flow.
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -215,50 +174,6 @@ pub enum Settled {
     Blocked(Reason, Vec<ApprovalRecord>),
 }
 
-/// What the evidence record says about the approval (no tokens, hints or user codes).
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct ApprovalEvidence {
-    pub op_issuer: String,
-    pub client_id: String,
-    pub backchannel_endpoint: String,
-    pub delivery_mode: String,
-    pub scope: String,
-    pub hint_type: String,
-    /// Keyed hash of the hint of the person asked (the raw hint never appears).
-    pub approver_hint_hash: String,
-    pub binding_message: String,
-    pub action: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interval: Option<u64>,
-    /// Joined an existing request instead of starting one.
-    pub joined: bool,
-    /// approved | denied | expired | failed | pending
-    pub user_decision: String,
-    /// What the token endpoint (or the push) said: `granted`, `access_denied`,
-    /// `expired_token`, or the failure's code (`invalid_grant`, `invalid_id_token`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_outcome: Option<String>,
-    /// Which party brought the answer: `poll`, `ping` (the callback, then one token
-    /// request; in ping mode `poll` means the fallback poll did) or `push`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_via: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approver_subject_hash: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub acr: Option<String>,
-    /// Two-person rule: how many had to approve and what each person asked decided.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quorum: Option<quorum::QuorumEvidence>,
-    /// The approver's access token went to the tool server with the call (never the
-    /// token itself).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub token_forwarded: bool,
-}
-
 /// What the approval subsystem is built from.
 pub struct ApprovalsParts {
     pub ciba: Arc<CibaClient>,
@@ -288,14 +203,6 @@ pub struct Approvals {
     pub(crate) instance: String,
     /// Fingerprints with a driver (creator or resume) running in this process.
     pub(crate) local_drivers: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-/// Whether `join_or_start` still checks the throttles before it prompts anyone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Throttle {
-    Check,
-    /// Checked already for this person (a quorum checks everyone before asking anyone).
-    Checked,
 }
 
 /// What `join_or_start` found: whether this call started the request, its deadline,
@@ -382,146 +289,6 @@ impl Approvals {
         let this = self.clone();
         let fp = rec.fingerprint.clone();
         tokio::spawn(async move { driver::resume(this, fp).await });
-    }
-
-    /// The person a verified identity names, asked with their ID token as
-    /// `id_token_hint`: keyed on their subject, so every token they hold is one person
-    /// to throttles, fingerprints and evidence.
-    fn identified(&self, person: &identity::Identity) -> Approver {
-        Approver {
-            hint: UserHint::IdTokenHint(person.token().to_string()),
-            key: keyed_hash(&self.key, "user", &person.stable_name()),
-            configured: false,
-            subject_hash: Some(self.subject_hash(&person.issuer, &person.subject)),
-        }
-    }
-
-    /// The hint type of the configured user.
-    pub fn hint_type(&self) -> &'static str {
-        self.user.hint.param()
-    }
-
-    /// Who this approval object asks: `approval.user` (one person), `approval.approvers`
-    /// (a list: all of them; or `{"from": [...], "count": N}`: N distinct people of
-    /// those), or, with neither, the person the agent's verified identity names, else the
-    /// configured user. Each person is
-    /// `{"hint_type": "login_hint" | "login_hint_token", "value": "…"}` or a plain
-    /// string (a `login_hint`). Anything malformed is a misconfiguration (blocked),
-    /// never a fallback to the configured user.
-    pub fn approvers(
-        &self,
-        params: &Value,
-        identity: Option<&identity::Identity>,
-    ) -> Result<Approvers, Reason> {
-        let bad = |why: String| Reason::ApprovalMisconfigured(why);
-        match (params.get("user"), params.get("approvers")) {
-            (Some(_), Some(_)) => Err(bad(
-                "approval: name the approver with user or approvers, not both".into(),
-            )),
-            (None, None) => Ok(Approvers::one(match identity {
-                Some(person) => self.identified(person),
-                None => self.user.clone(),
-            })),
-            (Some(user), None) => Ok(Approvers::one(self.parse_user(user, "approval.user")?)),
-            (None, Some(group)) => {
-                let field = "approval.approvers";
-                let (list, count) = match group {
-                    Value::Array(list) => (list, None),
-                    Value::Object(o) => {
-                        if let Some(k) = o.keys().find(|k| !["from", "count"].contains(&k.as_str()))
-                        {
-                            return Err(bad(format!("{field}: unknown field {k:?}")));
-                        }
-                        let Some(Value::Array(list)) = o.get("from") else {
-                            return Err(bad(format!("{field}.from must be a list of approvers")));
-                        };
-                        let count = o.get("count").map(|c| {
-                            c.as_u64()
-                                .ok_or_else(|| bad(format!("{field}.count must be a whole number")))
-                        });
-                        (list, count.transpose()?)
-                    }
-                    _ => {
-                        return Err(bad(format!(
-                            "{field} must be a list, or an object with from and count"
-                        )));
-                    }
-                };
-                if list.is_empty() || list.len() > MAX_APPROVERS {
-                    return Err(bad(format!(
-                        "{field} must name 1 to {MAX_APPROVERS} approvers (it names {})",
-                        list.len()
-                    )));
-                }
-                let mut asked: Vec<Approver> = Vec::with_capacity(list.len());
-                for (i, user) in list.iter().enumerate() {
-                    let a = self.parse_user(user, &format!("{field}[{i}]"))?;
-                    if asked.iter().any(|b| b.key == a.key) {
-                        return Err(bad(format!("{field}[{i}] names an approver twice")));
-                    }
-                    asked.push(a);
-                }
-                let required = count.map_or(asked.len() as u64, |c| c);
-                if required == 0 || required > asked.len() as u64 {
-                    return Err(bad(format!(
-                        "{field}.count must be between 1 and the {} approvers listed",
-                        asked.len()
-                    )));
-                }
-                Ok(Approvers {
-                    asked,
-                    required: required as usize,
-                })
-            }
-        }
-    }
-
-    /// One approver named by policy. An ID token cannot come from policy (it expires and
-    /// must be the user's own).
-    fn parse_user(&self, user: &Value, field: &str) -> Result<Approver, Reason> {
-        let bad = |why: &str| Reason::ApprovalMisconfigured(format!("{field}: {why}"));
-        let (hint_type, value) = match user {
-            Value::String(v) => (None, v),
-            Value::Object(user) => {
-                if let Some(k) = user
-                    .keys()
-                    .find(|k| !["hint_type", "value"].contains(&k.as_str()))
-                {
-                    return Err(bad(&format!("unknown field {k:?}")));
-                }
-                let Some(Value::String(value)) = user.get("value") else {
-                    return Err(bad("value must be a non-empty string"));
-                };
-                let hint_type = match user.get("hint_type") {
-                    None => None,
-                    Some(Value::String(t)) => Some(t.as_str()),
-                    Some(_) => return Err(bad("hint_type must be a string")),
-                };
-                (hint_type, value)
-            }
-            _ => return Err(bad("not an object with hint_type and value")),
-        };
-        if value.is_empty() {
-            return Err(bad("value must be a non-empty string"));
-        }
-        if value.len() > MAX_POLICY_HINT || value.chars().any(char::is_control) {
-            return Err(bad("value is too long or holds control characters"));
-        }
-        let hint = match hint_type {
-            Some("login_hint") | None => UserHint::LoginHint(value.clone()),
-            Some("login_hint_token") => UserHint::LoginHintToken(value.clone()),
-            Some("id_token_hint") => {
-                return Err(bad("id_token_hint cannot come from policy"));
-            }
-            Some(_) => return Err(bad("hint_type must be login_hint or login_hint_token")),
-        };
-        let key = keyed_hash(&self.key, "user", hint.value());
-        Ok(Approver {
-            configured: key == self.user.key && hint.param() == self.user.hint.param(),
-            hint,
-            key,
-            subject_hash: None,
-        })
     }
 
     pub fn state_key(&self) -> &[u8] {
@@ -759,51 +526,6 @@ impl Approvals {
         }
     }
 
-    async fn throttle(&self, approver: &Approver, action: &str, agent: &str) -> Result<(), Reason> {
-        let unavailable = |e: crate::store::StoreError| Reason::StoreUnavailable(e.to_string());
-        if !self.settings.denial_cooldown.is_zero()
-            && self
-                .store
-                .recently_denied(&approver.key)
-                .await
-                .map_err(unavailable)?
-        {
-            return Err(Reason::DenialCooldown);
-        }
-        let checks = [
-            (
-                self.settings.per_agent,
-                format!("agent:{agent}"),
-                "per agent",
-            ),
-            (
-                self.settings.per_user,
-                format!("user:{}", approver.key),
-                "per user",
-            ),
-            (
-                self.settings.per_action,
-                format!("action:{action}"),
-                "per action",
-            ),
-        ];
-        for (limit, key, what) in checks {
-            if let Some(l) = limit
-                && !self
-                    .store
-                    .rate_limit(&key, l.limit, l.window)
-                    .await
-                    .map_err(unavailable)?
-            {
-                return Err(Reason::ApprovalRateLimited {
-                    what,
-                    retry_after_secs: l.window.as_secs().max(1),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// Waits for the decision (hold: until `until_ms` at the latest; park: not at all)
     /// and takes a granted approval for this call, exactly once.
     pub async fn settle(self: &Arc<Self>, ticket: &Ticket, until_ms: u64) -> Settled {
@@ -891,83 +613,6 @@ impl Approvals {
                 }
             }
         }
-    }
-
-    /// The evidence for the records a wait read (and this call's part in them). With a
-    /// quorum, the top-level fields describe the record that decided the outcome and
-    /// `quorum` lists every person asked.
-    pub fn evidence(&self, ticket: &Ticket, records: &[ApprovalRecord]) -> ApprovalEvidence {
-        let cfg = self.ciba.config();
-        let quorum = (!ticket.members.is_empty()).then(|| quorum::evidence(ticket, records));
-        let rec = if ticket.members.is_empty() {
-            records.first()
-        } else {
-            quorum::deciding(records)
-        };
-        let primary = ticket.params.approvers.primary();
-        let (hint_type, hint_hash) = ticket
-            .members
-            .iter()
-            .find(|m| rec.is_some_and(|r| r.fingerprint == m.key))
-            .map(|m| (m.approver.hint.param(), m.approver.key.clone()))
-            .unwrap_or((primary.hint.param(), primary.key.clone()));
-        let user_decision = match &quorum {
-            Some(q) => q.decision.to_string(),
-            None => decision(rec).into(),
-        };
-        ApprovalEvidence {
-            op_issuer: cfg.issuer.clone(),
-            client_id: cfg.client_id.clone(),
-            backchannel_endpoint: self
-                .ciba
-                .metadata()
-                .backchannel_authentication_endpoint
-                .clone(),
-            delivery_mode: delivery_name(cfg.delivery).into(),
-            scope: ticket.params.scope.clone(),
-            hint_type: hint_type.into(),
-            approver_hint_hash: hint_hash,
-            binding_message: ticket.params.binding_message.clone(),
-            action: ticket.params.action.clone(),
-            expires_in: rec.and_then(|r| r.expires_in),
-            interval: rec.and_then(|r| r.interval),
-            joined: !ticket.started,
-            user_decision,
-            token_outcome: rec.and_then(token_outcome),
-            delivered_via: rec.and_then(|r| r.delivered_via.clone()),
-            failure: rec.and_then(|r| r.failure.clone()),
-            approver_subject_hash: rec
-                .and_then(|r| r.approver.as_ref())
-                .map(|a| a.subject_hash.clone()),
-            acr: rec
-                .and_then(|r| r.approver.as_ref())
-                .and_then(|a| a.acr.clone()),
-            quorum,
-            token_forwarded: false,
-        }
-    }
-}
-
-/// What a record says the person decided.
-fn decision(rec: Option<&ApprovalRecord>) -> &'static str {
-    match rec.map(|r| r.status) {
-        Some(Status::Granted) | Some(Status::Consumed) => "approved",
-        Some(Status::Denied) => "denied",
-        Some(Status::Expired) => "expired",
-        Some(Status::Failed) => "failed",
-        Some(Status::Pending) => "pending",
-        None => "unknown",
-    }
-}
-
-/// What the token endpoint (or the push) said for a record with a result.
-fn token_outcome(r: &ApprovalRecord) -> Option<String> {
-    match r.status {
-        Status::Granted | Status::Consumed => Some("granted".to_string()),
-        Status::Denied => Some(r.failure.clone().unwrap_or_else(|| "access_denied".into())),
-        Status::Expired => Some(r.failure.clone().unwrap_or_else(|| "expired_token".into())),
-        Status::Failed => r.failure.clone(),
-        Status::Pending => None,
     }
 }
 
