@@ -25,7 +25,7 @@ fn engine() -> PolicyEngine {
 /// The bundled examples plus deploys over every service/environment pair and
 /// list-phase lookups, so argument values vary from call to call.
 fn inputs() -> Vec<Example> {
-    let mut all = bundled_examples();
+    let mut all = bundled_examples().expect("tests/fixtures/bundled_examples.json");
     let base = all
         .iter()
         .find(|e| e.name == "deploy payments prod")
@@ -148,7 +148,9 @@ fn bench(c: &mut Criterion) {
 
 /// The examples with known expected effects (the generated deploys are excluded).
 fn bundled_examples_cached(inputs: &[Example]) -> Vec<&Example> {
-    let n = bundled_examples().len();
+    let n = bundled_examples()
+        .expect("tests/fixtures/bundled_examples.json")
+        .len();
     inputs.iter().take(n).collect()
 }
 

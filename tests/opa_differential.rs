@@ -144,7 +144,11 @@ fn decide_from(values: &RuleValues, input: &Value) -> (Effect, Option<Value>) {
 }
 
 fn inputs() -> Vec<Value> {
-    let mut inputs: Vec<Value> = bundled_examples().into_iter().map(|e| e.input).collect();
+    let mut inputs: Vec<Value> = bundled_examples()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.input)
+        .collect();
     let deploy = inputs
         .iter()
         .find(|i| i["tool"]["name"] == "deploy_service" && i["phase"] == "request")

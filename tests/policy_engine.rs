@@ -629,7 +629,7 @@ fn decide_never_panics_on_odd_inputs() {
 #[test]
 fn engine_is_shareable_across_threads() {
     let e = PolicyEngine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
-    let examples = ciba_gate::policy::testing::bundled_examples();
+    let examples = ciba_gate::policy::testing::bundled_examples().unwrap();
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {

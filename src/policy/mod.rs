@@ -44,7 +44,7 @@ use engine::Compiled;
 pub const PACKAGE: &str = "ciba_gate";
 
 /// What the gateway does with a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     Allow,
