@@ -31,6 +31,13 @@ use super::{
     Decision, Effect, EvalPath, PACKAGE, PolicyError, PolicyOptions, Reason, RuleValues, codes,
 };
 
+mod messages;
+mod reasons;
+
+pub(crate) use messages::error_text;
+use messages::*;
+pub(crate) use reasons::deny_reasons;
+
 /// The three rules the gateway reads, in evaluation order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rule {
@@ -182,61 +189,6 @@ pub(crate) fn build_engine(
         .add_data(data.clone())
         .map_err(|e| compile_err("data", first_lines(&e.to_string())))?;
     Ok((engine, data, defined, analysis))
-}
-
-/// An evaluation error as one readable line. regorus formats an error as
-/// `\n--> file:line:col\n |\nN | source line\n | ^\nerror: message` (possibly
-/// nested); this keeps the location, the last message and the policy source line.
-pub(crate) fn error_text(msg: &str) -> String {
-    let lines: Vec<&str> = msg
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let location = lines
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("--> "))
-        .map(str::trim);
-    let message = lines
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .or_else(|| {
-            lines
-                .iter()
-                .rev()
-                .find(|l| !l.starts_with('|') && !l.starts_with("-->"))
-                .copied()
-        })
-        .unwrap_or("evaluation failed");
-    let source = lines.iter().rev().find_map(|l| {
-        let (num, rest) = l.split_once('|')?;
-        (!num.trim().is_empty() && num.trim().chars().all(|c| c.is_ascii_digit()))
-            .then(|| rest.trim())
-    });
-    let mut out = match location {
-        Some(loc) => format!("{loc}: {message}"),
-        None => message.to_string(),
-    };
-    if let Some(src) = source.filter(|s| !s.is_empty()) {
-        out.push_str(&format!(" (in `{src}`)"));
-    }
-    first_lines(&out)
-}
-
-/// Error messages from regorus can be long (source excerpts); keep them log-sized.
-fn first_lines(msg: &str) -> String {
-    let mut out: String = msg.lines().take(12).collect::<Vec<_>>().join("\n");
-    if out.len() > 1200 {
-        let mut cut = 1200;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
 }
 
 impl Compiled {
@@ -642,89 +594,6 @@ fn compile_rvm(policy: CompiledPolicy, entry_points: &[&str]) -> Result<Rvm, Str
     let program =
         Compiler::compile_from_policy(&policy, entry_points).map_err(|e| e.to_string())?;
     Ok(Rvm { program, policy })
-}
-
-/// Turns the value of `deny` into reasons. Set (or array) elements: a string is a
-/// `policy_denied` reason, an object gives its own `code` and `message`. A boolean
-/// `deny` (someone wrote `deny if ...`) is honoured too. Anything else fails closed.
-pub(crate) fn deny_reasons(deny: &Value) -> Result<Vec<Reason>, String> {
-    let items: Vec<&Value> = match deny {
-        Value::Undefined | Value::Bool(false) | Value::Null => return Ok(Vec::new()),
-        Value::Bool(true) => {
-            return Ok(vec![Reason {
-                code: codes::POLICY_DENIED.to_string(),
-                message: "denied by policy".to_string(),
-            }]);
-        }
-        Value::Set(s) => s.iter().collect(),
-        Value::Array(a) => a.iter().collect(),
-        _ => return Err("rule deny must be a set".to_string()),
-    };
-    let mut reasons = Vec::with_capacity(items.len());
-    for item in items {
-        reasons.push(match item {
-            Value::String(s) => Reason {
-                code: codes::POLICY_DENIED.to_string(),
-                message: s.to_string(),
-            },
-            Value::Object(obj) => {
-                let get = |k: &str| match obj.get(&Value::from(k)) {
-                    Some(Value::String(s)) => Some(s.to_string()),
-                    _ => None,
-                };
-                let code = get("code").unwrap_or_else(|| codes::POLICY_DENIED.to_string());
-                let message =
-                    get("message").unwrap_or_else(|| format!("denied by policy ({code})"));
-                Reason { code, message }
-            }
-            other => Reason {
-                code: codes::POLICY_DENIED.to_string(),
-                message: serde_json::to_string(other).unwrap_or_else(|_| "denied".to_string()),
-            },
-        });
-    }
-    Ok(reasons)
-}
-
-/// Evaluation errors go to logs and to the agent; they must not carry input values
-/// (arguments may be secrets). Replace every input string of 3+ characters.
-fn scrub(msg: &str, input: &serde_json::Value) -> String {
-    let mut strings = Vec::new();
-    collect_strings(input, &mut strings, 0);
-    strings.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut out = first_lines(msg);
-    for s in strings {
-        if s.len() >= 3 && out.contains(s) {
-            out = out.replace(s, "<redacted>");
-        }
-    }
-    out
-}
-
-fn collect_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>, depth: usize) {
-    if depth > 64 || out.len() > 4096 {
-        return;
-    }
-    match v {
-        serde_json::Value::String(s) => out.push(s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out, depth + 1)),
-        serde_json::Value::Object(o) => {
-            for (k, x) in o {
-                out.push(k);
-                collect_strings(x, out, depth + 1);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Best-effort: which file an error message points at (regorus prints `file:line:col`).
-fn locate(msg: &str, set: &FileSet) -> String {
-    set.files
-        .iter()
-        .find(|f| msg.contains(&f.name))
-        .map(|f| f.name.clone())
-        .unwrap_or_else(|| set.dir.display().to_string())
 }
 
 #[cfg(test)]
