@@ -1203,6 +1203,27 @@ async fn a_throttled_second_approver_means_no_one_is_asked() {
     asked_of(&p, 'b');
     let a = call_mcp(s.gw_addr, deploy(97, "payments", "prod", true), &[]).await;
     assert_eq!(reason(&a.result), "approval_rate_limited", "{}", a.result);
+    // The answer says when to try again: in `_meta` and as `Retry-After` (the window).
+    assert_eq!(
+        a.result["result"]["_meta"]["ciba-gate/retry_after_seconds"], 60,
+        "{}",
+        a.result
+    );
+    assert_eq!(a.headers["retry-after"], "60");
+    // A plain HTTP tool call over the limit: the same, as JSON and a header.
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/tickets/projects/api/issues/98",
+            s.gw_addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "60");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "approval_rate_limited");
+    assert_eq!(body["retry_after_seconds"], 60);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let p = s.op.pending();
     assert_eq!(p.len(), 1, "only Bob's earlier prompt: {p:?}");
