@@ -66,6 +66,11 @@ fn classify(
     message_unit(&call, &base, &head, &msg, Some("2025-06-18"), single)
 }
 
+/// The unit of a request carrying only `message`, from a client that accepts SSE.
+fn request(gw: &Arc<Gateway>, message: Value) -> Unit {
+    classify(gw, message, SSE_AND_JSON, true).expect("a unit")
+}
+
 fn tool_call(id: i64, name: &str, arguments: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
            "params": {"name": name, "arguments": arguments}})
@@ -78,13 +83,10 @@ fn deploy_prod() -> Value {
 #[test]
 fn a_tool_call_becomes_a_unit_policy_reads_by_name_and_arguments() {
     let gw = gateway();
-    let unit = classify(
+    let unit = request(
         &gw,
         tool_call(7, "list_deployments", json!({"env": "prod"})),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    );
     let input = unit.input.to_value();
     assert_eq!(input["tool"]["name"], "list_deployments");
     assert_eq!(input["tool"]["arguments"], json!({"env": "prod"}));
@@ -105,7 +107,7 @@ fn the_caller_records_what_the_client_can_do_for_an_approval() {
     let gw = gateway();
     let mut call = tool_call(8, "deploy_service", deploy_prod());
     call["params"]["_meta"] = json!({"progressToken": "t-8"});
-    let unit = classify(&gw, call, SSE_AND_JSON, true).unwrap();
+    let unit = request(&gw, call);
     let Some(Caller::Mcp {
         id,
         progress_token,
@@ -142,25 +144,19 @@ fn the_caller_records_what_the_client_can_do_for_an_approval() {
 #[test]
 fn an_allowed_call_is_forwarded_and_a_denied_one_blocked_with_the_policys_code() {
     let gw = gateway();
-    let mut allowed = classify(
+    let mut allowed = request(
         &gw,
         tool_call(1, "list_deployments", json!({"env": "prod"})),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    );
     assert!(matches!(
         decide::request(&gw, &mut allowed),
         Verdict::Forward
     ));
 
-    let mut denied = classify(
+    let mut denied = request(
         &gw,
         tool_call(2, "delete_repository", json!({"repo": "acme/payments"})),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    );
     match decide::request(&gw, &mut denied) {
         Verdict::Block(reason) => assert_eq!(reason.code(), "destructive_tool"),
         other => panic!("delete_repository must be blocked, got {other:?}"),
@@ -170,13 +166,7 @@ fn an_allowed_call_is_forwarded_and_a_denied_one_blocked_with_the_policys_code()
 #[test]
 fn a_sensitive_call_asks_a_person_with_the_policys_approval_object() {
     let gw = gateway();
-    let mut unit = classify(
-        &gw,
-        tool_call(3, "deploy_service", deploy_prod()),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    let mut unit = request(&gw, tool_call(3, "deploy_service", deploy_prod()));
     let Verdict::Approve(approval) = decide::request(&gw, &mut unit) else {
         panic!("deploy_service to prod needs a person");
     };
@@ -218,23 +208,17 @@ fn a_malformed_tool_call_is_refused_before_policy_with_invalid_params() {
 #[test]
 fn a_notification_has_no_answer_and_a_list_is_marked_for_filtering() {
     let gw = gateway();
-    let note = classify(
+    let note = request(
         &gw,
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    );
     assert!(matches!(note.shape, Shape::Unanswerable));
     assert!(note.approvable.is_none() && note.tool.is_none());
 
-    let list = classify(
+    let list = request(
         &gw,
         json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list"}),
-        SSE_AND_JSON,
-        true,
-    )
-    .unwrap();
+    );
     assert_eq!(list.list_id.as_deref(), Some("6"));
     assert!(matches!(list.shape, Shape::JsonRpc { .. }));
 }
