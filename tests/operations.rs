@@ -82,6 +82,32 @@ async fn post_mcp(port: u16, body: Value) -> Value {
 }
 
 /// Waits for a pending request at the development OP and returns its id.
+/// Waits for `/readyz` to answer 200, as an orchestrator does before sending traffic
+/// (until the OP's metadata and keys are in, an approval call is `op_unavailable`);
+/// returns its body. Until then it must answer 503.
+async fn until_ready(dev: &Dev) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client()
+            .get(format!("http://127.0.0.1:{}/readyz", dev.admin))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        if status == 200 {
+            return body;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {body}\n{}",
+            dev.child.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn pending_at_op(op: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -161,27 +187,7 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    // Ready once the OP's metadata and keys are in (the dev OP is local: quickly).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = loop {
-        let r = client()
-            .get(format!("{admin}/readyz"))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
-        if status == 200 {
-            break body;
-        }
-        assert_eq!(status, 503);
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {body}\n{}",
-            dev.child.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let ready = until_ready(&dev).await;
     assert_eq!(ready["status"], "ready");
     for check in ["policy", "store", "op", "accepting"] {
         assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
@@ -352,6 +358,7 @@ async fn admin_listener_serves_metrics_promtool_accepts_and_probes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_a_held_call_shutting_down_within_the_drain_and_exits_0() {
     let mut dev = start_dev("dev-sigterm", "2s");
+    until_ready(&dev).await;
     let gw = dev.gw;
     let held = tokio::spawn(post_mcp(
         gw,
