@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::Approvals;
-use super::driver::{check_id_token, finish, redeem_for_ping};
+use super::driver::{check_id_token, finish, op_ended, redeem_for_ping};
 use crate::ciba::{CibaClient, DeliveryMode, PushNotification};
 use crate::store::{Resolution, Status};
 
@@ -238,11 +238,7 @@ pub async fn handle(
                             json!({"error": "invalid_request", "error_description": "auth_req_id does not match"}),
                         );
                     }
-                    match error.as_str() {
-                        "access_denied" => Resolution::Denied("access_denied".into()),
-                        "expired_token" => Resolution::Expired,
-                        other => Resolution::Failed(other.to_string()),
-                    }
+                    op_ended(Some(&error), error.as_str())
                 }
             };
             finish(&approvals, &fingerprint, resolution, "push").await;

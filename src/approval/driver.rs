@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::Approvals;
 use crate::ciba::{
-    AuthRequest, CibaError, DeliveryMode, IdTokenCheck, Poller, TokenPoll, TokenSet,
+    AuthRequest, CibaError, DeliveryMode, ErrorCode, IdTokenCheck, Poller, TokenPoll, TokenSet,
 };
 use crate::store::{Approver, Claim, Resolution, Status, now_ms};
 
@@ -307,13 +307,13 @@ pub(crate) async fn redeem(
             return Attempt::Transport("store_unavailable".into());
         }
     }
-    let out = match token_step(approvals, auth_req_id, poller).await {
-        Step::Resolved(resolution) => {
+    let out = match token_request(approvals, auth_req_id, poller).await {
+        Ok(Some(resolution)) => {
             finish(approvals, fingerprint, resolution, party).await;
             Attempt::Resolved
         }
-        Step::KeepWaiting => Attempt::KeepWaiting,
-        Step::Transport(code) => Attempt::Transport(code),
+        Ok(None) => Attempt::KeepWaiting,
+        Err(code) => Attempt::Transport(code),
     };
     // Normally already gone with the result; else (still pending) the next party's turn.
     if let Err(e) = approvals
@@ -364,15 +364,14 @@ pub(crate) async fn redeem_for_ping(
     }
 }
 
-enum Step {
-    Resolved(Resolution),
-    KeepWaiting,
-    /// The OP could not be reached this time; keep trying until the deadline.
-    Transport(String),
-}
-
-/// One token request and what it means.
-async fn token_step(approvals: &Approvals, auth_req_id: &str, poller: &mut Poller) -> Step {
+/// One token request: `Ok(Some(_))` when it ended the approval, `Ok(None)` when the
+/// person has not answered yet (or the OP asked to slow down), `Err(code)` when the OP
+/// could not be reached this time (keep trying until the deadline).
+async fn token_request(
+    approvals: &Approvals,
+    auth_req_id: &str,
+    poller: &mut Poller,
+) -> Result<Option<Resolution>, String> {
     match approvals
         .ciba
         .poll_token(auth_req_id)
@@ -380,36 +379,41 @@ async fn token_step(approvals: &Approvals, auth_req_id: &str, poller: &mut Polle
         .await
     {
         Ok(TokenPoll::Granted(tokens)) => {
-            Step::Resolved(validate(approvals, auth_req_id, &tokens, false).await)
+            Ok(Some(validate(approvals, auth_req_id, &tokens, false).await))
         }
-        Ok(TokenPoll::Pending) => Step::KeepWaiting,
+        Ok(TokenPoll::Pending) => Ok(None),
         Ok(TokenPoll::SlowDown) => {
             poller.on_slow_down();
-            Step::KeepWaiting
+            Ok(None)
         }
         Ok(TokenPoll::RetryAfter(d)) => {
             poller.on_retry_after(d);
-            Step::KeepWaiting
+            Ok(None)
         }
-        Err(e) => classify_error(&e),
+        Err(e) if e.is_retryable() => {
+            crate::telemetry::metrics::op_error(e.code());
+            tracing::debug!(code = e.code(), error = %e, "token request failed; will retry");
+            Err(e.code().to_string())
+        }
+        Err(e) => {
+            let resolution = op_ended(e.error_code(), e.code());
+            if !matches!(resolution, Resolution::Denied(_) | Resolution::Expired) {
+                crate::telemetry::metrics::op_error(e.code());
+            }
+            tracing::info!(code = e.code(), "CIBA request ended at the token endpoint");
+            Ok(Some(resolution))
+        }
     }
 }
 
-fn classify_error(e: &CibaError) -> Step {
-    if !matches!(e.code(), "access_denied" | "expired_token") {
-        crate::telemetry::metrics::op_error(e.code());
+/// What an OP's error code (token endpoint or push) means for the approval: the
+/// person's denial, an expiry, or a failure named `failure`.
+pub(crate) fn op_ended(code: Option<&ErrorCode>, failure: &str) -> Resolution {
+    match code {
+        Some(ErrorCode::AccessDenied) => Resolution::Denied(ErrorCode::AccessDenied.to_string()),
+        Some(ErrorCode::ExpiredToken) => Resolution::Expired,
+        _ => Resolution::Failed(failure.to_string()),
     }
-    if e.is_retryable() {
-        tracing::debug!(code = e.code(), error = %e, "token request failed; will retry");
-        return Step::Transport(e.code().to_string());
-    }
-    let code = e.code();
-    tracing::info!(code, "CIBA request ended at the token endpoint");
-    Step::Resolved(match code {
-        "access_denied" => Resolution::Denied(code.to_string()),
-        "expired_token" => Resolution::Expired,
-        _ => Resolution::Failed(code.to_string()),
-    })
 }
 
 /// Validates the ID token of a token response; the approver's subject becomes a pseudonym.

@@ -11,21 +11,24 @@ pub mod config;
 pub mod driver;
 mod evidence;
 pub mod identity;
+mod params;
 mod quorum;
 pub mod request_state;
+mod settings;
 mod throttle;
 pub mod token_seal;
 
 pub use approvers::{Approver, Approvers, MAX_APPROVERS};
 pub use evidence::ApprovalEvidence;
+pub use params::ApprovalParams;
 pub use quorum::{MemberEvidence, QuorumEvidence, approvals_used};
+pub use settings::{Limit, Mode, Settings};
 use throttle::Throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -33,72 +36,6 @@ use crate::ciba::{AuthRequest, CibaClient, DeliveryMode, UserHint};
 use crate::outcome::Reason;
 use crate::store::{ApprovalRecord, ApprovalStore, Joined, Status, now_ms};
 use binding::Profile;
-
-/// How a held call waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Keep the request open until the decision or the deadline.
-    Hold,
-    /// Answer at once with "pending"; the identical retry picks up the decision.
-    Park,
-}
-
-/// A rate limit: at most `limit` new approval requests per `window`.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    pub limit: u32,
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-}
-
-/// Resolved approval settings (from config).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub mode: Mode,
-    /// Longest a call is held, whatever the OP's expiry says.
-    pub max_wait: Duration,
-    /// Longest a hold runs without a stream that can carry keep-alives; longer waits park.
-    pub max_plain_wait: Duration,
-    pub keepalive: Duration,
-    pub progress_interval: Duration,
-    pub park_retry_after: Duration,
-    pub ping_fallback_poll: Duration,
-    /// How long a final non-granted answer (denied, expired, failed) is kept for retries.
-    pub result_ttl: Duration,
-    pub per_agent: Option<Limit>,
-    pub per_user: Option<Limit>,
-    pub per_action: Option<Limit>,
-    pub denial_cooldown: Duration,
-    pub send_authorization_details: bool,
-    /// `approvals.accept_identity`: the agent may name the end user with an ID token.
-    pub accept_identity: bool,
-    /// Some upstream takes approvers' access tokens: grants keep theirs, sealed.
-    pub keep_access_tokens: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            mode: Mode::Hold,
-            max_wait: Duration::from_secs(300),
-            max_plain_wait: Duration::from_secs(50),
-            keepalive: Duration::from_secs(15),
-            progress_interval: Duration::from_secs(10),
-            park_retry_after: Duration::from_secs(5),
-            ping_fallback_poll: Duration::from_secs(30),
-            result_ttl: Duration::from_secs(60),
-            per_agent: None,
-            per_user: None,
-            per_action: None,
-            denial_cooldown: Duration::from_secs(0),
-            send_authorization_details: false,
-            accept_identity: false,
-            keep_access_tokens: false,
-        }
-    }
-}
 
 /// A call that policy says needs approval.
 pub struct CallForApproval<'a> {
@@ -119,20 +56,6 @@ pub struct CallForApproval<'a> {
     /// The digest a tool server recomputes from the call it receives
     /// (`verify::call_digest`), carried in `authorization_details`.
     pub call_digest: String,
-}
-
-/// What the policy asked for, checked.
-#[derive(Debug, Clone, Serialize)]
-pub struct ApprovalParams {
-    /// Whose phones are asked (never serialized: they hold the raw hints).
-    #[serde(skip)]
-    pub approvers: Approvers,
-    pub action: String,
-    pub binding_message: String,
-    pub scope: String,
-    pub acr_values: Option<String>,
-    pub requested_expiry: Option<u64>,
-    pub mode: Option<Mode>,
 }
 
 /// A call's place in the approval flow.
@@ -310,53 +233,6 @@ impl Approvals {
     /// A keyed hash: pseudonymous identifiers for evidence and throttling.
     pub fn pseudonym(&self, purpose: &str, value: &str) -> String {
         keyed_hash(&self.key, purpose, value)
-    }
-
-    /// Checks the policy's approval object against the OP's limits.
-    pub fn parse_params(
-        &self,
-        params: &Value,
-        identity: Option<&identity::Identity>,
-    ) -> Result<ApprovalParams, Reason> {
-        let s = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_string);
-        let approvers = self.approvers(params, identity)?;
-        let binding_message = s("binding_message").ok_or_else(|| {
-            Reason::ApprovalMisconfigured("the approval has no binding_message".into())
-        })?;
-        self.profile
-            .check(&binding_message)
-            .map_err(|e| Reason::InvalidBindingMessage(e.to_string()))?;
-        let mut scope = s("scope").unwrap_or_else(|| "openid".into());
-        if !scope.split(' ').any(|x| x == "openid") {
-            scope = format!("openid {scope}");
-        }
-        let acr_values = match params.get("acr_values") {
-            Some(Value::String(a)) if !a.is_empty() => Some(a.clone()),
-            Some(Value::Array(items)) => {
-                let v: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
-                (!v.is_empty()).then(|| v.join(" "))
-            }
-            _ => None,
-        };
-        let mode = match params.get("mode").and_then(Value::as_str) {
-            Some("hold") => Some(Mode::Hold),
-            Some("park") => Some(Mode::Park),
-            Some(other) => {
-                return Err(Reason::ApprovalMisconfigured(format!(
-                    "mode {other:?} is not hold or park"
-                )));
-            }
-            None => None,
-        };
-        Ok(ApprovalParams {
-            approvers,
-            action: s("action").unwrap_or_else(|| "approve".into()),
-            binding_message,
-            scope,
-            acr_values,
-            requested_expiry: params.get("requested_expiry").and_then(Value::as_u64),
-            mode,
-        })
     }
 
     /// When a request made at `created_at` gives up: the policy's `requested_expiry`,

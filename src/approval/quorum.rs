@@ -208,7 +208,7 @@ pub(super) async fn settle(approvals: &Arc<Approvals>, ticket: &Ticket, until_ms
             let _ = store
                 .resolve(
                     &ticket.fingerprint,
-                    Resolution::Denied("access_denied".into()),
+                    Resolution::Denied(crate::ciba::ErrorCode::AccessDenied.to_string()),
                 )
                 .await;
             return Settled::Blocked(Reason::ApprovalDenied, records);

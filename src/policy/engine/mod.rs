@@ -11,7 +11,6 @@
 //! makes the rule undefined), so it only runs policy sets in which neither can happen;
 //! every other set runs on the interpreter, which reports both.
 
-use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -20,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
-use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{CompiledPolicy, Engine, Value};
 use serde::Deserialize;
@@ -31,9 +29,11 @@ use super::{
     Decision, Effect, EvalPath, PACKAGE, PolicyError, PolicyOptions, Reason, RuleValues, codes,
 };
 
+mod evaluator;
 mod messages;
 mod reasons;
 
+use evaluator::{Evaluator, drop_thread_caches};
 pub(crate) use messages::error_text;
 use messages::*;
 pub(crate) use reasons::deny_reasons;
@@ -91,15 +91,6 @@ decision := [deny_w, approval_w, allow_w]
 
 /// Distinguishes compiled policy sets in the per-thread caches.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Per-thread evaluators, at most this many policy sets at once (the current one,
-/// plus one being swapped out, plus tests that hold several engines).
-const THREAD_CACHE: usize = 4;
-
-thread_local! {
-    static VMS: RefCell<Vec<(u64, RegoVM)>> = const { RefCell::new(Vec::new()) };
-    static ENGINES: RefCell<Vec<(u64, Engine)>> = const { RefCell::new(Vec::new()) };
-}
 
 struct Rvm {
     program: Arc<Program>,
@@ -454,140 +445,6 @@ impl Compiled {
 /// The input document as the engine holds it.
 pub(crate) fn to_value(input: &serde_json::Value) -> Result<Value, String> {
     Value::deserialize(input).map_err(|e| format!("input is not a valid document: {e}"))
-}
-
-/// Evaluates rules for one input on one thread's cached evaluator.
-struct Evaluator<'a> {
-    id: u64,
-    ready: &'a Ready,
-    path: EvalPath,
-    input: Value,
-    /// Values of deny, approval, allow from one combined VM run.
-    combined: Option<[Value; 3]>,
-}
-
-impl<'a> Evaluator<'a> {
-    fn new(id: u64, ready: &'a Ready, path: EvalPath, input: Value) -> Self {
-        Evaluator {
-            id,
-            ready,
-            path,
-            input,
-            combined: None,
-        }
-    }
-
-    fn rule(&mut self, rule: Rule) -> Result<Value, String> {
-        if !self.ready.defined[rule as usize] {
-            return Ok(Value::Undefined);
-        }
-        match (self.path, &self.ready.rvm) {
-            (EvalPath::Rvm, Some(rvm)) => {
-                if self.combined.is_none() {
-                    let out = self.run_rvm(rvm)?;
-                    self.combined = Some(unwrap_combined(&out)?);
-                }
-                Ok(self
-                    .combined
-                    .as_ref()
-                    .map(|c| c[rule as usize].clone())
-                    .unwrap_or(Value::Undefined))
-            }
-            _ => {
-                if self.combined.is_none() {
-                    let out = self.run_interpreter()?;
-                    self.combined = Some(unwrap_combined(&out)?);
-                }
-                Ok(self
-                    .combined
-                    .as_ref()
-                    .map(|c| c[rule as usize].clone())
-                    .unwrap_or(Value::Undefined))
-            }
-        }
-    }
-
-    fn run_rvm(&self, rvm: &Rvm) -> Result<Value, String> {
-        VMS.with(|cell| {
-            let mut vms = cell.borrow_mut();
-            let idx = match vms.iter().position(|(id, _)| *id == self.id) {
-                Some(i) => i,
-                None => {
-                    let mut vm = RegoVM::new_with_policy(rvm.policy.clone());
-                    vm.load_program(rvm.program.clone());
-                    vm.set_data(self.ready.data.clone())
-                        .map_err(|e| e.to_string())?;
-                    vm.set_max_instructions(self.ready.options.max_instructions);
-                    vm.set_strict_builtin_errors(false);
-                    vm.set_execution_timer_config(Some(timer_config(&self.ready.options)));
-                    if vms.len() >= THREAD_CACHE {
-                        vms.remove(0);
-                    }
-                    vms.push((self.id, vm));
-                    vms.len() - 1
-                }
-            };
-            let vm = &mut vms[idx].1;
-            vm.set_input(self.input.clone());
-            let out = vm
-                .execute_entry_point_by_name(COMBINED_PATH)
-                .map_err(|e| e.to_string());
-            // Do not keep the caller's input alive in the cached VM.
-            vm.set_input(Value::Null);
-            out
-        })
-    }
-
-    /// The three rules in one interpreter run (helper rules computed once); an error
-    /// in any of them is the run's error.
-    fn run_interpreter(&self) -> Result<Value, String> {
-        ENGINES.with(|cell| {
-            let mut engines = cell.borrow_mut();
-            let idx = match engines.iter().position(|(id, _)| *id == self.id) {
-                Some(i) => i,
-                None => {
-                    if engines.len() >= THREAD_CACHE {
-                        engines.remove(0);
-                    }
-                    engines.push((self.id, self.ready.engine.clone()));
-                    engines.len() - 1
-                }
-            };
-            let engine = &mut engines[idx].1;
-            engine.set_input(self.input.clone());
-            let out = engine
-                .eval_rule(COMBINED_PATH.to_string())
-                .map_err(|e| error_text(&e.to_string()));
-            engine.set_input(Value::Null);
-            out
-        })
-    }
-}
-
-/// Splits the combined VM result into the three rule values.
-fn unwrap_combined(out: &Value) -> Result<[Value; 3], String> {
-    let Value::Array(items) = out else {
-        return Err("policy evaluation gave no result".to_string());
-    };
-    let v = Value::from("v");
-    let get = |i: usize| match items.get(i) {
-        Some(Value::Object(o)) => Ok(o.get(&v).cloned().unwrap_or(Value::Undefined)),
-        _ => Err("policy evaluation gave a malformed result".to_string()),
-    };
-    Ok([get(0)?, get(1)?, get(2)?])
-}
-
-fn drop_thread_caches(id: u64) {
-    let _ = VMS.try_with(|c| {
-        if let Ok(mut v) = c.try_borrow_mut() {
-            v.retain(|(i, _)| *i != id);
-        }
-    });
-    let _ = ENGINES.try_with(|c| {
-        if let Ok(mut v) = c.try_borrow_mut() {
-            v.retain(|(i, _)| *i != id);
-        }
-    });
 }
 
 fn compile_rvm(policy: CompiledPolicy, entry_points: &[&str]) -> Result<Rvm, String> {
