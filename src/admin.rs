@@ -69,7 +69,13 @@ impl Admin {
         let mut checks = serde_json::Map::new();
         checks.insert(
             "policy".into(),
-            json!({"ok": policy_ok, "revision": &*revision}),
+            match self.gateway.policy.source_problem() {
+                // Serving the last good bundle (or none yet), and saying why not a newer one.
+                Some(problem) => {
+                    json!({"ok": policy_ok, "revision": &*revision, "source_problem": problem})
+                }
+                None => json!({"ok": policy_ok, "revision": &*revision}),
+            },
         );
         let store_ok = match &self.store {
             None => {

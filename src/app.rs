@@ -18,6 +18,7 @@ use crate::audit::EvidenceSink;
 use crate::ciba::CibaClient;
 use crate::config::LoadedConfig;
 use crate::policy::PolicyEngine;
+use crate::policy::bundle::source::BundleSource;
 use crate::proxy::{Gateway, GatewayParts, server};
 use crate::store::{ApprovalStore, memory::MemoryStore, redis::RedisStore};
 
@@ -73,8 +74,23 @@ impl Builder<'_> {
         let cfg = self.cfg;
         let c = &cfg.config;
         let base = cfg.base();
-        let policy = PolicyEngine::load(&c.policy.dir)
-            .with_context(|| format!("{}: policy.dir", cfg.file.display()))?;
+        let (policy, bundle) = match (&c.policy.dir, &c.policy.bundle) {
+            (Some(dir), _) => (
+                PolicyEngine::load(dir)
+                    .with_context(|| format!("{}: policy.dir", cfg.file.display()))?,
+                None,
+            ),
+            (None, Some(b)) => {
+                let source = BundleSource::resolve(b, &base)
+                    .map_err(|e| anyhow::anyhow!("{}: policy.bundle.{e}", cfg.file.display()))?;
+                tracing::info!(bundle = %source.name(), signed = source.verifies(), "policy comes from a bundle server; every call is denied until the first bundle is in force");
+                (
+                    PolicyEngine::awaiting_bundle(&source.name(), Default::default()),
+                    Some(source),
+                )
+            }
+            (None, None) => anyhow::bail!("{}: policy: give dir or bundle", cfg.file.display()),
+        };
         let shadow = match &c.policy.shadow {
             Some(s) => {
                 let engine = PolicyEngine::load(&s.dir)
@@ -146,6 +162,7 @@ impl Builder<'_> {
             admin_listen: c.admin.listen,
             drain: c.shutdown.drain,
             reload_interval: c.policy.reload_interval,
+            bundle,
         })
     }
 }
@@ -160,6 +177,8 @@ pub struct App {
     admin_listen: SocketAddr,
     drain: Duration,
     reload_interval: Duration,
+    /// The bundle server the policy comes from (instead of a directory).
+    bundle: Option<BundleSource>,
 }
 
 impl App {
@@ -178,12 +197,16 @@ impl App {
 
     /// Binds the proxy, admin and callback listeners (so a bad address fails here),
     /// starts the policy reloader and the OP discovery, and serves until `shutdown`.
-    pub async fn start(self) -> anyhow::Result<Running> {
-        if !self.reload_interval.is_zero() {
+    pub async fn start(mut self) -> anyhow::Result<Running> {
+        if let Some(source) = self.bundle.take() {
+            source.spawn(self.gateway.policy.clone());
+        } else if !self.reload_interval.is_zero() {
             self.gateway.policy.spawn_reloader(self.reload_interval);
-            if let Some(shadow) = &self.gateway.shadow {
-                shadow.spawn_reloader(self.reload_interval);
-            }
+        }
+        if !self.reload_interval.is_zero()
+            && let Some(shadow) = &self.gateway.shadow
+        {
+            shadow.spawn_reloader(self.reload_interval);
         }
         #[cfg(unix)]
         {

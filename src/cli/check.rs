@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::approval::{binding, callback};
 use crate::config::LoadedConfig;
 use crate::policy::PolicyEngine;
+use crate::policy::bundle::source::BundleSource;
 
 /// What `check` found: the lines to print on success, the problems otherwise.
 #[derive(Debug, Default)]
@@ -30,14 +31,20 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
     let file = config.display().to_string();
     let base = cfg.base();
     let c = &cfg.config;
-    match PolicyEngine::load(&c.policy.dir) {
-        Ok(engine) => report.notes.push(format!(
-            "policies in {} compiled (revision {}; {})",
-            c.policy.dir.display(),
-            engine.revision(),
-            crate::policy::evaluator_note(&engine)
-        )),
-        Err(e) => report.problems.push(format!("{file}: policy.dir: {e}")),
+    match (&c.policy.dir, &c.policy.bundle) {
+        (Some(dir), _) => match PolicyEngine::load(dir) {
+            Ok(engine) => report.notes.push(format!(
+                "policies in {} compiled (revision {}; {})",
+                dir.display(),
+                engine.revision(),
+                crate::policy::evaluator_note(&engine)
+            )),
+            Err(e) => report.problems.push(format!("{file}: policy.dir: {e}")),
+        },
+        (None, Some(b)) => check_bundle(&mut report, &file, b, &base, offline).await,
+        (None, None) => report
+            .problems
+            .push(format!("{file}: policy: give dir or bundle")),
     }
     for (i, u) in c.upstreams.iter().enumerate() {
         if let Some(cred) = &u.credential
@@ -79,8 +86,10 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
             .problems
             .push(format!("{file}: approvals.callback.tls: {e:#}"));
     }
-    if let Ok(engine) = PolicyEngine::load(&c.policy.dir) {
-        match binding::check_samples(&engine, &c.policy.dir, &resolved.profile) {
+    if let Some(dir) = &c.policy.dir
+        && let Ok(engine) = PolicyEngine::load(dir)
+    {
+        match binding::check_samples(&engine, dir, &resolved.profile) {
             Err(e) => report.problems.push(format!("{file}: policy samples: {e}")),
             Ok((checked, problems)) if problems.is_empty() => report.notes.push(format!(
                 "{checked} sample binding message(s) fit the {} profile",
@@ -111,4 +120,52 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// A bundle server is asked once (unless `offline`): the bundle must download, verify
+/// and compile, as the running gateway would require.
+async fn check_bundle(
+    report: &mut Report,
+    file: &str,
+    cfg: &crate::policy::config::BundleConfig,
+    base: &Path,
+    offline: bool,
+) {
+    let source = match BundleSource::resolve(cfg, base) {
+        Ok(s) => s,
+        Err(e) => {
+            report.problems.push(format!("{file}: policy.bundle.{e}"));
+            return;
+        }
+    };
+    if offline {
+        report.notes.push(format!(
+            "policy bundle {} not fetched (--offline)",
+            source.name()
+        ));
+        return;
+    }
+    match source.fetch(None).await {
+        Ok(crate::policy::bundle::source::Fetched::Bundle { set, .. }) => {
+            let engine = PolicyEngine::awaiting_bundle(&source.name(), Default::default());
+            match engine.install(set) {
+                Ok(_) => report.notes.push(format!(
+                    "policy bundle {} {}verified and compiled (revision {}; {})",
+                    source.name(),
+                    if source.verifies() {
+                        ""
+                    } else {
+                        "(unsigned, not) "
+                    },
+                    engine.revision(),
+                    crate::policy::evaluator_note(&engine)
+                )),
+                Err(e) => report.problems.push(format!("{file}: policy.bundle: {e}")),
+            }
+        }
+        Ok(crate::policy::bundle::source::Fetched::NotModified) => report.problems.push(format!(
+            "{file}: policy.bundle: the server answered 304 to a first request"
+        )),
+        Err(e) => report.problems.push(format!("{file}: policy.bundle: {e}")),
+    }
 }

@@ -109,7 +109,9 @@ impl LoadedConfig {
             ConfigError::new(file, key, e.inner().to_string())
         })?;
         let loaded_base = base_dir(file);
-        config.policy.dir = loaded_base.join(&config.policy.dir);
+        if let Some(dir) = config.policy.dir.as_mut() {
+            *dir = loaded_base.join(&*dir);
+        }
         if let Some(s) = config.policy.shadow.as_mut() {
             s.dir = loaded_base.join(&s.dir);
         }

@@ -36,11 +36,17 @@ pub(crate) struct FileSet {
     pub dir: PathBuf,
     /// Sorted by name.
     pub files: Vec<SourceFile>,
+    /// The revision a bundle's manifest names (else the content hash is the revision).
+    pub named_revision: Option<String>,
 }
 
 impl FileSet {
-    /// Short content hash over names and contents of all files in the set.
+    /// The bundle's own revision, or a short content hash over names and contents of
+    /// all files in the set.
     pub fn revision(&self) -> String {
+        if let Some(named) = &self.named_revision {
+            return named.clone();
+        }
         let mut h = Sha256::new();
         for f in &self.files {
             h.update((f.name.len() as u64).to_le_bytes());
@@ -57,7 +63,7 @@ impl FileSet {
 /// binding-message validation; they are not data.
 pub const SAMPLE_SUFFIX: &str = ".sample.json";
 
-fn kind_of(name: &str) -> Option<Kind> {
+pub(crate) fn kind_of(name: &str) -> Option<Kind> {
     if name.ends_with(SAMPLE_SUFFIX) {
         None
     } else if name.ends_with("_test.rego") {
@@ -81,6 +87,7 @@ pub(crate) fn scan(dir: &Path, with_tests: bool) -> Result<FileSet, PolicyError>
     Ok(FileSet {
         dir: dir.to_path_buf(),
         files,
+        named_revision: None,
     })
 }
 

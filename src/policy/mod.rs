@@ -18,6 +18,7 @@
 //! `policy_error`.
 
 mod analysis;
+pub mod bundle;
 pub mod config;
 mod engine;
 mod types;
@@ -173,6 +174,8 @@ struct Shared {
     current: ArcSwap<Compiled>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// Why the policy source (a bundle server) last failed; `None` while it is fine.
+    source_problem: std::sync::Mutex<Option<String>>,
 }
 
 /// The policy set in force. Cheap to clone (all clones share the same policy and
@@ -238,6 +241,35 @@ impl PolicyEngine {
         }
     }
 
+    /// An engine for a policy that comes from a bundle server (`source` names it):
+    /// every decision is a Deny `policy_unavailable` until the first bundle is in force.
+    pub fn awaiting_bundle(source: &str, options: PolicyOptions) -> Self {
+        let compiled = Compiled::unavailable(format!("waiting for the first bundle from {source}"));
+        Self::from_compiled(Path::new(source), options, compiled)
+    }
+
+    /// Compiles `set` and puts it in force; a set that does not compile leaves the
+    /// policy in force (counted as a failed reload).
+    pub(crate) fn install(&self, set: files::FileSet) -> Result<bool, PolicyError> {
+        reload::install(self, &set)
+    }
+
+    /// Notes why the policy source last failed (`None`: it is fine again).
+    pub(crate) fn set_source_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.shared.source_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Why the policy source (a bundle server) last failed, while it does.
+    pub fn source_problem(&self) -> Option<String> {
+        self.shared
+            .source_problem
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+    }
+
     fn from_compiled(dir: &Path, options: PolicyOptions, compiled: Compiled) -> Self {
         PolicyEngine {
             shared: Arc::new(Shared {
@@ -246,6 +278,7 @@ impl PolicyEngine {
                 current: ArcSwap::from_pointee(compiled),
                 reloads: AtomicU64::new(0),
                 reload_failures: AtomicU64::new(0),
+                source_problem: std::sync::Mutex::new(None),
             }),
         }
     }

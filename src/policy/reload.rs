@@ -49,13 +49,33 @@ pub(crate) fn check_once(
         // Same broken content as last time: already reported.
         return Ok(false);
     }
-    match Compiled::build(&set, &shared.options) {
+    match install(engine, &set) {
+        Ok(changed) => {
+            state.last_rejected = None;
+            Ok(changed)
+        }
+        Err(err) => {
+            state.last_rejected = Some(revision);
+            Err(err)
+        }
+    }
+}
+
+/// Compiles `set` and puts it in force (`Ok(false)`: that revision already is). A set
+/// that does not compile is counted and logged; the policy in force stays.
+pub(crate) fn install(engine: &PolicyEngine, set: &files::FileSet) -> Result<bool, PolicyError> {
+    let shared = &engine.shared;
+    let revision = set.revision();
+    let current = shared.current.load();
+    if current.revision.as_ref() == revision {
+        return Ok(false);
+    }
+    match Compiled::build(set, &shared.options) {
         Ok(compiled) => {
             let old = current.revision.clone();
             let eval_path = compiled.eval_path();
             shared.current.store(Arc::new(compiled));
             shared.reloads.fetch_add(1, Ordering::Relaxed);
-            state.last_rejected = None;
             tracing::info!(
                 dir = %shared.dir.display(),
                 old_revision = %old,
@@ -83,7 +103,6 @@ pub(crate) fn check_once(
                 revision = %current.revision,
                 "policy reload rejected; keeping the policy in force"
             );
-            state.last_rejected = Some(revision);
             Err(err)
         }
     }

@@ -107,6 +107,7 @@ pub struct Metrics {
     evidence_lost: Counter,
     token_requests_deferred: Family<PartyLabels, Counter>,
     shadow_differences: Family<ShadowLabels, Counter>,
+    bundle_polls: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -206,7 +207,14 @@ impl Metrics {
             "Evidence records lost because writing them to the sink failed",
             evidence_lost.clone(),
         );
+        let bundle_polls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_policy_bundle_polls",
+            "Polls of the policy bundle server, by result (ok: new bundle in force or not modified; download_failed, malformed, verification_failed, compile_failed: the last good bundle stays in force)",
+            bundle_polls.clone(),
+        );
         Metrics {
+            bundle_polls,
             registry,
             evidence_written,
             evidence_lost,
@@ -237,6 +245,14 @@ pub fn evidence_written(records: u64) {
 /// Counts records lost to a failed write.
 pub fn evidence_lost(records: u64) {
     METRICS.evidence_lost.inc_by(records);
+}
+
+/// Counts one poll of the bundle server (`result` from a fixed set).
+pub fn bundle_poll(result: &'static str) {
+    METRICS
+        .bundle_polls
+        .get_or_create(&ResultLabels { result })
+        .inc();
 }
 
 /// Counts one call the shadow policy set decided differently.
