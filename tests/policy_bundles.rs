@@ -429,3 +429,72 @@ fn check_fetches_verifies_and_compiles_the_bundle() {
         "{text}"
     );
 }
+
+/// A bundle built and signed by an independent signer (Python: tarfile, json,
+/// PyJWT with RS256 and a key id and scope), following OPA's documented format,
+/// verifies and goes into force; the same bundle with a file edited does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_signed_by_an_independent_opa_signer_goes_into_force() {
+    let python = support::python_sdk();
+    let src = tempfile::tempdir().unwrap();
+    for (name, content) in bundle_files("py-1", &["list_deployments"]) {
+        let path = src.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/opa_sign.py"))
+        .arg(src.path())
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bundle = std::fs::read(out.path().join("bundle.tar.gz")).unwrap();
+    let public = std::fs::read_to_string(out.path().join("public.pem")).unwrap();
+
+    let state = Arc::new(Mutex::new(Served::default()));
+    state.lock().unwrap().bundle = Some((bundle.clone(), "\"py\"".into()));
+    let (bundle_addr, _server) = bundle_server(state.clone()).await;
+    let (up_addr, _upstream) = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rsa.pem"), &public).unwrap();
+    let yaml = format!(
+        "agent: {{id: billing-agent}}\n\
+         policy:\n  bundle:\n    url: \"http://{bundle_addr}/b.tar.gz\"\n    polling: {{min_delay: 50ms, max_delay: 100ms}}\n    signing: {{public_key_file: rsa.pem, algorithm: RS256, key_id: python_key, scope: write}}\n\
+         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{up_addr}/mcp\"}}\n"
+    );
+    let gate = Gate::start(dir.path(), &yaml).await;
+    until_ready(&gate, "the Python-signed bundle", |s, b| {
+        s == 200 && b["checks"]["policy"]["revision"] == "py-1"
+    })
+    .await;
+    let ok = support::post_mcp(gate.addr, &call("list_deployments", 1)).await;
+    assert_eq!(ok["result"]["content"][0]["text"], "done", "{ok}");
+
+    // The same archive with one byte of the module changed (re-packed, same signature).
+    let mut files = Vec::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle.as_slice()));
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+        if name.ends_with("policy.rego") {
+            content = String::from_utf8(content)
+                .unwrap()
+                .replace("tools/call", "tools/cal1")
+                .into_bytes();
+        }
+        files.push((name.trim_start_matches('/').to_string(), content));
+    }
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+    state.lock().unwrap().bundle = Some((tar_gz(&files), "\"py2\"".into()));
+    let body = until_ready(&gate, "the edited bundle refused", |_, b| {
+        b["checks"]["policy"]["source_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("policy.rego does not match its signed hash"))
+    })
+    .await;
+    assert_eq!(body["checks"]["policy"]["revision"], "py-1");
+}
