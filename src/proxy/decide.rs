@@ -203,7 +203,7 @@ pub fn list_shows(
     };
     let mut input = PolicyInput::new(Phase::List, base.agent.clone(), base.upstream.clone());
     input.mcp = base.mcp.as_ref().map(|m| input::Mcp {
-        method: Some("tools/call".into()),
+        method: Some(super::mcp::methods::name_of(super::mcp::methods::Role::ToolCall).into()),
         kind: "request",
         protocol_version: m.protocol_version.clone(),
         session: m.session.clone(),

@@ -281,7 +281,12 @@ impl Drop for ConcludeOnDrop {
     fn drop(&mut self) {
         let hidden = self.hidden.load(std::sync::atomic::Ordering::Relaxed);
         for mut r in self.records.drain(..) {
-            if r.get_mut().mcp_method.as_deref() == Some("tools/list") {
+            let method = r
+                .get_mut()
+                .mcp_method
+                .as_deref()
+                .map(super::mcp::methods::lookup);
+            if method.is_some_and(|m| m.role == super::mcp::methods::Role::ToolList) {
                 let rec = r.get_mut();
                 rec.hidden_tools = Some(hidden);
                 if rec.shadow.is_none() {

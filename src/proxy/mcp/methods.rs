@@ -61,6 +61,11 @@ const PLAIN: Method = Method {
     mirrored_param: None,
 };
 
+/// The method that has `role` (`ToolCall`, `ToolList`: one each).
+pub fn name_of(role: Role) -> &'static str {
+    TABLE.iter().find(|m| m.role == role).map_or("", |m| m.name)
+}
+
 /// The row for `name` (a plain method when it is not in the table).
 pub fn lookup(name: &str) -> Method {
     TABLE
@@ -80,5 +85,7 @@ mod tests {
         assert_eq!(lookup("tools/list").role, Role::ToolList);
         assert_eq!(lookup("resources/read").mirrored_param, Some("uri"));
         assert_eq!(lookup("made/up").role, Role::Plain);
+        assert_eq!(name_of(Role::ToolCall), "tools/call");
+        assert_eq!(name_of(Role::ToolList), "tools/list");
     }
 }
