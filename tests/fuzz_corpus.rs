@@ -87,3 +87,8 @@ fn request_state_seeds_hold_their_properties() {
 fn config_seeds_hold_their_properties() {
     replay("config");
 }
+
+#[test]
+fn bundle_seeds_hold_their_properties() {
+    replay("bundle");
+}

@@ -3,6 +3,7 @@
 //! function takes the fuzzer's bytes and panics when a property fails; "no panic" alone
 //! is never the property. Not an API: hidden from the docs, free to change.
 
+pub mod bundle;
 pub mod callback;
 pub mod config;
 pub mod id_token;
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("id_token", id_token::id_token),
     ("request_state", request_state::request_state),
     ("config", config::config),
+    ("bundle", bundle::bundle),
 ];
 
 /// Whether two JSON values are the same document, numbers compared by value (`1.0` and

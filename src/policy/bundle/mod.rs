@@ -95,8 +95,11 @@ pub(crate) fn read(
     to_file_set(&files, origin)
 }
 
-/// The archive's regular files by normalised name.
-fn unpack(archive: &[u8], max_bytes: usize) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+/// The archive's regular files by normalised name (unverified).
+pub(crate) fn unpack(
+    archive: &[u8],
+    max_bytes: usize,
+) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
     // The limit applies to the decompressed stream: a small archive cannot unpack to
     // gigabytes.
     let hit = std::rc::Rc::new(std::cell::Cell::new(false));

@@ -88,7 +88,7 @@ impl Verifier {
 
     /// Verifies the signature and that it names exactly the files present, each with
     /// the hash of its content.
-    pub(super) fn verify(
+    pub(crate) fn verify(
         &self,
         signatures: &[u8],
         files: &BTreeMap<String, Vec<u8>>,
