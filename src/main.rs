@@ -151,6 +151,10 @@ enum PolicyCommand {
         /// (implies --coverage).
         #[arg(long, value_name = "PERCENT")]
         threshold: Option<f64>,
+        /// Explain failing tests (fails) or every test (full): the line where the
+        /// test's body stopped and every line it evaluated, per file.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "fails")]
+        explain: Option<ciba_gate::cli::policy::ExplainMode>,
     },
     /// Evaluate a query (like `opa eval`), or without one the gateway decision for
     /// --input, printed as JSON.
@@ -327,6 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format,
                     coverage,
                     threshold,
+                    explain,
                 },
         } => ciba_gate::cli::policy::test(ciba_gate::cli::policy::TestArgs {
             dir,
@@ -335,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             coverage,
             threshold,
+            explain,
         }),
         Command::Policy {
             command:

@@ -332,3 +332,50 @@ fn print_in_a_policy_sees_the_input() {
         );
     }
 }
+
+/// `--explain` (OPA's `--explain fails|full`): for a failing test, the line where its
+/// body stopped (the condition that did not hold) and every line it evaluated, per
+/// file; `full` explains passing tests too; JSON carries the same.
+#[test]
+fn explain_shows_where_a_failing_test_stopped_and_what_it_evaluated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package ciba_gate\nimport rego.v1\n\nallow if {\n\tinput.x > 0\n\tinput.y == \"ok\"\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package ciba_gate\nimport rego.v1\n\
+         test_needs_y if {\n\tinput_doc := {\"x\": 1, \"y\": \"no\"}\n\tallow with input as input_doc\n\ttrue\n}\n\
+         test_ok if allow with input as {\"x\": 1, \"y\": \"ok\"}\n",
+    )
+    .unwrap();
+    let out = policy_test(dir.path(), &["--explain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("explain: stopped at p_test.rego:5: allow with input as input_doc"),
+        "{text}"
+    );
+    assert!(text.contains("explain: evaluated p.rego: 5-6"), "{text}");
+    assert!(
+        !text.contains("test_ok"),
+        "fails: only failing tests are explained: {text}"
+    );
+
+    let out = policy_test(dir.path(), &["--explain", "full", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let bad = results
+        .iter()
+        .find(|r| r["name"] == "test_needs_y")
+        .unwrap();
+    assert_eq!(bad["explanation"]["stopped_at"]["row"], 5, "{bad}");
+    let ok = results.iter().find(|r| r["name"] == "test_ok").unwrap();
+    assert!(
+        ok["explanation"]["evaluated"].is_array(),
+        "full explains passes too: {ok}"
+    );
+    assert!(ok["explanation"].get("stopped_at").is_none(), "{ok}");
+}

@@ -31,6 +31,16 @@ pub struct TestArgs {
     pub coverage: bool,
     /// Minimum coverage of the policy files, in percent (implies coverage).
     pub threshold: Option<f64>,
+    pub explain: Option<ExplainMode>,
+}
+
+/// `--explain`: which tests get an explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainMode {
+    /// Failing tests.
+    Fails,
+    /// Every test.
+    Full,
 }
 
 /// Exit codes: 0 every test passed (and coverage met the threshold); 1 a test failed
@@ -48,6 +58,10 @@ pub fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let options = TestOptions {
         run,
         coverage: args.coverage || args.threshold.is_some(),
+        explain: args.explain.map(|m| match m {
+            ExplainMode::Fails => testing::Explain::Fails,
+            ExplainMode::Full => testing::Explain::Full,
+        }),
     };
     let report = testing::run_tests_with(&args.dir, &options)?;
     if report.results.is_empty() {

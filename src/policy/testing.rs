@@ -2,7 +2,11 @@
 //! package, evaluated on the interpreter (test rules use `with`, which the bytecode
 //! VM does not support). A test passes iff it evaluates to `true`. The flags follow
 //! `opa test`: `-v` (each test, its duration and `print` output), `--run REGEX`,
-//! `--format pretty|json`, `--coverage` with a `--threshold`.
+//! `--format pretty|json`, `--coverage` with a `--threshold`, `--explain fails|full`.
+//!
+//! regorus has no evaluation trace, so `--explain` is built from coverage of the one
+//! test: where a test's body stopped (its last line that was evaluated: the condition
+//! that did not hold) and every line the test evaluated, per file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -22,6 +26,36 @@ pub struct TestOptions {
     pub run: Option<regex::Regex>,
     /// Collect line coverage over the run.
     pub coverage: bool,
+    /// Explain failing tests, or every test.
+    pub explain: Option<Explain>,
+}
+
+/// Which tests `--explain` explains (OPA's `--explain fails|full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    Fails,
+    Full,
+}
+
+/// What one test evaluated: where its body stopped, and every line it reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// For a test that was undefined: the last line of its body that was evaluated
+    /// (the condition that did not hold, or the one whose value ended the body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<Location>,
+    /// The source text of that line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    /// The lines the test evaluated, per file (test files included).
+    pub evaluated: Vec<FileLines>,
+}
+
+/// Lines of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileLines {
+    pub file: String,
+    pub lines: Vec<u32>,
 }
 
 /// Where a test rule is defined.
@@ -45,6 +79,9 @@ pub struct TestResult {
     pub duration: u64,
     /// What `print` wrote during the test.
     pub output: Vec<String>,
+    /// With `--explain`: what the test evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
 }
 
 /// Line coverage of one file.
@@ -91,7 +128,7 @@ impl TestReport {
     pub fn render_with(&self, verbose: bool) -> String {
         let mut out = String::new();
         for r in &self.results {
-            if r.passed && !verbose {
+            if r.passed && !verbose && r.explanation.is_none() {
                 continue;
             }
             let status = if r.passed { "PASS" } else { "FAIL" };
@@ -110,6 +147,14 @@ impl TestReport {
             if verbose || !r.passed {
                 for line in &r.output {
                     let _ = writeln!(out, "  print: {line}");
+                }
+            }
+            if let Some(x) = &r.explanation {
+                if let (Some(at), Some(expr)) = (&x.stopped_at, &x.expression) {
+                    let _ = writeln!(out, "  explain: stopped at {}:{}: {expr}", at.file, at.row);
+                }
+                for f in &x.evaluated {
+                    let _ = writeln!(out, "  explain: evaluated {}: {}", f.file, ranges(&f.lines));
                 }
             }
         }
@@ -228,6 +273,15 @@ pub fn run_tests_with(dir: &Path, options: &TestOptions) -> Result<TestReport, P
             Err(e) => (false, Some(error_text(&e.to_string()))),
         };
         let output = e.take_prints().unwrap_or_default();
+        let explanation = match options.explain {
+            Some(Explain::Full) => Some(()),
+            Some(Explain::Fails) if !passed => Some(()),
+            _ => None,
+        }
+        .map(|()| {
+            let undefined = error.as_deref().is_some_and(|e| e.starts_with("undefined"));
+            explain(&engine, &set, &package, &name, &location, undefined)
+        });
         if options.coverage
             && let Ok(cov) = e.get_coverage_report()
         {
@@ -250,12 +304,95 @@ pub fn run_tests_with(dir: &Path, options: &TestOptions) -> Result<TestReport, P
             error,
             duration,
             output,
+            explanation,
         });
     }
     if options.coverage {
         report.coverage = Some(coverage_of(lines));
     }
     Ok(report)
+}
+
+/// Runs one test again with coverage of it alone and reads what it evaluated.
+fn explain(
+    engine: &Engine,
+    set: &files::FileSet,
+    package: &str,
+    name: &str,
+    location: &Location,
+    undefined: bool,
+) -> Explanation {
+    let mut e = engine.clone();
+    e.set_input(Value::new_object());
+    e.set_enable_coverage(true);
+    let _ = e.eval_rule(format!("data.{package}.{name}"));
+    let mut evaluated: Vec<FileLines> = e
+        .get_coverage_report()
+        .map(|r| r.files)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| !f.covered.is_empty())
+        .map(|f| {
+            let mut lines: Vec<u32> = f.covered.into_iter().collect();
+            lines.sort_unstable();
+            lines.dedup();
+            FileLines {
+                file: f.path,
+                lines,
+            }
+        })
+        .collect();
+    evaluated.sort_by(|a, b| a.file.cmp(&b.file));
+    let source = set
+        .files
+        .iter()
+        .find(|f| f.name == location.file)
+        .map(|f| f.content.as_str())
+        .unwrap_or_default();
+    let end = body_end(source, location.row);
+    let stopped = undefined
+        .then(|| {
+            evaluated
+                .iter()
+                .find(|f| f.file == location.file)
+                .and_then(|f| {
+                    f.lines
+                        .iter()
+                        .rev()
+                        .find(|l| (location.row..=end).contains(l))
+                })
+                .copied()
+        })
+        .flatten();
+    Explanation {
+        stopped_at: stopped.map(|row| Location {
+            file: location.file.clone(),
+            row,
+        }),
+        expression: stopped.and_then(|row| {
+            source
+                .lines()
+                .nth(row as usize - 1)
+                .map(|l| l.trim().to_string())
+        }),
+        evaluated,
+    }
+}
+
+/// The last line of the rule that starts on `row`: its closing `}` at the start of a
+/// line, or `row` itself for a one-line rule.
+fn body_end(source: &str, row: u32) -> u32 {
+    let lines: Vec<&str> = source.lines().collect();
+    let first = lines.get(row as usize - 1).copied().unwrap_or_default();
+    if !first.trim_end().ends_with('{') {
+        return row;
+    }
+    for (i, line) in lines.iter().enumerate().skip(row as usize) {
+        if line.starts_with('}') {
+            return i as u32 + 1;
+        }
+    }
+    lines.len() as u32
 }
 
 /// A line any test covered is covered.
