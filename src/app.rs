@@ -91,12 +91,25 @@ impl Builder<'_> {
             }
             (None, None) => anyhow::bail!("{}: policy: give dir or bundle", cfg.file.display()),
         };
-        let shadow = match &c.policy.shadow {
-            Some(s) => {
-                let engine = PolicyEngine::load(&s.dir)
+        let mut shadow_bundle = None;
+        let shadow = match c.policy.shadow.as_ref().map(|s| (&s.dir, &s.bundle)) {
+            Some((Some(dir), _)) => {
+                let engine = PolicyEngine::load(dir)
                     .with_context(|| format!("{}: policy.shadow.dir", cfg.file.display()))?;
-                tracing::info!(dir = %s.dir.display(), revision = %engine.revision(), "shadow policy loaded: decided beside the enforcing policy, never enforced");
+                tracing::info!(dir = %dir.display(), revision = %engine.revision(), "shadow policy loaded: decided beside the enforcing policy, never enforced");
                 Some(engine)
+            }
+            Some((None, Some(b))) => {
+                let source = BundleSource::resolve(b, &base).map_err(|e| {
+                    anyhow::anyhow!("{}: policy.shadow.bundle.{e}", cfg.file.display())
+                })?;
+                tracing::info!(bundle = %source.name(), "shadow policy comes from a bundle server: decided beside the enforcing policy once it arrives, never enforced");
+                let engine = PolicyEngine::awaiting_bundle(&source.name(), Default::default());
+                shadow_bundle = Some(source);
+                Some(engine)
+            }
+            Some((None, None)) => {
+                anyhow::bail!("{}: policy.shadow: give dir or bundle", cfg.file.display())
             }
             None => None,
         };
@@ -163,6 +176,7 @@ impl Builder<'_> {
             drain: c.shutdown.drain,
             reload_interval: c.policy.reload_interval,
             bundle,
+            shadow_bundle,
         })
     }
 }
@@ -179,6 +193,8 @@ pub struct App {
     reload_interval: Duration,
     /// The bundle server the policy comes from (instead of a directory).
     bundle: Option<BundleSource>,
+    /// The bundle server the shadow policy comes from.
+    shadow_bundle: Option<BundleSource>,
 }
 
 impl App {
@@ -199,11 +215,13 @@ impl App {
     /// starts the policy reloader and the OP discovery, and serves until `shutdown`.
     pub async fn start(mut self) -> anyhow::Result<Running> {
         if let Some(source) = self.bundle.take() {
-            source.spawn(self.gateway.policy.clone());
+            source.spawn(self.gateway.policy.clone(), "enforcing");
         } else if !self.reload_interval.is_zero() {
             self.gateway.policy.spawn_reloader(self.reload_interval);
         }
-        if !self.reload_interval.is_zero()
+        if let (Some(source), Some(shadow)) = (self.shadow_bundle.take(), &self.gateway.shadow) {
+            source.spawn(shadow.clone(), "shadow");
+        } else if !self.reload_interval.is_zero()
             && let Some(shadow) = &self.gateway.shadow
         {
             shadow.spawn_reloader(self.reload_interval);

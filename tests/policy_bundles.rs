@@ -367,7 +367,7 @@ async fn a_signed_bundle_goes_into_force_and_a_bad_one_never_replaces_it() {
     ] {
         assert!(
             m.contains(&format!(
-                "ciba_gate_policy_bundle_polls_total{{result=\"{result}\"}}"
+                "ciba_gate_policy_bundle_polls_total{{set=\"enforcing\",result=\"{result}\"}}"
             )),
             "{result} counted:\n{m}"
         );
@@ -497,4 +497,62 @@ async fn a_bundle_signed_by_an_independent_opa_signer_goes_into_force() {
     })
     .await;
     assert_eq!(body["checks"]["policy"]["revision"], "py-1");
+}
+
+/// A shadow policy set from a bundle server: decided beside the enforcing directory
+/// once its first bundle is in force (nothing is compared before), never enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_bundle_is_decided_beside_the_enforcing_policy_once_it_arrives() {
+    let (key, public) = signing_key(3);
+    let state = Arc::new(Mutex::new(Served::default()));
+    let (bundle_addr, _server) = bundle_server(state.clone()).await;
+    let (up_addr, upstream) = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let enforcing = dir.path().join("enforcing");
+    std::fs::create_dir_all(enforcing.join("tools")).unwrap();
+    std::fs::write(enforcing.join("policy.rego"), POLICY).unwrap();
+    std::fs::write(
+        enforcing.join("tools/data.json"),
+        r#"{"tools": {"allowed": ["list_deployments"]}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("shadow-key.pem"), &public).unwrap();
+    let yaml = format!(
+        "agent: {{id: billing-agent}}\n\
+         policy:\n  dir: enforcing\n  reload_interval: 0s\n  shadow:\n    bundle:\n      url: \"http://{bundle_addr}/shadow.tar.gz\"\n      polling: {{min_delay: 50ms, max_delay: 100ms}}\n      signing: {{public_key_file: shadow-key.pem, algorithm: EdDSA}}\n\
+         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, url: \"http://{up_addr}/mcp\"}}\n"
+    );
+    let gate = Gate::start(dir.path(), &yaml).await;
+    // No shadow bundle yet: nothing to compare, and the gateway is ready.
+    let first = support::post_mcp(gate.addr, &call("list_deployments", 1)).await;
+    assert_eq!(first["result"]["content"][0]["text"], "done", "{first}");
+    let ev = gate.evidence(1).await;
+    assert!(ev[0].get("shadow").is_none(), "{}", ev[0]);
+    assert_eq!(readyz(&gate).await.0, 200);
+
+    // The shadow bundle arrives: it would deny what the enforcing policy allows.
+    state.lock().unwrap().bundle = Some((signed(&key, "shadow-1", &[]), "\"s1\"".into()));
+    let mut recorded = None;
+    for i in 0..100 {
+        let a = support::post_mcp(gate.addr, &call("list_deployments", 10 + i)).await;
+        assert_eq!(
+            a["result"]["content"][0]["text"], "done",
+            "never enforced: {a}"
+        );
+        let ev = gate.evidence(2 + i as usize).await;
+        if let Some(s) = ev.last().and_then(|e| e.get("shadow")) {
+            recorded = Some(s.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let shadow = recorded.expect("the shadow bundle was never decided");
+    assert_eq!(shadow["decision"], "deny", "{shadow}");
+    assert_eq!(shadow["revision"], "shadow-1", "{shadow}");
+    assert_eq!(upstream.count("list_deployments") as i64 >= 2, true);
+    let m = metrics(&gate).await;
+    assert!(
+        m.contains("ciba_gate_policy_bundle_polls_total{set=\"shadow\",result=\"ok\"}"),
+        "{m}"
+    );
 }

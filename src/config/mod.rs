@@ -112,8 +112,8 @@ impl LoadedConfig {
         if let Some(dir) = config.policy.dir.as_mut() {
             *dir = loaded_base.join(&*dir);
         }
-        if let Some(s) = config.policy.shadow.as_mut() {
-            s.dir = loaded_base.join(&s.dir);
+        if let Some(dir) = config.policy.shadow.as_mut().and_then(|s| s.dir.as_mut()) {
+            *dir = loaded_base.join(&*dir);
         }
         if let Some(p) = &config.evidence.path {
             config.evidence.path = Some(loaded_base.join(p));

@@ -33,8 +33,13 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
-    /// Directory of the shadow policy set. Relative to the config file.
-    pub dir: PathBuf,
+    /// Directory of the shadow policy set. Relative to the config file. Exactly one of
+    /// `dir` and `bundle`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The shadow policy set from a bundle server (as `policy.bundle`).
+    #[serde(default)]
+    pub bundle: Option<BundleConfig>,
 }
 
 /// `policy.bundle`: where the bundle comes from and how it is checked.
@@ -101,6 +106,19 @@ pub struct BundleSigning {
     pub exclude_files: Vec<String>,
 }
 
+fn validate_bundle(b: &BundleConfig, key: &str) -> Checked {
+    require(
+        b.url.starts_with("https://") || b.url.starts_with("http://"),
+        &format!("{key}.url"),
+        "must be an https:// URL",
+    )?;
+    require(
+        !b.polling.min_delay.is_zero() && b.polling.max_delay >= b.polling.min_delay,
+        &format!("{key}.polling"),
+        "min_delay must be > 0 and max_delay at least min_delay",
+    )
+}
+
 fn default_bundle_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -134,18 +152,7 @@ impl PolicyConfig {
                 "dir",
                 &format!("{} is not a directory", dir.display()),
             )?,
-            (None, Some(b)) => {
-                require(
-                    b.url.starts_with("https://") || b.url.starts_with("http://"),
-                    "bundle.url",
-                    "must be an https:// URL",
-                )?;
-                require(
-                    !b.polling.min_delay.is_zero() && b.polling.max_delay >= b.polling.min_delay,
-                    "bundle.polling",
-                    "min_delay must be > 0 and max_delay at least min_delay",
-                )?;
-            }
+            (None, Some(b)) => validate_bundle(b, "bundle")?,
             _ => require(
                 false,
                 "dir",
@@ -153,11 +160,19 @@ impl PolicyConfig {
             )?,
         }
         if let Some(s) = &self.shadow {
-            require(
-                s.dir.is_dir(),
-                "shadow.dir",
-                &format!("{} is not a directory", s.dir.display()),
-            )?;
+            match (&s.dir, &s.bundle) {
+                (Some(dir), None) => require(
+                    dir.is_dir(),
+                    "shadow.dir",
+                    &format!("{} is not a directory", dir.display()),
+                )?,
+                (None, Some(b)) => validate_bundle(b, "shadow.bundle")?,
+                _ => require(
+                    false,
+                    "shadow.dir",
+                    "give exactly one of policy.shadow.dir and policy.shadow.bundle",
+                )?,
+            }
         }
         Ok(())
     }

@@ -55,7 +55,7 @@ pub fn request(gw: &Gateway, unit: &mut Unit) -> Verdict {
     let r = unit.record.get_mut();
     r.decision = effect_name(decision.effect);
     r.policy_revision = decision.revision.to_string();
-    if let Some(shadow) = &gw.shadow {
+    if let Some(shadow) = gw.shadow_in_force() {
         r.shadow = shadow_difference("request", &decision, &shadow.decide(&document));
     }
     let verdict = match (decision.effect, decision.approval) {
@@ -150,8 +150,7 @@ pub fn approved(
     let document = input.to_value();
     let decision = evaluate_document(gw, Phase::Approved, &document);
     let shadow = gw
-        .shadow
-        .as_ref()
+        .shadow_in_force()
         .and_then(|s| shadow_difference("approved", &decision, &s.decide(&document)));
     let revision = decision.revision.clone();
     let verdict = match decision.effect {
@@ -215,7 +214,7 @@ pub fn list_shows(
     });
     let document = input.to_value();
     let enforced = gw.policy.decide(&document).effect;
-    if let Some(set) = &gw.shadow {
+    if let Some(set) = gw.shadow_in_force() {
         let other = set.decide(&document);
         if (enforced == Effect::Deny) != (other.effect == Effect::Deny) {
             crate::telemetry::metrics::shadow_difference(

@@ -107,7 +107,13 @@ pub struct Metrics {
     evidence_lost: Counter,
     token_requests_deferred: Family<PartyLabels, Counter>,
     shadow_differences: Family<ShadowLabels, Counter>,
-    bundle_polls: Family<ResultLabels, Counter>,
+    bundle_polls: Family<BundlePollLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BundlePollLabels {
+    set: &'static str,
+    result: &'static str,
 }
 
 impl Metrics {
@@ -207,10 +213,10 @@ impl Metrics {
             "Evidence records lost because writing them to the sink failed",
             evidence_lost.clone(),
         );
-        let bundle_polls = Family::<ResultLabels, Counter>::default();
+        let bundle_polls = Family::<BundlePollLabels, Counter>::default();
         registry.register(
             "ciba_gate_policy_bundle_polls",
-            "Polls of the policy bundle server, by result (ok: new bundle in force or not modified; download_failed, malformed, verification_failed, compile_failed: the last good bundle stays in force)",
+            "Polls of a policy bundle server, by policy set (enforcing, shadow) and result (ok: new bundle in force or not modified; download_failed, malformed, verification_failed, compile_failed: the last good bundle stays in force)",
             bundle_polls.clone(),
         );
         Metrics {
@@ -247,11 +253,12 @@ pub fn evidence_lost(records: u64) {
     METRICS.evidence_lost.inc_by(records);
 }
 
-/// Counts one poll of the bundle server (`result` from a fixed set).
-pub fn bundle_poll(result: &'static str) {
+/// Counts one poll of a bundle server (`set`: enforcing or shadow; `result` from a
+/// fixed set).
+pub fn bundle_poll(set: &'static str, result: &'static str) {
     METRICS
         .bundle_polls
-        .get_or_create(&ResultLabels { result })
+        .get_or_create(&BundlePollLabels { set, result })
         .inc();
 }
 

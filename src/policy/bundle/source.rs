@@ -187,9 +187,10 @@ impl BundleSource {
         Ok(Fetched::Bundle { set, etag })
     }
 
-    /// Polls for ever: activates each new bundle in `engine`, keeps the last good one
-    /// when a poll fails. The first poll runs at once.
-    pub fn spawn(self, engine: PolicyEngine) -> tokio::task::JoinHandle<()> {
+    /// Polls for ever: activates each new bundle in `engine` (the `set` named:
+    /// `enforcing` or `shadow`), keeps the last good one when a poll fails. The first
+    /// poll runs at once.
+    pub fn spawn(self, engine: PolicyEngine, set: &'static str) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut etag: Option<String> = None;
             let mut failures = 0u32;
@@ -216,14 +217,14 @@ impl BundleSource {
                         failures = 0;
                         last_reported = None;
                         engine.set_source_problem(None);
-                        crate::telemetry::metrics::bundle_poll("ok");
+                        crate::telemetry::metrics::bundle_poll(set, "ok");
                     }
                     Err((kind, text, revision)) => {
                         failures = failures.saturating_add(1);
-                        crate::telemetry::metrics::bundle_poll(kind);
+                        crate::telemetry::metrics::bundle_poll(set, kind);
                         let key = format!("{kind}:{text}");
                         if last_reported.as_deref() != Some(key.as_str()) {
-                            tracing::error!(bundle = %self.name(), kind, problem = %text, rejected_revision = %revision, revision = %engine.revision(), "policy bundle not activated; keeping the policy in force");
+                            tracing::error!(bundle = %self.name(), set, kind, problem = %text, rejected_revision = %revision, revision = %engine.revision(), "policy bundle not activated; keeping the policy in force");
                             last_reported = Some(key);
                         }
                         engine.set_source_problem(Some(format!("{kind}: {text}")));
