@@ -549,7 +549,7 @@ async fn a_shadow_bundle_is_decided_beside_the_enforcing_policy_once_it_arrives(
     let shadow = recorded.expect("the shadow bundle was never decided");
     assert_eq!(shadow["decision"], "deny", "{shadow}");
     assert_eq!(shadow["revision"], "shadow-1", "{shadow}");
-    assert_eq!(upstream.count("list_deployments") as i64 >= 2, true);
+    assert!(upstream.count("list_deployments") >= 2, "every call forwarded");
     let m = metrics(&gate).await;
     assert!(
         m.contains("ciba_gate_policy_bundle_polls_total{set=\"shadow\",result=\"ok\"}"),
