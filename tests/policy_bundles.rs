@@ -549,10 +549,41 @@ async fn a_shadow_bundle_is_decided_beside_the_enforcing_policy_once_it_arrives(
     let shadow = recorded.expect("the shadow bundle was never decided");
     assert_eq!(shadow["decision"], "deny", "{shadow}");
     assert_eq!(shadow["revision"], "shadow-1", "{shadow}");
-    assert!(upstream.count("list_deployments") >= 2, "every call forwarded");
+    assert!(
+        upstream.count("list_deployments") >= 2,
+        "every call forwarded"
+    );
     let m = metrics(&gate).await;
     assert!(
         m.contains("ciba_gate_policy_bundle_polls_total{set=\"shadow\",result=\"ok\"}"),
         "{m}"
     );
+}
+
+/// A bundle rebuilt under the same manifest revision is still a new bundle: what
+/// decides is its content, as in OPA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_rebuilt_under_the_same_revision_goes_into_force() {
+    let (key, public) = signing_key(4);
+    let state = Arc::new(Mutex::new(Served::default()));
+    state.lock().unwrap().bundle =
+        Some((signed(&key, "same", &["list_deployments"]), "\"a\"".into()));
+    let (bundle_addr, _server) = bundle_server(state.clone()).await;
+    let (up_addr, upstream) = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = gate_for(dir.path(), bundle_addr, &public, up_addr).await;
+    until_ready(&gate, "the first bundle", |s, _| s == 200).await;
+    let no = support::post_mcp(gate.addr, &call("get_logs", 1)).await;
+    assert_eq!(no["result"]["isError"], true, "{no}");
+
+    state.lock().unwrap().bundle = Some((signed(&key, "same", &["get_logs"]), "\"b\"".into()));
+    for i in 0..100 {
+        let a = support::post_mcp(gate.addr, &call("get_logs", 2 + i)).await;
+        if a["result"]["content"][0]["text"] == "done" {
+            assert_eq!(upstream.count("get_logs"), 1);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the rebuilt bundle never went into force");
 }

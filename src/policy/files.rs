@@ -44,9 +44,15 @@ impl FileSet {
     /// The bundle's own revision, or a short content hash over names and contents of
     /// all files in the set.
     pub fn revision(&self) -> String {
-        if let Some(named) = &self.named_revision {
-            return named.clone();
+        match &self.named_revision {
+            Some(named) => named.clone(),
+            None => self.content_hash(),
         }
+    }
+
+    /// Short content hash over names and contents of all files in the set: what
+    /// decides whether a set is new (a bundle rebuilt under the same revision is).
+    pub fn content_hash(&self) -> String {
         let mut h = Sha256::new();
         for f in &self.files {
             h.update((f.name.len() as u64).to_le_bytes());

@@ -67,7 +67,7 @@ pub(crate) fn install(engine: &PolicyEngine, set: &files::FileSet) -> Result<boo
     let shared = &engine.shared;
     let revision = set.revision();
     let current = shared.current.load();
-    if current.revision.as_ref() == revision {
+    if current.content_hash.as_deref() == Some(set.content_hash().as_str()) {
         return Ok(false);
     }
     match Compiled::build(set, &shared.options) {

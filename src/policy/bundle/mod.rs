@@ -254,6 +254,10 @@ fn manifest_revision(text: &str) -> Result<Option<String>, BundleError> {
     match manifest.get("revision") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(r)) if r.is_empty() => Ok(None),
+        // "none" is what the gateway reports while it has no policy.
+        Some(serde_json::Value::String(r)) if r == "none" => Err(BundleError::Manifest(
+            "revision \"none\" is reserved (it means no policy is in force)".into(),
+        )),
         Some(serde_json::Value::String(r))
             if r.len() <= MAX_REVISION_LEN && r.bytes().all(|b| (0x21..=0x7e).contains(&b)) =>
         {

@@ -199,7 +199,11 @@ fn unsafe_names_duplicates_and_bombs_are_refused() {
 
 #[test]
 fn a_manifest_revision_is_printable_and_bounded() {
-    for bad in [r#"{"revision": "a b"}"#, r#"{"revision": 7}"#] {
+    for bad in [
+        r#"{"revision": "a b"}"#,
+        r#"{"revision": 7}"#,
+        r#"{"revision": "none"}"#,
+    ] {
         let files: &[(&str, &[u8])] = &[(".manifest", bad.as_bytes())];
         assert!(matches!(
             read(&archive(files), 1 << 20, None, "t").unwrap_err(),

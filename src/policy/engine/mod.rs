@@ -111,6 +111,8 @@ struct Ready {
 
 pub(crate) struct Compiled {
     pub revision: Arc<str>,
+    /// The content hash of the files it was compiled from (`None`: no policy).
+    pub content_hash: Option<String>,
     id: u64,
     ready: Result<Ready, String>,
     /// An evaluation error of this revision was logged (logged once per revision;
@@ -249,6 +251,7 @@ impl Compiled {
         );
         Ok(Compiled {
             revision,
+            content_hash: Some(set.content_hash()),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ready: Ok(Ready {
                 engine,
@@ -265,6 +268,7 @@ impl Compiled {
     pub fn unavailable(message: String) -> Self {
         Compiled {
             revision: Arc::from("none"),
+            content_hash: None,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ready: Err(message),
             error_logged: AtomicBool::new(false),
