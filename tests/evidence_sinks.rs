@@ -333,3 +333,131 @@ async fn a_collector_that_is_gone_makes_required_evidence_refuse_calls() {
         0.0
     );
 }
+
+// --- sink: otlp -----------------------------------------------------------------------
+
+/// An OpenTelemetry collector's OTLP/HTTP logs receiver: decodes each export request
+/// (protobuf) and keeps its log records.
+async fn otlp_collector() -> (
+    String,
+    Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::logs::v1::LogRecord>>>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/logs", listener.local_addr().unwrap());
+    let records = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let resources = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (seen, seen_res) = (records.clone(), resources.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, seen_res) = (seen.clone(), seen_res.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (seen, seen_res) = (seen.clone(), seen_res.clone());
+                        async move {
+                            assert_eq!(req.uri().path(), "/v1/logs");
+                            assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let export = ExportLogsServiceRequest::decode(body).unwrap();
+                            for rl in export.resource_logs {
+                                for a in rl.resource.unwrap_or_default().attributes {
+                                    seen_res.lock().unwrap().push(format!("{a:?}"));
+                                }
+                                for sl in rl.scope_logs {
+                                    seen.lock().unwrap().extend(sl.log_records);
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(200)
+                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    (url, records, resources)
+}
+
+/// `evidence.sink: otlp`: every record reaches an OpenTelemetry collector as one OTLP
+/// log record whose body is the record's JSON line, with the decision fields as
+/// attributes; the bodies, in order, pass `ciba-gate evidence verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_exported_to_an_otlp_collector_as_log_records() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, records, resources) = otlp_collector().await;
+    let running = gateway(
+        dir.path(),
+        &format!("{{sink: otlp, otlp: {{url: \"{url}\", service_name: gate-test}}}}"),
+    )
+    .await;
+    for id in 1..=3 {
+        let a = list_deployments(&running, id).await;
+        assert!(a["result"].is_object(), "{a}");
+    }
+    let body = |r: &opentelemetry_proto::tonic::logs::v1::LogRecord| match r
+        .body
+        .as_ref()
+        .and_then(|b| b.value.clone())
+    {
+        Some(AnyValue::StringValue(s)) => s,
+        other => panic!("a body that is not the record's line: {other:?}"),
+    };
+    let seen = records.clone();
+    wait_for("three decisions at the collector", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| body(r).contains("\"decision\""))
+            .count()
+            == 3
+    })
+    .await;
+    let got = records.lock().unwrap().clone();
+    let decision = got
+        .iter()
+        .find(|r| body(r).contains("\"decision\""))
+        .unwrap();
+    let attr = |key: &str| {
+        decision
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone()?.value)
+    };
+    assert_eq!(
+        attr("ciba_gate.tool"),
+        Some(AnyValue::StringValue("list_deployments".into()))
+    );
+    assert_eq!(
+        attr("event.name"),
+        Some(AnyValue::StringValue("ciba_gate.evidence".into()))
+    );
+    assert!(decision.time_unix_nano > 0 && decision.severity_text == "INFO");
+    assert!(
+        resources
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.contains("service.name") && a.contains("gate-test"))
+    );
+
+    let file = dir.path().join("from-otlp.jsonl");
+    let text: String = got.iter().map(|r| format!("{}\n", body(r))).collect();
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = verify(&[file]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -36,6 +36,9 @@ pub struct EvidenceConfig {
     /// `sink: http`: where batches of records are POSTed.
     #[serde(default)]
     pub http: Option<http_sink::HttpSinkConfig>,
+    /// `sink: otlp`: the OpenTelemetry collector that receives records as logs.
+    #[serde(default)]
+    pub otlp: Option<otlp_sink::OtlpSinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -59,6 +62,7 @@ impl Default for EvidenceConfig {
             keep: default_keep(),
             required: Required::default(),
             http: None,
+            otlp: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub enum SinkKind {
     File,
     /// Batches POSTed to a collector (OPA's decision-log upload format).
     Http,
+    /// OTLP/HTTP logs to an OpenTelemetry collector.
+    Otlp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +115,14 @@ impl EvidenceConfig {
         )?;
         if let Some(h) = &self.http {
             h.validate().map_err(|e| e.under("http"))?;
+        }
+        crate::validate::require(
+            (self.sink == SinkKind::Otlp) == self.otlp.is_some(),
+            "otlp",
+            "give `otlp: {url}` exactly when evidence.sink is otlp",
+        )?;
+        if let Some(o) = &self.otlp {
+            o.validate().map_err(|e| e.under("otlp"))?;
         }
         crate::validate::require(
             self.signing_key.is_none() || self.chain,
@@ -154,9 +168,14 @@ impl EvidenceConfig {
         } else {
             None
         };
-        let out = match (self.sink, &self.path, &self.http) {
-            (SinkKind::File, Some(path), _) => Output::file(path, self.max_bytes, self.keep)?,
-            (SinkKind::Http, _, Some(http)) => Output::Http(http_sink::HttpSink::new(http.clone())),
+        let out = match (self.sink, &self.path, &self.http, &self.otlp) {
+            (SinkKind::File, Some(path), _, _) => Output::file(path, self.max_bytes, self.keep)?,
+            (SinkKind::Http, _, Some(http), _) => {
+                Output::Http(http_sink::HttpSink::new(http.clone()))
+            }
+            (SinkKind::Otlp, _, _, Some(otlp)) => {
+                Output::Otlp(otlp_sink::OtlpSink::new(otlp.clone()))
+            }
             _ => Output::Stream(Box::new(std::io::stdout())),
         };
         Ok(EvidenceSink::spawn_output(out, QUEUE_CAPACITY, chain))

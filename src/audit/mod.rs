@@ -21,6 +21,7 @@ use time::format_description::well_known::Rfc3339;
 pub mod chain;
 mod config;
 pub mod http_sink;
+pub mod otlp_sink;
 mod record;
 
 pub use config::{EvidenceConfig, OpenError, Required, SinkKind};
@@ -32,6 +33,8 @@ enum Output {
     Stream(Box<dyn Write + Send>),
     /// Batches POSTed to a collector.
     Http(http_sink::HttpSink),
+    /// Batches exported to an OpenTelemetry collector as logs.
+    Otlp(otlp_sink::OtlpSink),
     /// A file it can rotate and reopen.
     File {
         path: std::path::PathBuf,
@@ -59,6 +62,7 @@ impl Output {
         match self {
             Output::Stream(w) => w.write_all(bytes),
             Output::Http(h) => h.send(bytes),
+            Output::Otlp(o) => o.send(bytes),
             Output::File { file, size, .. } => {
                 file.write_all(bytes)?;
                 *size += bytes.len() as u64;
@@ -70,7 +74,7 @@ impl Output {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Output::Stream(w) => w.flush(),
-            Output::Http(_) => Ok(()),
+            Output::Http(_) | Output::Otlp(_) => Ok(()),
             Output::File { file, .. } => file.flush(),
         }
     }
