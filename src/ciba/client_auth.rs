@@ -1,18 +1,56 @@
 //! Client authentication at the OP's endpoints: `client_secret_basic`, `client_secret_post`
-//! and `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9).
+//! and `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9). The one place for a method on
+//! the protocol side: its variant, its registered name and what it adds to a request
+//! (the config's `approvals.op.client_auth` maps onto it in `approval/config.rs`).
 
 use base64::Engine;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use std::fmt;
+
 use super::error::CibaError;
-use super::{ClientAuth, ClientConfig, now_secs, random_id};
+use super::{ClientConfig, SigningKey, now_secs, random_id};
 
 pub(crate) const JWT_BEARER_ASSERTION: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Lifetime of a client assertion.
 const ASSERTION_LIFETIME: u64 = 60;
+
+/// Client authentication at the backchannel and token endpoints.
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// `client_secret_basic` (id and secret form-urlencoded before Base64, RFC 6749 §2.3.1).
+    SecretBasic { secret: secrecy::SecretString },
+    /// `client_secret_post`.
+    SecretPost { secret: secrecy::SecretString },
+    /// `private_key_jwt` (RFC 7523), `aud` = the OP issuer.
+    PrivateKeyJwt { key: SigningKey },
+}
+
+impl ClientAuth {
+    /// The registered `token_endpoint_auth_method` name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            ClientAuth::SecretBasic { .. } => "client_secret_basic",
+            ClientAuth::SecretPost { .. } => "client_secret_post",
+            ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+        }
+    }
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientAuth::SecretBasic { .. } => f.write_str("SecretBasic { secret: <redacted> }"),
+            ClientAuth::SecretPost { .. } => f.write_str("SecretPost { secret: <redacted> }"),
+            ClientAuth::PrivateKeyJwt { key } => {
+                f.debug_struct("PrivateKeyJwt").field("key", key).finish()
+            }
+        }
+    }
+}
 
 /// Form fields and an optional `Authorization` header value for one request.
 pub(crate) struct Authn {

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use client_auth::ClientAuth;
 pub use discovery::ProviderMetadata;
 pub use error::{CibaError, ErrorCode};
 /// For the fuzz targets (`crate::fuzzing`): ID token checks with a known key.
@@ -165,40 +166,6 @@ impl fmt::Debug for SigningKey {
             .field("alg", &self.alg)
             .field("kid", &self.kid)
             .finish_non_exhaustive()
-    }
-}
-
-/// Client authentication at the backchannel and token endpoints.
-#[derive(Clone)]
-pub enum ClientAuth {
-    /// `client_secret_basic` (id and secret form-urlencoded before Base64, RFC 6749 §2.3.1).
-    SecretBasic { secret: secrecy::SecretString },
-    /// `client_secret_post`.
-    SecretPost { secret: secrecy::SecretString },
-    /// `private_key_jwt` (RFC 7523), `aud` = the OP issuer.
-    PrivateKeyJwt { key: SigningKey },
-}
-
-impl ClientAuth {
-    /// The registered `token_endpoint_auth_method` name.
-    pub fn method(&self) -> &'static str {
-        match self {
-            ClientAuth::SecretBasic { .. } => "client_secret_basic",
-            ClientAuth::SecretPost { .. } => "client_secret_post",
-            ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
-        }
-    }
-}
-
-impl fmt::Debug for ClientAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientAuth::SecretBasic { .. } => f.write_str("SecretBasic { secret: <redacted> }"),
-            ClientAuth::SecretPost { .. } => f.write_str("SecretPost { secret: <redacted> }"),
-            ClientAuth::PrivateKeyJwt { key } => {
-                f.debug_struct("PrivateKeyJwt").field("key", key).finish()
-            }
-        }
     }
 }
 
