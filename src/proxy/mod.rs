@@ -196,13 +196,13 @@ impl Gateway {
         }
     }
 
-    /// True when approvals are configured (ready or not).
     /// The shadow policy set, once it has a policy in force (a shadow bundle that has
     /// not arrived yet compares nothing: it would differ on every call).
     pub fn shadow_in_force(&self) -> Option<&PolicyEngine> {
         self.shadow.as_ref().filter(|s| &*s.revision() != "none")
     }
 
+    /// True when approvals are configured (ready or not).
     pub fn approvals_configured(&self) -> bool {
         self.approvals.is_some()
     }

@@ -47,12 +47,21 @@ pub async fn post_mcp(addr: SocketAddr, body: &serde_json::Value) -> serde_json:
     jsonrpc_answer(&text)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, for a child process to bind.
+/// Picked below the kernel's ephemeral range (32768 and up): a port from `bind(0)`
+/// could be handed to another test's `bind(0)` before the child binds it. Never the
+/// same port twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0 to pick a free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 on 127.0.0.1");
 }
 
 /// Directory of the Node peers (official MCP SDK client and server).
