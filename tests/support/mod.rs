@@ -491,8 +491,11 @@ impl RedisCluster {
         let mut guards = Vec::new();
         while ports.len() < 3 {
             let port = free_port();
-            // A cluster node also listens on port + 10000 (the cluster bus).
-            if port == 6379 || port > 55000 || ports.contains(&port) {
+            // A cluster node also listens on port + 10000 (the cluster bus): keep that
+            // below the ephemeral range too, and free.
+            let bus_free =
+                port + 10_000 < 32_768 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if !bus_free || ports.contains(&port) {
                 continue;
             }
             let mut cmd = Command::new("redis-server");
