@@ -30,6 +30,7 @@ pub enum Source {
 pub mod jsonrpc {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
     pub const INVALID_PARAMS: i64 = -32602;
     /// Blocked by gateway policy (implementation-defined server error range).
     pub const BLOCKED: i64 = -32001;
@@ -87,6 +88,15 @@ pub enum Reason {
     /// The end user's identity (`x-ciba-gate-identity`) could not be verified, or is
     /// not accepted here.
     IdentityRefused(String),
+    /// A virtual server: no server behind it offers this tool name (or two claim it).
+    UnknownTool(String),
+    /// A virtual server: the method is not one it answers or routes.
+    MethodNotOffered(String),
+    /// A virtual server speaking a revision with sessions: the request has no
+    /// `Mcp-Session-Id` (only `initialize` may come without one).
+    SessionRequired,
+    /// A virtual server: the `Mcp-Session-Id` is not (or no longer) one it issued.
+    UnknownSession,
 
     // --- policy ------------------------------------------------------------------------
     /// The policy's own reason (a `deny` element, or the engine's `no_matching_rule`,
@@ -214,6 +224,10 @@ impl Reason {
             BadQuery => "bad_query",
             InvalidRequestState(_) => "invalid_request_state",
             IdentityRefused(_) => "identity_refused",
+            UnknownTool(_) => "unknown_tool",
+            MethodNotOffered(_) => "method_not_offered",
+            SessionRequired => "session_required",
+            UnknownSession => "unknown_session",
             ApprovalUnsupported => "approval_unsupported",
             ApprovalInBatch => "approval_in_batch",
             ApprovalNotSufficient(_) => "approval_not_sufficient",
@@ -274,7 +288,11 @@ impl Reason {
             | AmbiguousArguments(_)
             | BadQuery
             | InvalidRequestState(_)
-            | IdentityRefused(_) => Source::Agent,
+            | IdentityRefused(_)
+            | UnknownTool(_)
+            | MethodNotOffered(_)
+            | SessionRequired
+            | UnknownSession => Source::Agent,
             Policy { .. }
             | ApprovalUnsupported
             | ApprovalInBatch
@@ -306,7 +324,7 @@ impl Reason {
         use Reason::*;
         match self {
             Allowed | Approved => StatusCode::OK,
-            NoSuchRoute => StatusCode::NOT_FOUND,
+            NoSuchRoute | UnknownSession => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UnsupportedMediaType | UnsupportedEncoding(_) | OpaqueBodyNotAllowed => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -332,7 +350,8 @@ impl Reason {
         use Reason::*;
         match self {
             ParseError(_) => jsonrpc::PARSE_ERROR,
-            InvalidParams(_) | InvalidRequestState(_) => jsonrpc::INVALID_PARAMS,
+            InvalidParams(_) | InvalidRequestState(_) | UnknownTool(_) => jsonrpc::INVALID_PARAMS,
+            MethodNotOffered(_) => jsonrpc::METHOD_NOT_FOUND,
             HeaderMismatch(_) => jsonrpc::HEADER_MISMATCH,
             UpstreamUnreachable(_)
             | UpstreamTimeout(_)
@@ -370,6 +389,10 @@ impl Reason {
             EmptyBatch => "an empty batch is not a valid JSON-RPC request".into(),
             BadQuery => "query string is not valid UTF-8 after percent-decoding".into(),
             InvalidRequestState(why) => format!("{why}; call again without it"),
+            UnknownTool(why) => why.clone(),
+            MethodNotOffered(method) => format!("this endpoint does not offer {method} (its servers' tools are offered through tools/list and tools/call)"),
+            SessionRequired => "this request needs the Mcp-Session-Id that initialize returned".into(),
+            UnknownSession => "this session is unknown or has ended; initialize a new one".into(),
             IdentityRefused(why) => format!("the end user's identity was refused: {why}; nothing was run and no one was asked"),
             Policy { message, .. } => message.clone(),
             ApprovalUnsupported => "policy asks for a person's approval, which is given only for tool calls (MCP tools/call or a routed HTTP tool); this request was not run".into(),
@@ -484,6 +507,9 @@ pub enum Disposition {
     Parked,
     /// Refused before any decision: the request could not be read as one call.
     Rejected,
+    /// Allowed by policy and answered by the gateway itself, as the virtual server
+    /// in front of several tool servers (`initialize`, a merged `tools/list`, …).
+    Answered,
     /// Policy allowed it, the tool server failed.
     UpstreamFailed,
     /// The agent went away before an answer.

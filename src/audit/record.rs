@@ -16,6 +16,10 @@ pub struct EvidenceRecord {
     pub mcp_method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The tool's own name at its server, when a virtual server showed it under
+    /// another (`tool` is the name the agent used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_tool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub args_fingerprint: Option<String>,
     pub decision: &'static str,

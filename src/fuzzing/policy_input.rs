@@ -35,6 +35,7 @@ pub fn policy_input(data: &[u8]) {
         input::Upstream {
             name: "tools".into(),
             kind: "mcp",
+            via: None,
         },
     );
     base.request = Some(request);
@@ -51,6 +52,7 @@ pub fn policy_input(data: &[u8]) {
         if let Some(call) = &call {
             doc.tool = Some(input::Tool {
                 name: call.name.clone(),
+                upstream_name: None,
                 arguments: Some(call.arguments.clone()),
                 annotations: None,
             });

@@ -38,6 +38,9 @@ pub struct Agent {
 pub struct Upstream {
     pub name: String,
     pub kind: &'static str,
+    /// The virtual server the call came through, when the mount is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +70,12 @@ pub struct Mcp {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Tool {
+    /// The name the agent used.
     pub name: String,
+    /// The tool's own name at its server, behind a virtual server (which may show it
+    /// under a prefix or an alias).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_name: Option<String>,
     /// Absent in phase `list`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Value>,
@@ -202,6 +210,7 @@ mod tests {
             Upstream {
                 name: "tools".into(),
                 kind: "mcp",
+                via: None,
             },
         );
         input.mcp = Some(Mcp {

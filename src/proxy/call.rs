@@ -8,8 +8,10 @@ use http::Method;
 use serde_json::Value;
 
 use super::mcp::ToolCall;
+use super::multiplex::Routed;
 use super::render::Shape;
-use super::{ApprovalsState, Gateway, Mount};
+use super::upstream::Upstream;
+use super::{ApprovalsState, Gateway, Mount, Target};
 use crate::approval::identity::{self, Identity};
 use crate::audit::{EvidenceRecord, PendingRecord};
 use crate::outcome::{Disposition, Reason};
@@ -25,9 +27,35 @@ pub struct Call<'g> {
     pub method: Method,
     /// The end user the agent proved this request is for (`x-ciba-gate-identity`).
     pub identity: Option<Arc<Identity>>,
+    /// Behind a virtual server: the server this call goes to (once its tool is known).
+    pub routed: Option<Routed>,
 }
 
 impl<'g> Call<'g> {
+    /// The tool server this call goes to: the mount's, or the routed one behind a
+    /// virtual server (none before routing).
+    pub fn upstream(&self) -> Option<&'g Upstream> {
+        match (&self.mount.target, &self.routed) {
+            (Target::Upstream(u), _) => Some(u),
+            (Target::Virtual(vs), Some(r)) => Some(&vs.members[r.server].upstream),
+            (Target::Virtual(_), None) => None,
+        }
+    }
+
+    /// The upstream name policy and evidence see: the routed server's, else the mount's.
+    pub fn upstream_name(&self) -> &'g str {
+        self.upstream()
+            .map_or(self.mount.name(), |u| u.name.as_str())
+    }
+
+    /// The name the tool server reads for this call's tool (its own, behind a virtual
+    /// server), given the name the agent used.
+    pub fn own_tool_name<'a>(&'a self, agent_name: &'a str) -> &'a str {
+        self.routed
+            .as_ref()
+            .map_or(agent_name, |r| r.own_name.as_str())
+    }
+
     pub fn new(gw: &'g Arc<Gateway>, mount: &'g Mount, method: &Method) -> Self {
         Call {
             gw,
@@ -36,6 +64,7 @@ impl<'g> Call<'g> {
             started: crate::clock::now(),
             method: method.clone(),
             identity: None,
+            routed: None,
         }
     }
 
@@ -46,7 +75,7 @@ impl<'g> Call<'g> {
             &self.id,
             self.started,
             &self.method,
-            self.mount.name(),
+            self.upstream_name(),
         )
     }
 
@@ -92,8 +121,12 @@ impl<'g> Call<'g> {
             input::Phase::Request,
             self.agent_facts(),
             input::Upstream {
-                name: self.mount.name().to_string(),
+                name: self.upstream_name().to_string(),
                 kind: self.mount.kind.as_str(),
+                via: match &self.mount.target {
+                    Target::Virtual(vs) => Some(vs.name.clone()),
+                    Target::Upstream(_) => None,
+                },
             },
         );
         input.request = Some(PolicyInput::request_facts(
@@ -124,6 +157,7 @@ impl<'g> Call<'g> {
             started: self.started,
             method: self.method.clone(),
             identity: self.identity.clone(),
+            routed: self.routed.clone(),
         }
     }
 
@@ -143,6 +177,7 @@ pub struct OwnedCall {
     started: Instant,
     method: Method,
     identity: Option<Arc<Identity>>,
+    routed: Option<Routed>,
 }
 
 impl OwnedCall {
@@ -154,6 +189,7 @@ impl OwnedCall {
             started: self.started,
             method: self.method.clone(),
             identity: self.identity.clone(),
+            routed: self.routed.clone(),
         }
     }
 }

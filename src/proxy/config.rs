@@ -128,10 +128,17 @@ impl fmt::Display for UpstreamKind {
 pub struct UpstreamConfig {
     pub name: String,
     pub kind: UpstreamKind,
-    /// Path prefix on the gateway that leads to this upstream.
-    pub mount: String,
-    /// Base URL of the tool server (http://host:port/path).
-    pub url: String,
+    /// Path prefix on the gateway that leads to this upstream. Absent for a tool server
+    /// reached only through a virtual server's `servers`.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// Base URL of the tool server (http://host:port/path). Absent for a virtual server.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A virtual MCP server: the gateway answers on `mount` itself, with one catalogue
+    /// merged from these MCP upstreams, and routes each call to the one that owns it.
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response headers (the body may stream longer).
@@ -160,6 +167,29 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_response_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// One entry of a virtual server's `servers:`: an MCP upstream and how its names are
+/// shown to the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The `name` of an MCP entry of `upstreams` (with a `url`).
+    pub upstream: String,
+    /// Put before each of its tool and prompt names (e.g. `deploy_`).
+    #[serde(default)]
+    pub tool_prefix: Option<String>,
+    /// Names shown to the agent → the server's own names; these win over the prefix.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+/// What a tool name may be made of (MCP 2025-06-18: 1–128 of `[A-Za-z0-9_.-]`).
+pub fn is_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 /// `credential:` — a header the gateway sets from a secret.
@@ -240,6 +270,94 @@ pub struct RouteConfig {
 }
 
 impl UpstreamConfig {
+    /// A virtual MCP server: `servers` with distinct upstreams and names that cannot
+    /// collide (no prefix is the start of another, aliases are valid tool names);
+    /// nothing of a direct upstream's connection settings.
+    fn validate_virtual(&self) -> Checked {
+        require(
+            self.kind == UpstreamKind::Mcp,
+            "servers",
+            "are only for kind: mcp",
+        )?;
+        require(
+            self.mount.is_some(),
+            "mount",
+            "is required for a virtual server",
+        )?;
+        let connection = [
+            ("url", self.url.is_some()),
+            ("credential", self.credential.is_some()),
+            ("tls", self.tls.is_some()),
+            ("approval_token", self.approval_token.is_some()),
+            ("routes", !self.routes.is_empty()),
+            (
+                "forward_agent_authorization",
+                self.forward_agent_authorization,
+            ),
+        ];
+        if let Some((key, _)) = connection.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(
+                *key,
+                "belongs on each server's own upstream entry, not on a virtual server",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let prefixes: Vec<&str> = self
+            .servers
+            .iter()
+            .filter_map(|s| s.tool_prefix.as_deref())
+            .collect();
+        for (i, s) in self.servers.iter().enumerate() {
+            let at = |k: &str| format!("servers[{i}].{k}");
+            require(
+                seen.insert(s.upstream.as_str()),
+                &at("upstream"),
+                "is listed twice",
+            )?;
+            if let Some(p) = &s.tool_prefix {
+                require(
+                    is_tool_name(p) && p.len() < 64,
+                    &at("tool_prefix"),
+                    "must be 1-63 of letters, digits, '_', '-' or '.'",
+                )?;
+                // "git_" and "git_hub_" would both claim "git_hub_x".
+                if let Some(other) = prefixes.iter().find(|o| {
+                    **o != p.as_str() && (o.starts_with(p.as_str()) || p.starts_with(**o))
+                }) {
+                    return Err(FieldError::new(
+                        at("tool_prefix"),
+                        format!(
+                            "{p:?} and {other:?} overlap: one name could belong to both servers"
+                        ),
+                    ));
+                }
+                require(
+                    prefixes.iter().filter(|o| **o == p.as_str()).count() == 1,
+                    &at("tool_prefix"),
+                    "is used by two servers",
+                )?;
+            }
+            for (shown, own) in &s.aliases {
+                require(
+                    is_tool_name(shown) && is_tool_name(own),
+                    &at(&format!("aliases.{shown}")),
+                    "names must be 1-128 of letters, digits, '_', '-' or '.'",
+                )?;
+            }
+        }
+        let mut shown = HashSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            for alias in s.aliases.keys() {
+                require(
+                    shown.insert(alias.as_str()),
+                    &format!("servers[{i}].aliases.{alias}"),
+                    "is an alias of two servers",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Checked {
         require(
             !self.name.is_empty()
@@ -250,12 +368,23 @@ impl UpstreamConfig {
             "name",
             "must be non-empty letters, digits, '-', '_' or '.'",
         )?;
-        require(
-            self.mount.starts_with('/') && (self.mount.len() == 1 || !self.mount.ends_with('/')),
-            "mount",
-            "must start with '/' and not end with '/'",
-        )?;
-        match self.url.parse::<http::Uri>() {
+        if let Some(mount) = &self.mount {
+            require(
+                mount.starts_with('/') && (mount.len() == 1 || !mount.ends_with('/')),
+                "mount",
+                "must start with '/' and not end with '/'",
+            )?;
+        }
+        if !self.servers.is_empty() {
+            return self.validate_virtual();
+        }
+        let Some(url) = &self.url else {
+            return Err(FieldError::new(
+                "url",
+                "is required (or `servers`, for a virtual MCP server)",
+            ));
+        };
+        match url.parse::<http::Uri>() {
             Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
                 if self.tls.is_some() {
                     return Err(FieldError::new(
@@ -358,12 +487,37 @@ pub fn validate_upstreams(upstreams: &[UpstreamConfig]) -> Checked {
                 format!("duplicate upstream name {:?}", u.name),
             ));
         }
-        if !mounts.insert(u.mount.as_str()) {
+        if let Some(mount) = &u.mount
+            && !mounts.insert(mount.as_str())
+        {
             return Err(FieldError::new(
                 format!("{at}.mount"),
-                format!("duplicate mount {:?}", u.mount),
+                format!("duplicate mount {mount:?}"),
             ));
         }
+    }
+    // A virtual server's servers are direct MCP upstreams; every upstream is reachable.
+    let members: HashSet<&str> = upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter().map(|s| s.upstream.as_str()))
+        .collect();
+    for (i, u) in upstreams.iter().enumerate() {
+        for (j, s) in u.servers.iter().enumerate() {
+            let target = upstreams.iter().find(|t| t.name == s.upstream);
+            require(
+                target.is_some_and(|t| t.kind == UpstreamKind::Mcp && t.servers.is_empty()),
+                &format!("[{i}].servers[{j}].upstream"),
+                &format!(
+                    "must name an MCP upstream with a url (there is no such upstream {:?})",
+                    s.upstream
+                ),
+            )?;
+        }
+        require(
+            u.mount.is_some() || members.contains(u.name.as_str()),
+            &format!("[{i}].mount"),
+            "is required (or list this upstream in a virtual server's servers)",
+        )?;
     }
     Ok(())
 }

@@ -195,6 +195,7 @@ pub fn list_shows(
     gw: &Gateway,
     base: &PolicyInput,
     tool: &Value,
+    own_name: Option<&str>,
     shadow: &std::sync::Mutex<ListShadow>,
 ) -> bool {
     let Some(name) = tool.get("name").and_then(Value::as_str) else {
@@ -209,6 +210,7 @@ pub fn list_shows(
     });
     input.tool = Some(input::Tool {
         name: name.to_string(),
+        upstream_name: own_name.map(str::to_string),
         arguments: None,
         annotations: tool.get("annotations").cloned(),
     });

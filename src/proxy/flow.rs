@@ -48,7 +48,12 @@ pub async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<BoxBody>
                 if let Err(reason) = call.identify(request.headers()).await {
                     return call.reject(reason, &request.refusal_shape());
                 }
-                mcp_request(&call, request).await
+                match &mount.target {
+                    super::Target::Virtual(vs) => {
+                        super::multiplex::serve::request(&mut call, vs, request).await
+                    }
+                    super::Target::Upstream(_) => mcp_request(&call, request).await,
+                }
             }
         }
     } else {
@@ -96,7 +101,12 @@ async fn mcp_request(call: &Call<'_>, request: McpRequest) -> Response<BoxBody> 
 }
 
 /// One unit through decide → (approve) → forward, recording on every path.
-async fn one(call: &Call<'_>, mut unit: Unit, out: Outbound, plan: Plan) -> Response<BoxBody> {
+pub(super) async fn one(
+    call: &Call<'_>,
+    mut unit: Unit,
+    out: Outbound,
+    plan: Plan,
+) -> Response<BoxBody> {
     match decide::request(call.gw, &mut unit) {
         Verdict::Forward => {
             forward::send(call, out, vec![unit.record], Reason::Allowed, plan).await
@@ -143,24 +153,29 @@ fn accepts_sse(head: &http::request::Parts) -> bool {
         .any(|v| v.contains("text/event-stream"))
 }
 
-/// GET (the server's event stream) and DELETE (end of a session): put to policy with
-/// no method, then passed through.
-async fn stream(call: &Call<'_>, head: http::request::Parts) -> Response<BoxBody> {
-    let mut input = call.base_input(&head);
+/// The unit of a GET (the server's event stream) or DELETE (end of a session): no
+/// method, nothing to answer by id.
+pub(super) fn stream_unit(call: &Call<'_>, head: &http::request::Parts) -> Unit {
+    let mut input = call.base_input(head);
     input.mcp = Some(input::Mcp {
         method: None,
         kind: "request",
         protocol_version: mcp::revision_header(&head.headers).ok().flatten(),
-        session: session(&head),
+        session: session(head),
     });
-    let unit = Unit {
+    Unit {
         record: call.record(),
         input,
         tool: None,
         shape: Shape::Unanswerable,
         approvable: None,
         list_id: None,
-    };
+    }
+}
+
+/// GET and DELETE: put to policy with no method, then passed through.
+async fn stream(call: &Call<'_>, head: http::request::Parts) -> Response<BoxBody> {
+    let unit = stream_unit(call, &head);
     let out = Outbound {
         head,
         rest: String::new(),
@@ -228,6 +243,7 @@ pub(super) fn message_unit(
         r.args_fingerprint = Some(crate::fingerprint::of_json(&t.arguments));
         input.tool = Some(input::Tool {
             name: t.name.clone(),
+            upstream_name: None,
             arguments: Some(t.arguments.clone()),
             annotations: None,
         });
@@ -378,6 +394,7 @@ async fn http_call(call: &Call<'_>, h: HttpRequest<'_>) -> Response<BoxBody> {
         rec.args_fingerprint = Some(crate::fingerprint::of_json(&t.arguments));
         input.tool = Some(input::Tool {
             name: t.name.clone(),
+            upstream_name: None,
             arguments: Some(t.arguments.clone()),
             annotations: None,
         });

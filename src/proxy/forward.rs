@@ -17,7 +17,7 @@ use super::classify::OutBody;
 use super::mcp::results;
 use super::render::{self, Shape};
 use super::upstream::{UpstreamError, clean_response_headers};
-use super::{BoxBody, decide};
+use super::{BoxBody, Target, decide};
 use crate::audit::PendingRecord;
 use crate::outcome::{Disposition, Reason};
 use crate::policy::input::PolicyInput;
@@ -76,23 +76,32 @@ pub async fn send(
         OutBody::Held(b) if plan.jsonrpc => Some(b.clone()),
         _ => None,
     };
-    let body = match out.body {
-        OutBody::None => render::empty(),
-        OutBody::Held(b) => render::full(b),
-        OutBody::Stream(s) => s,
+    let token = plan.approval_token.as_ref();
+    let resp = match (&call.mount.target, &call.routed, out.body) {
+        (Target::Virtual(vs), Some(routed), OutBody::Held(b)) => {
+            let limit = call.gw.limits.max_inspected_response_bytes;
+            vs.forward(routed, out.head.headers, b, token, limit).await
+        }
+        (Target::Virtual(_), _, _) => Err(UpstreamError::Protocol(
+            "no server behind the virtual server was chosen for this message".into(),
+        )),
+        (Target::Upstream(up), _, body) => {
+            let body = match body {
+                OutBody::None => render::empty(),
+                OutBody::Held(b) => render::full(b),
+                OutBody::Stream(s) => s,
+            };
+            up.forward(
+                out.head.method,
+                &out.rest,
+                out.head.uri.query(),
+                out.head.headers,
+                body,
+                token,
+            )
+            .await
+        }
     };
-    let resp = call
-        .mount
-        .upstream
-        .forward(
-            out.head.method,
-            &out.rest,
-            out.head.uri.query(),
-            out.head.headers,
-            body,
-            plan.approval_token.as_ref(),
-        )
-        .await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => return upstream_failed(e, records, plan, sent.as_ref()),
@@ -141,7 +150,7 @@ pub async fn send(
             let tools = v.get("result")?.get("tools")?.as_array()?;
             let (kept, gone): (Vec<&Value>, Vec<&Value>) = tools
                 .iter()
-                .partition(|t| decide::list_shows(&gw, base, t, &shadow));
+                .partition(|t| decide::list_shows(&gw, base, t, None, &shadow));
             if !gone.is_empty() {
                 tracing::debug!(
                     hidden = gone.len(),

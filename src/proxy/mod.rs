@@ -19,6 +19,7 @@ pub mod flow;
 pub mod forward;
 pub mod framing;
 pub mod mcp;
+pub mod multiplex;
 pub mod path;
 #[cfg(test)]
 mod phases_tests;
@@ -45,12 +46,22 @@ use config::{AgentConfig, Limits, UpstreamConfig, UpstreamKind};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// A gateway path prefix and the tool server behind it.
+/// A gateway path prefix and what answers there.
 pub struct Mount {
     pub prefix: String,
     pub kind: UpstreamKind,
-    pub upstream: upstream::Upstream,
+    pub target: Target,
     pub routes: Vec<routes::Route>,
+}
+
+/// What a mount leads to.
+// One per mount, built once: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Target {
+    /// One tool server.
+    Upstream(upstream::Upstream),
+    /// A virtual MCP server in front of several.
+    Virtual(multiplex::VirtualServer),
 }
 
 impl Mount {
@@ -64,7 +75,10 @@ impl Mount {
     }
 
     pub fn name(&self) -> &str {
-        &self.upstream.name
+        match &self.target {
+            Target::Upstream(u) => &u.name,
+            Target::Virtual(vs) => &vs.name,
+        }
     }
 }
 
@@ -89,6 +103,22 @@ pub struct GatewayParts {
     /// The configured binding-message profile's name (policy input `op`), when
     /// approvals are configured.
     pub binding_message_profile: Option<String>,
+}
+
+/// The tool server of `upstreams[i]`, with its credential read. Errors name the key
+/// below `upstreams`.
+fn direct_upstream(parts: &GatewayParts, i: usize) -> Checked<upstream::Upstream> {
+    let u = &parts.upstreams[i];
+    let at = format!("[{i}]");
+    let credential = match &u.credential {
+        Some(c) => Some(
+            c.source()
+                .read(&parts.base)
+                .map_err(|e| e.under(&format!("{at}.credential")))?,
+        ),
+        None => None,
+    };
+    upstream::Upstream::new(u, credential, &parts.base).map_err(|e| e.under(&at))
 }
 
 /// Everything a request needs, shared by all connections. Immutable once built.
@@ -123,13 +153,33 @@ impl Gateway {
         let mut mounts = Vec::new();
         for (i, u) in parts.upstreams.iter().enumerate() {
             let at = format!("[{i}]");
-            let credential = match &u.credential {
-                Some(c) => Some(
-                    c.source()
-                        .read(&parts.base)
-                        .map_err(|e| e.under(&format!("{at}.credential")))?,
-                ),
-                None => None,
+            let Some(prefix) = u.mount.clone() else {
+                continue;
+            };
+            let target = if u.servers.is_empty() {
+                Target::Upstream(direct_upstream(&parts, i)?)
+            } else {
+                let members = u
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        let j = parts
+                            .upstreams
+                            .iter()
+                            .position(|t| t.name == s.upstream)
+                            .ok_or_else(|| {
+                                FieldError::new(format!("{at}.servers"), "names no upstream")
+                            })?;
+                        Ok(multiplex::Member {
+                            upstream: direct_upstream(&parts, j)?,
+                            naming: multiplex::naming::Naming::new(
+                                s.tool_prefix.clone(),
+                                s.aliases.clone(),
+                            ),
+                        })
+                    })
+                    .collect::<Checked<Vec<_>>>()?;
+                Target::Virtual(multiplex::VirtualServer::new(u.name.clone(), members))
             };
             let routes = u
                 .routes
@@ -150,10 +200,9 @@ impl Gateway {
                 })
                 .collect::<Checked<Vec<_>>>()?;
             mounts.push(Mount {
-                prefix: u.mount.clone(),
+                prefix,
                 kind: u.kind,
-                upstream: upstream::Upstream::new(u, credential, &parts.base)
-                    .map_err(|e| e.under(&at))?,
+                target,
                 routes,
             });
         }

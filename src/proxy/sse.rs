@@ -15,7 +15,7 @@ pub type Rewrite = Box<dyn FnMut(&Value) -> Option<Value> + Send>;
 
 /// Finds the end of the first complete event in `buf` (index past its blank line),
 /// looking from `from` on (everything before it was scanned already).
-fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(in crate::proxy) fn event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from.saturating_sub(2);
     while i < buf.len() {
         if buf[i] == b'\n' {
@@ -31,11 +31,8 @@ fn event_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Applies `rewrite` to one raw event; returns the bytes to send.
-fn rewrite_event(raw: Bytes, rewrite: &mut Rewrite) -> Bytes {
-    let Ok(text) = std::str::from_utf8(&raw) else {
-        return raw;
-    };
+/// An event's `data` (its lines joined) and its other lines.
+fn event_fields(text: &str) -> (String, Vec<&str>) {
     let mut data = String::new();
     let mut other_lines = Vec::new();
     for line in text.lines() {
@@ -48,6 +45,21 @@ fn rewrite_event(raw: Bytes, rewrite: &mut Rewrite) -> Bytes {
             other_lines.push(line);
         }
     }
+    (data, other_lines)
+}
+
+/// The JSON-RPC message one raw event carries, if it carries one.
+pub(in crate::proxy) fn event_message(raw: &[u8]) -> Option<Value> {
+    let (data, _) = event_fields(std::str::from_utf8(raw).ok()?);
+    serde_json::from_str(&data).ok()
+}
+
+/// Applies `rewrite` to one raw event; returns the bytes to send.
+fn rewrite_event(raw: Bytes, rewrite: &mut Rewrite) -> Bytes {
+    let Ok(text) = std::str::from_utf8(&raw) else {
+        return raw;
+    };
+    let (data, other_lines) = event_fields(text);
     if data.is_empty() {
         return raw;
     }

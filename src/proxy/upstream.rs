@@ -47,6 +47,9 @@ pub enum UpstreamError {
     Protocol(String),
     #[error("{0}")]
     Tls(String),
+    /// A server behind a virtual server answered 404 to its session: it forgot it.
+    #[error("the server no longer knows its session")]
+    SessionLost,
 }
 
 impl UpstreamError {
@@ -59,6 +62,7 @@ impl UpstreamError {
                 Reason::UpstreamError(format!("the upstream connection failed: {why}"))
             }
             UpstreamError::Tls(why) => Reason::UpstreamTls(why.clone()),
+            UpstreamError::SessionLost => Reason::UpstreamError(self.to_string()),
         }
     }
 
@@ -100,7 +104,11 @@ impl Transport {
         builder
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256);
-        if !cfg.url.starts_with("https://") {
+        if !cfg
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+        {
             return Ok(Transport::Plain(builder.build(connector)));
         }
         let tls = cfg.tls.clone().unwrap_or_default();
@@ -142,6 +150,8 @@ impl Upstream {
         let url_err = |e: String| FieldError::new("url", e);
         let base: Uri = cfg
             .url
+            .as_deref()
+            .unwrap_or_default()
             .parse()
             .map_err(|e: http::uri::InvalidUri| url_err(e.to_string()))?;
         if base.host().is_none() {
@@ -224,6 +234,11 @@ impl Upstream {
         self.approval_audience
             .as_deref()
             .filter(|_| self.approval_exchange)
+    }
+
+    /// How long the upstream has to answer (its response headers).
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// True when this upstream takes the approver's access token on approved calls.

@@ -135,14 +135,15 @@ pub async fn run(
     }
     let for_approval = CallForApproval {
         agent: &call.gw.agent.id,
-        upstream: call.mount.name(),
+        upstream: call.upstream_name(),
         tool: &tool.name,
         arguments: &bound,
         params: &params,
         trace_parent: crate::telemetry::traces::traceparent(&tracing::Span::current()),
         identity: call.identity.as_deref(),
-        resource: call.mount.upstream.approval_resource(),
-        call_digest: crate::verify::call_digest(&tool.name, &bound),
+        resource: call.upstream().and_then(|u| u.approval_resource()),
+        // What the tool server will verify: its own name for the tool.
+        call_digest: crate::verify::call_digest(call.own_tool_name(&tool.name), &bound),
     };
     // A 2026-07-28 retry carries the requestState we issued: it must be intact, ours,
     // for this agent and this exact call.
@@ -295,10 +296,13 @@ async fn conclude(
                 return blocked_after_approval(unit, &reason, caller, &tool);
             }
             // An upstream that takes the approver's token gets it, or nothing at all.
-            let approval_token = if call.mount.upstream.wants_approval_token() {
+            let approval_token = if call.upstream().is_some_and(|u| u.wants_approval_token()) {
                 let first = crate::approval::approvals_used(&records).into_iter().next();
                 let kept = first.and_then(|rec| approvals.access_token(rec));
-                let token = match (kept, call.mount.upstream.approval_exchange_audience()) {
+                let token = match (
+                    kept,
+                    call.upstream().and_then(|u| u.approval_exchange_audience()),
+                ) {
                     (Some(t), Some(audience)) => {
                         use secrecy::ExposeSecret;
                         match approvals

@@ -1,0 +1,233 @@
+//! A virtual MCP server: one endpoint in front of several MCP tool servers. The
+//! gateway answers `initialize` / `server/discover` itself, merges the servers'
+//! `tools/list` into one catalogue (names mapped by `naming`), and routes each
+//! `tools/call` to the server that owns the tool, under the server's own name, through
+//! the same decide → approve → forward phases as a direct mount. Sessions
+//! (`sessions`) map one agent session to one session per server.
+
+pub mod catalogue;
+pub mod exchange;
+pub mod naming;
+pub mod serve;
+pub mod sessions;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::render;
+use super::upstream::{Upstream, UpstreamError};
+use exchange::{Envelope, REVISION_HEADER, SESSION_HEADER};
+use naming::{Naming, Resolved};
+use sessions::{ServerSession, Session, Sessions};
+
+/// One server behind the virtual server.
+pub struct Member {
+    pub upstream: Upstream,
+    pub naming: Naming,
+}
+
+/// The virtual server of one mount.
+pub struct VirtualServer {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub sessions: Sessions,
+    /// Who owns each shown name no prefix or alias decides, from the last merged list.
+    owners: RwLock<HashMap<String, usize>>,
+}
+
+/// Where an agent's tool call goes.
+#[derive(Clone)]
+pub struct Routed {
+    /// The member's index.
+    pub server: usize,
+    /// The tool's name at that server.
+    pub own_name: String,
+    /// The agent's session (revisions with sessions).
+    pub session: Option<Arc<Session>>,
+}
+
+impl VirtualServer {
+    pub fn new(name: String, members: Vec<Member>) -> VirtualServer {
+        let n = members.len();
+        VirtualServer {
+            name,
+            members,
+            sessions: Sessions::new(n),
+            owners: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn namings(&self) -> Vec<&Naming> {
+        self.members.iter().map(|m| &m.naming).collect()
+    }
+
+    /// The owner of `shown` by the naming rules, then by the last merged list.
+    pub fn resolve_known(&self, shown: &str) -> Option<(usize, String)> {
+        match naming::resolve(&self.namings(), shown) {
+            Resolved::Server(i, own) => Some((i, own)),
+            Resolved::Nowhere => None,
+            Resolved::Unprefixed(candidates) => {
+                let owner = *self.owners.read().ok()?.get(shown)?;
+                candidates
+                    .contains(&owner)
+                    .then(|| (owner, shown.to_string()))
+            }
+        }
+    }
+
+    pub(crate) fn remember_owners(&self, owners: HashMap<String, usize>) {
+        if let Ok(mut o) = self.owners.write() {
+            *o = owners;
+        }
+    }
+
+    /// The server's side of `session`, opened (initialize, then
+    /// notifications/initialized) on first use.
+    pub async fn server_session(
+        &self,
+        session: &Session,
+        server: usize,
+        limit: usize,
+    ) -> Result<ServerSession, UpstreamError> {
+        let mut slot = session.servers[server].lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let up = &self.members[server].upstream;
+        let init = json!({
+            "jsonrpc": "2.0",
+            "id": "ciba-gate-initialize",
+            "method": "initialize",
+            "params": {
+                "protocolVersion": session.revision,
+                // None declared: a server then sends no requests (sampling,
+                // elicitation) the gateway would have to route back.
+                "capabilities": {},
+                "clientInfo": session.client_info,
+            },
+        });
+        let answer = exchange::ask(
+            up,
+            &init,
+            &Envelope::default(),
+            limit,
+            up.response_timeout(),
+        )
+        .await?;
+        let result = answer.message.get("result").ok_or_else(|| {
+            UpstreamError::Protocol(format!(
+                "the server refused to open a session: {}",
+                answer.message.get("error").cloned().unwrap_or(Value::Null)
+            ))
+        })?;
+        let opened = ServerSession {
+            id: answer.headers.get(SESSION_HEADER).cloned(),
+            revision: result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(&session.revision)
+                .to_string(),
+        };
+        exchange::tell(
+            up,
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            &envelope(&opened),
+        )
+        .await?;
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Forgets a server's session the server lost (unless it was re-opened already).
+    async fn forget(&self, session: &Session, server: usize, stale: &ServerSession) {
+        let mut slot = session.servers[server].lock().await;
+        if slot.as_ref().is_some_and(|s| s.id == stale.id) {
+            *slot = None;
+        }
+    }
+
+    /// Sends an agent's routed message to its server: the agent's session replaced by
+    /// the server's (re-opened once if the server lost it), the server's session id
+    /// never shown to the agent.
+    pub async fn forward(
+        &self,
+        routed: &Routed,
+        mut headers: HeaderMap,
+        body: Bytes,
+        approval_token: Option<&secrecy::SecretString>,
+        limit: usize,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let up = &self.members[routed.server].upstream;
+        headers.remove(SESSION_HEADER);
+        let Some(session) = &routed.session else {
+            let resp = up
+                .forward(
+                    Method::POST,
+                    "",
+                    None,
+                    headers,
+                    render::full(body),
+                    approval_token,
+                )
+                .await?;
+            return Ok(without_session(resp));
+        };
+        let mut reopened = false;
+        loop {
+            let s = self.server_session(session, routed.server, limit).await?;
+            let mut h = headers.clone();
+            let e = envelope(&s);
+            if let Some(id) = e.session {
+                h.insert(SESSION_HEADER, id);
+            }
+            if let Ok(r) = HeaderValue::from_str(&s.revision) {
+                h.insert(REVISION_HEADER, r);
+            }
+            let resp = up
+                .forward(
+                    Method::POST,
+                    "",
+                    None,
+                    h,
+                    render::full(body.clone()),
+                    approval_token,
+                )
+                .await?;
+            // 404 on a session: the server forgot it (restarted) and ran nothing.
+            if resp.status() == http::StatusCode::NOT_FOUND && s.id.is_some() && !reopened {
+                tracing::info!(server = %up.name, "server lost its session; opening a new one");
+                self.forget(session, routed.server, &s).await;
+                reopened = true;
+                continue;
+            }
+            return Ok(without_session(resp));
+        }
+    }
+
+    /// Ends the servers' sessions of a closed agent session (best effort).
+    pub async fn close(&self, session: &Session) {
+        for (i, s) in session.opened() {
+            if s.id.is_some() {
+                let _ = exchange::close(&self.members[i].upstream, &envelope(&s)).await;
+            }
+        }
+    }
+}
+
+fn envelope(s: &ServerSession) -> Envelope {
+    Envelope {
+        revision: Some(s.revision.clone()),
+        session: s.id.clone(),
+        extra: HeaderMap::new(),
+    }
+}
+
+fn without_session(mut resp: http::Response<Incoming>) -> http::Response<Incoming> {
+    resp.headers_mut().remove(SESSION_HEADER);
+    resp
+}

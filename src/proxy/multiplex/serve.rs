@@ -1,0 +1,401 @@
+//! The request path on a virtual server's mount. Every message is put to policy as on
+//! a direct mount; then the gateway answers what the virtual server itself owns
+//! (`initialize`, `server/discover`, `ping`, the merged `tools/list`, notifications)
+//! and routes a `tools/call` to its server through the shared phases
+//! (`flow::one`: decide → approve → forward), under the server's own tool name.
+
+use std::sync::Mutex;
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::catalogue::{self, Ask};
+use super::exchange::SESSION_HEADER;
+use super::sessions::Session;
+use super::{Routed, VirtualServer};
+use crate::outcome::{Disposition, Reason};
+use crate::proxy::call::{Call, Unit};
+use crate::proxy::classify::{McpRequest, OutBody};
+use crate::proxy::decide::{self, Verdict};
+use crate::proxy::forward::{Outbound, Plan};
+use crate::proxy::mcp::{self, Message, MessageKind};
+use crate::proxy::render::{self, Shape};
+use crate::proxy::{BoxBody, flow};
+
+/// The revisions the virtual server speaks; the newest with sessions is the default.
+pub const REVISIONS: [&str; 4] = ["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+const LATEST_WITH_SESSIONS: &str = "2025-11-25";
+
+/// Handles one classified, identified request on a virtual server's mount.
+pub async fn request(
+    call: &mut Call<'_>,
+    vs: &VirtualServer,
+    request: McpRequest,
+) -> Response<BoxBody> {
+    match request {
+        McpRequest::Stream { head } if head.method == Method::DELETE => {
+            end_session(call, vs, head).await
+        }
+        McpRequest::Stream { .. } => {
+            // No event stream of its own: MCP lets a server answer GET with 405.
+            let mut r = call.reject(Reason::MethodNotAllowed, &Shape::Post { id: Value::Null });
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            r
+        }
+        McpRequest::Messages { batch: true, .. } => call.reject(
+            Reason::BatchNotAllowed(
+                "a virtual server takes one message per request (its members may differ)".into(),
+            ),
+            &Shape::Post { id: Value::Null },
+        ),
+        McpRequest::Messages {
+            head,
+            members,
+            revision,
+            ..
+        } => match members.into_iter().next() {
+            Some(Ok(msg)) => message(call, vs, head, msg, revision).await,
+            _ => call.reject(
+                Reason::InvalidRequest("no message".into()),
+                &Shape::Post { id: Value::Null },
+            ),
+        },
+    }
+}
+
+/// The agent's session, for revisions that have one (`initialize` opens it).
+fn session_of(
+    vs: &VirtualServer,
+    head: &http::request::Parts,
+) -> Result<Option<std::sync::Arc<Session>>, Reason> {
+    let id = head
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Reason::SessionRequired)?;
+    vs.sessions.get(id).map(Some).ok_or(Reason::UnknownSession)
+}
+
+async fn message(
+    call: &mut Call<'_>,
+    vs: &VirtualServer,
+    head: http::request::Parts,
+    msg: Message,
+    revision: Option<String>,
+) -> Response<BoxBody> {
+    let stateless = mcp::is_stateless(revision.as_deref());
+    let method = msg.method.clone().unwrap_or_default();
+    let session = if stateless || method == "initialize" {
+        None
+    } else {
+        match session_of(vs, &head) {
+            Ok(s) => s,
+            Err(reason) => {
+                let id = msg.id.clone().unwrap_or(Value::Null);
+                return call.reject(reason, &Shape::Post { id });
+            }
+        }
+    };
+    if msg.kind == MessageKind::Request
+        && method == mcp::methods::name_of(mcp::methods::Role::ToolCall)
+    {
+        return tool_call(call, vs, head, msg, revision, session).await;
+    }
+    let base = call.base_input(&head);
+    let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
+        Ok(u) => u,
+        Err((reason, shape)) => return render::answer(&reason, &shape),
+    };
+    let unit = match allowed(call, unit) {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    if msg.kind != MessageKind::Request {
+        // Notifications and responses end here: the gateway's own requests to the
+        // servers declare no capabilities, so no server waits for an answer.
+        unit.record
+            .conclude(Disposition::Answered, &Reason::Allowed, None);
+        return render::accepted();
+    }
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let result = match method.as_str() {
+        "initialize" => return initialize(vs, unit, &msg, id),
+        "server/discover" => json!({
+            "supportedVersions": REVISIONS,
+            "capabilities": capabilities(),
+            "_meta": {"io.modelcontextprotocol/serverInfo": server_info(vs)},
+            "ttlMs": 0,
+            "cacheScope": "private",
+        }),
+        "ping" => json!({}),
+        "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
+        other => {
+            let reason = Reason::MethodNotOffered(other.to_string());
+            unit.record.conclude(Disposition::Rejected, &reason, None);
+            return render::answer(&reason, &Shape::JsonRpc { id });
+        }
+    };
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, None);
+    render::json(StatusCode::OK, &reply(id, result, stateless))
+}
+
+/// Phase decide for a message the gateway answers itself: only `allow` goes on.
+#[allow(clippy::result_large_err)]
+fn allowed(call: &Call<'_>, mut unit: Unit) -> Result<Unit, Response<BoxBody>> {
+    let reason = match decide::request(call.gw, &mut unit) {
+        Verdict::Forward => return Ok(unit),
+        Verdict::Block(reason) => reason,
+        Verdict::Approve(_) => Reason::ApprovalUnsupported,
+    };
+    let resp = render::answer(&reason, &unit.shape);
+    unit.record.conclude(Disposition::Blocked, &reason, None);
+    Err(resp)
+}
+
+fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
+    if stateless {
+        result["resultType"] = json!("complete");
+    }
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+fn capabilities() -> Value {
+    json!({"tools": {"listChanged": false}})
+}
+
+fn server_info(vs: &VirtualServer) -> Value {
+    json!({"name": vs.name, "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// `initialize`: the revision agreed (the agent's, when the gateway speaks it), and a
+/// session for revisions that have them.
+fn initialize(vs: &VirtualServer, unit: Unit, msg: &Message, id: Value) -> Response<BoxBody> {
+    let params = msg.value.get("params");
+    let asked = params
+        .and_then(|p| p.get("protocolVersion"))
+        .and_then(Value::as_str)
+        .unwrap_or(LATEST_WITH_SESSIONS);
+    let revision = REVISIONS
+        .iter()
+        .find(|r| **r == asked)
+        .copied()
+        .unwrap_or(LATEST_WITH_SESSIONS);
+    let result = json!({
+        "protocolVersion": revision,
+        "capabilities": capabilities(),
+        "serverInfo": server_info(vs),
+    });
+    let mut resp = render::json(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+    );
+    if !mcp::is_stateless(Some(revision)) {
+        let client_info = params
+            .and_then(|p| p.get("clientInfo"))
+            .cloned()
+            .unwrap_or_else(|| json!({"name": "ciba-gate", "version": env!("CARGO_PKG_VERSION")}));
+        let sid = vs.sessions.open(revision, client_info);
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            resp.headers_mut().insert(SESSION_HEADER, v);
+        }
+    }
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, None);
+    resp
+}
+
+/// The agent's MCP headers a 2026-07-28 request mirrors, for the gateway's own
+/// requests to the servers.
+fn mirrored(head: &http::request::Parts) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    if let Some(v) = head.headers.get("mcp-method") {
+        h.insert("mcp-method", v.clone());
+    }
+    h
+}
+
+fn ask<'a>(
+    call: &Call<'_>,
+    head: &http::request::Parts,
+    params: Value,
+    revision: Option<String>,
+    session: Option<&'a Session>,
+) -> Ask<'a> {
+    let mut params = match params {
+        Value::Object(o) => Value::Object(o),
+        _ => json!({}),
+    };
+    if let Some(p) = params.as_object_mut() {
+        p.remove("cursor");
+        p.remove("name");
+        p.remove("arguments");
+    }
+    Ask {
+        session,
+        revision,
+        params,
+        extra: mirrored(head),
+        limit: call.gw.limits.max_inspected_response_bytes,
+    }
+}
+
+/// The merged `tools/list`, each tool put to policy (phase `list`) with its own
+/// server as `input.upstream`; what is missing is named in `_meta`.
+async fn list(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    unit: Unit,
+    head: &http::request::Parts,
+    msg: &Message,
+    revision: Option<String>,
+    session: Option<std::sync::Arc<Session>>,
+) -> Response<BoxBody> {
+    let stateless = mcp::is_stateless(revision.as_deref());
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+    let how = ask(call, head, params, revision, session.as_deref());
+    let merged = catalogue::tools(vs, &how).await;
+    if merged.unavailable.len() == vs.members.len()
+        && let Some((_, reason)) = merged.unavailable.first()
+    {
+        let resp = render::answer(reason, &Shape::JsonRpc { id });
+        unit.record
+            .conclude(Disposition::UpstreamFailed, reason, None);
+        return resp;
+    }
+    let shadow = Mutex::new(decide::ListShadow::default());
+    let mut shown = Vec::new();
+    let mut hidden = 0;
+    for (i, own, tool) in &merged.tools {
+        let mut base = unit.input.clone();
+        base.upstream.name = vs.members[*i].upstream.name.clone();
+        base.upstream.via = Some(vs.name.clone());
+        if decide::list_shows(call.gw, &base, tool, Some(own), &shadow) {
+            shown.push(tool.clone());
+        } else {
+            hidden += 1;
+        }
+    }
+    let mut result = json!({"tools": shown});
+    if stateless {
+        result["ttlMs"] = json!(0);
+        result["cacheScope"] = json!("private");
+    }
+    if let Some(meta) = merged.meta(vs) {
+        result["_meta"] = meta;
+    }
+    let mut record = unit.record;
+    let r = record.get_mut();
+    r.hidden_tools = Some(hidden);
+    if r.shadow.is_none() {
+        r.shadow = shadow.lock().ok().and_then(|s| s.evidence());
+    }
+    record.conclude(Disposition::Answered, &Reason::Allowed, None);
+    render::json(StatusCode::OK, &reply(id, result, stateless))
+}
+
+/// A `tools/call`: find the server that owns the name (asking the servers for their
+/// lists when the name is not decided by prefix or alias), then the shared phases with
+/// the server as the call's upstream and the server's own name in the body it reads.
+async fn tool_call(
+    call: &mut Call<'_>,
+    vs: &VirtualServer,
+    mut head: http::request::Parts,
+    msg: Message,
+    revision: Option<String>,
+    session: Option<std::sync::Arc<Session>>,
+) -> Response<BoxBody> {
+    let shown = msg
+        .tool_call()
+        .ok()
+        .flatten()
+        .map(|t| t.name)
+        .unwrap_or_default();
+    let mut owner = vs.resolve_known(&shown);
+    if owner.is_none() && !shown.is_empty() {
+        let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+        let how = ask(call, &head, params, revision.clone(), session.as_deref());
+        catalogue::tools(vs, &how).await;
+        owner = vs.resolve_known(&shown);
+    }
+    if let Some((server, own)) = &owner {
+        call.routed = Some(Routed {
+            server: *server,
+            own_name: own.clone(),
+            session,
+        });
+    }
+    let base = call.base_input(&head);
+    let mut unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
+        Ok(u) => u,
+        Err((reason, shape)) => return render::answer(&reason, &shape),
+    };
+    let Some((_, own)) = owner else {
+        let reason = Reason::UnknownTool(format!(
+            "no server behind this endpoint offers a tool named {shown:?} (or two servers claim it); tools/list shows the names to use"
+        ));
+        unit.record.conclude(Disposition::Rejected, &reason, None);
+        return render::answer(
+            &reason,
+            &Shape::JsonRpc {
+                id: msg.id.clone().unwrap_or(Value::Null),
+            },
+        );
+    };
+    if let Some(t) = unit.input.tool.as_mut() {
+        t.upstream_name = Some(own.clone());
+    }
+    unit.record.get_mut().upstream_tool = Some(own.clone());
+    // The server reads its own name; everything else is the agent's message as policy
+    // read it (re-serialised from the strict parse: no duplicate key survives it).
+    let mut value = msg.value;
+    value["params"]["name"] = Value::String(own.clone());
+    if head.headers.contains_key("mcp-name")
+        && let Ok(v) = HeaderValue::from_str(&own)
+    {
+        head.headers.insert("mcp-name", v);
+    }
+    let out = Outbound {
+        head,
+        rest: String::new(),
+        body: OutBody::Held(bytes::Bytes::from(
+            serde_json::to_vec(&value).unwrap_or_default(),
+        )),
+    };
+    let plan = Plan {
+        jsonrpc: true,
+        ..Plan::default()
+    };
+    flow::one(call, unit, out, plan).await
+}
+
+/// DELETE: policy decides it like a direct mount's; then the session ends here and at
+/// every server it opened.
+async fn end_session(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    head: http::request::Parts,
+) -> Response<BoxBody> {
+    let unit = match allowed(call, flow::stream_unit(call, &head)) {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    let closed = head
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| vs.sessions.close(id));
+    let Some(session) = closed else {
+        let reason = Reason::UnknownSession;
+        unit.record.conclude(Disposition::Rejected, &reason, None);
+        return render::answer(&reason, &Shape::Post { id: Value::Null });
+    };
+    vs.close(&session).await;
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, Some(200));
+    let mut r = Response::new(render::empty());
+    *r.status_mut() = StatusCode::OK;
+    r
+}

@@ -1,0 +1,96 @@
+// An agent on the official MCP TypeScript SDK's Client, pointed at one gateway
+// endpoint that is a virtual server in front of several tool servers; used by
+// tests/multiplex.rs.
+//
+//   node mcp-multi-client.mjs --url http://127.0.0.1:PORT/mcp --calls JSON
+//                             [--revision R] [--terminate] [--pause-file PATH]
+//
+// Connects (initialize with the SDK's newest revision, or R when given: the
+// request's protocolVersion is replaced before it is sent), lists the tools with
+// the SDK's own result validation, then calls each {name, arguments} of --calls
+// in order with default options. With --pause-file, it waits after the first
+// call until that file exists (so a test can kill a server mid-session).
+// --terminate ends the session (HTTP DELETE) at the end.
+//
+// Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names],
+//   listMeta, calls: [{name, result} | {name, error}], terminated, error}.
+
+import { existsSync } from 'node:fs';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+
+function parseArgs(argv) {
+  const opts = { url: null, calls: [], revision: null, terminate: false, pauseFile: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`missing value for ${a}`);
+      return argv[++i];
+    };
+    switch (a) {
+      case '--url': opts.url = next(); break;
+      case '--calls': opts.calls = JSON.parse(next()); break;
+      case '--revision': opts.revision = next(); break;
+      case '--terminate': opts.terminate = true; break;
+      case '--pause-file': opts.pauseFile = next(); break;
+      default: throw new Error(`unknown argument ${a}`);
+    }
+  }
+  if (!opts.url) throw new Error('--url is required');
+  return opts;
+}
+
+function askingFor(revision) {
+  return async (url, init) => {
+    if (revision && init?.body && typeof init.body === 'string') {
+      const msg = JSON.parse(init.body);
+      if (msg.method === 'initialize') {
+        msg.params.protocolVersion = revision;
+        init = { ...init, body: JSON.stringify(msg) };
+      }
+    }
+    return fetch(url, init);
+  };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const out = { calls: [], terminated: false };
+  const client = new Client({ name: 'multiplex-test-agent', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(opts.url), {
+    fetch: askingFor(opts.revision),
+  });
+  try {
+    await client.connect(transport);
+    out.protocolVersion = transport.protocolVersion ?? null;
+    out.sessionId = transport.sessionId ?? null;
+    out.serverInfo = client.getServerVersion() ?? null;
+    const list = await client.listTools();
+    out.tools = list.tools.map((t) => t.name);
+    out.listMeta = list._meta ?? null;
+    for (const [n, c] of opts.calls.entries()) {
+      try {
+        const result = await client.callTool({ name: c.name, arguments: c.arguments ?? {} });
+        out.calls.push({ name: c.name, result });
+      } catch (e) {
+        out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });
+      }
+      if (n === 0 && opts.pauseFile) {
+        console.error('PAUSED');
+        for (let i = 0; i < 300 && !existsSync(opts.pauseFile); i++) await sleep(100);
+      }
+    }
+    if (opts.terminate) {
+      await transport.terminateSession();
+      out.terminated = true;
+    }
+  } catch (e) {
+    out.error = String(e?.stack ?? e);
+  }
+  await client.close().catch(() => {});
+  console.log(JSON.stringify(out));
+}
+
+main();

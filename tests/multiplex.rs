@@ -1,0 +1,422 @@
+//! Several MCP servers behind one endpoint: the gateway as a virtual MCP server in
+//! front of two official TypeScript SDK servers (one with sessions and SSE answers, one
+//! stateless with JSON answers), an official SDK client as the agent. One merged,
+//! policy-filtered catalogue; each call reaches the server that owns the tool under
+//! the server's own name; sessions are the gateway's, one per server behind it; a
+//! server that restarts loses nothing the agent sees; a server that is down costs
+//! only its own tools.
+
+#![allow(clippy::disallowed_methods)] // waits on real processes in real time
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{ChildGuard, ensure_node_peers, free_port, wait_for_port};
+
+const POLICY: &str = r#"package ciba_gate
+
+import rego.v1
+
+allow if input.mcp.method in {"initialize", "notifications/initialized", "ping", "tools/list"}
+
+# DELETE (the end of a session) has no method.
+allow if input.mcp.method == null
+
+# The servers' own names decide, whatever name the agent sees.
+allow if {
+	input.mcp.method == "tools/call"
+	input.tool.upstream_name in {"list_deployments", "deploy_service"}
+}
+
+deny contains {"code": "no_deletes", "message": "repositories are not deleted from here"} if {
+	input.tool.upstream_name == "delete_repository"
+}
+"#;
+
+fn json_lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// tests/interop/mcp-server.mjs on a fixed port (so it can be restarted there).
+struct SdkServer {
+    guard: Option<ChildGuard>,
+    port: u16,
+    args: Vec<String>,
+    calls: PathBuf,
+    http: PathBuf,
+    dir: PathBuf,
+}
+
+impl SdkServer {
+    fn start(dir: &Path, name: &str, args: &[&str]) -> SdkServer {
+        let mut s = SdkServer {
+            guard: None,
+            port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            calls: dir.join(format!("{name}-calls.jsonl")),
+            http: dir.join(format!("{name}-http.jsonl")),
+            dir: dir.to_path_buf(),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(ensure_node_peers())
+            .arg("mcp-server.mjs")
+            .args(["--port", &self.port.to_string()])
+            .args(&self.args)
+            .arg("--calls-log")
+            .arg(&self.calls)
+            .arg("--http-log")
+            .arg(&self.http);
+        let mut g = ChildGuard::spawn("mcp-server", cmd, &self.dir, true);
+        g.wait_for_stdout_line("READY ", Duration::from_secs(30));
+        self.guard = Some(g);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            g.kill();
+        }
+    }
+
+    fn tools_called(&self) -> Vec<String> {
+        json_lines(&self.calls)
+            .iter()
+            .map(|c| c["tool"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+struct Stack {
+    dir: tempfile::TempDir,
+    east: SdkServer,
+    west: SdkServer,
+    gateway: ChildGuard,
+    port: u16,
+    evidence: PathBuf,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let east = SdkServer::start(dir.path(), "east", &["--mode", "sse", "--stateful"]);
+        let west = SdkServer::start(dir.path(), "west", &["--mode", "json"]);
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("policy.rego"), POLICY).unwrap();
+        let evidence = dir.path().join("evidence.jsonl");
+        let port = free_port();
+        let config = dir.path().join("gate.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen: "127.0.0.1:{port}"
+admin: {{listen: "127.0.0.1:0"}}
+agent: {{id: ops-agent}}
+policy: {{dir: {policies:?}, reload_interval: 0s}}
+evidence: {{sink: file, path: {evidence:?}}}
+upstreams:
+  - name: tools
+    kind: mcp
+    mount: /mcp
+    servers:
+      - upstream: east
+        tool_prefix: east_
+      - upstream: west
+        tool_prefix: west_
+        aliases: {{ship: deploy_service}}
+  - name: east
+    kind: mcp
+    url: "http://127.0.0.1:{east}/mcp"
+  - name: west
+    kind: mcp
+    url: "http://127.0.0.1:{west}/mcp"
+"#,
+                east = east.port,
+                west = west.port,
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+        cmd.arg("serve").arg("--config").arg(&config);
+        let mut gateway = ChildGuard::spawn("ciba-gate", cmd, dir.path(), false);
+        wait_for_port(port, Duration::from_secs(30), Some(&mut gateway));
+        Stack {
+            dir,
+            east,
+            west,
+            gateway,
+            port,
+            evidence,
+        }
+    }
+
+    /// Runs tests/interop/mcp-multi-client.mjs; returns its report.
+    fn client(&self, calls: Value, extra: &[&str]) -> Value {
+        let mut cmd = Command::new("node");
+        cmd.current_dir(ensure_node_peers())
+            .arg("mcp-multi-client.mjs")
+            .args(["--url", &format!("http://127.0.0.1:{}/mcp", self.port)])
+            .args(["--calls", &calls.to_string()])
+            .args(extra);
+        let mut c = ChildGuard::spawn("mcp-multi-client", cmd, self.dir.path(), false);
+        let status = c
+            .wait_timeout(Duration::from_secs(60))
+            .expect("the SDK client finished");
+        assert!(status.success(), "client failed: {}", c.logs());
+        let out = c.stdout_text();
+        let line = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v.get("error").is_none(),
+            "client error: {v:#}\n{}",
+            self.gateway.logs()
+        );
+        v
+    }
+
+    fn evidence_for(&self, tool: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = json_lines(&self.evidence)
+                .into_iter()
+                .find(|r| r["tool"] == tool)
+            {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no evidence for {tool}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn text(call: &Value) -> &str {
+    call["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[test]
+fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owner() {
+    let stack = Stack::start();
+    let out = stack.client(
+        json!([
+            {"name": "east_list_deployments"},
+            {"name": "ship", "arguments": {"service": "payments", "env": "staging"}},
+            {"name": "west_delete_repository", "arguments": {"repo": "payments"}},
+            {"name": "west_deploy_service", "arguments": {"service": "payments", "env": "prod"}},
+            {"name": "nowhere_tool"},
+        ]),
+        &["--terminate"],
+    );
+    // One catalogue: prefixed, aliased, filtered by policy on the servers' own names.
+    let mut tools: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    tools.sort();
+    assert_eq!(
+        tools,
+        [
+            "east_deploy_service",
+            "east_list_deployments",
+            "ship",
+            "west_list_deployments"
+        ],
+        "{out:#}"
+    );
+    assert_eq!(out["serverInfo"]["name"], "tools");
+    let calls = out["calls"].as_array().unwrap();
+    assert!(text(&calls[0]).contains("deployments:"), "{out:#}");
+    assert_eq!(text(&calls[1]), "deployed payments to staging", "{out:#}");
+    // Policy blocks by the server's own name; the model reads why.
+    assert_eq!(calls[2]["result"]["isError"], true, "{out:#}");
+    assert_eq!(
+        calls[2]["result"]["_meta"]["ciba-gate/reason"],
+        "no_deletes"
+    );
+    // An aliased tool is reached by its alias only; an unknown name is a typed error.
+    assert_eq!(calls[3]["error"]["code"], -32602, "{out:#}");
+    assert_eq!(calls[4]["error"]["code"], -32602, "{out:#}");
+    assert_eq!(out["terminated"], true);
+
+    // Each server ran only its own tool, under its own name.
+    assert_eq!(stack.east.tools_called(), ["list_deployments"]);
+    assert_eq!(stack.west.tools_called(), ["deploy_service"]);
+
+    // Evidence names the server and both names of the tool.
+    let shipped = stack.evidence_for("ship");
+    assert_eq!(shipped["upstream"], "west");
+    assert_eq!(shipped["upstream_tool"], "deploy_service");
+    assert_eq!(shipped["outcome"], "forwarded");
+    let unknown = stack.evidence_for("nowhere_tool");
+    assert_eq!(unknown["reason"], "unknown_tool");
+
+    // The agent's session is the gateway's; the stateful server had its own, which the
+    // agent's DELETE ended.
+    let agent_session = out["sessionId"].as_str().expect("a session id");
+    let east_http = json_lines(&stack.east.http);
+    let east_sessions: Vec<&str> = east_http
+        .iter()
+        .filter_map(|r| r["session"].as_str())
+        .collect();
+    assert!(!east_sessions.is_empty(), "{east_http:#?}");
+    assert!(east_sessions.iter().all(|s| *s != agent_session));
+    assert!(
+        east_http.iter().any(|r| r["method"] == "DELETE"),
+        "the server's session was not closed: {east_http:#?}"
+    );
+    // The stateless server never saw a session.
+    assert!(
+        json_lines(&stack.west.http)
+            .iter()
+            .all(|r| r["session"].is_null())
+    );
+}
+
+#[test]
+fn a_server_that_restarts_or_goes_down_costs_the_agent_only_that_servers_tools() {
+    let mut stack = Stack::start();
+    let pause = stack.dir.path().join("go-on");
+    // The stateful server restarts mid-session and forgets it: the next call still
+    // runs (the gateway opens a new session there), and the agent never notices.
+    let mut cmd = Command::new("node");
+    cmd.current_dir(ensure_node_peers())
+        .arg("mcp-multi-client.mjs")
+        .args(["--url", &format!("http://127.0.0.1:{}/mcp", stack.port)])
+        .args([
+            "--calls",
+            &json!([{"name": "east_list_deployments"}, {"name": "east_list_deployments"}])
+                .to_string(),
+        ])
+        .arg("--pause-file")
+        .arg(&pause);
+    let mut client = ChildGuard::spawn("mcp-multi-client", cmd, stack.dir.path(), false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.stderr_text().contains("PAUSED") {
+        assert!(
+            Instant::now() < deadline,
+            "client never paused: {}",
+            client.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stack.east.kill();
+    stack.east.launch();
+    std::fs::write(&pause, "").unwrap();
+    client
+        .wait_timeout(Duration::from_secs(60))
+        .expect("client done");
+    let out: Value = serde_json::from_str(
+        client
+            .stdout_text()
+            .lines()
+            .rev()
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    let calls = out["calls"].as_array().unwrap();
+    assert!(text(&calls[0]).contains("deployments:"), "{out:#}");
+    assert!(
+        text(&calls[1]).contains("deployments:"),
+        "{out:#}\n{}",
+        stack.gateway.logs()
+    );
+    assert_eq!(stack.east.tools_called().len(), 2);
+
+    // The stateless server goes down: its tools leave the list (named in _meta), its
+    // calls get a typed answer, and the other server's tools keep working.
+    stack.west.kill();
+    let out = stack.client(
+        json!([
+            {"name": "ship", "arguments": {"service": "payments", "env": "staging"}},
+            {"name": "east_list_deployments"},
+        ]),
+        &[],
+    );
+    let tools: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(tools.iter().all(|t| t.starts_with("east_")), "{out:#}");
+    let unavailable = &out["listMeta"]["ciba-gate/unavailable"];
+    assert_eq!(unavailable[0]["server"], "west", "{out:#}");
+    assert_eq!(unavailable[0]["reason"], "upstream_unreachable");
+    // A tool server's failure keeps its HTTP status (502) with a JSON-RPC error body.
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["error"]["code"], 502, "{out:#}");
+    let message = calls[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#""reason":"upstream_unreachable""#),
+        "{out:#}"
+    );
+    assert!(text(&calls[1]).contains("deployments:"), "{out:#}");
+}
+
+#[test]
+fn check_refuses_names_two_servers_could_both_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("policy.rego"), POLICY).unwrap();
+    for (servers, says) in [
+        (
+            "[{upstream: a, tool_prefix: git_}, {upstream: b, tool_prefix: git_hub_}]",
+            "overlap",
+        ),
+        (
+            "[{upstream: a, aliases: {ship: deploy}}, {upstream: b, aliases: {ship: release}}]",
+            "alias of two servers",
+        ),
+        ("[{upstream: a}, {upstream: a}]", "listed twice"),
+        (
+            "[{upstream: a}, {upstream: nowhere}]",
+            "must name an MCP upstream",
+        ),
+    ] {
+        let config = dir.path().join("gate.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:0\"\nagent: {{id: a}}\npolicy: {{dir: {policies:?}}}\n\
+                 upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, servers: {servers}}}\n\
+                 \x20 - {{name: a, kind: mcp, url: \"http://127.0.0.1:1/mcp\"}}\n\
+                 \x20 - {{name: b, kind: mcp, url: \"http://127.0.0.1:2/mcp\"}}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ciba-gate"))
+            .args(["check", "--offline", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{servers}: {text}");
+        assert!(text.contains(says), "{servers}: {text}");
+        assert!(
+            !text.contains("ok "),
+            "a failure is never preceded by ok: {text}"
+        );
+    }
+}
