@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::dev_op::{Approver, approvals_yaml, start_op};
 use support::{ChildGuard, ensure_node_peers, free_port, wait_for_port};
 
 const POLICY: &str = r#"package ciba_gate
@@ -30,6 +31,13 @@ allow if input.mcp.method == null
 allow if {
 	input.mcp.method == "tools/call"
 	input.tool.upstream_name in {"list_deployments", "deploy_service"}
+}
+
+# Deploying through the second server needs a person's approval.
+approval := {"binding_message": "Deploy now"} if {
+	input.upstream.name == "west"
+	input.tool.upstream_name == "deploy_service"
+	input.op
 }
 
 deny contains {"code": "no_deletes", "message": "repositories are not deleted from here"} if {
@@ -110,7 +118,14 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
+        Stack::start_with(|_| String::new())
+    }
+
+    /// `extra`: more of the gateway's config (an `approvals:` section), given the
+    /// test's directory.
+    fn start_with(extra: impl FnOnce(&Path) -> String) -> Stack {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra(dir.path());
         let east = SdkServer::start(dir.path(), "east", &["--mode", "sse", "--stateful"]);
         let west = SdkServer::start(dir.path(), "west", &["--mode", "json"]);
         let policies = dir.path().join("policies");
@@ -143,6 +158,7 @@ upstreams:
   - name: west
     kind: mcp
     url: "http://127.0.0.1:{west}/mcp"
+{extra}
 "#,
                 east = east.port,
                 west = west.port,
@@ -286,6 +302,32 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
             .iter()
             .all(|r| r["session"].is_null())
     );
+}
+
+#[test]
+fn a_person_approves_a_call_to_the_second_server_and_it_runs_there_once() {
+    let op = start_op();
+    let stack = Stack::start_with(|_| approvals_yaml(&op, "hold"));
+    let approver = Approver::start(&op);
+    let out = stack.client(
+        json!([{"name": "ship", "arguments": {"service": "payments", "env": "prod"}}]),
+        &[],
+    );
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(text(&calls[0]), "deployed payments to prod", "{out:#}");
+    assert_eq!(approver.approved(), 1);
+    assert_eq!(stack.west.tools_called(), ["deploy_service"]);
+    assert!(stack.east.tools_called().is_empty());
+    let record = stack.evidence_for("ship");
+    assert_eq!(record["upstream"], "west");
+    assert_eq!(record["upstream_tool"], "deploy_service");
+    assert_eq!(record["reason"], "approved", "{record:#}");
+    assert_eq!(
+        record["approval"]["user_decision"], "approved",
+        "{record:#}"
+    );
+    assert_eq!(record["approval"]["binding_message"], "Deploy now");
+    assert_eq!(record["outcome"], "forwarded", "{record:#}");
 }
 
 #[test]
