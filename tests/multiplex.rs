@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::dev_op::{Approver, approvals_yaml, start_op};
-use support::{ChildGuard, ensure_node_peers, free_port, wait_for_port};
+use support::{ChildGuard, ensure_node_peers, free_port, python_sdk, wait_for_port};
 
 const POLICY: &str = r#"package ciba_gate
 
@@ -78,18 +78,31 @@ impl SdkServer {
         s
     }
 
+    /// `args` `["py"]`: tests/interop/py/mcp_server.py (Python SDK, stateless,
+    /// 2026-07-28 and older) instead.
     fn launch(&mut self) {
-        let mut cmd = Command::new("node");
-        cmd.current_dir(ensure_node_peers())
-            .arg("mcp-server.mjs")
-            .args(["--port", &self.port.to_string()])
-            .args(&self.args)
+        let peers = ensure_node_peers();
+        let mut cmd = if self.args.first().is_some_and(|a| a == "py") {
+            let mut cmd = Command::new(python_sdk());
+            cmd.current_dir(peers.join("py"))
+                .arg("mcp_server.py")
+                .arg("--bodies-log")
+                .arg(&self.http);
+            cmd
+        } else {
+            let mut cmd = Command::new("node");
+            cmd.current_dir(peers)
+                .arg("mcp-server.mjs")
+                .args(&self.args)
+                .arg("--http-log")
+                .arg(&self.http);
+            cmd
+        };
+        cmd.args(["--port", &self.port.to_string()])
             .arg("--calls-log")
-            .arg(&self.calls)
-            .arg("--http-log")
-            .arg(&self.http);
+            .arg(&self.calls);
         let mut g = ChildGuard::spawn("mcp-server", cmd, &self.dir, true);
-        g.wait_for_stdout_line("READY ", Duration::from_secs(30));
+        g.wait_for_stdout_line("READY ", Duration::from_secs(60));
         self.guard = Some(g);
     }
 
@@ -124,13 +137,36 @@ impl Stack {
     /// `extra`: more of the gateway's config (an `approvals:` section), given the
     /// test's directory.
     fn start_with(extra: impl FnOnce(&Path) -> String) -> Stack {
+        Stack::launch(
+            &["--mode", "sse", "--stateful"],
+            &["--mode", "json"],
+            "tool_prefix: east_",
+            "tool_prefix: west_, aliases: {ship: deploy_service}",
+            None,
+            extra,
+        )
+    }
+
+    /// Two servers (`east_args`, `west_args`: `SdkServer::launch`) behind the virtual
+    /// server with their naming rules; `policies`: a directory (else `POLICY`).
+    fn launch(
+        east_args: &[&str],
+        west_args: &[&str],
+        east_naming: &str,
+        west_naming: &str,
+        policies: Option<PathBuf>,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let extra = extra(dir.path());
-        let east = SdkServer::start(dir.path(), "east", &["--mode", "sse", "--stateful"]);
-        let west = SdkServer::start(dir.path(), "west", &["--mode", "json"]);
-        let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(policies.join("policy.rego"), POLICY).unwrap();
+        let east = SdkServer::start(dir.path(), "east", east_args);
+        let west = SdkServer::start(dir.path(), "west", west_args);
+        let policies = policies.unwrap_or_else(|| {
+            let p = dir.path().join("policies");
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("policy.rego"), POLICY).unwrap();
+            p
+        });
         let evidence = dir.path().join("evidence.jsonl");
         let port = free_port();
         let config = dir.path().join("gate.yaml");
@@ -147,11 +183,8 @@ upstreams:
     kind: mcp
     mount: /mcp
     servers:
-      - upstream: east
-        tool_prefix: east_
-      - upstream: west
-        tool_prefix: west_
-        aliases: {{ship: deploy_service}}
+      - {{upstream: east, {east_naming}}}
+      - {{upstream: west, {west_naming}}}
   - name: east
     kind: mcp
     url: "http://127.0.0.1:{east}/mcp"
@@ -328,6 +361,72 @@ fn a_person_approves_a_call_to_the_second_server_and_it_runs_there_once() {
     );
     assert_eq!(record["approval"]["binding_message"], "Deploy now");
     assert_eq!(record["outcome"], "forwarded", "{record:#}");
+}
+
+/// 2026-07-28 has no sessions: an official Python SDK client that finds the revision
+/// itself, in front of two Python SDK servers (one shown as it is, one with a
+/// prefix), with the bundled policies and a person's approval. Every result is the
+/// SDK's own validated model for that revision.
+#[test]
+fn a_2026_07_28_client_gets_validated_results_and_an_approved_call() {
+    let op = start_op();
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let stack = Stack::launch(
+        &["py"],
+        &["py"],
+        "aliases: {}",
+        "tool_prefix: b_",
+        Some(bundled),
+        |_| approvals_yaml(&op, "hold"),
+    );
+    let approver = Approver::start(&op);
+    let mut cmd = Command::new(python_sdk());
+    cmd.current_dir(ensure_node_peers().join("py"))
+        .arg("mcp_client.py")
+        .args(["--url", &format!("http://127.0.0.1:{}/mcp", stack.port)])
+        .args(["--mode", "auto", "--variants", "default"]);
+    let mut client = ChildGuard::spawn("py-client", cmd, stack.dir.path(), false);
+    let status = client
+        .wait_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("client did not finish\n{}", client.logs()));
+    assert!(status.success(), "{}", client.logs());
+    let out: Value = serde_json::from_str(client.stdout_text().trim()).unwrap();
+    let run = &out["runs"][0];
+    assert!(
+        run["errors"].as_object().unwrap().is_empty(),
+        "{run:#}\n{}",
+        stack.gateway.logs()
+    );
+    assert_eq!(run["protocolVersion"], "2026-07-28");
+    // The bundled policy knows the first server's names; the prefixed ones are
+    // unknown tools to it, so phase list hides them.
+    assert_eq!(
+        run["tools"],
+        json!(["list_deployments", "deploy_service"]),
+        "{run:#}"
+    );
+    let calls = &run["calls"];
+    assert!(text_of(&calls["list_deployments"]).starts_with("deployments:"));
+    let deployed = &calls["deploy_service"];
+    assert_eq!(text_of(deployed), "deployed payments to prod", "{deployed}");
+    assert_eq!(deployed["resultType"], "complete");
+    assert_eq!(
+        calls["delete_repository"]["_meta"]["ciba-gate/reason"],
+        "destructive_tool"
+    );
+    assert_eq!(approver.approved(), 1);
+    assert_eq!(
+        stack.east.tools_called(),
+        ["list_deployments", "deploy_service"]
+    );
+    assert!(stack.west.tools_called().is_empty());
+    // The second server was asked for its list, statelessly.
+    let west_bodies = std::fs::read_to_string(&stack.west.http).unwrap_or_default();
+    assert!(west_bodies.contains("tools/list"), "{west_bodies}");
+}
+
+fn text_of(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or_default()
 }
 
 #[test]
