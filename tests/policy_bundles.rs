@@ -127,17 +127,7 @@ fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
 
 /// An Ed25519 signing key and its public key as SPKI PEM.
 fn signing_key(seed: u8) -> (EncodingKey, String) {
-    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-    use base64::Engine;
-    let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-    let pkcs8 = pair.to_pkcs8().unwrap();
-    let mut spki = hex::decode("302a300506032b6570032100").unwrap();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(&spki)
-    );
-    (EncodingKey::from_ed_der(pkcs8.as_ref()), pem)
+    ciba_gate::fuzzing::bundle::ed25519_test_key(seed)
 }
 
 /// `.signatures.json` for `files`, as `opa sign` writes it.

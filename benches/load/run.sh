@@ -9,7 +9,10 @@
 #   (e) ciba-gate -> nginx (plain HTTP) -> tool server,
 #   (f) ciba-gate -> nginx (HTTPS, HTTP/1.1, private CA) -> tool server,
 #   (g) ciba-gate -> nginx (HTTPS, HTTP/2 by ALPN) -> tool server;
-#   (f) - (e) and (g) - (e) are what TLS to the tool server adds, in the same run.
+#   (f) - (e) and (g) - (e) are what TLS to the tool server adds, in the same run;
+#   and, with VIRTUAL=1 (default), the cost of routing through a virtual server:
+#   (h) ciba-gate with the tool server behind a virtual server (`servers:`), in one
+#       MCP session opened before the run; (h) - (c) is what routing adds per call.
 #
 # Usage: benches/load/run.sh          (from anywhere; needs cargo, wrk, nginx, curl)
 # Knobs (environment):
@@ -22,6 +25,7 @@
 #   QUIET_WAIT=900        seconds to wait for other cargo/rustc processes to finish first
 #   KEEP_TMP=0            1 = keep the temp dir (configs, logs, wrk outputs, evidence)
 #   TLS=1                 0 = skip (e)-(g)
+#   VIRTUAL=1             0 = skip (h)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -44,6 +48,7 @@ BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 QUIET_WAIT=${QUIET_WAIT:-900}
 KEEP_TMP=${KEEP_TMP:-0}
 TLS=${TLS:-1}
+VIRTUAL=${VIRTUAL:-1}
 
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -287,6 +292,32 @@ if [ "$TLS" = 1 ]; then
     wait_up ciba-gate-via-nginx-h2 "http://127.0.0.1:$PORT_GATEWAY_H2/mcp"
 fi
 
+PORT_GATEWAY_VIRTUAL=${PORT_GATEWAY_VIRTUAL:-19200}
+if [ "$VIRTUAL" = 1 ]; then
+    # The same gateway config, its one upstream behind a virtual server (names as
+    # they are, so the load script's calls resolve by the naming rule alone).
+    gateway_config "$PORT_GATEWAY_VIRTUAL" "{kind: memory}" "$TMP/evidence-virtual.jsonl" 19201 \
+        | sed -e 's|^upstreams:$|upstreams:\n  - {name: mcp, kind: mcp, mount: /mcp, servers: [{upstream: tools}]}|' \
+              -e '/^    mount: \/mcp$/d' >"$TMP/gateway-virtual.yaml"
+    "$BIN" serve --config "$TMP/gateway-virtual.yaml" >"$TMP/gateway-virtual.log" 2>&1 &
+    GW_VIRTUAL_PID=$!; PIDS+=("$GW_VIRTUAL_PID")
+    VIRTUAL_SESSION=
+    for _ in $(seq 1 100); do
+        VIRTUAL_SESSION=$(curl -s -D - -o /dev/null -H 'content-type: application/json' \
+            -H 'accept: application/json, text/event-stream' \
+            --data '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"wrk","version":"1"}}}' \
+            "http://127.0.0.1:$PORT_GATEWAY_VIRTUAL/mcp" 2>/dev/null | tr -d '\r' | sed -n 's/^mcp-session-id: //Ip' || true)
+        [ -n "$VIRTUAL_SESSION" ] && break
+        sleep 0.1
+    done
+    [ -n "$VIRTUAL_SESSION" ] || die "the virtual server opened no session ($TMP/gateway-virtual.log)"
+    SESSION_OK=$(curl -s -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+        -H 'mcp-protocol-version: 2025-06-18' -H "mcp-session-id: $VIRTUAL_SESSION" --data "$BODY_OK" \
+        "http://127.0.0.1:$PORT_GATEWAY_VIRTUAL/mcp")
+    echo "$SESSION_OK" | grep -q '"isError":false' || die "the virtual server did not route a call: $SESSION_OK"
+    log "virtual server on :$PORT_GATEWAY_VIRTUAL, session opened"
+fi
+
 # The gateway really decides: a destructive tool is blocked, the allowed one is not.
 DENIED=$(probe "http://127.0.0.1:$PORT_GATEWAY/mcp" \
     '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository","arguments":{"repo":"x"}}}')
@@ -343,6 +374,11 @@ for round in $(seq 1 "$ROUNDS"); do
         run_one ciba-gate→nginx "http://127.0.0.1:$PORT_GATEWAY_VIA/mcp" "$GW_VIA_PID $NGX_PID" "$round" "$TMP/evidence-via.jsonl"
         run_one ciba-gate→nginx-https "http://127.0.0.1:$PORT_GATEWAY_TLS/mcp" "$GW_TLS_PID $NGX_PID" "$round" "$TMP/evidence-tls.jsonl"
         run_one ciba-gate→nginx-https-h2 "http://127.0.0.1:$PORT_GATEWAY_H2/mcp" "$GW_H2_PID $NGX_PID" "$round" "$TMP/evidence-h2.jsonl"
+    fi
+    if [ "$VIRTUAL" = 1 ]; then
+        export MCP_SESSION_ID=$VIRTUAL_SESSION
+        run_one ciba-gate-virtual "http://127.0.0.1:$PORT_GATEWAY_VIRTUAL/mcp" "$GW_VIRTUAL_PID" "$round" "$TMP/evidence-virtual.jsonl"
+        unset MCP_SESSION_ID
     fi
 done
 

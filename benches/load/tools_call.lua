@@ -28,6 +28,8 @@ local headers = {
    ["Content-Type"] = "application/json",
    ["Accept"] = "application/json, text/event-stream",
    ["MCP-Protocol-Version"] = os.getenv("MCP_PROTOCOL_VERSION") or "2025-06-18",
+   -- A virtual server needs the session its initialize opened (run.sh opens one).
+   ["Mcp-Session-Id"] = os.getenv("MCP_SESSION_ID"),
 }
 
 function init(args)

@@ -46,54 +46,28 @@ impl HttpSinkConfig {
     }
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-
 pub struct HttpSink {
-    cfg: HttpSinkConfig,
-    /// Built on first use, inside the writer thread (a blocking client must not be made
-    /// or dropped on an async runtime).
-    client: Option<reqwest::blocking::Client>,
+    collector: super::collector::Collector,
 }
 
 impl HttpSink {
     pub fn new(cfg: HttpSinkConfig) -> Self {
-        HttpSink { cfg, client: None }
+        HttpSink {
+            collector: super::collector::Collector::new(cfg.url, cfg.timeout, cfg.retries),
+        }
     }
 
     /// Sends `lines` (one JSON record per line, as the file sink writes them) as one
     /// batch.
     pub fn send(&mut self, lines: &[u8]) -> std::io::Result<()> {
         let body = gzip(&json_array(lines))?;
-        let client = match &self.client {
-            Some(c) => c,
-            None => {
-                let c = reqwest::blocking::Client::builder()
-                    .timeout(self.cfg.timeout)
-                    .build()
-                    .map_err(std::io::Error::other)?;
-                self.client.insert(c)
-            }
-        };
-        let mut backoff = FIRST_BACKOFF;
-        let mut last = String::new();
-        for attempt in 0..=self.cfg.retries {
-            if attempt > 0 {
-                std::thread::sleep(backoff);
-                backoff *= 2;
-            }
-            let sent = client
-                .post(&self.cfg.url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(http::header::CONTENT_ENCODING, "gzip")
-                .body(body.clone())
-                .send();
-            match sent {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("the collector answered {}", r.status()),
-                Err(e) => last = format!("the collector could not be reached: {e}"),
-            }
-        }
-        Err(std::io::Error::other(last))
+        self.collector.post(
+            &[
+                (http::header::CONTENT_TYPE, "application/json"),
+                (http::header::CONTENT_ENCODING, "gzip"),
+            ],
+            body,
+        )
     }
 }
 

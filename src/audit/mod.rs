@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub mod chain;
+mod collector;
 mod config;
 pub mod http_sink;
 pub mod otlp_sink;

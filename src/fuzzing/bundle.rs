@@ -14,23 +14,31 @@ use crate::policy::bundle::{
 /// Unpacked size limit for the target (small: the fuzzer's inputs are small).
 const LIMIT: usize = 1 << 20;
 
+/// An Ed25519 signing key from `seed` (reproducible: for tests and fuzzing only) and
+/// its public key as SPKI PEM, the form `policy.bundle.signing.public_key_file` takes.
+pub fn ed25519_test_key(seed: u8) -> (EncodingKey, String) {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine;
+    let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("seed");
+    let pkcs8 = pair.to_pkcs8().expect("pkcs8");
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix and the 32-byte key.
+    let mut spki = hex::decode("302a300506032b6570032100").expect("hex");
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    (EncodingKey::from_ed_der(pkcs8.as_ref()), pem)
+}
+
 /// The fixed signing key and the verifier for it (a fixed seed: runs are reproducible).
 fn keys() -> &'static (EncodingKey, Verifier) {
     static KEYS: OnceLock<(EncodingKey, Verifier)> = OnceLock::new();
     KEYS.get_or_init(|| {
-        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-        use base64::Engine;
-        let pair = Ed25519KeyPair::from_seed_unchecked(&[5u8; 32]).expect("seed");
-        let pkcs8 = pair.to_pkcs8().expect("pkcs8");
-        let mut spki = hex::decode("302a300506032b6570032100").expect("hex");
-        spki.extend_from_slice(pair.public_key().as_ref());
-        let pem = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(&spki)
-        );
+        let (key, pem) = ed25519_test_key(5);
         let verifier = Verifier::from_pem(pem.as_bytes(), Algorithm::EdDSA, None, None, vec![])
             .expect("verifier");
-        (EncodingKey::from_ed_der(pkcs8.as_ref()), verifier)
+        (key, verifier)
     })
 }
 

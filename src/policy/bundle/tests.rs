@@ -29,18 +29,8 @@ fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// An Ed25519 key from `seed`: the signer's key and the public key as SPKI PEM.
 fn ed25519_pair_from(seed: u8) -> (EncodingKey, Vec<u8>) {
-    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-    use base64::Engine;
-    let pair = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
-    let pkcs8 = pair.to_pkcs8().unwrap();
-    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix and the 32-byte key.
-    let mut spki = hex::decode("302a300506032b6570032100").unwrap();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        base64::engine::general_purpose::STANDARD.encode(&spki)
-    );
-    (EncodingKey::from_ed_der(pkcs8.as_ref()), pem.into_bytes())
+    let (key, pem) = crate::fuzzing::bundle::ed25519_test_key(seed);
+    (key, pem.into_bytes())
 }
 
 fn ed25519_pair() -> (EncodingKey, Vec<u8>) {

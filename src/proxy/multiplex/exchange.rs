@@ -62,6 +62,25 @@ fn protocol(why: impl Into<String>) -> UpstreamError {
     UpstreamError::Protocol(why.into())
 }
 
+/// POSTs one message of the gateway's own.
+async fn post(
+    upstream: &Upstream,
+    message: &Value,
+    envelope: &Envelope,
+) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    let body = serde_json::to_vec(message).map_err(|e| protocol(e.to_string()))?;
+    upstream
+        .forward(
+            Method::POST,
+            "",
+            None,
+            envelope.headers(),
+            render::full(body),
+            None,
+        )
+        .await
+}
+
 /// Sends `request` (a JSON-RPC request with an id) and reads its response, at most
 /// `limit` bytes and `timeout` long, whether the server answers with JSON or SSE.
 pub async fn ask(
@@ -72,18 +91,8 @@ pub async fn ask(
     timeout: Duration,
 ) -> Result<Answer, UpstreamError> {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
-    let body = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
     let exchange = async {
-        let resp = upstream
-            .forward(
-                Method::POST,
-                "",
-                None,
-                envelope.headers(),
-                render::full(body),
-                None,
-            )
-            .await?;
+        let resp = post(upstream, request, envelope).await?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         if status == http::StatusCode::NOT_FOUND && envelope.session.is_some() {
@@ -126,17 +135,7 @@ pub async fn tell(
     notification: &Value,
     envelope: &Envelope,
 ) -> Result<(), UpstreamError> {
-    let body = serde_json::to_vec(notification).map_err(|e| protocol(e.to_string()))?;
-    let resp = upstream
-        .forward(
-            Method::POST,
-            "",
-            None,
-            envelope.headers(),
-            render::full(body),
-            None,
-        )
-        .await?;
+    let resp = post(upstream, notification, envelope).await?;
     if resp.status().is_success() {
         Ok(())
     } else {
