@@ -561,3 +561,61 @@ fn check_refuses_names_two_servers_could_both_claim() {
         );
     }
 }
+
+/// `check` asks the servers: two servers without a prefix that share tool names are a
+/// collision it names; a server that cannot be reached is a problem too; distinct
+/// names pass with one verdict.
+#[test]
+fn check_asks_the_servers_and_names_a_tool_two_of_them_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = SdkServer::start(dir.path(), "a", &["--mode", "json"]);
+    let b = SdkServer::start(dir.path(), "b", &["--mode", "sse", "--stateful"]);
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("policy.rego"), POLICY).unwrap();
+    let check = |servers: &str, down: bool| {
+        let config = dir.path().join("gate.yaml");
+        let b_url = if down {
+            format!("http://127.0.0.1:{}/mcp", free_port())
+        } else {
+            format!("http://127.0.0.1:{}/mcp", b.port)
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:0\"\nagent: {{id: a}}\npolicy: {{dir: {policies:?}}}\n\
+                 upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, servers: {servers}}}\n\
+                 \x20 - {{name: a, kind: mcp, url: \"http://127.0.0.1:{}/mcp\"}}\n\
+                 \x20 - {{name: b, kind: mcp, url: \"{b_url}\"}}\n",
+                a.port
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ciba-gate"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check("[{upstream: a}, {upstream: b}]", false);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(r#"the tool name "list_deployments" is claimed by two servers"#),
+        "{text}"
+    );
+    let (code, text) = check("[{upstream: a}, {upstream: b, tool_prefix: b_}]", true);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("b could not list its tools"), "{text}");
+    let (code, text) = check("[{upstream: a}, {upstream: b, tool_prefix: b_}]", false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("virtual server tools: 8 tools from 2 servers"),
+        "{text}"
+    );
+}

@@ -24,6 +24,52 @@ impl Report {
     }
 }
 
+/// Each virtual server's servers asked for their tools: a name two of them claim (it
+/// would be listed by neither) and a server that does not answer are problems.
+async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
+    let c = &cfg.config;
+    for (i, u) in c.upstreams.iter().enumerate() {
+        if u.servers.is_empty() {
+            continue;
+        }
+        let vs =
+            match crate::proxy::multiplex::VirtualServer::from_config(&c.upstreams, &cfg.base(), i)
+            {
+                Ok(vs) => vs,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(cfg.field_error("upstreams", e).to_string());
+                    continue;
+                }
+            };
+        let merged = vs.survey(c.limits.max_inspected_response_bytes).await;
+        let at = format!("upstreams[{i}].servers");
+        for name in &merged.collisions {
+            report.problems.push(format!(
+                "{}: {at}: the tool name {name:?} is claimed by two servers (neither would be listed); give one of them a tool_prefix or an alias",
+                cfg.file.display()
+            ));
+        }
+        for (j, reason) in &merged.unavailable {
+            report.problems.push(format!(
+                "{}: {at}: {} could not list its tools: {}",
+                cfg.file.display(),
+                vs.members[*j].upstream.name,
+                reason.sentence()
+            ));
+        }
+        if merged.collisions.is_empty() && merged.unavailable.is_empty() {
+            report.notes.push(format!(
+                "virtual server {}: {} tools from {} servers, no name claimed twice",
+                u.name,
+                merged.tools.len(),
+                vs.members.len()
+            ));
+        }
+    }
+}
+
 /// Checks a config file. `Err` only when the file itself cannot be loaded.
 pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
     let cfg = LoadedConfig::load(config)?;
@@ -55,6 +101,9 @@ pub async fn run(config: &Path, offline: bool) -> anyhow::Result<Report> {
                     .to_string(),
             );
         }
+    }
+    if !offline {
+        check_virtual_servers(&mut report, &cfg).await;
     }
     if let Err(e) = c.store.resolve(&base) {
         report

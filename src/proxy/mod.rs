@@ -105,20 +105,24 @@ pub struct GatewayParts {
     pub binding_message_profile: Option<String>,
 }
 
-/// The tool server of `upstreams[i]`, with its credential read. Errors name the key
-/// below `upstreams`.
-fn direct_upstream(parts: &GatewayParts, i: usize) -> Checked<upstream::Upstream> {
-    let u = &parts.upstreams[i];
+/// The tool server of `upstreams[i]`, with its credential read (files relative to
+/// `base`). Errors name the key below `upstreams`.
+pub fn direct_upstream(
+    upstreams: &[UpstreamConfig],
+    base: &std::path::Path,
+    i: usize,
+) -> Checked<upstream::Upstream> {
+    let u = &upstreams[i];
     let at = format!("[{i}]");
     let credential = match &u.credential {
         Some(c) => Some(
             c.source()
-                .read(&parts.base)
+                .read(base)
                 .map_err(|e| e.under(&format!("{at}.credential")))?,
         ),
         None => None,
     };
-    upstream::Upstream::new(u, credential, &parts.base).map_err(|e| e.under(&at))
+    upstream::Upstream::new(u, credential, base).map_err(|e| e.under(&at))
 }
 
 /// Everything a request needs, shared by all connections. Immutable once built.
@@ -157,29 +161,13 @@ impl Gateway {
                 continue;
             };
             let target = if u.servers.is_empty() {
-                Target::Upstream(direct_upstream(&parts, i)?)
+                Target::Upstream(direct_upstream(&parts.upstreams, &parts.base, i)?)
             } else {
-                let members = u
-                    .servers
-                    .iter()
-                    .map(|s| {
-                        let j = parts
-                            .upstreams
-                            .iter()
-                            .position(|t| t.name == s.upstream)
-                            .ok_or_else(|| {
-                                FieldError::new(format!("{at}.servers"), "names no upstream")
-                            })?;
-                        Ok(multiplex::Member {
-                            upstream: direct_upstream(&parts, j)?,
-                            naming: multiplex::naming::Naming::new(
-                                s.tool_prefix.clone(),
-                                s.aliases.clone(),
-                            ),
-                        })
-                    })
-                    .collect::<Checked<Vec<_>>>()?;
-                Target::Virtual(multiplex::VirtualServer::new(u.name.clone(), members))
+                Target::Virtual(multiplex::VirtualServer::from_config(
+                    &parts.upstreams,
+                    &parts.base,
+                    i,
+                )?)
             };
             let routes = u
                 .routes

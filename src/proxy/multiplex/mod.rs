@@ -62,6 +62,60 @@ impl VirtualServer {
         }
     }
 
+    /// The virtual server of `upstreams[i]` (an entry with `servers`), its servers'
+    /// clients built from their own entries.
+    pub fn from_config(
+        upstreams: &[crate::proxy::config::UpstreamConfig],
+        base: &std::path::Path,
+        i: usize,
+    ) -> crate::validate::Checked<VirtualServer> {
+        let u = &upstreams[i];
+        let members = u
+            .servers
+            .iter()
+            .map(|s| {
+                let j = upstreams
+                    .iter()
+                    .position(|t| t.name == s.upstream)
+                    .ok_or_else(|| {
+                        crate::validate::FieldError::new(
+                            format!("[{i}].servers"),
+                            "names no upstream",
+                        )
+                    })?;
+                Ok(Member {
+                    upstream: super::direct_upstream(upstreams, base, j)?,
+                    naming: Naming::new(s.tool_prefix.clone(), s.aliases.clone()),
+                })
+            })
+            .collect::<crate::validate::Checked<Vec<_>>>()?;
+        Ok(VirtualServer::new(u.name.clone(), members))
+    }
+
+    /// What `check` reports: every server asked for its tools in a session of the
+    /// gateway's own; the names two servers claim and the servers that did not answer.
+    pub async fn survey(&self, limit: usize) -> catalogue::Merged {
+        let id = self.sessions.open(
+            serve::LATEST_WITH_SESSIONS,
+            json!({"name": "ciba-gate-check", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        let Some(session) = self.sessions.get(&id) else {
+            return catalogue::Merged::default();
+        };
+        let ask = catalogue::Ask {
+            session: Some(&session),
+            revision: None,
+            params: json!({}),
+            extra: HeaderMap::new(),
+            limit,
+        };
+        let merged = catalogue::tools(self, &ask).await;
+        if let Some(s) = self.sessions.close(&id) {
+            self.close(&s).await;
+        }
+        merged
+    }
+
     fn namings(&self) -> Vec<&Naming> {
         self.members.iter().map(|m| &m.naming).collect()
     }

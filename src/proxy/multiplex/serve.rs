@@ -24,7 +24,7 @@ use crate::proxy::{BoxBody, flow};
 
 /// The revisions the virtual server speaks; the newest with sessions is the default.
 pub const REVISIONS: [&str; 4] = ["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
-const LATEST_WITH_SESSIONS: &str = "2025-11-25";
+pub const LATEST_WITH_SESSIONS: &str = "2025-11-25";
 
 /// Handles one classified, identified request on a virtual server's mount.
 pub async fn request(
