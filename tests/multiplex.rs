@@ -22,7 +22,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "ping", "tools/list"}
+allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -617,5 +617,44 @@ fn check_asks_the_servers_and_names_a_tool_two_of_them_claim() {
     assert!(
         text.contains("virtual server tools: 8 tools from 2 servers"),
         "{text}"
+    );
+}
+
+/// A cancelled call's `notifications/cancelled` reaches the server the call went to,
+/// in that server's session.
+#[test]
+fn a_cancellation_reaches_the_server_that_runs_the_call() {
+    let stack = Stack::start();
+    let out = stack.client(
+        json!([
+            // With progress asked for, the SSE server holds its answer back 500 ms.
+            {"name": "east_list_deployments", "progress": true, "abortAfterMs": 150},
+            {"name": "west_list_deployments"},
+        ]),
+        &[],
+    );
+    let calls = out["calls"].as_array().unwrap();
+    assert!(calls[0].get("error").is_some(), "{out:#}");
+    assert!(text(&calls[1]).contains("deployments:"), "{out:#}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let east = json_lines(&stack.east.http);
+        let cancel = east
+            .iter()
+            .find(|r| r["rpc"][0] == "notifications/cancelled");
+        if let Some(c) = cancel {
+            assert!(c["session"].is_string(), "{c}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the east server never saw the cancellation: {east:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        json_lines(&stack.west.http)
+            .iter()
+            .all(|r| r["rpc"][0] != "notifications/cancelled")
     );
 }

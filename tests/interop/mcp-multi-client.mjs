@@ -9,7 +9,9 @@
 // request's protocolVersion is replaced before it is sent), lists the tools with
 // the SDK's own result validation, then calls each {name, arguments} of --calls
 // in order with default options. With --pause-file, it waits after the first
-// call until that file exists (so a test can kill a server mid-session).
+// call until that file exists (so a test can kill a server mid-session). A call
+// may carry "abortAfterMs" (cancel it then: notifications/cancelled) and
+// "progress": true (an onprogress handler, so the call has a progressToken).
 // --terminate ends the session (HTTP DELETE) at the end.
 //
 // Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names],
@@ -72,7 +74,17 @@ async function main() {
     out.listMeta = list._meta ?? null;
     for (const [n, c] of opts.calls.entries()) {
       try {
-        const result = await client.callTool({ name: c.name, arguments: c.arguments ?? {} });
+        // abortAfterMs: cancel the call that long after sending it (the SDK sends
+        // notifications/cancelled); progress: ask for progress (an onprogress handler).
+        const options = {};
+        if (c.abortAfterMs !== undefined) {
+          const abort = new AbortController();
+          setTimeout(() => abort.abort('cancelled by the test'), c.abortAfterMs);
+          options.signal = abort.signal;
+        }
+        if (c.progress) options.onprogress = () => {};
+        const result = await client.callTool(
+          { name: c.name, arguments: c.arguments ?? {} }, undefined, options);
         out.calls.push({ name: c.name, result });
       } catch (e) {
         out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });

@@ -111,9 +111,12 @@ async fn message(
         Ok(u) => u,
         Err(resp) => return resp,
     };
+    if msg.kind == MessageKind::Notification && method == "notifications/cancelled" {
+        return cancelled(call, vs, unit, head, msg, session).await;
+    }
     if msg.kind != MessageKind::Request {
-        // Notifications and responses end here: the gateway's own requests to the
-        // servers declare no capabilities, so no server waits for an answer.
+        // Other notifications and responses end here: the gateway's own requests to
+        // the servers declare no capabilities, so no server waits for an answer.
         unit.record
             .conclude(Disposition::Answered, &Reason::Allowed, None);
         return render::accepted();
@@ -364,11 +367,57 @@ async fn tool_call(
             serde_json::to_vec(&value).unwrap_or_default(),
         )),
     };
+    if let (Some(r), Some(id)) = (&call.routed, &msg.id)
+        && let Some(s) = &r.session
+    {
+        s.sent(id, r.server);
+    }
     let plan = Plan {
         jsonrpc: true,
         ..Plan::default()
     };
     flow::one(call, unit, out, plan).await
+}
+
+/// `notifications/cancelled`: sent on to the server the cancelled request went to (in
+/// this session); one the gateway did not send anywhere ends here.
+async fn cancelled(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    unit: Unit,
+    head: http::request::Parts,
+    msg: Message,
+    session: Option<std::sync::Arc<Session>>,
+) -> Response<BoxBody> {
+    let server = session.as_ref().and_then(|s| {
+        let id = msg.value.pointer("/params/requestId")?;
+        s.server_of(id)
+    });
+    let Some(server) = server else {
+        unit.record
+            .conclude(Disposition::Answered, &Reason::Allowed, None);
+        return render::accepted();
+    };
+    let routed = Routed {
+        server,
+        own_name: String::new(),
+        session,
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&msg.value).unwrap_or_default());
+    let limit = call.gw.limits.max_inspected_response_bytes;
+    let mut record = unit.record;
+    record.get_mut().upstream = vs.members[server].upstream.name.clone();
+    match vs.forward(&routed, head.headers, body, None, limit).await {
+        Ok(resp) => {
+            record.conclude(
+                Disposition::Forwarded,
+                &Reason::Allowed,
+                Some(resp.status().as_u16()),
+            );
+        }
+        Err(e) => record.conclude(Disposition::UpstreamFailed, &e.reason(), None),
+    }
+    render::accepted()
 }
 
 /// DELETE: policy decides it like a direct mount's; then the session ends here and at

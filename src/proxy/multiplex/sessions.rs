@@ -4,7 +4,7 @@
 //! number and idle time (a replica that restarts loses them; the agent initializes
 //! again on the 404, as MCP requires).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// Most sessions kept at once; the least recently used goes first.
 pub const MAX_SESSIONS: usize = 10_000;
+/// Calls remembered per session, for routing their cancellation.
+pub const REMEMBERED_CALLS: usize = 256;
 /// A session unused this long is forgotten.
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
 
@@ -33,12 +35,34 @@ pub struct Session {
     pub client_info: Value,
     /// Per server (by index): opened lazily, one opener at a time.
     pub servers: Vec<tokio::sync::Mutex<Option<ServerSession>>>,
+    /// The latest calls sent on (JSON-RPC id as text → server), newest last.
+    calls: Mutex<VecDeque<(String, usize)>>,
     last_used: AtomicU64,
 }
 
 impl Session {
     fn touch(&self) {
         self.last_used.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// Notes that the request `id` went to `server` (its cancellation goes there too).
+    pub fn sent(&self, id: &serde_json::Value, server: usize) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.len() >= REMEMBERED_CALLS {
+            calls.pop_front();
+        }
+        calls.push_back((id.to_string(), server));
+    }
+
+    /// The server a request `id` of this session went to.
+    pub fn server_of(&self, id: &serde_json::Value) -> Option<usize> {
+        let text = id.to_string();
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == text)
+            .map(|(_, s)| *s)
     }
 
     /// The servers' sessions opened so far (for closing them).
@@ -78,6 +102,7 @@ impl Sessions {
             servers: (0..self.servers)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
+            calls: Mutex::new(VecDeque::new()),
             last_used: AtomicU64::new(now_secs()),
         });
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
