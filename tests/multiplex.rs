@@ -529,7 +529,11 @@ fn check_refuses_names_two_servers_could_both_claim() {
         ("[{upstream: a}, {upstream: a}]", "listed twice"),
         (
             "[{upstream: a}, {upstream: nowhere}]",
-            "must name an MCP upstream",
+            "there is no upstream \"nowhere\"",
+        ),
+        (
+            "[{upstream: a}, {upstream: tools}]",
+            "\"tools\" is not a direct MCP upstream",
         ),
     ] {
         let config = dir.path().join("gate.yaml");

@@ -503,15 +503,17 @@ pub fn validate_upstreams(upstreams: &[UpstreamConfig]) -> Checked {
         .collect();
     for (i, u) in upstreams.iter().enumerate() {
         for (j, s) in u.servers.iter().enumerate() {
-            let target = upstreams.iter().find(|t| t.name == s.upstream);
-            require(
-                target.is_some_and(|t| t.kind == UpstreamKind::Mcp && t.servers.is_empty()),
-                &format!("[{i}].servers[{j}].upstream"),
-                &format!(
-                    "must name an MCP upstream with a url (there is no such upstream {:?})",
-                    s.upstream
-                ),
-            )?;
+            let why = match upstreams.iter().find(|t| t.name == s.upstream) {
+                None => format!("there is no upstream {:?}", s.upstream),
+                Some(t) if t.kind != UpstreamKind::Mcp || !t.servers.is_empty() => {
+                    format!("{:?} is not a direct MCP upstream", s.upstream)
+                }
+                Some(_) => continue,
+            };
+            return Err(FieldError::new(
+                format!("[{i}].servers[{j}].upstream"),
+                format!("must name an MCP upstream with a url: {why}"),
+            ));
         }
         require(
             u.mount.is_some() || members.contains(u.name.as_str()),
