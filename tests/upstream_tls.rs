@@ -417,3 +417,98 @@ async fn a_missing_ca_file_stops_start_up_naming_the_key() {
         "{err}"
     );
 }
+
+/// A gateway whose `/mcp` is a virtual server with the HTTPS tool server behind it.
+async fn virtual_gate_in_front_of(dir: &Path, server: SocketAddr) -> Gate {
+    let yaml = format!(
+        "agent: {{id: tls-agent}}\npolicy: {{dir: \"{POLICIES}\", reload_interval: 0s}}\n\
+         upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, servers: [{{upstream: hosted}}]}}\n\
+         \x20 - {{name: hosted, kind: mcp, url: \"https://localhost:{}/mcp\", tls: {{ca_file: ca.pem}}}}\n",
+        server.port()
+    );
+    Gate::start(dir, &yaml).await
+}
+
+/// Opens a session with the virtual server, then calls a tool in it.
+async fn call_tool_in_a_session(gate: &Gate) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let post = |body: Value, session: Option<String>| {
+        let mut req = http
+            .post(format!("http://{}/mcp", gate.addr))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.body(body.to_string()).send()
+    };
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "tls-test", "version": "1"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let resp = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "list_deployments", "arguments": {}}}),
+        Some(session),
+    )
+    .await
+    .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_virtual_servers_https_server_is_reached_with_its_own_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private tool CA");
+    let (cert, key) = ca.issue(&["localhost"], false);
+    let server = TlsToolServer::start(&cert, &key, &[b"h2", b"http/1.1"], None).await;
+    write(dir.path(), "ca.pem", &ca.pem);
+    let gate = virtual_gate_in_front_of(dir.path(), server.addr).await;
+    let (status, answer) = call_tool_in_a_session(&gate).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["content"][0]["text"], "over tls");
+    // The gateway opened the server's session (initialize, then initialized) and sent
+    // the call in it, all over HTTP/2 with TLS.
+    let seen = server.seen();
+    let methods: Vec<&str> = seen
+        .iter()
+        .map(|s| s.body["method"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        methods,
+        ["initialize", "notifications/initialized", "tools/call"]
+    );
+    assert!(seen.iter().all(|s| s.alpn.as_deref() == Some("h2")));
+    let evidence = gate.evidence(2).await;
+    let call = evidence
+        .iter()
+        .find(|r| r["mcp_method"] == "tools/call")
+        .unwrap();
+    assert_eq!(call["upstream"], "hosted");
+    assert_eq!(call["outcome"], "forwarded");
+}
+
+#[tokio::test]
+async fn a_virtual_servers_https_server_with_an_untrusted_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = Ca::new("the CA the gateway trusts");
+    let other = Ca::new("someone else's CA");
+    let (cert, key) = other.issue(&["localhost"], false);
+    let server = TlsToolServer::start(&cert, &key, &[b"h2", b"http/1.1"], None).await;
+    write(dir.path(), "ca.pem", &trusted.pem);
+    let gate = virtual_gate_in_front_of(dir.path(), server.addr).await;
+    let (status, answer) = call_tool_in_a_session(&gate).await;
+    assert_tls_refusal(status, &answer, "not signed by a trusted CA");
+    assert!(server.seen().is_empty());
+}
