@@ -22,7 +22,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list"}
+allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -267,8 +267,26 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
             {"name": "west_delete_repository", "arguments": {"repo": "payments"}},
             {"name": "west_deploy_service", "arguments": {"service": "payments", "env": "prod"}},
             {"name": "nowhere_tool"},
+            {"name": "east_deploy_checklist", "prompt": true, "arguments": {"service": "payments"}},
         ]),
         &["--terminate"],
+    );
+    // Prompts are merged and named by the same rules, and reach their own server.
+    let mut prompts: Vec<&str> = out["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    prompts.sort();
+    assert_eq!(
+        prompts,
+        ["east_deploy_checklist", "west_deploy_checklist"],
+        "{out:#}"
+    );
+    assert_eq!(
+        out["calls"][5]["result"]["messages"][0]["content"]["text"], "checklist for payments",
+        "{out:#}"
     );
     // One catalogue: prefixed, aliased, filtered by policy on the servers' own names.
     let mut tools: Vec<&str> = out["tools"]

@@ -11,10 +11,11 @@
 // in order with default options. With --pause-file, it waits after the first
 // call until that file exists (so a test can kill a server mid-session). A call
 // may carry "abortAfterMs" (cancel it then: notifications/cancelled) and
-// "progress": true (an onprogress handler, so the call has a progressToken).
+// "progress": true (an onprogress handler, so the call has a progressToken); with
+// "prompt": true it is a prompts/get instead. The prompts are listed too.
 // --terminate ends the session (HTTP DELETE) at the end.
 //
-// Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names],
+// Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names], prompts,
 //   listMeta, calls: [{name, result} | {name, error}], terminated, error}.
 
 import { existsSync } from 'node:fs';
@@ -72,6 +73,8 @@ async function main() {
     const list = await client.listTools();
     out.tools = list.tools.map((t) => t.name);
     out.listMeta = list._meta ?? null;
+    const prompts = await client.listPrompts();
+    out.prompts = prompts.prompts.map((p) => p.name);
     for (const [n, c] of opts.calls.entries()) {
       try {
         // abortAfterMs: cancel the call that long after sending it (the SDK sends
@@ -83,8 +86,9 @@ async function main() {
           options.signal = abort.signal;
         }
         if (c.progress) options.onprogress = () => {};
-        const result = await client.callTool(
-          { name: c.name, arguments: c.arguments ?? {} }, undefined, options);
+        const result = c.prompt
+          ? await client.getPrompt({ name: c.name, arguments: c.arguments ?? {} })
+          : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
         out.calls.push({ name: c.name, result });
       } catch (e) {
         out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });

@@ -25,6 +25,8 @@
 //               SHA-256 of the JCS form of {name, arguments}, never seen before (jti).
 //               A refused call is answered with isError and never runs or logs.
 //
+// Besides the tools it offers one prompt, deploy_checklist {service}.
+//
 // Prints "READY <port>" on stdout once listening. --port 0 picks a free port.
 
 import { createServer } from 'node:http';
@@ -195,6 +197,17 @@ function buildServer() {
       recordCall('delete_repository', args, extra);
       return { content: [{ type: 'text', text: `deleted ${args.repo}` }] };
     },
+  );
+
+  server.registerPrompt(
+    'deploy_checklist',
+    {
+      description: 'What to check before deploying a service',
+      argsSchema: { service: z.string() },
+    },
+    ({ service }) => ({
+      messages: [{ role: 'user', content: { type: 'text', text: `checklist for ${service}` } }],
+    }),
   );
 
   server.registerTool(

@@ -1,7 +1,7 @@
-//! The merged `tools/list` of a virtual server: every server asked at once (all pages
-//! followed), each tool renamed by its server's naming rule, a name two servers claim
-//! left out of the list (and refused when called), a server that cannot answer named
-//! as unavailable while the others' tools are still listed.
+//! The merged `tools/list` (and `prompts/list`) of a virtual server: every server asked
+//! at once (all pages followed), each entry renamed by its server's naming rule, a name
+//! two servers claim left out of the list (and refused when called), a server that
+//! cannot answer named as unavailable while the others' entries are still listed.
 
 use std::collections::HashMap;
 
@@ -15,6 +15,30 @@ use super::sessions::Session;
 use super::{VirtualServer, envelope};
 use crate::outcome::Reason;
 use crate::proxy::upstream::UpstreamError;
+
+/// What is listed: tools or prompts (named, and routed, by the same rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tools,
+    Prompts,
+}
+
+impl Kind {
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools/list",
+            Kind::Prompts => "prompts/list",
+        }
+    }
+
+    /// The result's array of entries.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Prompts => "prompts",
+        }
+    }
+}
 
 /// Pages followed per server; a server paging further is listed up to here.
 pub const MAX_PAGES: usize = 32;
@@ -65,7 +89,12 @@ impl Merged {
 
 /// Asks every server for its tools and merges them.
 pub async fn tools(vs: &VirtualServer, ask: &Ask<'_>) -> Merged {
-    let lists = join_all((0..vs.members.len()).map(|i| list_server(vs, i, ask))).await;
+    list(vs, ask, Kind::Tools).await
+}
+
+/// Asks every server for its `kind` entries and merges them.
+pub async fn list(vs: &VirtualServer, ask: &Ask<'_>, kind: Kind) -> Merged {
+    let lists = join_all((0..vs.members.len()).map(|i| list_server(vs, i, ask, kind))).await;
     let namings = vs.namings();
     let mut merged = Merged::default();
     let mut entries: Vec<(usize, String, String, Value)> = Vec::new();
@@ -117,7 +146,7 @@ pub async fn tools(vs: &VirtualServer, ask: &Ask<'_>) -> Merged {
     merged.collisions.extend(twice);
     merged.collisions.sort();
     merged.collisions.dedup();
-    vs.remember_owners(owners);
+    vs.remember_owners(kind, owners);
     merged
 }
 
@@ -126,6 +155,7 @@ async fn list_server(
     vs: &VirtualServer,
     i: usize,
     ask: &Ask<'_>,
+    kind: Kind,
 ) -> Result<Vec<Value>, UpstreamError> {
     let mut tools = Vec::new();
     let mut cursor: Option<Value> = None;
@@ -137,20 +167,34 @@ async fn list_server(
         let request = json!({
             "jsonrpc": "2.0",
             "id": format!("ciba-gate-list-{page}"),
-            "method": "tools/list",
+            "method": kind.method(),
             "params": params,
         });
         let answer = ask_server(vs, i, ask, &request).await?;
         let Some(result) = answer.get("result") else {
+            // A server without prompts has none to list.
+            if kind == Kind::Prompts
+                && answer.pointer("/error/code")
+                    == Some(&json!(crate::outcome::jsonrpc::METHOD_NOT_FOUND))
+            {
+                return Ok(tools);
+            }
             return Err(UpstreamError::Protocol(format!(
-                "the server answered tools/list with an error: {}",
+                "the server answered {} with an error: {}",
+                kind.method(),
                 answer.get("error").cloned().unwrap_or(Value::Null)
             )));
         };
         let page_tools = result
-            .get("tools")
+            .get(kind.key())
             .and_then(Value::as_array)
-            .ok_or_else(|| UpstreamError::Protocol("its tools/list result has no tools".into()))?;
+            .ok_or_else(|| {
+                UpstreamError::Protocol(format!(
+                    "its {} result has no {}",
+                    kind.method(),
+                    kind.key()
+                ))
+            })?;
         tools.extend(
             page_tools
                 .iter()

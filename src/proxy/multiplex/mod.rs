@@ -36,8 +36,9 @@ pub struct VirtualServer {
     pub name: String,
     pub members: Vec<Member>,
     pub sessions: Sessions,
-    /// Who owns each shown name no prefix or alias decides, from the last merged list.
-    owners: RwLock<HashMap<String, usize>>,
+    /// Who owns each shown name no prefix or alias decides, from the last merged list
+    /// of each kind.
+    owners: RwLock<HashMap<(catalogue::Kind, String), usize>>,
 }
 
 /// Where an agent's tool call goes.
@@ -120,13 +121,14 @@ impl VirtualServer {
         self.members.iter().map(|m| &m.naming).collect()
     }
 
-    /// The owner of `shown` by the naming rules, then by the last merged list.
-    pub fn resolve_known(&self, shown: &str) -> Option<(usize, String)> {
+    /// The owner of the `kind` entry `shown` by the naming rules, then by the last
+    /// merged list.
+    pub fn resolve_known(&self, kind: catalogue::Kind, shown: &str) -> Option<(usize, String)> {
         match naming::resolve(&self.namings(), shown) {
             Resolved::Server(i, own) => Some((i, own)),
             Resolved::Nowhere => None,
             Resolved::Unprefixed(candidates) => {
-                let owner = *self.owners.read().ok()?.get(shown)?;
+                let owner = *self.owners.read().ok()?.get(&(kind, shown.to_string()))?;
                 candidates
                     .contains(&owner)
                     .then(|| (owner, shown.to_string()))
@@ -134,9 +136,10 @@ impl VirtualServer {
         }
     }
 
-    pub(crate) fn remember_owners(&self, owners: HashMap<String, usize>) {
+    pub(crate) fn remember_owners(&self, kind: catalogue::Kind, owners: HashMap<String, usize>) {
         if let Ok(mut o) = self.owners.write() {
-            *o = owners;
+            o.retain(|(k, _), _| *k != kind);
+            o.extend(owners.into_iter().map(|(name, i)| ((kind, name), i)));
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::catalogue::{self, Ask};
+use super::catalogue::{self, Ask, Kind};
 use super::exchange::SESSION_HEADER;
 use super::sessions::Session;
 use super::{Routed, VirtualServer};
@@ -100,7 +100,10 @@ async fn message(
     if msg.kind == MessageKind::Request
         && method == mcp::methods::name_of(mcp::methods::Role::ToolCall)
     {
-        return tool_call(call, vs, head, msg, revision, session).await;
+        return by_name(call, vs, head, msg, revision, session, Kind::Tools).await;
+    }
+    if msg.kind == MessageKind::Request && method == "prompts/get" {
+        return by_name(call, vs, head, msg, revision, session, Kind::Prompts).await;
     }
     let base = call.base_input(&head);
     let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
@@ -133,6 +136,9 @@ async fn message(
         }),
         "ping" => json!({}),
         "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
+        "prompts/list" => {
+            return list_prompts(call, vs, unit, &head, &msg, revision, session).await;
+        }
         other => {
             let reason = Reason::MethodNotOffered(other.to_string());
             unit.record.conclude(Disposition::Rejected, &reason, None);
@@ -165,7 +171,7 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
 }
 
 fn capabilities() -> Value {
-    json!({"tools": {"listChanged": false}})
+    json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false}})
 }
 
 fn server_info(vs: &VirtualServer) -> Value {
@@ -299,29 +305,61 @@ async fn list(
     render::json(StatusCode::OK, &reply(id, result, stateless))
 }
 
-/// A `tools/call`: find the server that owns the name (asking the servers for their
-/// lists when the name is not decided by prefix or alias), then the shared phases with
-/// the server as the call's upstream and the server's own name in the body it reads.
-async fn tool_call(
+/// The merged `prompts/list` (the request itself was put to policy; prompts are not
+/// filtered one by one).
+async fn list_prompts(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    unit: Unit,
+    head: &http::request::Parts,
+    msg: &Message,
+    revision: Option<String>,
+    session: Option<std::sync::Arc<Session>>,
+) -> Response<BoxBody> {
+    let stateless = mcp::is_stateless(revision.as_deref());
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+    let how = ask(call, head, params, revision, session.as_deref());
+    let merged = catalogue::list(vs, &how, Kind::Prompts).await;
+    let prompts: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
+    let mut result = json!({"prompts": prompts});
+    if stateless {
+        result["ttlMs"] = json!(0);
+        result["cacheScope"] = json!("private");
+    }
+    if let Some(meta) = merged.meta(vs) {
+        result["_meta"] = meta;
+    }
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, None);
+    render::json(StatusCode::OK, &reply(id, result, stateless))
+}
+
+/// A `tools/call` or `prompts/get`: find the server that owns the name (asking the
+/// servers for their lists when the name is not decided by prefix or alias), then the
+/// shared phases with the server as the call's upstream and the server's own name in
+/// the body it reads.
+async fn by_name(
     call: &mut Call<'_>,
     vs: &VirtualServer,
     mut head: http::request::Parts,
     msg: Message,
     revision: Option<String>,
     session: Option<std::sync::Arc<Session>>,
+    kind: Kind,
 ) -> Response<BoxBody> {
     let shown = msg
-        .tool_call()
-        .ok()
-        .flatten()
-        .map(|t| t.name)
-        .unwrap_or_default();
-    let mut owner = vs.resolve_known(&shown);
+        .value
+        .pointer("/params/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut owner = vs.resolve_known(kind, &shown);
     if owner.is_none() && !shown.is_empty() {
         let params = msg.value.get("params").cloned().unwrap_or(json!({}));
         let how = ask(call, &head, params, revision.clone(), session.as_deref());
-        catalogue::tools(vs, &how).await;
-        owner = vs.resolve_known(&shown);
+        catalogue::list(vs, &how, kind).await;
+        owner = vs.resolve_known(kind, &shown);
     }
     if let Some((server, own)) = &owner {
         call.routed = Some(Routed {
@@ -336,8 +374,13 @@ async fn tool_call(
         Err((reason, shape)) => return render::answer(&reason, &shape),
     };
     let Some((_, own)) = owner else {
+        let what = match kind {
+            Kind::Tools => "tool",
+            Kind::Prompts => "prompt",
+        };
         let reason = Reason::UnknownTool(format!(
-            "no server behind this endpoint offers a tool named {shown:?} (or two servers claim it); tools/list shows the names to use"
+            "no server behind this endpoint offers a {what} named {shown:?} (or two servers claim it); {} shows the names to use",
+            kind.method()
         ));
         unit.record.conclude(Disposition::Rejected, &reason, None);
         return render::answer(
@@ -350,7 +393,9 @@ async fn tool_call(
     if let Some(t) = unit.input.tool.as_mut() {
         t.upstream_name = Some(own.clone());
     }
-    unit.record.get_mut().upstream_tool = Some(own.clone());
+    if kind == Kind::Tools {
+        unit.record.get_mut().upstream_tool = Some(own.clone());
+    }
     // The server reads its own name; everything else is the agent's message as policy
     // read it (re-serialised from the strict parse: no duplicate key survives it).
     let mut value = msg.value;
