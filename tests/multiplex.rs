@@ -22,7 +22,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get"}
+allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -159,8 +159,15 @@ impl Stack {
     ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let extra = extra(dir.path());
-        let east = SdkServer::start(dir.path(), "east", east_args);
-        let west = SdkServer::start(dir.path(), "west", west_args);
+        fn with_instance<'a>(args: &[&'a str], name: &'a str) -> Vec<&'a str> {
+            let mut a = args.to_vec();
+            if a.first() != Some(&"py") {
+                a.extend(["--instance", name]);
+            }
+            a
+        }
+        let east = SdkServer::start(dir.path(), "east", &with_instance(east_args, "east"));
+        let west = SdkServer::start(dir.path(), "west", &with_instance(west_args, "west"));
         let policies = policies.unwrap_or_else(|| {
             let p = dir.path().join("policies");
             std::fs::create_dir_all(&p).unwrap();
@@ -268,6 +275,7 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
             {"name": "west_deploy_service", "arguments": {"service": "payments", "env": "prod"}},
             {"name": "nowhere_tool"},
             {"name": "east_deploy_checklist", "prompt": true, "arguments": {"service": "payments"}},
+            {"name": "deploy://west/deployments", "resource": true},
         ]),
         &["--terminate"],
     );
@@ -286,6 +294,23 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
     );
     assert_eq!(
         out["calls"][5]["result"]["messages"][0]["content"]["text"], "checklist for payments",
+        "{out:#}"
+    );
+    // Resources are merged by URI (never renamed) and read from the server that has it.
+    let mut resources: Vec<&str> = out["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    resources.sort();
+    assert_eq!(
+        resources,
+        ["deploy://east/deployments", "deploy://west/deployments"],
+        "{out:#}"
+    );
+    assert_eq!(
+        out["calls"][6]["result"]["contents"][0]["text"], "deployments of west",
         "{out:#}"
     );
     // One catalogue: prefixed, aliased, filtered by policy on the servers' own names.

@@ -12,7 +12,8 @@
 // call until that file exists (so a test can kill a server mid-session). A call
 // may carry "abortAfterMs" (cancel it then: notifications/cancelled) and
 // "progress": true (an onprogress handler, so the call has a progressToken); with
-// "prompt": true it is a prompts/get instead. The prompts are listed too.
+// "prompt": true it is a prompts/get instead, with "resource": true a
+// resources/read of the URI in "name". Prompts and resources are listed too.
 // --terminate ends the session (HTTP DELETE) at the end.
 //
 // Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names], prompts,
@@ -75,6 +76,8 @@ async function main() {
     out.listMeta = list._meta ?? null;
     const prompts = await client.listPrompts();
     out.prompts = prompts.prompts.map((p) => p.name);
+    const resources = await client.listResources();
+    out.resources = resources.resources.map((r) => r.uri);
     for (const [n, c] of opts.calls.entries()) {
       try {
         // abortAfterMs: cancel the call that long after sending it (the SDK sends
@@ -88,7 +91,9 @@ async function main() {
         if (c.progress) options.onprogress = () => {};
         const result = c.prompt
           ? await client.getPrompt({ name: c.name, arguments: c.arguments ?? {} })
-          : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
+          : c.resource
+            ? await client.readResource({ uri: c.name })
+            : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
         out.calls.push({ name: c.name, result });
       } catch (e) {
         out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });

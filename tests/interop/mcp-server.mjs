@@ -25,7 +25,8 @@
 //               SHA-256 of the JCS form of {name, arguments}, never seen before (jti).
 //               A refused call is answered with isError and never runs or logs.
 //
-// Besides the tools it offers one prompt, deploy_checklist {service}.
+// Besides the tools it offers one prompt, deploy_checklist {service}, and one
+// resource, deploy://INSTANCE/deployments (--instance NAME, default "tools").
 //
 // Prints "READY <port>" on stdout once listening. --port 0 picks a free port.
 
@@ -41,7 +42,7 @@ import { z } from 'zod';
 function parseArgs(argv) {
   const opts = {
     port: 0, mode: 'sse', stateful: false, callsLog: null, httpLog: null, progressDelayMs: 500,
-    verifyIssuer: null, verifyAudience: null,
+    verifyIssuer: null, verifyAudience: null, instance: 'tools',
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -58,6 +59,7 @@ function parseArgs(argv) {
       case '--progress-delay-ms': opts.progressDelayMs = Number(next()); break;
       case '--verify-issuer': opts.verifyIssuer = next(); break;
       case '--verify-audience': opts.verifyAudience = next(); break;
+      case '--instance': opts.instance = next(); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -207,6 +209,15 @@ function buildServer() {
     },
     ({ service }) => ({
       messages: [{ role: 'user', content: { type: 'text', text: `checklist for ${service}` } }],
+    }),
+  );
+
+  server.registerResource(
+    'deployments',
+    `deploy://${opts.instance}/deployments`,
+    { description: 'The current deployments', mimeType: 'text/plain' },
+    async (uri) => ({
+      contents: [{ uri: uri.href, text: `deployments of ${opts.instance}` }],
     }),
   );
 

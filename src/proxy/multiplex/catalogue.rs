@@ -16,11 +16,13 @@ use super::{VirtualServer, envelope};
 use crate::outcome::Reason;
 use crate::proxy::upstream::UpstreamError;
 
-/// What is listed: tools or prompts (named, and routed, by the same rules).
+/// What is listed: tools and prompts (named, and routed, by the naming rules) or
+/// resources (routed by URI, never renamed: a URI names itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tools,
     Prompts,
+    Resources,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
         match self {
             Kind::Tools => "tools/list",
             Kind::Prompts => "prompts/list",
+            Kind::Resources => "resources/list",
         }
     }
 
@@ -36,7 +39,20 @@ impl Kind {
         match self {
             Kind::Tools => "tools",
             Kind::Prompts => "prompts",
+            Kind::Resources => "resources",
         }
+    }
+
+    /// The member that names an entry, in a list and in the request that uses it.
+    pub fn name_key(self) -> &'static str {
+        match self {
+            Kind::Tools | Kind::Prompts => "name",
+            Kind::Resources => "uri",
+        }
+    }
+
+    pub fn renamed(self) -> bool {
+        self != Kind::Resources
     }
 }
 
@@ -108,9 +124,13 @@ pub async fn list(vs: &VirtualServer, ask: &Ask<'_>, kind: Kind) -> Merged {
             }
         };
         for tool in tools {
-            let Some(own) = tool.get("name").and_then(Value::as_str) else {
+            let Some(own) = tool.get(kind.name_key()).and_then(Value::as_str) else {
                 continue;
             };
+            if !kind.renamed() {
+                entries.push((i, own.to_string(), own.to_string(), tool));
+                continue;
+            }
             let shown = vs.members[i].naming.shown(own);
             // Listed only if calling the shown name reaches exactly this tool.
             let back = match naming::resolve(&namings, &shown) {
@@ -139,7 +159,7 @@ pub async fn list(vs: &VirtualServer, ask: &Ask<'_>, kind: Kind) -> Merged {
         if twice.contains(&shown) {
             continue;
         }
-        tool["name"] = Value::String(shown.clone());
+        tool[kind.name_key()] = Value::String(shown.clone());
         owners.insert(shown, i);
         merged.tools.push((i, own, tool));
     }
@@ -172,8 +192,8 @@ async fn list_server(
         });
         let answer = ask_server(vs, i, ask, &request).await?;
         let Some(result) = answer.get("result") else {
-            // A server without prompts has none to list.
-            if kind == Kind::Prompts
+            // A server without prompts (or resources) has none to list.
+            if kind != Kind::Tools
                 && answer.pointer("/error/code")
                     == Some(&json!(crate::outcome::jsonrpc::METHOD_NOT_FOUND))
             {

@@ -124,6 +124,10 @@ impl VirtualServer {
     /// The owner of the `kind` entry `shown` by the naming rules, then by the last
     /// merged list.
     pub fn resolve_known(&self, kind: catalogue::Kind, shown: &str) -> Option<(usize, String)> {
+        if !kind.renamed() {
+            let owner = *self.owners.read().ok()?.get(&(kind, shown.to_string()))?;
+            return Some((owner, shown.to_string()));
+        }
         match naming::resolve(&self.namings(), shown) {
             Resolved::Server(i, own) => Some((i, own)),
             Resolved::Nowhere => None,

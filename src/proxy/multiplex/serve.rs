@@ -105,6 +105,9 @@ async fn message(
     if msg.kind == MessageKind::Request && method == "prompts/get" {
         return by_name(call, vs, head, msg, revision, session, Kind::Prompts).await;
     }
+    if msg.kind == MessageKind::Request && method == "resources/read" {
+        return by_name(call, vs, head, msg, revision, session, Kind::Resources).await;
+    }
     let base = call.base_input(&head);
     let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
         Ok(u) => u,
@@ -137,7 +140,30 @@ async fn message(
         "ping" => json!({}),
         "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
         "prompts/list" => {
-            return list_prompts(call, vs, unit, &head, &msg, revision, session).await;
+            return list_plain(
+                call,
+                vs,
+                unit,
+                &head,
+                &msg,
+                revision,
+                session,
+                Kind::Prompts,
+            )
+            .await;
+        }
+        "resources/list" => {
+            return list_plain(
+                call,
+                vs,
+                unit,
+                &head,
+                &msg,
+                revision,
+                session,
+                Kind::Resources,
+            )
+            .await;
         }
         other => {
             let reason = Reason::MethodNotOffered(other.to_string());
@@ -171,7 +197,11 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
 }
 
 fn capabilities() -> Value {
-    json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false}})
+    json!({
+        "tools": {"listChanged": false},
+        "prompts": {"listChanged": false},
+        "resources": {"listChanged": false, "subscribe": false},
+    })
 }
 
 fn server_info(vs: &VirtualServer) -> Value {
@@ -305,9 +335,10 @@ async fn list(
     render::json(StatusCode::OK, &reply(id, result, stateless))
 }
 
-/// The merged `prompts/list` (the request itself was put to policy; prompts are not
-/// filtered one by one).
-async fn list_prompts(
+/// The merged `prompts/list` or `resources/list` (the request itself was put to
+/// policy; entries are not filtered one by one).
+#[allow(clippy::too_many_arguments)]
+async fn list_plain(
     call: &Call<'_>,
     vs: &VirtualServer,
     unit: Unit,
@@ -315,14 +346,15 @@ async fn list_prompts(
     msg: &Message,
     revision: Option<String>,
     session: Option<std::sync::Arc<Session>>,
+    kind: Kind,
 ) -> Response<BoxBody> {
     let stateless = mcp::is_stateless(revision.as_deref());
     let id = msg.id.clone().unwrap_or(Value::Null);
     let params = msg.value.get("params").cloned().unwrap_or(json!({}));
     let how = ask(call, head, params, revision, session.as_deref());
-    let merged = catalogue::list(vs, &how, Kind::Prompts).await;
-    let prompts: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
-    let mut result = json!({"prompts": prompts});
+    let merged = catalogue::list(vs, &how, kind).await;
+    let entries: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
+    let mut result = json!({ kind.key(): entries });
     if stateless {
         result["ttlMs"] = json!(0);
         result["cacheScope"] = json!("private");
@@ -350,7 +382,8 @@ async fn by_name(
 ) -> Response<BoxBody> {
     let shown = msg
         .value
-        .pointer("/params/name")
+        .get("params")
+        .and_then(|p| p.get(kind.name_key()))
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
@@ -375,11 +408,12 @@ async fn by_name(
     };
     let Some((_, own)) = owner else {
         let what = match kind {
-            Kind::Tools => "tool",
-            Kind::Prompts => "prompt",
+            Kind::Tools => "tool named",
+            Kind::Prompts => "prompt named",
+            Kind::Resources => "resource",
         };
         let reason = Reason::UnknownTool(format!(
-            "no server behind this endpoint offers a {what} named {shown:?} (or two servers claim it); {} shows the names to use",
+            "no server behind this endpoint offers a {what} {shown:?} (or two servers claim it); {} shows the names to use",
             kind.method()
         ));
         unit.record.conclude(Disposition::Rejected, &reason, None);
@@ -399,7 +433,7 @@ async fn by_name(
     // The server reads its own name; everything else is the agent's message as policy
     // read it (re-serialised from the strict parse: no duplicate key survives it).
     let mut value = msg.value;
-    value["params"]["name"] = Value::String(own.clone());
+    value["params"][kind.name_key()] = Value::String(own.clone());
     if head.headers.contains_key("mcp-name")
         && let Ok(v) = HeaderValue::from_str(&own)
     {
