@@ -258,6 +258,18 @@ upstreams:
     }
 }
 
+/// The strings of a JSON array, sorted.
+fn sorted_names(list: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    names.sort();
+    names
+}
+
 fn text(call: &Value) -> &str {
     call["result"]["content"][0]["text"]
         .as_str()
@@ -280,13 +292,7 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
         &["--terminate"],
     );
     // Prompts are merged and named by the same rules, and reach their own server.
-    let mut prompts: Vec<&str> = out["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    prompts.sort();
+    let prompts = sorted_names(&out["prompts"]);
     assert_eq!(
         prompts,
         ["east_deploy_checklist", "west_deploy_checklist"],
@@ -297,13 +303,7 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
         "{out:#}"
     );
     // Resources are merged by URI (never renamed) and read from the server that has it.
-    let mut resources: Vec<&str> = out["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    resources.sort();
+    let resources = sorted_names(&out["resources"]);
     assert_eq!(
         resources,
         ["deploy://east/deployments", "deploy://west/deployments"],
@@ -314,13 +314,7 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
         "{out:#}"
     );
     // One catalogue: prefixed, aliased, filtered by policy on the servers' own names.
-    let mut tools: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    tools.sort();
+    let tools = sorted_names(&out["tools"]);
     assert_eq!(
         tools,
         [

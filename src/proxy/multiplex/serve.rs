@@ -139,31 +139,13 @@ async fn message(
         }),
         "ping" => json!({}),
         "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
-        "prompts/list" => {
-            return list_plain(
-                call,
-                vs,
-                unit,
-                &head,
-                &msg,
-                revision,
-                session,
-                Kind::Prompts,
-            )
-            .await;
-        }
-        "resources/list" => {
-            return list_plain(
-                call,
-                vs,
-                unit,
-                &head,
-                &msg,
-                revision,
-                session,
-                Kind::Resources,
-            )
-            .await;
+        "prompts/list" | "resources/list" => {
+            let kind = if method == "prompts/list" {
+                Kind::Prompts
+            } else {
+                Kind::Resources
+            };
+            return list_plain(call, vs, unit, &head, &msg, revision, session, kind).await;
         }
         other => {
             let reason = Reason::MethodNotOffered(other.to_string());
