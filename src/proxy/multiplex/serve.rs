@@ -262,6 +262,26 @@ fn ask<'a>(
     }
 }
 
+/// A merged list's result: 2026-07-28 says how long it may be cached and by whom;
+/// `_meta` names what is missing.
+fn list_result(
+    vs: &VirtualServer,
+    kind: Kind,
+    entries: Vec<Value>,
+    merged: &catalogue::Merged,
+    stateless: bool,
+) -> Value {
+    let mut result = json!({ kind.key(): entries });
+    if stateless {
+        result["ttlMs"] = json!(0);
+        result["cacheScope"] = json!("private");
+    }
+    if let Some(meta) = merged.meta(vs) {
+        result["_meta"] = meta;
+    }
+    result
+}
+
 /// The merged `tools/list`, each tool put to policy (phase `list`) with its own
 /// server as `input.upstream`; what is missing is named in `_meta`.
 async fn list(
@@ -299,14 +319,7 @@ async fn list(
             hidden += 1;
         }
     }
-    let mut result = json!({"tools": shown});
-    if stateless {
-        result["ttlMs"] = json!(0);
-        result["cacheScope"] = json!("private");
-    }
-    if let Some(meta) = merged.meta(vs) {
-        result["_meta"] = meta;
-    }
+    let result = list_result(vs, Kind::Tools, shown, &merged, stateless);
     let mut record = unit.record;
     let r = record.get_mut();
     r.hidden_tools = Some(hidden);
@@ -336,14 +349,7 @@ async fn list_plain(
     let how = ask(call, head, params, revision, session.as_deref());
     let merged = catalogue::list(vs, &how, kind).await;
     let entries: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
-    let mut result = json!({ kind.key(): entries });
-    if stateless {
-        result["ttlMs"] = json!(0);
-        result["cacheScope"] = json!("private");
-    }
-    if let Some(meta) = merged.meta(vs) {
-        result["_meta"] = meta;
-    }
+    let result = list_result(vs, kind, entries, &merged, stateless);
     unit.record
         .conclude(Disposition::Answered, &Reason::Allowed, None);
     render::json(StatusCode::OK, &reply(id, result, stateless))
