@@ -283,7 +283,8 @@ impl App {
                     gw.abandon_holds();
                 });
             };
-            server::serve(listener, gateway, shutdown, drain + FLUSH_GRACE).await;
+            server::serve(listener, gateway.clone(), shutdown, drain + FLUSH_GRACE).await;
+            gateway.stop_servers().await;
             tracing::info!("ciba-gate stopped");
         });
         Ok(Running {

@@ -156,6 +156,8 @@ pub enum Reason {
     UpstreamTimeout(std::time::Duration),
     UpstreamError(String),
     UpstreamAnswerTooLarge(usize),
+    /// A stdio tool server already has this many requests waiting (`max_pending`).
+    UpstreamBusy(usize),
     /// The tool server's certificate could not be verified (or it refused ours).
     UpstreamTls(String),
 }
@@ -253,6 +255,7 @@ impl Reason {
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamError(_) => "upstream_error",
             UpstreamAnswerTooLarge(_) => "upstream_answer_too_large",
+            UpstreamBusy(_) => "upstream_busy",
             UpstreamTls(_) => "upstream_tls_error",
             Policy { .. }
             | BlockedAfterApproval { .. }
@@ -315,6 +318,7 @@ impl Reason {
             | UpstreamTimeout(_)
             | UpstreamError(_)
             | UpstreamAnswerTooLarge(_)
+            | UpstreamBusy(_)
             | UpstreamTls(_) => Source::Upstream,
         }
     }
@@ -334,7 +338,7 @@ impl Reason {
             IdentityRefused(_) => StatusCode::UNAUTHORIZED,
             ApprovalPending => StatusCode::ACCEPTED,
             ApprovalRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            EvidenceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            EvidenceUnavailable | UpstreamBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             UpstreamUnreachable(_)
             | UpstreamError(_)
@@ -357,6 +361,7 @@ impl Reason {
             | UpstreamTimeout(_)
             | UpstreamError(_)
             | UpstreamAnswerTooLarge(_)
+            | UpstreamBusy(_)
             | UpstreamTls(_) => jsonrpc::UPSTREAM_UNAVAILABLE,
             other if other.source() == Source::Agent => jsonrpc::INVALID_REQUEST,
             _ => jsonrpc::BLOCKED,
@@ -439,6 +444,9 @@ impl Reason {
                 "the tool server's answer is larger than the gateway inspects ({limit} bytes)"
             ),
             UpstreamTls(why) => format!("the tool server's TLS could not be trusted: {why}"),
+            UpstreamBusy(n) => format!(
+                "the tool server already has {n} requests waiting; nothing was sent; try again shortly"
+            ),
         }
     }
 

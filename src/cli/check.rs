@@ -33,8 +33,12 @@ async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
             continue;
         }
         let vs =
-            match crate::proxy::multiplex::VirtualServer::from_config(&c.upstreams, &cfg.base(), i)
-            {
+            match crate::proxy::multiplex::VirtualServer::from_config(
+                &c.upstreams,
+                &cfg.base(),
+                i,
+                c.limits.max_inspected_response_bytes,
+            ) {
                 Ok(vs) => vs,
                 Err(e) => {
                     report
@@ -44,6 +48,7 @@ async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
                 }
             };
         let merged = vs.survey(c.limits.max_inspected_response_bytes).await;
+        vs.shutdown().await;
         let at = format!("upstreams[{i}].servers");
         for name in &merged.collisions {
             report.problems.push(format!(
@@ -55,7 +60,7 @@ async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
             report.problems.push(format!(
                 "{}: {at}: {} could not list its tools: {}",
                 cfg.file.display(),
-                vs.members[*j].upstream.name,
+                vs.members[*j].name(),
                 reason.sentence()
             ));
         }

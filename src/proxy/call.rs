@@ -37,15 +37,19 @@ impl<'g> Call<'g> {
     pub fn upstream(&self) -> Option<&'g Upstream> {
         match (&self.mount.target, &self.routed) {
             (Target::Upstream(u), _) => Some(u),
-            (Target::Virtual(vs), Some(r)) => Some(&vs.members[r.server].upstream),
+            (Target::Virtual(vs), Some(r)) => vs.members[r.server].http(),
             (Target::Virtual(_), None) => None,
         }
     }
 
     /// The upstream name policy and evidence see: the routed server's, else the mount's.
     pub fn upstream_name(&self) -> &'g str {
-        self.upstream()
-            .map_or(self.mount.name(), |u| u.name.as_str())
+        match (&self.mount.target, &self.routed) {
+            (Target::Virtual(vs), Some(r)) => vs.members[r.server].name(),
+            _ => self
+                .upstream()
+                .map_or(self.mount.name(), |u| u.name.as_str()),
+        }
     }
 
     /// The name the tool server reads for this call's tool (its own, behind a virtual

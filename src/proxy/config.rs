@@ -135,6 +135,25 @@ pub struct UpstreamConfig {
     /// Base URL of the tool server (http://host:port/path). Absent for a virtual server.
     #[serde(default)]
     pub url: Option<String>,
+    /// A stdio MCP server instead of `url`: the program and its arguments (no shell),
+    /// started by the gateway and spoken to over stdin/stdout. Only behind a virtual
+    /// server.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// A stdio server's environment variables (it inherits none of the gateway's
+    /// besides PATH, HOME, LANG, LC_ALL, TZ, TMPDIR and `pass_env`).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The gateway's own variables a stdio server gets.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
+    /// A stdio server's working directory (relative to the config file).
+    #[serde(default)]
+    pub working_dir: Option<std::path::PathBuf>,
+    /// Most requests waiting on a stdio server at once; more are answered
+    /// `upstream_busy`.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
     /// A virtual MCP server: the gateway answers on `mount` itself, with one catalogue
     /// merged from these MCP upstreams, and routes each call to the one that owns it.
     #[serde(default)]
@@ -162,6 +181,9 @@ pub struct UpstreamConfig {
     pub tls: Option<super::upstream_tls::UpstreamTlsConfig>,
 }
 
+fn default_max_pending() -> usize {
+    64
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -358,6 +380,68 @@ impl UpstreamConfig {
         Ok(())
     }
 
+    /// A stdio server: an MCP program behind a virtual server, with nothing of an HTTP
+    /// upstream's settings.
+    fn validate_stdio(&self) -> Checked {
+        require(
+            self.kind == UpstreamKind::Mcp,
+            "command",
+            "is only for kind: mcp",
+        )?;
+        require(
+            self.mount.is_none(),
+            "mount",
+            "a stdio server is reached through a virtual server's `servers`, not mounted",
+        )?;
+        let http_only = [
+            ("url", self.url.is_some()),
+            ("credential", self.credential.is_some()),
+            ("tls", self.tls.is_some()),
+            ("approval_token", self.approval_token.is_some()),
+            ("routes", !self.routes.is_empty()),
+            (
+                "forward_agent_authorization",
+                self.forward_agent_authorization,
+            ),
+        ];
+        if let Some((key, _)) = http_only.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(
+                *key,
+                "is for an HTTP tool server; a stdio server (`command`) has none",
+            ));
+        }
+        require(
+            !self.command[0].trim().is_empty() && self.command.iter().all(|a| !a.contains('\0')),
+            "command",
+            "must start with a program, and no argument may hold a NUL byte",
+        )?;
+        let is_name = |k: &str| !k.is_empty() && !k.contains(['=', '\0']);
+        for (k, v) in &self.env {
+            require(
+                is_name(k) && !v.contains('\0'),
+                &format!("env.{k}"),
+                "names a variable without '=' or NUL, with a value without NUL",
+            )?;
+        }
+        for (j, k) in self.pass_env.iter().enumerate() {
+            require(
+                is_name(k),
+                &format!("pass_env[{j}]"),
+                "must name a variable (no '=' or NUL)",
+            )?;
+        }
+        require(
+            (1..=10_000).contains(&self.max_pending),
+            "max_pending",
+            "must be between 1 and 10000",
+        )?;
+        require(
+            !self.response_timeout.is_zero(),
+            "response_timeout",
+            "must be greater than 0",
+        )
+    }
+
     pub fn validate(&self) -> Checked {
         require(
             !self.name.is_empty()
@@ -378,10 +462,22 @@ impl UpstreamConfig {
         if !self.servers.is_empty() {
             return self.validate_virtual();
         }
+        if !self.command.is_empty() {
+            return self.validate_stdio();
+        }
+        let stdio_only = [
+            ("env", !self.env.is_empty()),
+            ("pass_env", !self.pass_env.is_empty()),
+            ("working_dir", self.working_dir.is_some()),
+            ("max_pending", self.max_pending != default_max_pending()),
+        ];
+        if let Some((key, _)) = stdio_only.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(*key, "is only for a stdio server (`command`)"));
+        }
         let Some(url) = &self.url else {
             return Err(FieldError::new(
                 "url",
-                "is required (or `servers`, for a virtual MCP server)",
+                "is required (or `servers` for a virtual MCP server, or `command` for a stdio server)",
             ));
         };
         match url.parse::<http::Uri>() {
@@ -512,7 +608,7 @@ pub fn validate_upstreams(upstreams: &[UpstreamConfig]) -> Checked {
             };
             return Err(FieldError::new(
                 format!("[{i}].servers[{j}].upstream"),
-                format!("must name an MCP upstream with a url: {why}"),
+                format!("must name an MCP upstream with a url or a command: {why}"),
             ));
         }
         require(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::Value;
 
 use super::call::Call;
@@ -100,6 +100,7 @@ pub async fn send(
                 token,
             )
             .await
+            .map(|r| r.map(render::streamed))
         }
     };
     let resp = match resp {
@@ -113,7 +114,7 @@ pub async fn send(
         for r in records {
             r.conclude(Disposition::Forwarded, &reason, Some(status));
         }
-        return Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync());
+        return Response::from_parts(rparts, rbody);
     }
     let ctype = content_type(&rparts);
     let is_json = ctype.starts_with("application/json");
@@ -183,14 +184,17 @@ pub async fn send(
         return Response::from_parts(rparts, StreamBody::new(stream).boxed_unsync());
     }
     if is_json {
-        let bytes = match Limited::new(rbody, limit).collect().await {
-            Ok(c) => c.to_bytes(),
+        let bytes = match render::read_at_most(rbody, limit).await {
+            Ok(b) => b,
             Err(e) => {
-                let reason = if e.is::<http_body_util::LengthLimitError>() {
-                    crate::telemetry::metrics::limit_exceeded("upstream_answer");
-                    Reason::UpstreamAnswerTooLarge(limit)
-                } else {
-                    Reason::UpstreamError(format!("the upstream's answer could not be read: {e}"))
+                let reason = match e {
+                    render::ReadFailure::TooLarge => {
+                        crate::telemetry::metrics::limit_exceeded("upstream_answer");
+                        Reason::UpstreamAnswerTooLarge(limit)
+                    }
+                    render::ReadFailure::Failed(e) => Reason::UpstreamError(format!(
+                        "the upstream's answer could not be read: {e}"
+                    )),
                 };
                 return render::answer(&reason, &Shape::Post { id: Value::Null });
             }
@@ -231,7 +235,7 @@ pub async fn send(
         // Only notifications went upstream; the blocked requests still need answers.
         return render::json(StatusCode::OK, &Value::Array(plan.answers));
     }
-    Response::from_parts(rparts, rbody.map_err(Into::into).boxed_unsync())
+    Response::from_parts(rparts, rbody)
 }
 
 /// The ids of the JSON-RPC requests in a body the gateway sends.

@@ -167,6 +167,7 @@ impl Gateway {
                     &parts.upstreams,
                     &parts.base,
                     i,
+                    parts.limits.max_inspected_response_bytes,
                 )?)
             };
             let routes = u
@@ -248,6 +249,16 @@ impl Gateway {
     /// in the store for the retry).
     pub fn abandon_holds(&self) {
         let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Stops the tool server processes the gateway started (stdio servers), once no
+    /// call is served any more.
+    pub async fn stop_servers(&self) {
+        for m in &self.mounts {
+            if let Target::Virtual(vs) = &m.target {
+                vs.shutdown().await;
+            }
+        }
     }
 
     fn mount_position(&self, mount: &Mount) -> usize {

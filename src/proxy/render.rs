@@ -105,6 +105,33 @@ pub fn full(bytes: impl Into<Bytes>) -> BoxBody {
         .boxed_unsync()
 }
 
+/// A tool server's streamed answer, as the body the agent gets.
+pub fn streamed(body: hyper::body::Incoming) -> BoxBody {
+    body.map_err(|e| Box::new(e) as super::BoxError)
+        .boxed_unsync()
+}
+
+/// Why a body was not read in full.
+pub enum ReadFailure {
+    /// It is longer than the limit.
+    TooLarge,
+    Failed(super::BoxError),
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_at_most(mut body: BoxBody, limit: usize) -> Result<Bytes, ReadFailure> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(ReadFailure::Failed)?.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadFailure::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 pub fn empty() -> BoxBody {
     full(Bytes::new())
 }

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
+use hyper::body::{Body as _, Frame};
 use serde_json::Value;
 
 use super::BoxError;
@@ -93,17 +93,13 @@ pub type Overflow = Box<dyn FnOnce() -> Vec<Bytes> + Send>;
 /// Wraps an upstream SSE body: first `prefix` (events the gateway adds), then every
 /// upstream event, rewritten where `rewrite` says so, each sent as soon as it is whole.
 /// An event longer than `max_event` bytes ends the stream with `overflow`'s events.
-pub fn rewrite_stream<B>(
-    body: B,
+pub fn rewrite_stream(
+    body: super::BoxBody,
     prefix: Vec<Bytes>,
     rewrite: Rewrite,
     max_event: usize,
     overflow: Overflow,
-) -> impl Stream<Item = Result<Frame<Bytes>, BoxError>> + Send
-where
-    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> impl Stream<Item = Result<Frame<Bytes>, BoxError>> + Send {
     struct State<B> {
         body: Option<B>,
         buf: BytesMut,
@@ -168,7 +164,7 @@ where
                 Some(Err(e)) => {
                     st.body = None;
                     st.buf.clear();
-                    return Some((Err(e.into()), st));
+                    return Some((Err(e), st));
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -184,13 +180,14 @@ where
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-    use http_body_util::{Full, StreamBody};
+    use http_body_util::{BodyExt, Full, StreamBody};
     use serde_json::json;
 
     async fn collect(prefix: Vec<Bytes>, input: &'static [u8], rewrite: Rewrite) -> Vec<String> {
         let body = StreamBody::new(futures_util::stream::iter(input.chunks(7).map(|c| {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c)))
         })));
+        let body = body.map_err(|never| match never {}).boxed_unsync();
         let s = rewrite_stream(body, prefix, rewrite, 1 << 20, Box::new(Vec::new));
         s.map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
             .collect()
@@ -225,7 +222,9 @@ mod tests {
             ]
             .into_iter()
             .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))),
-        ));
+        ))
+        .map_err(|never| match never {})
+        .boxed_unsync();
         let s = rewrite_stream(
             body,
             vec![],

@@ -50,6 +50,9 @@ pub enum UpstreamError {
     /// A server behind a virtual server answered 404 to its session: it forgot it.
     #[error("the server no longer knows its session")]
     SessionLost,
+    /// A stdio server already has this many requests waiting.
+    #[error("the tool server already has {0} requests waiting")]
+    Busy(usize),
 }
 
 impl UpstreamError {
@@ -63,6 +66,7 @@ impl UpstreamError {
             }
             UpstreamError::Tls(why) => Reason::UpstreamTls(why.clone()),
             UpstreamError::SessionLost => Reason::UpstreamError(self.to_string()),
+            UpstreamError::Busy(n) => Reason::UpstreamBusy(*n),
         }
     }
 

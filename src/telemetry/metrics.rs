@@ -108,6 +108,12 @@ pub struct Metrics {
     token_requests_deferred: Family<PartyLabels, Counter>,
     shadow_differences: Family<ShadowLabels, Counter>,
     bundle_polls: Family<BundlePollLabels, Counter>,
+    stdio_exits: Family<ServerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -219,7 +225,14 @@ impl Metrics {
             "Polls of a policy bundle server, by policy set (enforcing, shadow) and result (ok: new bundle in force or not modified; download_failed, malformed, verification_failed, compile_failed: the last good bundle stays in force)",
             bundle_polls.clone(),
         );
+        let stdio_exits = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "ciba_gate_stdio_server_exits",
+            "Processes of stdio tool servers that exited (each is started again on the next call, after a backoff), by upstream",
+            stdio_exits.clone(),
+        );
         Metrics {
+            stdio_exits,
             bundle_polls,
             registry,
             evidence_written,
@@ -337,6 +350,16 @@ pub fn upstream(upstream: &str, status: Result<u16, &'static str>, d: Duration) 
             status_class,
         })
         .observe(d.as_secs_f64());
+}
+
+/// A stdio tool server's process exited.
+pub fn stdio_exit(upstream: &str) {
+    METRICS
+        .stdio_exits
+        .get_or_create(&ServerLabels {
+            upstream: upstream.to_string(),
+        })
+        .inc();
 }
 
 /// A policy evaluation failed and was answered with a `policy_error` deny.

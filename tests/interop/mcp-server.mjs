@@ -25,24 +25,33 @@
 //               SHA-256 of the JCS form of {name, arguments}, never seen before (jti).
 //               A refused call is answered with isError and never runs or logs.
 //
+// --tls-cert PATH --tls-key PATH
+//               serve HTTPS (node:https) with this certificate and key
+// --stdio       serve one session over stdin/stdout (StdioServerTransport) instead
+//               of HTTP; --pid-file PATH writes the process id there once ready
+//
 // Besides the tools it offers one prompt, deploy_checklist {service}, and one
 // resource, deploy://INSTANCE/deployments (--instance NAME, default "tools").
 //
-// Prints "READY <port>" on stdout once listening. --port 0 picks a free port.
+// Prints "READY <port>" on stdout once listening (over stdio: "READY stdio" on
+// stderr). --port 0 picks a free port.
 
 import { createServer } from 'node:http';
-import { appendFileSync } from 'node:fs';
+import { createServer as createTlsServer } from 'node:https';
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash, randomUUID } from 'node:crypto';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
 function parseArgs(argv) {
   const opts = {
     port: 0, mode: 'sse', stateful: false, callsLog: null, httpLog: null, progressDelayMs: 500,
-    verifyIssuer: null, verifyAudience: null, instance: 'tools',
+    verifyIssuer: null, verifyAudience: null, instance: 'tools', stdio: false, pidFile: null,
+    tlsCert: null, tlsKey: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -60,6 +69,10 @@ function parseArgs(argv) {
       case '--verify-issuer': opts.verifyIssuer = next(); break;
       case '--verify-audience': opts.verifyAudience = next(); break;
       case '--instance': opts.instance = next(); break;
+      case '--stdio': opts.stdio = true; break;
+      case '--pid-file': opts.pidFile = next(); break;
+      case '--tls-cert': opts.tlsCert = next(); break;
+      case '--tls-key': opts.tlsKey = next(); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -325,21 +338,35 @@ async function handle(req, res) {
   await transport.handleRequest(req, res, body);
 }
 
-const httpServer = createServer((req, res) => {
-  handle(req, res).catch((err) => {
-    console.error('request failed:', err);
-    if (!res.headersSent) sendJsonRpcError(res, 500, 'Internal server error');
-    else res.end();
-  });
-});
+if (opts.stdio) {
+  const server = buildServer();
+  await server.connect(new StdioServerTransport());
+  if (opts.pidFile) writeFileSync(opts.pidFile, String(process.pid));
+  process.stderr.write('READY stdio\n');
+} else {
+  serveHttp();
+}
 
-httpServer.listen(opts.port, '127.0.0.1', () => {
-  process.stdout.write(`READY ${httpServer.address().port}\n`);
-});
+function serveHttp() {
+  const onRequest = (req, res) => {
+    handle(req, res).catch((err) => {
+      console.error('request failed:', err);
+      if (!res.headersSent) sendJsonRpcError(res, 500, 'Internal server error');
+      else res.end();
+    });
+  };
+  const httpServer = opts.tlsCert
+    ? createTlsServer({ cert: readFileSync(opts.tlsCert), key: readFileSync(opts.tlsKey) }, onRequest)
+    : createServer(onRequest);
 
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => {
-    httpServer.close();
-    process.exit(0);
+  httpServer.listen(opts.port, '127.0.0.1', () => {
+    process.stdout.write(`READY ${httpServer.address().port}\n`);
   });
+
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => {
+      httpServer.close();
+      process.exit(0);
+    });
+  }
 }

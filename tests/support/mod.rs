@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // waits on real processes and sockets in real time
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod dev_op;
 pub mod gateway;
 pub mod ping_race;

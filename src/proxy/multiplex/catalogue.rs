@@ -93,7 +93,7 @@ impl Merged {
             .unavailable
             .iter()
             .map(|(i, r)| {
-                json!({"server": vs.members[*i].upstream.name, "reason": r.code(), "message": r.sentence()})
+                json!({"server": vs.members[*i].name(), "reason": r.code(), "message": r.sentence()})
             })
             .collect();
         Some(json!({
@@ -118,7 +118,7 @@ pub async fn list(vs: &VirtualServer, ask: &Ask<'_>, kind: Kind) -> Merged {
         let tools = match list {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(server = %vs.members[i].upstream.name, error = %e, "a server behind the virtual server could not list its tools");
+                tracing::warn!(server = %vs.members[i].name(), error = %e, "a server behind the virtual server could not list its tools");
                 merged.unavailable.push((i, e.reason()));
                 continue;
             }
@@ -237,7 +237,10 @@ async fn ask_server(
     ask: &Ask<'_>,
     request: &Value,
 ) -> Result<Value, UpstreamError> {
-    let up = &vs.members[i].upstream;
+    let up = match &vs.members[i].link {
+        super::Link::Http(up) => up,
+        super::Link::Stdio(s) => return s.ask(request.clone(), "").await,
+    };
     let Some(session) = ask.session else {
         let e = Envelope {
             revision: ask.revision.clone(),

@@ -3,32 +3,60 @@
 //! `tools/list` into one catalogue (names mapped by `naming`), and routes each
 //! `tools/call` to the server that owns the tool, under the server's own name, through
 //! the same decide → approve → forward phases as a direct mount. Sessions
-//! (`sessions`) map one agent session to one session per server.
+//! (`sessions`) map one agent session to one session per server. A server is reached
+//! over Streamable HTTP (an `Upstream`) or is a process the gateway starts and speaks
+//! to over stdio (`stdio`).
 
 pub mod catalogue;
 pub mod exchange;
 pub mod naming;
 pub mod serve;
 pub mod sessions;
+pub mod stdio;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderValue, Method, Response};
 use serde_json::{Value, json};
 
-use super::render;
 use super::upstream::{Upstream, UpstreamError};
+use super::{BoxBody, render};
 use exchange::{Envelope, REVISION_HEADER, SESSION_HEADER};
 use naming::{Naming, Resolved};
 use sessions::{ServerSession, Session, Sessions};
 
 /// One server behind the virtual server.
 pub struct Member {
-    pub upstream: Upstream,
+    pub link: Link,
     pub naming: Naming,
+}
+
+/// How the gateway reaches a server.
+pub enum Link {
+    /// MCP Streamable HTTP (`url`).
+    Http(Upstream),
+    /// A process the gateway starts (`command`), over stdin/stdout.
+    Stdio(stdio::StdioServer),
+}
+
+impl Member {
+    /// The server's upstream name (what policy and evidence call it).
+    pub fn name(&self) -> &str {
+        match &self.link {
+            Link::Http(up) => &up.name,
+            Link::Stdio(s) => &s.name,
+        }
+    }
+
+    /// The server's HTTP client, when it is reached over HTTP.
+    pub fn http(&self) -> Option<&Upstream> {
+        match &self.link {
+            Link::Http(up) => Some(up),
+            Link::Stdio(_) => None,
+        }
+    }
 }
 
 /// The virtual server of one mount.
@@ -64,11 +92,13 @@ impl VirtualServer {
     }
 
     /// The virtual server of `upstreams[i]` (an entry with `servers`), its servers'
-    /// clients built from their own entries.
+    /// clients built from their own entries (`max_message`: the longest message read
+    /// from a stdio server).
     pub fn from_config(
         upstreams: &[crate::proxy::config::UpstreamConfig],
         base: &std::path::Path,
         i: usize,
+        max_message: usize,
     ) -> crate::validate::Checked<VirtualServer> {
         let u = &upstreams[i];
         let members = u
@@ -84,8 +114,15 @@ impl VirtualServer {
                             "names no upstream",
                         )
                     })?;
+                let t = &upstreams[j];
+                let link = if t.command.is_empty() {
+                    Link::Http(super::direct_upstream(upstreams, base, j)?)
+                } else {
+                    let launch = stdio::Launch::from_config(t, base, max_message);
+                    Link::Stdio(stdio::StdioServer::new(t.name.clone(), launch))
+                };
                 Ok(Member {
-                    upstream: super::direct_upstream(upstreams, base, j)?,
+                    link,
                     naming: Naming::new(s.tool_prefix.clone(), s.aliases.clone()),
                 })
             })
@@ -155,11 +192,20 @@ impl VirtualServer {
         server: usize,
         limit: usize,
     ) -> Result<ServerSession, UpstreamError> {
+        let up = match &self.members[server].link {
+            Link::Http(up) => up,
+            // One process, one session of its own, shared by every agent.
+            Link::Stdio(s) => {
+                return Ok(ServerSession {
+                    id: None,
+                    revision: s.revision().await?,
+                });
+            }
+        };
         let mut slot = session.servers[server].lock().await;
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let up = &self.members[server].upstream;
         let init = json!({
             "jsonrpc": "2.0",
             "id": "ciba-gate-initialize",
@@ -222,8 +268,14 @@ impl VirtualServer {
         body: Bytes,
         approval_token: Option<&secrecy::SecretString>,
         limit: usize,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let up = &self.members[routed.server].upstream;
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        let up = match &self.members[routed.server].link {
+            Link::Http(up) => up,
+            Link::Stdio(s) => {
+                let scope = routed.session.as_ref().map_or("", |s| s.id.as_str());
+                return forward_stdio(s, &body, scope).await;
+            }
+        };
         headers.remove(SESSION_HEADER);
         let Some(session) = &routed.session else {
             let resp = up
@@ -273,11 +325,37 @@ impl VirtualServer {
     /// Ends the servers' sessions of a closed agent session (best effort).
     pub async fn close(&self, session: &Session) {
         for (i, s) in session.opened() {
-            if s.id.is_some() {
-                let _ = exchange::close(&self.members[i].upstream, &envelope(&s)).await;
+            if let (Some(up), Some(_)) = (self.members[i].http(), &s.id) {
+                let _ = exchange::close(up, &envelope(&s)).await;
             }
         }
     }
+
+    /// Stops the stdio servers' processes (gateway shutdown).
+    pub async fn shutdown(&self) {
+        for m in &self.members {
+            if let Link::Stdio(s) = &m.link {
+                s.shutdown().await;
+            }
+        }
+    }
+}
+
+/// An agent's message to a stdio server, answered as a Streamable HTTP server would:
+/// a request's answer as one JSON body, a notification with 202.
+async fn forward_stdio(
+    server: &stdio::StdioServer,
+    body: &Bytes,
+    scope: &str,
+) -> Result<Response<BoxBody>, UpstreamError> {
+    let message: Value = serde_json::from_slice(body)
+        .map_err(|_| UpstreamError::Protocol("the message is not JSON".into()))?;
+    if message.get("id").is_none() {
+        server.tell(message, scope).await?;
+        return Ok(render::accepted());
+    }
+    let answer = server.ask(message, scope).await?;
+    Ok(render::json(http::StatusCode::OK, &answer))
 }
 
 fn envelope(s: &ServerSession) -> Envelope {
@@ -288,7 +366,8 @@ fn envelope(s: &ServerSession) -> Envelope {
     }
 }
 
-fn without_session(mut resp: http::Response<Incoming>) -> http::Response<Incoming> {
+fn without_session(resp: Response<hyper::body::Incoming>) -> Response<BoxBody> {
+    let mut resp = resp.map(render::streamed);
     resp.headers_mut().remove(SESSION_HEADER);
     resp
 }

@@ -311,7 +311,7 @@ async fn list(
     let mut hidden = 0;
     for (i, own, tool) in &merged.tools {
         let mut base = unit.input.clone();
-        base.upstream.name = vs.members[*i].upstream.name.clone();
+        base.upstream.name = vs.members[*i].name().to_string();
         base.upstream.via = Some(vs.name.clone());
         if decide::list_shows(call.gw, &base, tool, Some(own), &shadow) {
             shown.push(tool.clone());
@@ -473,7 +473,7 @@ async fn cancelled(
     let body = bytes::Bytes::from(serde_json::to_vec(&msg.value).unwrap_or_default());
     let limit = call.gw.limits.max_inspected_response_bytes;
     let mut record = unit.record;
-    record.get_mut().upstream = vs.members[server].upstream.name.clone();
+    record.get_mut().upstream = vs.members[server].name().to_string();
     match vs.forward(&routed, head.headers, body, None, limit).await {
         Ok(resp) => {
             record.conclude(

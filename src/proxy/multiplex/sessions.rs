@@ -29,6 +29,8 @@ pub struct ServerSession {
 
 /// One agent session.
 pub struct Session {
+    /// The id the agent was given.
+    pub id: String,
     /// The revision the agent and the gateway agreed on.
     pub revision: String,
     /// The agent's `clientInfo`, passed on when a server's session is opened.
@@ -97,6 +99,7 @@ impl Sessions {
     pub fn open(&self, revision: &str, client_info: Value) -> String {
         let id = format!("{:032x}", rand::random::<u128>());
         let session = Arc::new(Session {
+            id: id.clone(),
             revision: revision.to_string(),
             client_info,
             servers: (0..self.servers)
