@@ -32,21 +32,20 @@ async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
         if u.servers.is_empty() {
             continue;
         }
-        let vs =
-            match crate::proxy::multiplex::VirtualServer::from_config(
-                &c.upstreams,
-                &cfg.base(),
-                i,
-                c.limits.max_inspected_response_bytes,
-            ) {
-                Ok(vs) => vs,
-                Err(e) => {
-                    report
-                        .problems
-                        .push(cfg.field_error("upstreams", e).to_string());
-                    continue;
-                }
-            };
+        let vs = match crate::proxy::multiplex::VirtualServer::from_config(
+            &c.upstreams,
+            &cfg.base(),
+            i,
+            c.limits.max_inspected_response_bytes,
+        ) {
+            Ok(vs) => vs,
+            Err(e) => {
+                report
+                    .problems
+                    .push(cfg.field_error("upstreams", e).to_string());
+                continue;
+            }
+        };
         let merged = vs.survey(c.limits.max_inspected_response_bytes).await;
         vs.shutdown().await;
         let at = format!("upstreams[{i}].servers");

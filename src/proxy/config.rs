@@ -472,7 +472,10 @@ impl UpstreamConfig {
             ("max_pending", self.max_pending != default_max_pending()),
         ];
         if let Some((key, _)) = stdio_only.iter().find(|(_, set)| *set) {
-            return Err(FieldError::new(*key, "is only for a stdio server (`command`)"));
+            return Err(FieldError::new(
+                *key,
+                "is only for a stdio server (`command`)",
+            ));
         }
         let Some(url) = &self.url else {
             return Err(FieldError::new(

@@ -39,4 +39,3 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 }
-

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,9 +22,10 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
 use super::super::upstream::UpstreamError;
+use crate::clock::Instant;
 
 /// The revision the gateway opens a stdio server's session with.
 const REVISION: &str = super::serve::LATEST_WITH_SESSIONS;
@@ -171,6 +172,10 @@ impl Waiting {
             .map(|(own, _)| *own)
     }
 
+    fn is_closed(&self) -> bool {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).closed
+    }
+
     /// Fails everything waiting (their senders drop) and refuses what comes later.
     fn close(&self) {
         let mut p = self.calls.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +195,9 @@ struct Unanswered<'a> {
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         if !self.answered && self.process.waiting.take(self.own).is_some() {
-            let _ = self.process.send(&cancelled(self.own, "the gateway stopped waiting"));
+            let _ = self
+                .process
+                .send(&cancelled(self.own, "the gateway stopped waiting"));
         }
     }
 }
@@ -217,8 +224,9 @@ impl Process {
     /// Queues one message for the server's stdin. Serialised compactly, so a newline
     /// inside a string is escaped and one message is always one line.
     fn send(&self, message: &Value) -> Result<(), UpstreamError> {
-        let mut line = serde_json::to_vec(message)
-            .map_err(|e| UpstreamError::Protocol(format!("the message could not be written: {e}")))?;
+        let mut line = serde_json::to_vec(message).map_err(|e| {
+            UpstreamError::Protocol(format!("the message could not be written: {e}"))
+        })?;
         line.push(b'\n');
         let outbox = self
             .outbox
@@ -292,7 +300,10 @@ impl Process {
         if gone(&mut exited).await {
             return;
         }
-        if let Some(pid) = self.pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+        if let Some(pid) = self
+            .pid
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             if gone(&mut exited).await {
                 return;
@@ -365,8 +376,12 @@ impl StdioServer {
         loop {
             let (failures, retry_at, why) = match &*state {
                 State::ShutDown => return Err(unreachable("the gateway is shutting down")),
-                State::Running(p) if !p.has_exited() => return Ok(p.clone()),
+                State::Running(p) if !p.has_exited() && !p.waiting.is_closed() => {
+                    return Ok(p.clone());
+                }
                 State::Running(p) => {
+                    // Its output ended: whether or not it has exited yet, it is done.
+                    p.kill.notify_one();
                     let failures = if p.started.elapsed() >= HEALTHY_RUN {
                         1
                     } else {
@@ -374,7 +389,7 @@ impl StdioServer {
                     };
                     *state = State::Stopped {
                         failures,
-                        retry_at: Some(Instant::now() + backoff(failures)),
+                        retry_at: Some(crate::clock::now() + backoff(failures)),
                         why: Some(p.exit_reason()),
                     };
                     continue;
@@ -386,7 +401,7 @@ impl StdioServer {
                 } => (*failures, *retry_at, why.clone()),
             };
             if let Some(at) = retry_at {
-                let wait = at.saturating_duration_since(Instant::now());
+                let wait = at.saturating_duration_since(crate::clock::now());
                 if wait > WAIT_OUT {
                     return Err(unreachable(format!(
                         "{}; it is started again in {} s",
@@ -405,7 +420,7 @@ impl StdioServer {
                     tracing::warn!(server = %self.name, error = %e, "stdio server could not be started");
                     *state = State::Stopped {
                         failures: failures + 1,
-                        retry_at: Some(Instant::now() + backoff(failures + 1)),
+                        retry_at: Some(crate::clock::now() + backoff(failures + 1)),
                         why: Some(e.to_string()),
                     };
                     return Err(e);
@@ -479,7 +494,7 @@ impl StdioServer {
             outbox: Mutex::new(Some(outbox)),
             waiting,
             revision: String::new(),
-            started: Instant::now(),
+            started: crate::clock::now(),
             failures,
             exited,
             kill,
@@ -536,6 +551,47 @@ impl StdioServer {
     }
 }
 
+/// One line of the server's output, or the news that one was too long (and dropped).
+enum Line {
+    Whole(Bytes),
+    TooLong,
+}
+
+/// Newline-delimited lines of at most a limit. A line over it is dropped up to its
+/// newline and reading goes on (a codec's error would end the stream).
+struct Lines(AnyDelimiterCodec);
+
+impl Lines {
+    fn new(limit: usize) -> Lines {
+        Lines(AnyDelimiterCodec::new_with_max_length(
+            b"\n".to_vec(),
+            Vec::new(),
+            limit,
+        ))
+    }
+
+    fn line(r: Result<Option<Bytes>, AnyDelimiterCodecError>) -> std::io::Result<Option<Line>> {
+        match r {
+            Ok(line) => Ok(line.map(Line::Whole)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Line::TooLong)),
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for Lines {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Line>> {
+        Lines::line(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Line>> {
+        Lines::line(self.0.decode_eof(buf))
+    }
+}
+
 /// Writes queued lines to the server's stdin; when the queue closes (shutdown) or a
 /// write fails, stdin is dropped, which closes it.
 async fn write_lines(mut stdin: ChildStdin, mut lines: mpsc::Receiver<Bytes>) {
@@ -557,17 +613,16 @@ async fn read_messages(
     max_message: usize,
     kill: Arc<Notify>,
 ) {
-    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max_message);
-    let mut lines = FramedRead::new(stdout, codec);
+    let mut lines = FramedRead::new(stdout, Lines::new(max_message));
     while let Some(line) = lines.next().await {
         let line = match line {
-            Ok(line) => line,
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+            Ok(Line::Whole(line)) => line,
+            Ok(Line::TooLong) => {
                 crate::telemetry::metrics::limit_exceeded("upstream_answer");
                 tracing::warn!(server = %name, limit = max_message, "a message from the stdio server is longer than the gateway reads; dropped");
                 continue;
             }
-            Err(AnyDelimiterCodecError::Io(e)) => {
+            Err(e) => {
                 tracing::warn!(server = %name, error = %e, "reading the stdio server's output failed");
                 break;
             }
@@ -623,16 +678,15 @@ async fn read_messages(
 
 /// Logs the server's stderr, line by line, at info.
 async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
-    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), STDERR_LINE);
-    let mut lines = FramedRead::new(stderr, codec);
+    let mut lines = FramedRead::new(stderr, Lines::new(STDERR_LINE));
     while let Some(line) = lines.next().await {
         match line {
-            Ok(line) => {
+            Ok(Line::Whole(line)) => {
                 let text = String::from_utf8_lossy(&line);
                 tracing::info!(server = %name, stderr = %text.trim_end(), "stdio server");
             }
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => continue,
-            Err(AnyDelimiterCodecError::Io(_)) => break,
+            Ok(Line::TooLong) => continue,
+            Err(_) => break,
         }
     }
 }
@@ -641,6 +695,61 @@ async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
 mod tests {
     use super::*;
 
+    /// A stdio MCP server in Python: `echo` answers in pairs, the second request first
+    /// (with the id and params it received); `exit` exits; `noise` writes a line that
+    /// is not JSON and one too long before its answer; `ask_me` pings the gateway
+    /// first and returns the reply; `hang` is never answered; every method it gets
+    /// goes to stderr.
+    const PEER: &str = r#"
+import json, sys
+pairs = []
+def say(m):
+    print(json.dumps(m), flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    method = m.get("method")
+    sys.stderr.write("got %s %s\n" % (method, json.dumps(m.get("params", {}).get("requestId"))))
+    sys.stderr.flush()
+    if method == "initialize":
+        say({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "peer", "version": "1"}}})
+    elif method == "echo":
+        pairs.append(m)
+        if len(pairs) == 2:
+            for p in reversed(pairs):
+                say({"jsonrpc": "2.0", "id": p["id"], "result": {"params": p["params"], "seen": p["id"]}})
+            pairs = []
+    elif method == "exit":
+        sys.exit(3)
+    elif method == "noise":
+        print("this is not JSON", flush=True)
+        print("x" * 5000, flush=True)
+        say({"jsonrpc": "2.0", "id": m["id"], "result": {"after": "noise"}})
+    elif method == "ask_me":
+        say({"jsonrpc": "2.0", "id": "s1", "method": "ping"})
+        reply = json.loads(sys.stdin.readline())
+        say({"jsonrpc": "2.0", "id": m["id"], "result": {"reply": reply}})
+"#;
+
+    fn peer(max_pending: usize, response_timeout: Duration) -> StdioServer {
+        let launch = Launch {
+            command: vec!["python3".into(), "-c".into(), PEER.into()],
+            env: [(
+                "PATH".to_string(),
+                std::env::var("PATH").unwrap_or_default(),
+            )]
+            .into(),
+            working_dir: None,
+            max_pending,
+            response_timeout,
+            max_message: 1000,
+        };
+        StdioServer::new("peer".into(), launch)
+    }
+
+    fn request(id: Value, method: &str, params: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    }
+
     #[test]
     fn backoff_doubles_from_a_quarter_second_to_thirty_seconds() {
         assert_eq!(backoff(1), Duration::from_millis(250));
@@ -648,5 +757,94 @@ mod tests {
         assert_eq!(backoff(4), Duration::from_secs(2));
         assert_eq!(backoff(9), MAX_RETRY);
         assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
+
+    #[tokio::test]
+    async fn two_agents_with_the_same_id_each_get_their_own_answer_with_their_id() {
+        let server = peer(8, Duration::from_secs(10));
+        // A newline inside a string cannot start a second message on the server's stdin.
+        let smuggle = "x\"}\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"exit\"}\n";
+        let (a, b) = tokio::join!(
+            server.ask(request(json!(1), "echo", json!({"from": "a"})), "session-a"),
+            server.ask(
+                request(json!(1), "echo", json!({"from": smuggle})),
+                "session-b"
+            ),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a["id"], 1);
+        assert_eq!(b["id"], 1);
+        assert_eq!(a["result"]["params"]["from"], "a");
+        assert_eq!(b["result"]["params"]["from"], smuggle);
+        assert_ne!(
+            a["result"]["seen"], b["result"]["seen"],
+            "the server saw two ids"
+        );
+        assert_eq!(server.revision().await.unwrap(), "2025-06-18");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_fails_its_call_and_is_started_again_for_the_next() {
+        let server = peer(8, Duration::from_secs(10));
+        let err = server
+            .ask(request(json!("x"), "exit", json!({})), "")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        // Started again after the first backoff (a quarter second, waited out).
+        let (a, b) = tokio::join!(
+            server.ask(request(json!(2), "echo", json!({"n": 1})), ""),
+            server.ask(request(json!(3), "echo", json!({"n": 2})), ""),
+        );
+        assert_eq!(a.unwrap()["result"]["params"]["n"], 1);
+        assert_eq!(b.unwrap()["result"]["params"]["n"], 2);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn lines_that_are_not_messages_are_skipped_and_the_servers_ping_is_answered() {
+        let server = peer(8, Duration::from_secs(10));
+        let answer = server
+            .ask(request(json!(1), "noise", json!({})), "")
+            .await
+            .unwrap();
+        assert_eq!(answer["result"]["after"], "noise");
+        let answer = server
+            .ask(request(json!(2), "ask_me", json!({})), "")
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["result"]["reply"],
+            json!({"jsonrpc": "2.0", "id": "s1", "result": {}})
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn waiting_calls_are_bounded_and_an_unanswered_one_times_out() {
+        let server = peer(1, Duration::from_millis(500));
+        // `echo` waits for a pair: alone it is never answered.
+        let first = server.ask(request(json!(1), "echo", json!({})), "");
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            server.ask(request(json!(2), "echo", json!({})), "").await
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert!(matches!(first, Err(UpstreamError::Timeout(_))), "{first:?}");
+        assert!(matches!(second, Err(UpstreamError::Busy(1))), "{second:?}");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn after_shutdown_no_call_starts_the_server_again() {
+        let server = peer(8, Duration::from_secs(10));
+        server.revision().await.unwrap();
+        server.shutdown().await;
+        let err = server
+            .ask(request(json!(1), "echo", json!({})), "")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("shutting down"), "{err}");
     }
 }
