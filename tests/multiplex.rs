@@ -1,6 +1,7 @@
 //! Several MCP servers behind one endpoint: the gateway as a virtual MCP server in
-//! front of two official TypeScript SDK servers (one with sessions and SSE answers, one
-//! stateless with JSON answers), an official SDK client as the agent. One merged,
+//! front of official TypeScript SDK servers (one with sessions and SSE answers, one
+//! stateless with JSON answers; in one test a first over HTTPS and a third the gateway
+//! starts itself and speaks to over stdio), an official SDK client as the agent. One merged,
 //! policy-filtered catalogue; each call reaches the server that owns the tool under
 //! the server's own name; sessions are the gateway's, one per server behind it; a
 //! server that restarts loses nothing the agent sees; a server that is down costs
@@ -33,9 +34,9 @@ allow if {
 	input.tool.upstream_name in {"list_deployments", "deploy_service"}
 }
 
-# Deploying through the second server needs a person's approval.
+# Deploying through the second (or the stdio) server needs a person's approval.
 approval := {"binding_message": "Deploy now"} if {
-	input.upstream.name == "west"
+	input.upstream.name in {"west", "notes"}
 	input.tool.upstream_name == "deploy_service"
 	input.op
 }
@@ -124,9 +125,40 @@ struct Stack {
     dir: tempfile::TempDir,
     east: SdkServer,
     west: SdkServer,
+    /// The stdio server's calls log and pid file, when there is one.
+    notes: Option<(PathBuf, PathBuf)>,
     gateway: ChildGuard,
     port: u16,
     evidence: PathBuf,
+}
+
+/// What runs behind the virtual server: `east` and `west` (`SdkServer::launch` args)
+/// with their naming rules, and optionally east over HTTPS and a third server.
+struct Layout<'a> {
+    east_args: &'a [&'a str],
+    west_args: &'a [&'a str],
+    east_naming: &'a str,
+    west_naming: &'a str,
+    /// A policy directory (else `POLICY`).
+    policies: Option<PathBuf>,
+    /// East serves HTTPS with a certificate from a private CA the gateway is given.
+    east_https: bool,
+    /// A third server, `notes`, that the gateway starts and speaks to over stdio.
+    notes_naming: Option<&'a str>,
+}
+
+impl Default for Layout<'_> {
+    fn default() -> Self {
+        Layout {
+            east_args: &["--mode", "sse", "--stateful"],
+            west_args: &["--mode", "json"],
+            east_naming: "tool_prefix: east_",
+            west_naming: "tool_prefix: west_, aliases: {ship: deploy_service}",
+            policies: None,
+            east_https: false,
+            notes_naming: None,
+        }
+    }
 }
 
 impl Stack {
@@ -137,28 +169,42 @@ impl Stack {
     /// `extra`: more of the gateway's config (an `approvals:` section), given the
     /// test's directory.
     fn start_with(extra: impl FnOnce(&Path) -> String) -> Stack {
-        Stack::launch(
-            &["--mode", "sse", "--stateful"],
-            &["--mode", "json"],
-            "tool_prefix: east_",
-            "tool_prefix: west_, aliases: {ship: deploy_service}",
-            None,
-            extra,
-        )
+        Stack::launch(Layout::default(), extra)
     }
 
-    /// Two servers (`east_args`, `west_args`: `SdkServer::launch`) behind the virtual
-    /// server with their naming rules; `policies`: a directory (else `POLICY`).
-    fn launch(
-        east_args: &[&str],
-        west_args: &[&str],
-        east_naming: &str,
-        west_naming: &str,
-        policies: Option<PathBuf>,
-        extra: impl FnOnce(&Path) -> String,
-    ) -> Stack {
+    fn launch(layout: Layout<'_>, extra: impl FnOnce(&Path) -> String) -> Stack {
+        let Layout {
+            east_args,
+            west_args,
+            east_naming,
+            west_naming,
+            policies,
+            east_https,
+            notes_naming,
+        } = layout;
         let dir = tempfile::tempdir().unwrap();
         let extra = extra(dir.path());
+        let mut east_args = east_args.to_vec();
+        let (east_scheme, east_tls) = if east_https {
+            let ca = support::ca::Ca::new("private tool CA");
+            let (cert, key) = ca.issue(&["localhost"], false);
+            std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+            std::fs::write(dir.path().join("east.crt"), cert).unwrap();
+            std::fs::write(dir.path().join("east.key"), key).unwrap();
+            ("https://localhost", "\n    tls: {ca_file: ca.pem}")
+        } else {
+            ("http://127.0.0.1", "")
+        };
+        let tls_files = [dir.path().join("east.crt"), dir.path().join("east.key")];
+        let tls_args = [
+            "--tls-cert",
+            tls_files[0].to_str().unwrap(),
+            "--tls-key",
+            tls_files[1].to_str().unwrap(),
+        ];
+        if east_https {
+            east_args.extend(tls_args);
+        }
         fn with_instance<'a>(args: &[&'a str], name: &'a str) -> Vec<&'a str> {
             let mut a = args.to_vec();
             if a.first() != Some(&"py") {
@@ -166,7 +212,7 @@ impl Stack {
             }
             a
         }
-        let east = SdkServer::start(dir.path(), "east", &with_instance(east_args, "east"));
+        let east = SdkServer::start(dir.path(), "east", &with_instance(&east_args, "east"));
         let west = SdkServer::start(dir.path(), "west", &with_instance(west_args, "west"));
         let policies = policies.unwrap_or_else(|| {
             let p = dir.path().join("policies");
@@ -176,6 +222,24 @@ impl Stack {
         });
         let evidence = dir.path().join("evidence.jsonl");
         let port = free_port();
+        let notes = notes_naming.map(|_| {
+            (
+                dir.path().join("notes-calls.jsonl"),
+                dir.path().join("notes.pid"),
+            )
+        });
+        let (notes_member, notes_upstream) = match (&notes, notes_naming) {
+            (Some((calls, pid)), Some(naming)) => {
+                let script = ensure_node_peers().join("mcp-server.mjs");
+                (
+                    format!("\n      - {{upstream: notes, {naming}}}"),
+                    format!(
+                        "\n  - name: notes\n    kind: mcp\n    command: [node, {script:?}, --stdio, --instance, notes, --calls-log, {calls:?}, --pid-file, {pid:?}]"
+                    ),
+                )
+            }
+            _ => (String::new(), String::new()),
+        };
         let config = dir.path().join("gate.yaml");
         std::fs::write(
             &config,
@@ -191,13 +255,13 @@ upstreams:
     mount: /mcp
     servers:
       - {{upstream: east, {east_naming}}}
-      - {{upstream: west, {west_naming}}}
+      - {{upstream: west, {west_naming}}}{notes_member}
   - name: east
     kind: mcp
-    url: "http://127.0.0.1:{east}/mcp"
+    url: "{east_scheme}:{east}/mcp"{east_tls}
   - name: west
     kind: mcp
-    url: "http://127.0.0.1:{west}/mcp"
+    url: "http://127.0.0.1:{west}/mcp"{notes_upstream}
 {extra}
 "#,
                 east = east.port,
@@ -213,6 +277,7 @@ upstreams:
             dir,
             east,
             west,
+            notes,
             gateway,
             port,
             evidence,
@@ -400,6 +465,148 @@ fn a_person_approves_a_call_to_the_second_server_and_it_runs_there_once() {
     assert_eq!(record["outcome"], "forwarded", "{record:#}");
 }
 
+/// Three servers behind one URL: one over HTTPS (a private CA), one over plain HTTP,
+/// and one the gateway starts itself and speaks to over stdio. The agent sees one
+/// catalogue, calls a tool of each, a person approves the stdio server's deploy; the
+/// stdio server is killed mid-session and the next call starts it again; when the
+/// gateway stops, so does the process it started.
+#[test]
+fn three_servers_one_over_https_and_one_over_stdio_serve_one_catalogue() {
+    let op = start_op();
+    let stack = Stack::launch(
+        Layout {
+            east_https: true,
+            notes_naming: Some("tool_prefix: notes_"),
+            ..Layout::default()
+        },
+        |_| approvals_yaml(&op, "hold"),
+    );
+    let approver = Approver::start(&op);
+    let (notes_calls, notes_pid) = stack.notes.clone().unwrap();
+    let out = stack.client(
+        json!([
+            {"name": "east_list_deployments"},
+            {"name": "west_list_deployments"},
+            {"name": "notes_list_deployments"},
+            {"name": "notes_deploy_service", "arguments": {"service": "payments", "env": "prod"}},
+            {"name": "notes_deploy_checklist", "prompt": true, "arguments": {"service": "search"}},
+            {"name": "deploy://notes/deployments", "resource": true},
+            {"name": "notes_delete_repository", "arguments": {"repo": "payments"}},
+        ]),
+        &[],
+    );
+    let tools = sorted_names(&out["tools"]);
+    for name in [
+        "east_list_deployments",
+        "west_list_deployments",
+        "notes_list_deployments",
+        "notes_deploy_service",
+    ] {
+        assert!(tools.contains(&name), "{name} missing: {out:#}");
+    }
+    assert!(
+        !tools.iter().any(|t| t.contains("delete_repository")),
+        "{out:#}"
+    );
+    let calls = out["calls"].as_array().unwrap();
+    for c in &calls[..3] {
+        assert!(text(c).contains("deployments:"), "{out:#}");
+    }
+    assert_eq!(text(&calls[3]), "deployed payments to prod", "{out:#}");
+    assert_eq!(
+        calls[4]["result"]["messages"][0]["content"]["text"], "checklist for search",
+        "{out:#}"
+    );
+    assert_eq!(
+        calls[5]["result"]["contents"][0]["text"], "deployments of notes",
+        "{out:#}"
+    );
+    assert_eq!(
+        calls[6]["result"]["_meta"]["ciba-gate/reason"], "no_deletes",
+        "{out:#}"
+    );
+    assert_eq!(approver.approved(), 1);
+    assert_eq!(stack.east.tools_called(), ["list_deployments"]);
+    assert_eq!(stack.west.tools_called(), ["list_deployments"]);
+    let notes_tools = || -> Vec<String> {
+        json_lines(&notes_calls)
+            .iter()
+            .map(|c| c["tool"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(notes_tools(), ["list_deployments", "deploy_service"]);
+    let record = stack.evidence_for("notes_deploy_service");
+    assert_eq!(record["upstream"], "notes", "{record:#}");
+    assert_eq!(record["upstream_tool"], "deploy_service");
+    assert_eq!(record["reason"], "approved", "{record:#}");
+    assert_eq!(record["outcome"], "forwarded", "{record:#}");
+
+    // Killed mid-session: the gateway sees it go, and the next call starts it again.
+    let pid = std::fs::read_to_string(&notes_pid).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack.gateway.logs().contains("stdio server stopped") {
+        assert!(Instant::now() < deadline, "{}", stack.gateway.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = stack.client(
+        json!([{"name": "notes_list_deployments"}, {"name": "east_list_deployments"}]),
+        &[],
+    );
+    let calls = out["calls"].as_array().unwrap();
+    assert!(
+        text(&calls[0]).contains("deployments:"),
+        "{out:#}\n{}",
+        stack.gateway.logs()
+    );
+    assert!(text(&calls[1]).contains("deployments:"), "{out:#}");
+    assert_eq!(notes_tools().len(), 3);
+    let restarted = std::fs::read_to_string(&notes_pid).unwrap();
+    assert_ne!(restarted.trim(), pid.trim());
+
+    // SIGTERM: the gateway closes the stdio server's stdin and it exits.
+    let mut stack = stack;
+    let gateway_pid = stack.gateway.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &gateway_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    stack
+        .gateway
+        .wait_timeout(Duration::from_secs(40))
+        .expect("the gateway stopped");
+    let alive = || {
+        Command::new("kill")
+            .args(["-0", restarted.trim()])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the stdio server outlived the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = stack.gateway.logs();
+    assert!(logs.contains("stopping stdio server"), "{logs}");
+    assert!(
+        logs.contains(r#""stderr":"READY stdio""#) || logs.contains("READY stdio"),
+        "{logs}"
+    );
+}
+
 /// 2026-07-28 has no sessions: an official Python SDK client that finds the revision
 /// itself, in front of two Python SDK servers (one shown as it is, one with a
 /// prefix), with the bundled policies and a person's approval. Every result is the
@@ -409,11 +616,14 @@ fn a_2026_07_28_client_gets_validated_results_and_an_approved_call() {
     let op = start_op();
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let stack = Stack::launch(
-        &["py"],
-        &["py"],
-        "aliases: {}",
-        "tool_prefix: b_",
-        Some(bundled),
+        Layout {
+            east_args: &["py"],
+            west_args: &["py"],
+            east_naming: "aliases: {}",
+            west_naming: "tool_prefix: b_",
+            policies: Some(bundled),
+            ..Layout::default()
+        },
         |_| approvals_yaml(&op, "hold"),
     );
     let approver = Approver::start(&op);
@@ -659,6 +869,79 @@ fn check_asks_the_servers_and_names_a_tool_two_of_them_claim() {
         text.contains("virtual server tools: 8 tools from 2 servers"),
         "{text}"
     );
+}
+
+/// A stdio server is a `command` behind a virtual server, with nothing of an HTTP
+/// server's settings; `check` refuses anything else naming the key, and without
+/// `--offline` starts the server, lists its tools and stops it again.
+#[test]
+fn check_takes_a_stdio_server_only_behind_a_virtual_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("policy.rego"), POLICY).unwrap();
+    let script = ensure_node_peers().join("mcp-server.mjs");
+    let pid = dir.path().join("notes.pid");
+    let check = |notes: &str, offline: bool| {
+        let config = dir.path().join("gate.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:0\"\nagent: {{id: a}}\npolicy: {{dir: {policies:?}}}\n\
+                 upstreams:\n  - {{name: tools, kind: mcp, mount: /mcp, servers: [{{upstream: notes, tool_prefix: n_}}]}}\n\
+                 \x20 - {{name: notes, kind: mcp, {notes}}}\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+        cmd.arg("check").arg("--config").arg(&config);
+        if offline {
+            cmd.arg("--offline");
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let command = format!("command: [node, {script:?}, --stdio, --pid-file, {pid:?}]");
+    for (extra, says) in [
+        ("mount: /notes", "upstreams[1].mount"),
+        ("url: \"http://127.0.0.1:1/mcp\"", "upstreams[1].url"),
+        ("tls: {ca_file: ca.pem}", "upstreams[1].tls"),
+        (
+            "credential: {header: x-key, env: KEY}",
+            "upstreams[1].credential",
+        ),
+        ("max_pending: 0", "upstreams[1].max_pending"),
+        ("env: {\"A=B\": x}", "upstreams[1].env"),
+    ] {
+        let (code, text) = check(&format!("{command}, {extra}"), true);
+        assert_eq!(code, Some(2), "{extra}: {text}");
+        assert!(text.contains(says), "{extra}: {text}");
+    }
+    let (code, text) = check("url: \"http://127.0.0.1:1/mcp\", pass_env: [HOME]", true);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("upstreams[1].pass_env") && text.contains("only for a stdio server"),
+        "{text}"
+    );
+    let (code, text) = check(&command, false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("virtual server tools: 4 tools from 1 server,"),
+        "{text}"
+    );
+    // The server check started is stopped again.
+    let started = std::fs::read_to_string(&pid).unwrap();
+    let alive = Command::new("kill")
+        .args(["-0", started.trim()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(!alive, "check left the stdio server running");
 }
 
 /// A cancelled call's `notifications/cancelled` reaches the server the call went to,

@@ -65,10 +65,11 @@ async fn check_virtual_servers(report: &mut Report, cfg: &LoadedConfig) {
         }
         if merged.collisions.is_empty() && merged.unavailable.is_empty() {
             report.notes.push(format!(
-                "virtual server {}: {} tools from {} servers, no name claimed twice",
+                "virtual server {}: {} tools from {} server{}, no name claimed twice",
                 u.name,
                 merged.tools.len(),
-                vs.members.len()
+                vs.members.len(),
+                if vs.members.len() == 1 { "" } else { "s" }
             ));
         }
     }

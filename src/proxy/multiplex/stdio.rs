@@ -698,8 +698,8 @@ mod tests {
     /// A stdio MCP server in Python: `echo` answers in pairs, the second request first
     /// (with the id and params it received); `exit` exits; `noise` writes a line that
     /// is not JSON and one too long before its answer; `ask_me` pings the gateway
-    /// first and returns the reply; `hang` is never answered; every method it gets
-    /// goes to stderr.
+    /// first and returns the reply; a cancellation of a waiting `echo` answers it with
+    /// the id the cancellation named; every method it gets goes to stderr.
     const PEER: &str = r#"
 import json, sys
 pairs = []
@@ -718,6 +718,11 @@ for line in sys.stdin:
             for p in reversed(pairs):
                 say({"jsonrpc": "2.0", "id": p["id"], "result": {"params": p["params"], "seen": p["id"]}})
             pairs = []
+    elif method == "notifications/cancelled":
+        gone = m["params"]["requestId"]
+        for p in [p for p in pairs if p["id"] == gone]:
+            say({"jsonrpc": "2.0", "id": p["id"], "result": {"cancelled": gone}})
+        pairs = [p for p in pairs if p["id"] != gone]
     elif method == "exit":
         sys.exit(3)
     elif method == "noise":
@@ -781,6 +786,32 @@ for line in sys.stdin:
             "the server saw two ids"
         );
         assert_eq!(server.revision().await.unwrap(), "2025-06-18");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_agents_cancellation_names_the_gateways_id_for_its_request() {
+        let server = peer(8, Duration::from_secs(10));
+        let waiting = server.ask(request(json!("call-7"), "echo", json!({})), "session-a");
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let note = |scope: &'static str| {
+                server.tell(
+                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                           "params": {"requestId": "call-7"}}),
+                    scope,
+                )
+            };
+            // Another session's request of the same id is not this one: nothing is sent.
+            note("session-b").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            note("session-a").await.unwrap();
+        };
+        let (answer, ()) = tokio::join!(waiting, cancel);
+        let answer = answer.unwrap();
+        assert_eq!(answer["id"], "call-7");
+        let own = &answer["result"]["cancelled"];
+        assert!(own.is_u64(), "the server got the gateway's id: {answer}");
         server.shutdown().await;
     }
 
