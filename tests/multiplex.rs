@@ -354,8 +354,11 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
             {"name": "east_deploy_checklist", "prompt": true, "arguments": {"service": "payments"}},
             {"name": "deploy://west/deployments", "resource": true},
         ]),
-        &["--terminate"],
+        &["--terminate", "--await-list-changed", "1"],
     );
+    // The stateful server's list change (sent on its session's event stream) reached
+    // the agent's event stream.
+    assert_eq!(out["listChanged"], 1, "{out:#}");
     // Prompts are merged and named by the same rules, and reach their own server.
     let prompts = sorted_names(&out["prompts"]);
     assert_eq!(
@@ -493,8 +496,11 @@ fn three_servers_one_over_https_and_one_over_stdio_serve_one_catalogue() {
             {"name": "deploy://notes/deployments", "resource": true},
             {"name": "notes_delete_repository", "arguments": {"repo": "payments"}},
         ]),
-        &[],
+        &["--await-list-changed", "2"],
     );
+    // Both servers that say their list changed (the HTTPS one on its session's event
+    // stream, the stdio one on stdout) are heard on the agent's event stream.
+    assert_eq!(out["listChanged"], 2, "{out:#}");
     let tools = sorted_names(&out["tools"]);
     for name in [
         "east_list_deployments",

@@ -4,6 +4,7 @@
 //
 //   node mcp-multi-client.mjs --url http://127.0.0.1:PORT/mcp --calls JSON
 //                             [--revision R] [--terminate] [--pause-file PATH]
+//                             [--await-list-changed N]
 //
 // Connects (initialize with the SDK's newest revision, or R when given: the
 // request's protocolVersion is replaced before it is sent), lists the tools with
@@ -14,17 +15,23 @@
 // "progress": true (an onprogress handler, so the call has a progressToken); with
 // "prompt": true it is a prompts/get instead, with "resource": true a
 // resources/read of the URI in "name". Prompts and resources are listed too.
-// --terminate ends the session (HTTP DELETE) at the end.
+// --terminate ends the session (HTTP DELETE) at the end. With --await-list-changed N
+// it gives its event stream (GET, opened by the SDK after initialize) half a
+// second before the calls, and after them waits up to 5 s until N
+// notifications/tools/list_changed have arrived on it.
 //
 // Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names], prompts,
-//   listMeta, calls: [{name, result} | {name, error}], terminated, error}.
+//   listMeta, calls: [{name, result} | {name, error}], listChanged, terminated, error}.
 
 import { existsSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 
 function parseArgs(argv) {
-  const opts = { url: null, calls: [], revision: null, terminate: false, pauseFile: null };
+  const opts = {
+    url: null, calls: [], revision: null, terminate: false, pauseFile: null, awaitListChanged: 0,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -37,6 +44,7 @@ function parseArgs(argv) {
       case '--revision': opts.revision = next(); break;
       case '--terminate': opts.terminate = true; break;
       case '--pause-file': opts.pauseFile = next(); break;
+      case '--await-list-changed': opts.awaitListChanged = Number(next()); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -61,8 +69,11 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const out = { calls: [], terminated: false };
+  const out = { calls: [], listChanged: 0, terminated: false };
   const client = new Client({ name: 'multiplex-test-agent', version: '1.0.0' });
+  client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+    out.listChanged += 1;
+  });
   const transport = new StreamableHTTPClientTransport(new URL(opts.url), {
     fetch: askingFor(opts.revision),
   });
@@ -78,6 +89,7 @@ async function main() {
     out.prompts = prompts.prompts.map((p) => p.name);
     const resources = await client.listResources();
     out.resources = resources.resources.map((r) => r.uri);
+    if (opts.awaitListChanged) await sleep(500);
     for (const [n, c] of opts.calls.entries()) {
       try {
         // abortAfterMs: cancel the call that long after sending it (the SDK sends
@@ -103,6 +115,7 @@ async function main() {
         for (let i = 0; i < 300 && !existsSync(opts.pauseFile); i++) await sleep(100);
       }
     }
+    for (let i = 0; i < 50 && out.listChanged < opts.awaitListChanged; i++) await sleep(100);
     if (opts.terminate) {
       await transport.terminateSession();
       out.terminated = true;

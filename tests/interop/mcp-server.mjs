@@ -28,7 +28,9 @@
 // --tls-cert PATH --tls-key PATH
 //               serve HTTPS (node:https) with this certificate and key
 // --stdio       serve one session over stdin/stdout (StdioServerTransport) instead
-//               of HTTP; --pid-file PATH writes the process id there once ready
+//               of HTTP (list_deployments sends notifications/tools/list_changed,
+//               as with --stateful); --pid-file PATH writes the process id there
+//               once ready
 //
 // Besides the tools it offers one prompt, deploy_checklist {service}, and one
 // resource, deploy://INSTANCE/deployments (--instance NAME, default "tools").
@@ -175,9 +177,9 @@ function buildServer() {
         // to the client as progress arriving together with the result.
         await new Promise((r) => setTimeout(r, opts.progressDelayMs));
       }
-      if (opts.stateful) {
+      if (opts.stateful || opts.stdio) {
         // Unrelated to this request, so it goes out on the client's standalone
-        // GET event stream: proves that stream is relayed too.
+        // GET event stream (over stdio: on stdout): proves that stream is relayed too.
         server.sendToolListChanged();
       }
       const text = DEPLOYMENTS.map((d) => `${d.service} ${d.env} ${d.version}`).join('\n');

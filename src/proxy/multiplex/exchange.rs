@@ -146,6 +146,23 @@ pub async fn tell(
     }
 }
 
+/// Opens the server's event stream in its session (HTTP GET); a server that keeps
+/// none answers 405.
+pub async fn events(
+    upstream: &Upstream,
+    envelope: &Envelope,
+) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    let mut headers = envelope.headers();
+    headers.remove(header::CONTENT_TYPE);
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    upstream
+        .forward(Method::GET, "", None, headers, render::empty(), None)
+        .await
+}
+
 /// Closes a server's session (HTTP DELETE); a server that keeps none answers 405.
 pub async fn close(upstream: &Upstream, envelope: &Envelope) -> Result<(), UpstreamError> {
     upstream

@@ -8,6 +8,7 @@
 //! to over stdio (`stdio`).
 
 pub mod catalogue;
+pub mod changes;
 pub mod exchange;
 pub mod naming;
 pub mod serve;
@@ -64,6 +65,8 @@ pub struct VirtualServer {
     pub name: String,
     pub members: Vec<Member>,
     pub sessions: Sessions,
+    /// The stdio servers' list changes, for the agents' event streams.
+    pub changes: changes::Changes,
     /// Who owns each shown name no prefix or alias decides, from the last merged list
     /// of each kind.
     owners: RwLock<HashMap<(catalogue::Kind, String), usize>>,
@@ -81,11 +84,12 @@ pub struct Routed {
 }
 
 impl VirtualServer {
-    pub fn new(name: String, members: Vec<Member>) -> VirtualServer {
+    pub fn new(name: String, members: Vec<Member>, changes: changes::Changes) -> VirtualServer {
         let n = members.len();
         VirtualServer {
             name,
             members,
+            changes,
             sessions: Sessions::new(n),
             owners: RwLock::new(HashMap::new()),
         }
@@ -101,6 +105,7 @@ impl VirtualServer {
         max_message: usize,
     ) -> crate::validate::Checked<VirtualServer> {
         let u = &upstreams[i];
+        let changes = changes::Changes::default();
         let members = u
             .servers
             .iter()
@@ -119,7 +124,11 @@ impl VirtualServer {
                     Link::Http(super::direct_upstream(upstreams, base, j)?)
                 } else {
                     let launch = stdio::Launch::from_config(t, base, max_message);
-                    Link::Stdio(stdio::StdioServer::new(t.name.clone(), launch))
+                    Link::Stdio(stdio::StdioServer::new(
+                        t.name.clone(),
+                        launch,
+                        changes.clone(),
+                    ))
                 };
                 Ok(Member {
                     link,
@@ -127,7 +136,7 @@ impl VirtualServer {
                 })
             })
             .collect::<crate::validate::Checked<Vec<_>>>()?;
-        Ok(VirtualServer::new(u.name.clone(), members))
+        Ok(VirtualServer::new(u.name.clone(), members, changes))
     }
 
     /// What `check` reports: every server asked for its tools in a session of the

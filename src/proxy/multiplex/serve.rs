@@ -36,11 +36,13 @@ pub async fn request(
         McpRequest::Stream { head } if head.method == Method::DELETE => {
             end_session(call, vs, head).await
         }
+        McpRequest::Stream { head } if head.method == Method::GET => {
+            list_changes(call, vs, head).await
+        }
         McpRequest::Stream { .. } => {
-            // No event stream of its own: MCP lets a server answer GET with 405.
             let mut r = call.reject(Reason::MethodNotAllowed, &Shape::Post { id: Value::Null });
             r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r
         }
         McpRequest::Messages { batch: true, .. } => call.reject(
@@ -180,9 +182,9 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
 
 fn capabilities() -> Value {
     json!({
-        "tools": {"listChanged": false},
-        "prompts": {"listChanged": false},
-        "resources": {"listChanged": false, "subscribe": false},
+        "tools": {"listChanged": true},
+        "prompts": {"listChanged": true},
+        "resources": {"listChanged": true, "subscribe": false},
     })
 }
 
@@ -485,6 +487,40 @@ async fn cancelled(
         Err(e) => record.conclude(Disposition::UpstreamFailed, &e.reason(), None),
     }
     render::accepted()
+}
+
+/// GET: policy decides it like a direct mount's; then, in the agent's session, the
+/// stream on which the servers' list changes reach it (`changes`). Without a session
+/// (2026-07-28) there is no such stream: 405.
+async fn list_changes(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    head: http::request::Parts,
+) -> Response<BoxBody> {
+    let unit = match allowed(call, flow::stream_unit(call, &head)) {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    let session = match session_of(vs, &head) {
+        Ok(Some(s)) => s,
+        Ok(None) | Err(Reason::SessionRequired) => {
+            let reason = Reason::MethodNotAllowed;
+            unit.record.conclude(Disposition::Rejected, &reason, None);
+            let mut r = render::answer(&reason, &Shape::Post { id: Value::Null });
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return r;
+        }
+        Err(reason) => {
+            unit.record.conclude(Disposition::Rejected, &reason, None);
+            return render::answer(&reason, &Shape::Post { id: Value::Null });
+        }
+    };
+    let limit = call.gw.limits.max_inspected_response_bytes;
+    let resp = super::changes::stream(vs, &session, limit).await;
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, Some(200));
+    resp
 }
 
 /// DELETE: policy decides it like a direct mount's; then the session ends here and at

@@ -89,6 +89,8 @@ impl Launch {
 pub struct StdioServer {
     pub name: String,
     launch: Launch,
+    /// Where its list changes go (every agent session's event stream).
+    changes: super::changes::Changes,
     state: tokio::sync::Mutex<State>,
     /// The ids the gateway gives the requests it sends (0 is the `initialize`).
     next_id: AtomicU64,
@@ -315,10 +317,11 @@ impl Process {
 }
 
 impl StdioServer {
-    pub fn new(name: String, launch: Launch) -> StdioServer {
+    pub fn new(name: String, launch: Launch, changes: super::changes::Changes) -> StdioServer {
         StdioServer {
             name,
             launch,
+            changes,
             state: tokio::sync::Mutex::new(State::Stopped {
                 failures: 0,
                 retry_at: None,
@@ -465,6 +468,7 @@ impl StdioServer {
         tokio::spawn(write_lines(stdin, lines));
         tokio::spawn(read_messages(
             self.name.clone(),
+            self.changes.clone(),
             stdout,
             waiting.clone(),
             outbox.downgrade(),
@@ -604,9 +608,11 @@ async fn write_lines(mut stdin: ChildStdin, mut lines: mpsc::Receiver<Bytes>) {
 
 /// Reads the server's messages from stdout until it ends: answers go to the calls
 /// waiting on them; the server's `ping` is answered; other requests are refused
-/// (the gateway declared no client capabilities); notifications are logged.
+/// (the gateway declared no client capabilities); list changes go to the agents'
+/// event streams, other notifications to the debug log.
 async fn read_messages(
     name: String,
+    changes: super::changes::Changes,
     stdout: tokio::process::ChildStdout,
     waiting: Arc<Waiting>,
     outbox: mpsc::WeakSender<Bytes>,
@@ -660,9 +666,12 @@ async fn read_messages(
                     let _ = out.try_send(Bytes::from(line));
                 }
             }
-            (Some(method), None) => {
-                tracing::debug!(server = %name, method, "notification from the stdio server")
-            }
+            (Some(method), None) => match super::changes::kind_of(method) {
+                Some(kind) => changes.publish(kind),
+                None => {
+                    tracing::debug!(server = %name, method, "notification from the stdio server")
+                }
+            },
             (None, None) => {
                 tracing::warn!(server = %name, "a message from the stdio server is not JSON-RPC; ignored")
             }
@@ -748,7 +757,7 @@ for line in sys.stdin:
             response_timeout,
             max_message: 1000,
         };
-        StdioServer::new("peer".into(), launch)
+        StdioServer::new("peer".into(), launch, Default::default())
     }
 
     fn request(id: Value, method: &str, params: Value) -> Value {
