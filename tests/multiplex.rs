@@ -23,7 +23,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read"}
+allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read", "resources/templates/list", "completion/complete"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -353,8 +353,32 @@ fn one_endpoint_lists_the_tools_of_both_servers_and_routes_each_call_to_its_owne
             {"name": "nowhere_tool"},
             {"name": "east_deploy_checklist", "prompt": true, "arguments": {"service": "payments"}},
             {"name": "deploy://west/deployments", "resource": true},
+            // A URI no list has, from the east server's resource template.
+            {"name": "deploy://east/deployments/billing", "resource": true},
+            {"name": "completion", "complete": true,
+             "ref": {"type": "ref/resource", "uri": "deploy://west/deployments/{service}"},
+             "argument": {"name": "service", "value": "pay"}},
         ]),
         &["--terminate", "--await-list-changed", "1"],
+    );
+    // Resource templates are merged by URI template; a URI one of them expands to is
+    // read from that server, and a completion goes to the template's server.
+    assert_eq!(
+        sorted_names(&out["templates"]),
+        [
+            "deploy://east/deployments/{service}",
+            "deploy://west/deployments/{service}"
+        ],
+        "{out:#}"
+    );
+    assert_eq!(
+        out["calls"][7]["result"]["contents"][0]["text"], "deployment of billing on east",
+        "{out:#}"
+    );
+    assert_eq!(
+        out["calls"][8]["result"]["completion"]["values"],
+        json!(["payments"]),
+        "{out:#}"
     );
     // The stateful server's list change (sent on its session's event stream) reached
     // the agent's event stream.

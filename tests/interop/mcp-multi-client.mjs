@@ -14,14 +14,16 @@
 // may carry "abortAfterMs" (cancel it then: notifications/cancelled) and
 // "progress": true (an onprogress handler, so the call has a progressToken); with
 // "prompt": true it is a prompts/get instead, with "resource": true a
-// resources/read of the URI in "name". Prompts and resources are listed too.
+// resources/read of the URI in "name", with "complete": true a completion/complete
+// of its "ref" and "argument". Prompts, resources and resource templates are listed
+// too.
 // --terminate ends the session (HTTP DELETE) at the end. With --await-list-changed N
 // it gives its event stream (GET, opened by the SDK after initialize) half a
 // second before the calls, and after them waits up to 5 s until N
 // notifications/tools/list_changed have arrived on it.
 //
 // Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names], prompts,
-//   listMeta, calls: [{name, result} | {name, error}], listChanged, terminated, error}.
+//   resources, templates, listMeta, calls: [{name, result} | {name, error}], listChanged, terminated, error}.
 
 import { existsSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -89,6 +91,8 @@ async function main() {
     out.prompts = prompts.prompts.map((p) => p.name);
     const resources = await client.listResources();
     out.resources = resources.resources.map((r) => r.uri);
+    const templates = await client.listResourceTemplates();
+    out.templates = templates.resourceTemplates.map((t) => t.uriTemplate);
     if (opts.awaitListChanged) await sleep(500);
     for (const [n, c] of opts.calls.entries()) {
       try {
@@ -105,7 +109,9 @@ async function main() {
           ? await client.getPrompt({ name: c.name, arguments: c.arguments ?? {} })
           : c.resource
             ? await client.readResource({ uri: c.name })
-            : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
+            : c.complete
+              ? await client.complete({ ref: c.ref, argument: c.argument })
+              : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
         out.calls.push({ name: c.name, result });
       } catch (e) {
         out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });

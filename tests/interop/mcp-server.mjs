@@ -32,8 +32,10 @@
 //               as with --stateful); --pid-file PATH writes the process id there
 //               once ready
 //
-// Besides the tools it offers one prompt, deploy_checklist {service}, and one
-// resource, deploy://INSTANCE/deployments (--instance NAME, default "tools").
+// Besides the tools it offers one prompt, deploy_checklist {service}, one
+// resource, deploy://INSTANCE/deployments (--instance NAME, default "tools"), and
+// one resource template, deploy://INSTANCE/deployments/{service}, whose service
+// completes from the deployments.
 //
 // Prints "READY <port>" on stdout once listening (over stdio: "READY stdio" on
 // stderr). --port 0 picks a free port.
@@ -43,7 +45,7 @@ import { createServer as createTlsServer } from 'node:https';
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash, randomUUID } from 'node:crypto';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
-import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
@@ -233,6 +235,21 @@ function buildServer() {
     { description: 'The current deployments', mimeType: 'text/plain' },
     async (uri) => ({
       contents: [{ uri: uri.href, text: `deployments of ${opts.instance}` }],
+    }),
+  );
+
+  // One resource per service, and completion of the service's name.
+  server.registerResource(
+    'deployment',
+    new ResourceTemplate(`deploy://${opts.instance}/deployments/{service}`, {
+      list: undefined,
+      complete: {
+        service: (value) => DEPLOYMENTS.map((d) => d.service).filter((s) => s.startsWith(value)),
+      },
+    }),
+    { description: 'One service\'s deployment', mimeType: 'text/plain' },
+    async (uri, { service }) => ({
+      contents: [{ uri: uri.href, text: `deployment of ${service} on ${opts.instance}` }],
     }),
   );
 

@@ -1,4 +1,5 @@
-//! The merged `tools/list` (and `prompts/list`) of a virtual server: every server asked
+//! The merged `tools/list` (and `prompts/list`, `resources/list`,
+//! `resources/templates/list`) of a virtual server: every server asked
 //! at once (all pages followed), each entry renamed by its server's naming rule, a name
 //! two servers claim left out of the list (and refused when called), a server that
 //! cannot answer named as unavailable while the others' entries are still listed.
@@ -17,12 +18,13 @@ use crate::outcome::Reason;
 use crate::proxy::upstream::UpstreamError;
 
 /// What is listed: tools and prompts (named, and routed, by the naming rules) or
-/// resources (routed by URI, never renamed: a URI names itself).
+/// resources and resource templates (routed by URI, never renamed: a URI names itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tools,
     Prompts,
     Resources,
+    Templates,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Kind::Tools => "tools/list",
             Kind::Prompts => "prompts/list",
             Kind::Resources => "resources/list",
+            Kind::Templates => "resources/templates/list",
         }
     }
 
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Tools => "tools",
             Kind::Prompts => "prompts",
             Kind::Resources => "resources",
+            Kind::Templates => "resourceTemplates",
         }
     }
 
@@ -48,11 +52,12 @@ impl Kind {
         match self {
             Kind::Tools | Kind::Prompts => "name",
             Kind::Resources => "uri",
+            Kind::Templates => "uriTemplate",
         }
     }
 
     pub fn renamed(self) -> bool {
-        self != Kind::Resources
+        matches!(self, Kind::Tools | Kind::Prompts)
     }
 }
 

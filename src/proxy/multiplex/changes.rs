@@ -57,7 +57,7 @@ fn event(kind: Kind) -> Bytes {
     let method = match kind {
         Kind::Tools => "notifications/tools/list_changed",
         Kind::Prompts => "notifications/prompts/list_changed",
-        Kind::Resources => "notifications/resources/list_changed",
+        Kind::Resources | Kind::Templates => "notifications/resources/list_changed",
     };
     let message = json!({"jsonrpc": "2.0", "method": method});
     Bytes::from(format!("event: message\ndata: {message}\n\n"))

@@ -186,6 +186,20 @@ impl VirtualServer {
         }
     }
 
+    /// The one server with a listed resource template that `uri` matches (none when
+    /// none does, or two servers' do).
+    pub fn template_owner(&self, uri: &str) -> Option<usize> {
+        let owners = self.owners.read().ok()?;
+        let mut matching = owners
+            .iter()
+            .filter(|((k, template), _)| {
+                *k == catalogue::Kind::Templates && naming::template_matches(template, uri)
+            })
+            .map(|(_, i)| *i);
+        let first = matching.next()?;
+        matching.all(|i| i == first).then_some(first)
+    }
+
     pub(crate) fn remember_owners(&self, kind: catalogue::Kind, owners: HashMap<String, usize>) {
         if let Ok(mut o) = self.owners.write() {
             o.retain(|(k, _), _| *k != kind);

@@ -103,9 +103,52 @@ pub fn resolve(namings: &[&Naming], shown: &str) -> Resolved {
     }
 }
 
+/// Whether `uri` is one of the URIs an RFC 6570 `template` expands to: literal text
+/// must match exactly; a simple `{var}` stands for one segment (no `/`, `?` or `#`);
+/// any other expression (`{+path}`, `{/x}`, `{?q}`, `{#f}`) for any text.
+pub fn template_matches(template: &str, uri: &str) -> bool {
+    let mut pattern = String::from("^");
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&regex::escape(&rest[..open]));
+        let Some(close) = rest[open..].find('}') else {
+            return false;
+        };
+        let expression = &rest[open + 1..open + close];
+        let simple = expression
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        pattern.push_str(if simple { "[^/?#]*" } else { ".*" });
+        rest = &rest[open + close + 1..];
+    }
+    pattern.push_str(&regex::escape(rest));
+    pattern.push('$');
+    regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(uri))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_matches_the_templates_it_expands_from() {
+        let t = "deploy://east/deployments/{service}";
+        assert!(template_matches(t, "deploy://east/deployments/payments"));
+        assert!(!template_matches(
+            t,
+            "deploy://east/deployments/payments/logs"
+        ));
+        assert!(!template_matches(t, "deploy://west/deployments/payments"));
+        assert!(template_matches("file:///{+path}", "file:///etc/hosts"));
+        assert!(template_matches(
+            "search://q{?term,limit}",
+            "search://q?term=x"
+        ));
+        // Template text is literal, not a pattern.
+        assert!(!template_matches("a.b://{x}", "aXb://y"));
+        assert!(!template_matches("broken://{x", "broken://y"));
+    }
 
     fn aliases(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

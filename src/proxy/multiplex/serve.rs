@@ -100,15 +100,9 @@ async fn message(
         }
     };
     if msg.kind == MessageKind::Request
-        && method == mcp::methods::name_of(mcp::methods::Role::ToolCall)
+        && let Some(named) = Named::of(&method, msg.value.get("params"))
     {
-        return by_name(call, vs, head, msg, revision, session, Kind::Tools).await;
-    }
-    if msg.kind == MessageKind::Request && method == "prompts/get" {
-        return by_name(call, vs, head, msg, revision, session, Kind::Prompts).await;
-    }
-    if msg.kind == MessageKind::Request && method == "resources/read" {
-        return by_name(call, vs, head, msg, revision, session, Kind::Resources).await;
+        return by_name(call, vs, head, msg, revision, session, named).await;
     }
     let base = call.base_input(&head);
     let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
@@ -141,11 +135,11 @@ async fn message(
         }),
         "ping" => json!({}),
         "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
-        "prompts/list" | "resources/list" => {
-            let kind = if method == "prompts/list" {
-                Kind::Prompts
-            } else {
-                Kind::Resources
+        "prompts/list" | "resources/list" | "resources/templates/list" => {
+            let kind = match method.as_str() {
+                "prompts/list" => Kind::Prompts,
+                "resources/list" => Kind::Resources,
+                _ => Kind::Templates,
             };
             return list_plain(call, vs, unit, &head, &msg, revision, session, kind).await;
         }
@@ -182,6 +176,7 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
 
 fn capabilities() -> Value {
     json!({
+        "completions": {},
         "tools": {"listChanged": true},
         "prompts": {"listChanged": true},
         "resources": {"listChanged": true, "subscribe": false},
@@ -357,10 +352,75 @@ async fn list_plain(
     render::json(StatusCode::OK, &reply(id, result, stateless))
 }
 
-/// A `tools/call` or `prompts/get`: find the server that owns the name (asking the
-/// servers for their lists when the name is not decided by prefix or alias), then the
-/// shared phases with the server as the call's upstream and the server's own name in
-/// the body it reads.
+/// Where a request names the entry it uses, and the list that name is from.
+#[derive(Clone, Copy)]
+struct Named {
+    kind: Kind,
+    /// JSON pointer to the name (or URI) in the request.
+    at: &'static str,
+}
+
+impl Named {
+    fn of(method: &str, params: Option<&Value>) -> Option<Named> {
+        let (kind, at) = match method {
+            m if m == mcp::methods::name_of(mcp::methods::Role::ToolCall) => {
+                (Kind::Tools, "/params/name")
+            }
+            "prompts/get" => (Kind::Prompts, "/params/name"),
+            "resources/read" => (Kind::Resources, "/params/uri"),
+            // A completion goes to the server of the prompt or template it completes.
+            "completion/complete" => {
+                match params
+                    .and_then(|p| p.pointer("/ref/type"))
+                    .and_then(Value::as_str)
+                {
+                    Some("ref/resource") => (Kind::Templates, "/params/ref/uri"),
+                    _ => (Kind::Prompts, "/params/ref/name"),
+                }
+            }
+            _ => return None,
+        };
+        Some(Named { kind, at })
+    }
+}
+
+/// The server that owns `shown`, and its own name for it: by the naming rules or the
+/// last merged list, else by a fresh one (and a resource's URI by the templates too).
+#[allow(clippy::too_many_arguments)]
+async fn owner_of(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    head: &http::request::Parts,
+    msg: &Message,
+    revision: &Option<String>,
+    session: Option<&Session>,
+    kind: Kind,
+    shown: &str,
+) -> Option<(usize, String)> {
+    if let Some(owner) = vs.resolve_known(kind, shown) {
+        return Some(owner);
+    }
+    if shown.is_empty() {
+        return None;
+    }
+    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+    let how = ask(call, head, params, revision.clone(), session);
+    catalogue::list(vs, &how, kind).await;
+    if let Some(owner) = vs.resolve_known(kind, shown) {
+        return Some(owner);
+    }
+    if kind != Kind::Resources {
+        return None;
+    }
+    // A URI that no list has may come from a server's resource template.
+    catalogue::list(vs, &how, Kind::Templates).await;
+    vs.template_owner(shown).map(|i| (i, shown.to_string()))
+}
+
+/// A `tools/call`, `prompts/get`, `resources/read` or `completion/complete`: find the
+/// server that owns the name (asking the servers for their lists when the name is not
+/// decided by prefix or alias), then the shared phases with the server as the call's
+/// upstream and the server's own name in the body it reads.
 async fn by_name(
     call: &mut Call<'_>,
     vs: &VirtualServer,
@@ -368,22 +428,26 @@ async fn by_name(
     msg: Message,
     revision: Option<String>,
     session: Option<std::sync::Arc<Session>>,
-    kind: Kind,
+    named: Named,
 ) -> Response<BoxBody> {
+    let kind = named.kind;
     let shown = msg
         .value
-        .get("params")
-        .and_then(|p| p.get(kind.name_key()))
+        .pointer(named.at)
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let mut owner = vs.resolve_known(kind, &shown);
-    if owner.is_none() && !shown.is_empty() {
-        let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-        let how = ask(call, &head, params, revision.clone(), session.as_deref());
-        catalogue::list(vs, &how, kind).await;
-        owner = vs.resolve_known(kind, &shown);
-    }
+    let owner = owner_of(
+        call,
+        vs,
+        &head,
+        &msg,
+        &revision,
+        session.as_deref(),
+        kind,
+        &shown,
+    )
+    .await;
     if let Some((server, own)) = &owner {
         call.routed = Some(Routed {
             server: *server,
@@ -401,6 +465,7 @@ async fn by_name(
             Kind::Tools => "tool named",
             Kind::Prompts => "prompt named",
             Kind::Resources => "resource",
+            Kind::Templates => "resource template",
         };
         let reason = Reason::UnknownTool(format!(
             "no server behind this endpoint offers a {what} {shown:?} (or two servers claim it); {} shows the names to use",
@@ -423,7 +488,9 @@ async fn by_name(
     // The server reads its own name; everything else is the agent's message as policy
     // read it (re-serialised from the strict parse: no duplicate key survives it).
     let mut value = msg.value;
-    value["params"][kind.name_key()] = Value::String(own.clone());
+    if let Some(name) = value.pointer_mut(named.at) {
+        *name = Value::String(own.clone());
+    }
     if head.headers.contains_key("mcp-name")
         && let Ok(v) = HeaderValue::from_str(&own)
     {
