@@ -2,7 +2,7 @@
 # What routing through a virtual server costs per call, in instructions (callgrind
 # counts instructions, not time: the same binary and inputs give the same count
 # whatever else the machine does). One gateway at a time runs under callgrind with
-# collection off; after warm-up calls, collection is switched on for CALLS allowed
+# instrumentation off; after warm-up calls it is switched on for CALLS allowed
 # `tools/call`s sent one after another on one keep-alive connection, then off again.
 # Every thread of the gateway process is counted (request path, evidence writer).
 #
@@ -109,7 +109,7 @@ printf '| target | instructions per call | vs direct |\n|---|---:|---:|\n' >"$TM
 DIRECT=
 for t in $TARGETS; do
     log "$t: gateway under callgrind"
-    valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$TMP/cg.$t" \
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/cg.$t" \
         "$BIN" serve --config "$TMP/$t.yaml" >"$TMP/gateway-$t.log" 2>&1 &
     GW=$!; PIDS+=("$GW")
     for _ in $(seq 1 600); do
