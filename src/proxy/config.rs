@@ -292,6 +292,24 @@ pub struct RouteConfig {
 }
 
 impl UpstreamConfig {
+    /// The first setting of an HTTP tool server this entry has (neither a virtual server
+    /// nor a stdio server may have one).
+    fn http_setting(&self) -> Option<&'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("credential", self.credential.is_some()),
+            ("tls", self.tls.is_some()),
+            ("approval_token", self.approval_token.is_some()),
+            ("routes", !self.routes.is_empty()),
+            (
+                "forward_agent_authorization",
+                self.forward_agent_authorization,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+    }
+
     /// A virtual MCP server: `servers` with distinct upstreams and names that cannot
     /// collide (no prefix is the start of another, aliases are valid tool names);
     /// nothing of a direct upstream's connection settings.
@@ -306,20 +324,9 @@ impl UpstreamConfig {
             "mount",
             "is required for a virtual server",
         )?;
-        let connection = [
-            ("url", self.url.is_some()),
-            ("credential", self.credential.is_some()),
-            ("tls", self.tls.is_some()),
-            ("approval_token", self.approval_token.is_some()),
-            ("routes", !self.routes.is_empty()),
-            (
-                "forward_agent_authorization",
-                self.forward_agent_authorization,
-            ),
-        ];
-        if let Some((key, _)) = connection.iter().find(|(_, set)| *set) {
+        if let Some(key) = self.http_setting() {
             return Err(FieldError::new(
-                *key,
+                key,
                 "belongs on each server's own upstream entry, not on a virtual server",
             ));
         }
@@ -393,20 +400,9 @@ impl UpstreamConfig {
             "mount",
             "a stdio server is reached through a virtual server's `servers`, not mounted",
         )?;
-        let http_only = [
-            ("url", self.url.is_some()),
-            ("credential", self.credential.is_some()),
-            ("tls", self.tls.is_some()),
-            ("approval_token", self.approval_token.is_some()),
-            ("routes", !self.routes.is_empty()),
-            (
-                "forward_agent_authorization",
-                self.forward_agent_authorization,
-            ),
-        ];
-        if let Some((key, _)) = http_only.iter().find(|(_, set)| *set) {
+        if let Some(key) = self.http_setting() {
             return Err(FieldError::new(
-                *key,
+                key,
                 "is for an HTTP tool server; a stdio server (`command`) has none",
             ));
         }
