@@ -37,9 +37,9 @@ pub struct Member {
 /// How the gateway reaches a server.
 pub enum Link {
     /// MCP Streamable HTTP (`url`).
-    Http(Upstream),
+    Http(Box<Upstream>),
     /// A process the gateway starts (`command`), over stdin/stdout.
-    Stdio(stdio::StdioServer),
+    Stdio(Box<stdio::StdioServer>),
 }
 
 impl Member {
@@ -121,14 +121,14 @@ impl VirtualServer {
                     })?;
                 let t = &upstreams[j];
                 let link = if t.command.is_empty() {
-                    Link::Http(super::direct_upstream(upstreams, base, j)?)
+                    Link::Http(Box::new(super::direct_upstream(upstreams, base, j)?))
                 } else {
                     let launch = stdio::Launch::from_config(t, base, max_message);
-                    Link::Stdio(stdio::StdioServer::new(
+                    Link::Stdio(Box::new(stdio::StdioServer::new(
                         t.name.clone(),
                         launch,
                         changes.clone(),
-                    ))
+                    )))
                 };
                 Ok(Member {
                     link,
