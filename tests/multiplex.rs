@@ -958,6 +958,13 @@ fn check_takes_a_stdio_server_only_behind_a_virtual_server() {
         text.contains("upstreams[1].pass_env") && text.contains("only for a stdio server"),
         "{text}"
     );
+    // A program that cannot start: its server cannot list its tools.
+    let (code, text) = check("command: [/nonexistent/mcp-server]", false);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("notes could not list its tools") && text.contains("could not start"),
+        "{text}"
+    );
     let (code, text) = check(&command, false);
     assert_eq!(code, Some(0), "{text}");
     assert!(

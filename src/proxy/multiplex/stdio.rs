@@ -877,6 +877,29 @@ for line in sys.stdin:
     }
 
     #[tokio::test]
+    async fn a_program_that_cannot_start_is_unreachable_and_tried_again_after_a_backoff() {
+        let mut server = peer(8, Duration::from_secs(10));
+        server.launch.command = vec!["/nonexistent/stdio-server".into()];
+        for _ in 0..2 {
+            let err = server
+                .ask(request(json!(1), "echo", json!({})), "")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, UpstreamError::Connect(why) if why.contains("could not start")),
+                "{err}"
+            );
+        }
+        let State::Stopped { failures, .. } = &*server.state.lock().await else {
+            panic!("not stopped");
+        };
+        assert_eq!(
+            *failures, 2,
+            "the second call waited out the first backoff and tried again"
+        );
+    }
+
+    #[tokio::test]
     async fn after_shutdown_no_call_starts_the_server_again() {
         let server = peer(8, Duration::from_secs(10));
         server.revision().await.unwrap();
