@@ -11,14 +11,16 @@ import data.ciba_gate.lib
 
 # ---------------------------------------------------------------------------
 # MCP housekeeping: protocol plumbing that carries no tool side effects.
-# Note: resources/read and prompts/get are deliberately NOT listed; they return
-# content from the server and need their own review before being opened up.
+# Note: resources/read, prompts/get and completion/complete are deliberately NOT
+# listed; they return content from the server and need their own review before
+# being opened up.
 
 housekeeping_methods := {
 	"initialize",
 	"ping",
 	"tools/list",
 	"resources/list",
+	"resources/templates/list",
 	"prompts/list",
 	"server/discover",
 }

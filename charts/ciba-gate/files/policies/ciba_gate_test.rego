@@ -57,7 +57,7 @@ test_initialize_allowed if decision(mcp("initialize", "request")) == "allow"
 test_ping_allowed if decision(mcp("ping", "request")) == "allow"
 
 test_listing_methods_allowed if {
-	every m in ["tools/list", "resources/list", "prompts/list", "server/discover"] {
+	every m in ["tools/list", "resources/list", "resources/templates/list", "prompts/list", "server/discover"] {
 		decision(mcp(m, "request")) == "allow"
 	}
 }
