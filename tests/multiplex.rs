@@ -23,7 +23,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read", "resources/templates/list", "completion/complete"}
+allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read", "resources/subscribe", "resources/unsubscribe", "resources/templates/list", "completion/complete"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -292,14 +292,19 @@ upstreams:
             .args(["--url", &format!("http://127.0.0.1:{}/mcp", self.port)])
             .args(["--calls", &calls.to_string()])
             .args(extra);
-        let mut c = ChildGuard::spawn("mcp-multi-client", cmd, self.dir.path(), false);
+        // Each run its own log files: two clients may run at once.
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mcp-multi-client-{run}");
+        let mut c = ChildGuard::spawn(&name, cmd, self.dir.path(), false);
         let status = c
             .wait_timeout(Duration::from_secs(60))
             .expect("the SDK client finished");
         assert!(status.success(), "client failed: {}", c.logs());
         let out = c.stdout_text();
         let line = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
-        let v: Value = serde_json::from_str(line).unwrap();
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("the client printed no report ({e}): {}", c.logs()));
         assert!(
             v.get("error").is_none(),
             "client error: {v:#}\n{}",
@@ -634,6 +639,102 @@ fn three_servers_one_over_https_and_one_over_stdio_serve_one_catalogue() {
     assert!(
         logs.contains(r#""stderr":"READY stdio""#) || logs.contains("READY stdio"),
         "{logs}"
+    );
+}
+
+/// Resource subscriptions over one endpoint: each goes to the server that owns the
+/// URI (an HTTP server with sessions, a stdio server, a URI only a template of the
+/// stdio server matches), and its updates come back on the agent's event stream. The
+/// stdio server's one process serves both agents, so the gateway sorts its updates
+/// out: each agent hears only of what it subscribed to, and one agent's unsubscribe
+/// does not reach the server while the other still follows the resource; the last
+/// session that follows it ending does. Progress a stdio server reports reaches the
+/// agent that asked for it.
+#[test]
+fn each_agent_hears_of_updates_to_the_resources_it_subscribed_to_and_to_no_others() {
+    let stack = Stack::launch(
+        Layout {
+            notes_naming: Some("tool_prefix: notes_"),
+            ..Layout::default()
+        },
+        |_| String::new(),
+    );
+    let (notes_calls, _) = stack.notes.clone().unwrap();
+    let billing = "deploy://notes/deployments/billing";
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            // It waits out its 5 s (a third update never comes), then ends its session.
+            stack.client(
+                json!([{"name": billing, "subscribe": true}]),
+                &["--await-updated", "3", "--terminate"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let second = stack.client(
+            json!([
+                {"name": "deploy://east/deployments", "subscribe": true},
+                {"name": "deploy://notes/deployments", "subscribe": true},
+                {"name": billing, "subscribe": true},
+                {"name": billing, "unsubscribe": true},
+                {"name": "notes_list_deployments", "progress": true},
+            ]),
+            &["--await-updated", "2"],
+        );
+        (first.join().unwrap(), second)
+    });
+    for c in first["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["calls"].as_array().unwrap())
+    {
+        assert!(c.get("error").is_none(), "{first:#}\n{second:#}");
+    }
+    // The first agent hears of billing twice (its own subscription's update, then the
+    // second agent's), never of what only the second agent follows.
+    assert_eq!(
+        first["updated"],
+        json!([billing, billing]),
+        "{first:#}\n{second:#}"
+    );
+    let heard: Vec<&str> = second["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for uri in ["deploy://east/deployments", "deploy://notes/deployments"] {
+        assert!(heard.contains(&uri), "{uri} not heard: {second:#}");
+    }
+    // The stdio server's progress reaches the agent that asked, before the result.
+    let listed = &second["calls"][4];
+    assert_eq!(listed["progress"], 1, "{second:#}");
+    assert!(text(listed).contains("deployments:"), "{second:#}");
+    let notes: Vec<(String, String)> = json_lines(&notes_calls)
+        .iter()
+        .filter(|c| {
+            c["tool"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("resources/"))
+        })
+        .map(|c| {
+            (
+                c["tool"].as_str().unwrap_or_default().to_string(),
+                c["args"]["uri"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    // The second agent's unsubscribe ended there (the first still followed billing);
+    // the first agent's session ending unsubscribed at the server.
+    let at_notes = |what: &str, uri: &str| (format!("resources/{what}"), uri.to_string());
+    assert_eq!(
+        notes,
+        [
+            at_notes("subscribe", billing),
+            at_notes("subscribe", "deploy://notes/deployments"),
+            at_notes("subscribe", billing),
+            at_notes("unsubscribe", billing),
+        ],
     );
 }
 

@@ -4,7 +4,7 @@
 //
 //   node mcp-multi-client.mjs --url http://127.0.0.1:PORT/mcp --calls JSON
 //                             [--revision R] [--terminate] [--pause-file PATH]
-//                             [--await-list-changed N]
+//                             [--await-list-changed N] [--await-updated N]
 //
 // Connects (initialize with the SDK's newest revision, or R when given: the
 // request's protocolVersion is replaced before it is sent), lists the tools with
@@ -12,27 +12,34 @@
 // in order with default options. With --pause-file, it waits after the first
 // call until that file exists (so a test can kill a server mid-session). A call
 // may carry "abortAfterMs" (cancel it then: notifications/cancelled) and
-// "progress": true (an onprogress handler, so the call has a progressToken); with
+// "progress": true (an onprogress handler, so the call has a progressToken; the
+// notifications it got are counted in the call's "progress"); with
 // "prompt": true it is a prompts/get instead, with "resource": true a
-// resources/read of the URI in "name", with "complete": true a completion/complete
-// of its "ref" and "argument". Prompts, resources and resource templates are listed
+// resources/read of the URI in "name", with "subscribe": true / "unsubscribe": true
+// a resources/subscribe / resources/unsubscribe of that URI, with "complete": true a
+// completion/complete of its "ref" and "argument". Prompts, resources and resource templates are listed
 // too.
 // --terminate ends the session (HTTP DELETE) at the end. With --await-list-changed N
 // it gives its event stream (GET, opened by the SDK after initialize) half a
 // second before the calls, and after them waits up to 5 s until N
-// notifications/tools/list_changed have arrived on it.
+// notifications/tools/list_changed have arrived on it; --await-updated N likewise
+// for N notifications/resources/updated (their URIs are reported in "updated").
 //
 // Prints ONE JSON object: {protocolVersion, sessionId, serverInfo, tools: [names], prompts,
-//   resources, templates, listMeta, calls: [{name, result} | {name, error}], listChanged, terminated, error}.
+//   resources, templates, listMeta, calls: [{name, result} | {name, error}], listChanged,
+//   updated: [uris], terminated, error}.
 
 import { existsSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ResourceUpdatedNotificationSchema, ToolListChangedNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 
 function parseArgs(argv) {
   const opts = {
     url: null, calls: [], revision: null, terminate: false, pauseFile: null, awaitListChanged: 0,
+    awaitUpdated: 0,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -47,6 +54,7 @@ function parseArgs(argv) {
       case '--terminate': opts.terminate = true; break;
       case '--pause-file': opts.pauseFile = next(); break;
       case '--await-list-changed': opts.awaitListChanged = Number(next()); break;
+      case '--await-updated': opts.awaitUpdated = Number(next()); break;
       default: throw new Error(`unknown argument ${a}`);
     }
   }
@@ -71,10 +79,13 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const out = { calls: [], listChanged: 0, terminated: false };
+  const out = { calls: [], listChanged: 0, updated: [], terminated: false };
   const client = new Client({ name: 'multiplex-test-agent', version: '1.0.0' });
   client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
     out.listChanged += 1;
+  });
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+    out.updated.push(n.params.uri);
   });
   const transport = new StreamableHTTPClientTransport(new URL(opts.url), {
     fetch: askingFor(opts.revision),
@@ -93,7 +104,7 @@ async function main() {
     out.resources = resources.resources.map((r) => r.uri);
     const templates = await client.listResourceTemplates();
     out.templates = templates.resourceTemplates.map((t) => t.uriTemplate);
-    if (opts.awaitListChanged) await sleep(500);
+    if (opts.awaitListChanged || opts.awaitUpdated) await sleep(500);
     for (const [n, c] of opts.calls.entries()) {
       try {
         // abortAfterMs: cancel the call that long after sending it (the SDK sends
@@ -104,15 +115,20 @@ async function main() {
           setTimeout(() => abort.abort('cancelled by the test'), c.abortAfterMs);
           options.signal = abort.signal;
         }
-        if (c.progress) options.onprogress = () => {};
+        let progress = 0;
+        if (c.progress) options.onprogress = () => { progress += 1; };
         const result = c.prompt
           ? await client.getPrompt({ name: c.name, arguments: c.arguments ?? {} })
           : c.resource
             ? await client.readResource({ uri: c.name })
+            : c.subscribe
+              ? await client.subscribeResource({ uri: c.name })
+            : c.unsubscribe
+              ? await client.unsubscribeResource({ uri: c.name })
             : c.complete
               ? await client.complete({ ref: c.ref, argument: c.argument })
               : await client.callTool({ name: c.name, arguments: c.arguments ?? {} }, undefined, options);
-        out.calls.push({ name: c.name, result });
+        out.calls.push(c.progress ? { name: c.name, result, progress } : { name: c.name, result });
       } catch (e) {
         out.calls.push({ name: c.name, error: { code: e.code ?? null, message: String(e.message ?? e) } });
       }
@@ -122,6 +138,7 @@ async function main() {
       }
     }
     for (let i = 0; i < 50 && out.listChanged < opts.awaitListChanged; i++) await sleep(100);
+    for (let i = 0; i < 50 && out.updated.length < opts.awaitUpdated; i++) await sleep(100);
     if (opts.terminate) {
       await transport.terminateSession();
       out.terminated = true;

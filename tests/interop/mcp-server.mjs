@@ -35,7 +35,11 @@
 // Besides the tools it offers one prompt, deploy_checklist {service}, one
 // resource, deploy://INSTANCE/deployments (--instance NAME, default "tools"), and
 // one resource template, deploy://INSTANCE/deployments/{service}, whose service
-// completes from the deployments.
+// completes from the deployments. Resources can be subscribed to: a subscription
+// (logged to --calls-log as {tool: "resources/subscribe", args: {uri}}, an
+// unsubscribe likewise) is followed 300 ms later by notifications/resources/updated
+// for its URI, sent unrelated to any request (on the session's GET stream; over
+// stdio on stdout).
 //
 // Prints "READY <port>" on stdout once listening (over stdio: "READY stdio" on
 // stderr). --port 0 picks a free port.
@@ -48,7 +52,9 @@ import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
-import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+import {
+  isInitializeRequest, SubscribeRequestSchema, UnsubscribeRequestSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
 function parseArgs(argv) {
@@ -155,7 +161,7 @@ const DEPLOYMENTS = [
 function buildServer() {
   const server = new McpServer(
     { name: 'interop-tools', version: '1.0.0' },
-    { capabilities: { tools: {} } },
+    { capabilities: { tools: {}, resources: { subscribe: true } } },
   );
 
   const recordCall = (tool, args, extra) =>
@@ -252,6 +258,18 @@ function buildServer() {
       contents: [{ uri: uri.href, text: `deployment of ${service} on ${opts.instance}` }],
     }),
   );
+
+  server.server.setRequestHandler(SubscribeRequestSchema, async (req, extra) => {
+    recordCall('resources/subscribe', { uri: req.params.uri }, extra);
+    setTimeout(() => {
+      server.server.sendResourceUpdated({ uri: req.params.uri }).catch(() => {});
+    }, 300);
+    return {};
+  });
+  server.server.setRequestHandler(UnsubscribeRequestSchema, async (req, extra) => {
+    recordCall('resources/unsubscribe', { uri: req.params.uri }, extra);
+    return {};
+  });
 
   server.registerTool(
     'hidden_unknown_tool',

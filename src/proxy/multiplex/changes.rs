@@ -1,13 +1,15 @@
-//! List changes: the agent's event stream (GET on the virtual server's mount, in its
+//! Changes: the agent's event stream (GET on the virtual server's mount, in its
 //! session), on which the gateway tells it that a merged list changed, so it lists
-//! again. The changes come from the servers: a stdio server's
-//! `notifications/*/list_changed` reaches every session (one process serves them all);
-//! an HTTP server's comes on the event stream of the agent's session there, which the
-//! gateway opens when the agent opens its own. Nothing else a server sends on its
-//! stream is passed on (the gateway's sessions declare no client capabilities, so
-//! there is nothing for the agent to answer).
+//! again, and that a resource it subscribed to was updated. The changes come from the
+//! servers: a stdio server's `notifications/*/list_changed` reaches every session (one
+//! process serves them all), its `notifications/resources/updated` the sessions that
+//! subscribed to that resource there; an HTTP server's come on the event stream of the
+//! agent's session there, which the gateway opens when the agent opens its own.
+//! Nothing else a server sends on its stream is passed on (the gateway's sessions
+//! declare no client capabilities, so there is nothing for the agent to answer).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::catalogue::Kind;
@@ -25,10 +27,52 @@ use crate::proxy::BoxBody;
 
 /// A comment sent this often keeps idle proxies from closing the stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A server whose own stream is not open by then is left out of the agent's.
+const STREAM_OPEN: Duration = Duration::from_secs(5);
 
-/// Where the stdio servers publish their list changes.
+/// What a server's notification tells the agents.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// One of its lists changed.
+    Listed(Kind),
+    /// A resource changed: `notifications/resources/updated` from the server named,
+    /// its params as the server sent them (resource URIs are not renamed).
+    Updated { server: String, params: Value },
+}
+
+impl Change {
+    /// What the notification `message` from `server` tells, if anything.
+    pub fn of(server: &str, message: &Value) -> Option<Change> {
+        let method = message.get("method")?.as_str()?;
+        if method == UPDATED {
+            let params = message.get("params")?;
+            params.get("uri")?.as_str()?;
+            return Some(Change::Updated {
+                server: server.to_string(),
+                params: params.clone(),
+            });
+        }
+        kind_of(method).map(Change::Listed)
+    }
+
+    /// Whether `session` hears of it: a list change, every session; an update, those
+    /// that follow the resource on that server.
+    fn concerns(&self, session: &Session) -> bool {
+        match self {
+            Change::Listed(_) => true,
+            Change::Updated { server, params } => params
+                .get("uri")
+                .and_then(Value::as_str)
+                .is_some_and(|uri| session.follows(server, uri)),
+        }
+    }
+}
+
+const UPDATED: &str = "notifications/resources/updated";
+
+/// Where the stdio servers publish their changes.
 #[derive(Clone)]
-pub struct Changes(broadcast::Sender<Kind>);
+pub struct Changes(broadcast::Sender<Change>);
 
 impl Default for Changes {
     fn default() -> Self {
@@ -37,9 +81,9 @@ impl Default for Changes {
 }
 
 impl Changes {
-    /// A server said one of its lists changed (no one listening is fine).
-    pub fn publish(&self, kind: Kind) {
-        let _ = self.0.send(kind);
+    /// A server told of a change (no one listening is fine).
+    pub fn publish(&self, change: Change) {
+        let _ = self.0.send(change);
     }
 }
 
@@ -53,32 +97,39 @@ pub fn kind_of(method: &str) -> Option<Kind> {
     }
 }
 
-fn event(kind: Kind) -> Bytes {
-    let method = match kind {
-        Kind::Tools => "notifications/tools/list_changed",
-        Kind::Prompts => "notifications/prompts/list_changed",
-        Kind::Resources | Kind::Templates => "notifications/resources/list_changed",
+fn event(change: Change) -> Bytes {
+    let message = match change {
+        Change::Listed(kind) => {
+            let method = match kind {
+                Kind::Tools => "notifications/tools/list_changed",
+                Kind::Prompts => "notifications/prompts/list_changed",
+                Kind::Resources | Kind::Templates => "notifications/resources/list_changed",
+            };
+            json!({"jsonrpc": "2.0", "method": method})
+        }
+        Change::Updated { params, .. } => {
+            json!({"jsonrpc": "2.0", "method": UPDATED, "params": params})
+        }
     };
-    let message = json!({"jsonrpc": "2.0", "method": method});
     Bytes::from(format!("event: message\ndata: {message}\n\n"))
 }
 
-type Changed = Pin<Box<dyn Stream<Item = Kind> + Send>>;
+type Changed = Pin<Box<dyn Stream<Item = Change> + Send>>;
 
-/// The list changes a server sends on its event stream (its other messages dropped;
-/// an event over `limit` ends it).
-fn from_events(body: hyper::body::Incoming, limit: usize) -> Changed {
-    let state = (body, BytesMut::new());
+/// The changes `server` sends on the event stream of one agent session there (its
+/// other messages dropped; an event over `limit` ends it).
+fn from_events(body: hyper::body::Incoming, limit: usize, server: String) -> Changed {
+    let state = (body, BytesMut::new(), server);
     Box::pin(futures_util::stream::unfold(
         state,
-        move |(mut body, mut buf)| async move {
+        move |(mut body, mut buf, server)| async move {
             loop {
                 while let Some(end) = crate::proxy::sse::event_end(&buf, 0) {
                     let raw = buf.split_to(end);
-                    let kind = crate::proxy::sse::event_message(&raw)
-                        .and_then(|m| m.get("method")?.as_str().and_then(kind_of));
-                    if let Some(kind) = kind {
-                        return Some((kind, (body, buf)));
+                    let change = crate::proxy::sse::event_message(&raw)
+                        .and_then(|m| Change::of(&server, &m));
+                    if let Some(change) = change {
+                        return Some((change, (body, buf, server)));
                     }
                 }
                 if buf.len() > limit {
@@ -93,40 +144,42 @@ fn from_events(body: hyper::body::Incoming, limit: usize) -> Changed {
     ))
 }
 
-/// The stdio servers' list changes, as this stream's.
-fn published(changes: &Changes) -> Changed {
+/// The stdio servers' changes, as `session`'s stream: every list change, the updates
+/// of the resources it follows.
+fn published(changes: &Changes, session: Arc<Session>) -> Changed {
     let rx = changes.0.subscribe();
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(kind) => return Some((kind, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+    let state = (rx, session);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut rx, session)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) if change.concerns(&session) => {
+                        return Some((change, (rx, session)));
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 /// The agent's event stream for `session`: the servers' sessions are opened first
 /// (an agent opens its stream right after `initialize`, before any call would), then
-/// each HTTP server's own event stream; a server that has none (405) or cannot be
-/// reached is left out.
-pub async fn stream(vs: &VirtualServer, session: &Session, limit: usize) -> Response<BoxBody> {
+/// each HTTP server's own event stream; a server that has none (405), cannot be
+/// reached or does not open it within `STREAM_OPEN` is left out.
+pub async fn stream(vs: &VirtualServer, session: &Arc<Session>, limit: usize) -> Response<BoxBody> {
     let opened = futures_util::future::join_all((0..vs.members.len()).map(|i| async move {
-        let up = vs.members[i].http()?;
-        let s = vs.server_session(session, i, limit).await.ok()?;
-        s.id.as_ref()?;
-        let resp = exchange::events(up, &super::envelope(&s)).await.ok()?;
-        let is_sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        (resp.status().is_success() && is_sse).then(|| from_events(resp.into_body(), limit))
+        tokio::time::timeout(STREAM_OPEN, server_events(vs, session, i, limit))
+            .await
+            .ok()
+            .flatten()
     }))
     .await;
     let mut sources: Vec<Changed> = opened.into_iter().flatten().collect();
-    sources.push(published(&vs.changes));
+    sources.push(published(&vs.changes, session.clone()));
     let changes = futures_util::stream::select_all(sources).map(event);
     let keepalive = futures_util::stream::unfold((), |()| async {
         tokio::time::sleep(KEEPALIVE).await;
@@ -143,4 +196,25 @@ pub async fn stream(vs: &VirtualServer, session: &Session, limit: usize) -> Resp
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// `server`'s event stream in `session` (its session there opened first), when it is
+/// an HTTP server that has one.
+async fn server_events(
+    vs: &VirtualServer,
+    session: &Session,
+    i: usize,
+    limit: usize,
+) -> Option<Changed> {
+    let up = vs.members[i].http()?;
+    let s = vs.server_session(session, i, limit).await.ok()?;
+    s.id.as_ref()?;
+    let resp = exchange::events(up, &super::envelope(&s)).await.ok()?;
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    (resp.status().is_success() && is_sse)
+        .then(|| from_events(resp.into_body(), limit, up.name.clone()))
 }

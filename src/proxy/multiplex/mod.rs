@@ -294,10 +294,7 @@ impl VirtualServer {
     ) -> Result<Response<BoxBody>, UpstreamError> {
         let up = match &self.members[routed.server].link {
             Link::Http(up) => up,
-            Link::Stdio(s) => {
-                let scope = routed.session.as_ref().map_or("", |s| s.id.as_str());
-                return forward_stdio(s, &body, scope).await;
-            }
+            Link::Stdio(s) => return self.forward_stdio(s, &headers, &body, routed).await,
         };
         headers.remove(SESSION_HEADER);
         let Some(session) = &routed.session else {
@@ -345,11 +342,71 @@ impl VirtualServer {
         }
     }
 
-    /// Ends the servers' sessions of a closed agent session (best effort).
+    /// An agent's message to a stdio server, answered as a Streamable HTTP server
+    /// would: a request's answer as one JSON body (as an event stream, after the
+    /// server's progress, when the agent asked for progress and takes a stream), a
+    /// notification with 202. The one process serves every session, so the gateway
+    /// keeps who follows which resource: a subscription the server accepted is noted,
+    /// and an unsubscribe reaches the server only when no other session still follows
+    /// the resource there.
+    async fn forward_stdio(
+        &self,
+        server: &stdio::StdioServer,
+        headers: &HeaderMap,
+        body: &Bytes,
+        routed: &Routed,
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        let message: Value = serde_json::from_slice(body)
+            .map_err(|_| UpstreamError::Protocol("the message is not JSON".into()))?;
+        let scope = routed.session.as_ref().map_or("", |s| s.id.as_str());
+        if message.get("id").is_none() {
+            server.tell(message, scope).await?;
+            return Ok(render::accepted());
+        }
+        let follow = Follow::of(&message);
+        if follow.is_none()
+            && message.pointer("/params/_meta/progressToken").is_some()
+            && takes_events(headers)
+        {
+            let id = message["id"].clone();
+            let events = server.ask_streamed(message, scope).await?;
+            return with_progress(events, id).await;
+        }
+        if let (Some(Follow { on: false, uri }), Some(session)) = (&follow, &routed.session) {
+            session.follow(&server.name, uri, false);
+            if self.sessions.followed(&server.name, uri) {
+                let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": {}});
+                return Ok(render::json(http::StatusCode::OK, &answer));
+            }
+        }
+        let answer = server.ask(message, scope).await?;
+        if let (Some(Follow { on: true, uri }), Some(session)) = (&follow, &routed.session)
+            && answer.get("result").is_some()
+        {
+            session.follow(&server.name, uri, true);
+        }
+        Ok(render::json(http::StatusCode::OK, &answer))
+    }
+
+    /// Ends the servers' sessions of a closed agent session (best effort), and the
+    /// subscriptions at stdio servers that no other session follows.
     pub async fn close(&self, session: &Session) {
         for (i, s) in session.opened() {
             if let (Some(up), Some(_)) = (self.members[i].http(), &s.id) {
                 let _ = exchange::close(up, &envelope(&s)).await;
+            }
+        }
+        for (server, uri) in session.subscriptions() {
+            let stdio = self.members.iter().find_map(|m| match &m.link {
+                Link::Stdio(s) if s.name == server => Some(s),
+                _ => None,
+            });
+            if let Some(s) = stdio
+                && !self.sessions.followed(&server, &uri)
+            {
+                let unsubscribe = json!({"jsonrpc": "2.0", "id": 0,
+                    "method": "resources/unsubscribe", "params": {"uri": uri}});
+                let _ = s.ask(unsubscribe, &session.id).await;
             }
         }
     }
@@ -364,21 +421,68 @@ impl VirtualServer {
     }
 }
 
-/// An agent's message to a stdio server, answered as a Streamable HTTP server would:
-/// a request's answer as one JSON body, a notification with 202.
-async fn forward_stdio(
-    server: &stdio::StdioServer,
-    body: &Bytes,
-    scope: &str,
+/// Whether the agent's request takes an event stream as its answer.
+fn takes_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// A stdio server's progress and answer as an event stream. The first message is
+/// waited for, so a call that fails before anything is sent fails as the call (a
+/// typed upstream failure); one that fails later ends the stream with its JSON-RPC
+/// error.
+async fn with_progress(
+    events: impl futures_util::Stream<Item = Result<Value, UpstreamError>> + Send + 'static,
+    id: Value,
 ) -> Result<Response<BoxBody>, UpstreamError> {
-    let message: Value = serde_json::from_slice(body)
-        .map_err(|_| UpstreamError::Protocol("the message is not JSON".into()))?;
-    if message.get("id").is_none() {
-        server.tell(message, scope).await?;
-        return Ok(render::accepted());
+    use futures_util::StreamExt;
+    let mut events = Box::pin(events);
+    let first = events.next().await.unwrap_or_else(|| {
+        Err(UpstreamError::Protocol(
+            "the server process sent nothing".into(),
+        ))
+    })?;
+    let event = |message: &Value| {
+        Ok::<_, super::BoxError>(hyper::body::Frame::data(Bytes::from(format!(
+            "event: message\ndata: {message}\n\n"
+        ))))
+    };
+    let rest = events.map(move |m| {
+        let message = m.unwrap_or_else(|e| {
+            render::value(&e.reason(), &render::Shape::JsonRpc { id: id.clone() }).1
+        });
+        event(&message)
+    });
+    let frames = futures_util::stream::once(async move { event(&first) }).chain(rest);
+    let mut resp = Response::new(http_body_util::BodyExt::boxed_unsync(
+        http_body_util::StreamBody::new(frames),
+    ));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    Ok(resp)
+}
+
+/// A `resources/subscribe` (`on`) or `resources/unsubscribe` of `uri`.
+struct Follow {
+    on: bool,
+    uri: String,
+}
+
+impl Follow {
+    fn of(message: &Value) -> Option<Follow> {
+        let on = match message.get("method")?.as_str()? {
+            "resources/subscribe" => true,
+            "resources/unsubscribe" => false,
+            _ => return None,
+        };
+        let uri = message.pointer("/params/uri")?.as_str()?.to_string();
+        Some(Follow { on, uri })
     }
-    let answer = server.ask(message, scope).await?;
-    Ok(render::json(http::StatusCode::OK, &answer))
 }
 
 fn envelope(s: &ServerSession) -> Envelope {

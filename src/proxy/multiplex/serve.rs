@@ -100,7 +100,7 @@ async fn message(
         }
     };
     if msg.kind == MessageKind::Request
-        && let Some(named) = Named::of(&method, msg.value.get("params"))
+        && let Some(named) = Named::of(&method, msg.value.get("params"), stateless)
     {
         return by_name(call, vs, head, msg, revision, session, named).await;
     }
@@ -128,7 +128,7 @@ async fn message(
         "initialize" => return initialize(vs, unit, &msg, id),
         "server/discover" => json!({
             "supportedVersions": REVISIONS,
-            "capabilities": capabilities(),
+            "capabilities": capabilities(false),
             "_meta": {"io.modelcontextprotocol/serverInfo": server_info(vs)},
             "ttlMs": 0,
             "cacheScope": "private",
@@ -174,12 +174,14 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
-fn capabilities() -> Value {
+/// What the virtual server offers; resource updates need the session's event stream
+/// (`subscribe`: a revision with sessions).
+fn capabilities(subscribe: bool) -> Value {
     json!({
         "completions": {},
         "tools": {"listChanged": true},
         "prompts": {"listChanged": true},
-        "resources": {"listChanged": true, "subscribe": false},
+        "resources": {"listChanged": true, "subscribe": subscribe},
     })
 }
 
@@ -202,7 +204,7 @@ fn initialize(vs: &VirtualServer, unit: Unit, msg: &Message, id: Value) -> Respo
         .unwrap_or(LATEST_WITH_SESSIONS);
     let result = json!({
         "protocolVersion": revision,
-        "capabilities": capabilities(),
+        "capabilities": capabilities(!mcp::is_stateless(Some(revision))),
         "serverInfo": server_info(vs),
     });
     let mut resp = render::json(
@@ -361,13 +363,17 @@ struct Named {
 }
 
 impl Named {
-    fn of(method: &str, params: Option<&Value>) -> Option<Named> {
+    /// `stateless`: 2026-07-28, where no event stream could carry a resource's updates.
+    fn of(method: &str, params: Option<&Value>, stateless: bool) -> Option<Named> {
         let (kind, at) = match method {
             m if m == mcp::methods::name_of(mcp::methods::Role::ToolCall) => {
                 (Kind::Tools, "/params/name")
             }
             "prompts/get" => (Kind::Prompts, "/params/name"),
             "resources/read" => (Kind::Resources, "/params/uri"),
+            "resources/subscribe" | "resources/unsubscribe" if !stateless => {
+                (Kind::Resources, "/params/uri")
+            }
             // A completion goes to the server of the prompt or template it completes.
             "completion/complete" => {
                 match params
@@ -417,7 +423,8 @@ async fn owner_of(
     vs.template_owner(shown).map(|i| (i, shown.to_string()))
 }
 
-/// A `tools/call`, `prompts/get`, `resources/read` or `completion/complete`: find the
+/// A `tools/call`, `prompts/get`, `resources/read`, `resources/(un)subscribe` or
+/// `completion/complete`: find the
 /// server that owns the name (asking the servers for their lists when the name is not
 /// decided by prefix or alias), then the shared phases with the server as the call's
 /// upstream and the server's own name in the body it reads.

@@ -4,7 +4,7 @@
 //! number and idle time (a replica that restarts loses them; the agent initializes
 //! again on the 404, as MCP requires).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +39,9 @@ pub struct Session {
     pub servers: Vec<tokio::sync::Mutex<Option<ServerSession>>>,
     /// The latest calls sent on (JSON-RPC id as text → server), newest last.
     calls: Mutex<VecDeque<(String, usize)>>,
+    /// The resources it follows on stdio servers (server name, URI): a stdio server's
+    /// one process serves every session, so its updates are sorted out here.
+    subscriptions: Mutex<HashSet<(String, String)>>,
     last_used: AtomicU64,
 }
 
@@ -65,6 +68,31 @@ impl Session {
             .rev()
             .find(|(i, _)| *i == text)
             .map(|(_, s)| *s)
+    }
+
+    /// Notes that this session follows `uri` on `server` (or no longer does).
+    pub fn follow(&self, server: &str, uri: &str, on: bool) {
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (server.to_string(), uri.to_string());
+        if on {
+            subs.insert(key);
+        } else {
+            subs.remove(&key);
+        }
+    }
+
+    /// The resources this session follows on stdio servers (server name, URI).
+    pub fn subscriptions(&self) -> Vec<(String, String)> {
+        let subs = self.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        subs.iter().cloned().collect()
+    }
+
+    /// Whether this session follows `uri` on `server`.
+    pub fn follows(&self, server: &str, uri: &str) -> bool {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(server.to_string(), uri.to_string()))
     }
 
     /// The servers' sessions opened so far (for closing them).
@@ -106,6 +134,7 @@ impl Sessions {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             calls: Mutex::new(VecDeque::new()),
+            subscriptions: Mutex::new(HashSet::new()),
             last_used: AtomicU64::new(now_secs()),
         });
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,6 +171,12 @@ impl Sessions {
             .remove(id)
     }
 
+    /// Whether any live session follows `uri` on `server`.
+    pub fn followed(&self, server: &str, uri: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().any(|s| s.follows(server, uri))
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -164,6 +199,11 @@ mod tests {
         assert_eq!(got.revision, "2025-06-18");
         assert_eq!(got.servers.len(), 2);
         assert!(s.get("0123").is_none());
+        got.follow("notes", "deploy://a", true);
+        assert!(s.followed("notes", "deploy://a"));
+        assert!(!s.followed("notes", "deploy://b") && !s.followed("east", "deploy://a"));
+        got.follow("notes", "deploy://a", false);
+        assert!(!s.followed("notes", "deploy://a"));
         assert!(s.close(&id).is_some());
         assert!(s.get(&id).is_none());
         assert!(s.is_empty());
