@@ -1,26 +1,29 @@
 //! The request path on a virtual server's mount. Every message is put to policy as on
 //! a direct mount; then the gateway answers what the virtual server itself owns
-//! (`initialize`, `server/discover`, `ping`, the merged `tools/list`, notifications)
-//! and routes a `tools/call` to its server through the shared phases
-//! (`flow::one`: decide → approve → forward), under the server's own tool name.
+//! (`initialize`, `server/discover`, `ping`, notifications, the merged lists:
+//! `lists`) and routes a request that names what it uses (`tools/call`, …: `by_name`)
+//! to the server that owns it through the shared phases (`flow::one`: decide →
+//! approve → forward), under the server's own name.
 
-use std::sync::Mutex;
+mod by_name;
+mod lists;
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::catalogue::{self, Ask, Kind};
+use super::catalogue::Kind;
 use super::exchange::SESSION_HEADER;
 use super::sessions::Session;
 use super::{Routed, VirtualServer};
 use crate::outcome::{Disposition, Reason};
 use crate::proxy::call::{Call, Unit};
-use crate::proxy::classify::{McpRequest, OutBody};
+use crate::proxy::classify::McpRequest;
 use crate::proxy::decide::{self, Verdict};
-use crate::proxy::forward::{Outbound, Plan};
 use crate::proxy::mcp::{self, Message, MessageKind};
 use crate::proxy::render::{self, Shape};
 use crate::proxy::{BoxBody, flow};
+use by_name::{Named, by_name};
+use lists::{list, list_plain};
 
 /// The revisions the virtual server speaks; the newest with sessions is the default.
 pub const REVISIONS: [&str; 4] = ["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
@@ -224,302 +227,6 @@ fn initialize(vs: &VirtualServer, unit: Unit, msg: &Message, id: Value) -> Respo
     unit.record
         .conclude(Disposition::Answered, &Reason::Allowed, None);
     resp
-}
-
-/// The agent's MCP headers a 2026-07-28 request mirrors, for the gateway's own
-/// requests to the servers.
-fn mirrored(head: &http::request::Parts) -> http::HeaderMap {
-    let mut h = http::HeaderMap::new();
-    if let Some(v) = head.headers.get("mcp-method") {
-        h.insert("mcp-method", v.clone());
-    }
-    h
-}
-
-fn ask<'a>(
-    call: &Call<'_>,
-    head: &http::request::Parts,
-    params: Value,
-    revision: Option<String>,
-    session: Option<&'a Session>,
-) -> Ask<'a> {
-    let mut params = match params {
-        Value::Object(o) => Value::Object(o),
-        _ => json!({}),
-    };
-    if let Some(p) = params.as_object_mut() {
-        p.remove("cursor");
-        p.remove("name");
-        p.remove("arguments");
-    }
-    Ask {
-        session,
-        revision,
-        params,
-        extra: mirrored(head),
-        limit: call.gw.limits.max_inspected_response_bytes,
-    }
-}
-
-/// A merged list's result: 2026-07-28 says how long it may be cached and by whom;
-/// `_meta` names what is missing.
-fn list_result(
-    vs: &VirtualServer,
-    kind: Kind,
-    entries: Vec<Value>,
-    merged: &catalogue::Merged,
-    stateless: bool,
-) -> Value {
-    let mut result = json!({ kind.key(): entries });
-    if stateless {
-        result["ttlMs"] = json!(0);
-        result["cacheScope"] = json!("private");
-    }
-    if let Some(meta) = merged.meta(vs) {
-        result["_meta"] = meta;
-    }
-    result
-}
-
-/// The merged `tools/list`, each tool put to policy (phase `list`) with its own
-/// server as `input.upstream`; what is missing is named in `_meta`.
-async fn list(
-    call: &Call<'_>,
-    vs: &VirtualServer,
-    unit: Unit,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
-) -> Response<BoxBody> {
-    let stateless = mcp::is_stateless(revision.as_deref());
-    let id = msg.id.clone().unwrap_or(Value::Null);
-    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision, session.as_deref());
-    let merged = catalogue::tools(vs, &how).await;
-    if merged.unavailable.len() == vs.members.len()
-        && let Some((_, reason)) = merged.unavailable.first()
-    {
-        let resp = render::answer(reason, &Shape::JsonRpc { id });
-        unit.record
-            .conclude(Disposition::UpstreamFailed, reason, None);
-        return resp;
-    }
-    let shadow = Mutex::new(decide::ListShadow::default());
-    let mut shown = Vec::new();
-    let mut hidden = 0;
-    for (i, own, tool) in &merged.tools {
-        let mut base = unit.input.clone();
-        base.upstream.name = vs.members[*i].name().to_string();
-        base.upstream.via = Some(vs.name.clone());
-        if decide::list_shows(call.gw, &base, tool, Some(own), &shadow) {
-            shown.push(tool.clone());
-        } else {
-            hidden += 1;
-        }
-    }
-    let result = list_result(vs, Kind::Tools, shown, &merged, stateless);
-    let mut record = unit.record;
-    let r = record.get_mut();
-    r.hidden_tools = Some(hidden);
-    if r.shadow.is_none() {
-        r.shadow = shadow.lock().ok().and_then(|s| s.evidence());
-    }
-    record.conclude(Disposition::Answered, &Reason::Allowed, None);
-    render::json(StatusCode::OK, &reply(id, result, stateless))
-}
-
-/// The merged `prompts/list` or `resources/list` (the request itself was put to
-/// policy; entries are not filtered one by one).
-#[allow(clippy::too_many_arguments)]
-async fn list_plain(
-    call: &Call<'_>,
-    vs: &VirtualServer,
-    unit: Unit,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
-    kind: Kind,
-) -> Response<BoxBody> {
-    let stateless = mcp::is_stateless(revision.as_deref());
-    let id = msg.id.clone().unwrap_or(Value::Null);
-    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision, session.as_deref());
-    let merged = catalogue::list(vs, &how, kind).await;
-    let entries: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
-    let result = list_result(vs, kind, entries, &merged, stateless);
-    unit.record
-        .conclude(Disposition::Answered, &Reason::Allowed, None);
-    render::json(StatusCode::OK, &reply(id, result, stateless))
-}
-
-/// Where a request names the entry it uses, and the list that name is from.
-#[derive(Clone, Copy)]
-struct Named {
-    kind: Kind,
-    /// JSON pointer to the name (or URI) in the request.
-    at: &'static str,
-}
-
-impl Named {
-    /// `stateless`: 2026-07-28, where no event stream could carry a resource's updates.
-    fn of(method: &str, params: Option<&Value>, stateless: bool) -> Option<Named> {
-        let (kind, at) = match method {
-            m if m == mcp::methods::name_of(mcp::methods::Role::ToolCall) => {
-                (Kind::Tools, "/params/name")
-            }
-            "prompts/get" => (Kind::Prompts, "/params/name"),
-            "resources/read" => (Kind::Resources, "/params/uri"),
-            "resources/subscribe" | "resources/unsubscribe" if !stateless => {
-                (Kind::Resources, "/params/uri")
-            }
-            // A completion goes to the server of the prompt or template it completes.
-            "completion/complete" => {
-                match params
-                    .and_then(|p| p.pointer("/ref/type"))
-                    .and_then(Value::as_str)
-                {
-                    Some("ref/resource") => (Kind::Templates, "/params/ref/uri"),
-                    _ => (Kind::Prompts, "/params/ref/name"),
-                }
-            }
-            _ => return None,
-        };
-        Some(Named { kind, at })
-    }
-}
-
-/// The server that owns `shown`, and its own name for it: by the naming rules or the
-/// last merged list, else by a fresh one (and a resource's URI by the templates too).
-#[allow(clippy::too_many_arguments)]
-async fn owner_of(
-    call: &Call<'_>,
-    vs: &VirtualServer,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: &Option<String>,
-    session: Option<&Session>,
-    kind: Kind,
-    shown: &str,
-) -> Option<(usize, String)> {
-    if let Some(owner) = vs.resolve_known(kind, shown) {
-        return Some(owner);
-    }
-    if shown.is_empty() {
-        return None;
-    }
-    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision.clone(), session);
-    catalogue::list(vs, &how, kind).await;
-    if let Some(owner) = vs.resolve_known(kind, shown) {
-        return Some(owner);
-    }
-    if kind != Kind::Resources {
-        return None;
-    }
-    // A URI that no list has may come from a server's resource template.
-    catalogue::list(vs, &how, Kind::Templates).await;
-    vs.template_owner(shown).map(|i| (i, shown.to_string()))
-}
-
-/// A `tools/call`, `prompts/get`, `resources/read`, `resources/(un)subscribe` or
-/// `completion/complete`: find the
-/// server that owns the name (asking the servers for their lists when the name is not
-/// decided by prefix or alias), then the shared phases with the server as the call's
-/// upstream and the server's own name in the body it reads.
-async fn by_name(
-    call: &mut Call<'_>,
-    vs: &VirtualServer,
-    mut head: http::request::Parts,
-    msg: Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
-    named: Named,
-) -> Response<BoxBody> {
-    let kind = named.kind;
-    let shown = msg
-        .value
-        .pointer(named.at)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let owner = owner_of(
-        call,
-        vs,
-        &head,
-        &msg,
-        &revision,
-        session.as_deref(),
-        kind,
-        &shown,
-    )
-    .await;
-    if let Some((server, own)) = &owner {
-        call.routed = Some(Routed {
-            server: *server,
-            own_name: own.clone(),
-            session,
-        });
-    }
-    let base = call.base_input(&head);
-    let mut unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
-        Ok(u) => u,
-        Err((reason, shape)) => return render::answer(&reason, &shape),
-    };
-    let Some((_, own)) = owner else {
-        let what = match kind {
-            Kind::Tools => "tool named",
-            Kind::Prompts => "prompt named",
-            Kind::Resources => "resource",
-            Kind::Templates => "resource template",
-        };
-        let reason = Reason::UnknownTool(format!(
-            "no server behind this endpoint offers a {what} {shown:?} (or two servers claim it); {} shows the names to use",
-            kind.method()
-        ));
-        unit.record.conclude(Disposition::Rejected, &reason, None);
-        return render::answer(
-            &reason,
-            &Shape::JsonRpc {
-                id: msg.id.clone().unwrap_or(Value::Null),
-            },
-        );
-    };
-    if let Some(t) = unit.input.tool.as_mut() {
-        t.upstream_name = Some(own.clone());
-    }
-    if kind == Kind::Tools {
-        unit.record.get_mut().upstream_tool = Some(own.clone());
-    }
-    // The server reads its own name; everything else is the agent's message as policy
-    // read it (re-serialised from the strict parse: no duplicate key survives it).
-    let mut value = msg.value;
-    if let Some(name) = value.pointer_mut(named.at) {
-        *name = Value::String(own.clone());
-    }
-    if head.headers.contains_key("mcp-name")
-        && let Ok(v) = HeaderValue::from_str(&own)
-    {
-        head.headers.insert("mcp-name", v);
-    }
-    let out = Outbound {
-        head,
-        rest: String::new(),
-        body: OutBody::Held(bytes::Bytes::from(
-            serde_json::to_vec(&value).unwrap_or_default(),
-        )),
-    };
-    if let (Some(r), Some(id)) = (&call.routed, &msg.id)
-        && let Some(s) = &r.session
-    {
-        s.sent(id, r.server);
-    }
-    let plan = Plan {
-        jsonrpc: true,
-        ..Plan::default()
-    };
-    flow::one(call, unit, out, plan).await
 }
 
 /// `notifications/cancelled`: sent on to the server the cancelled request went to (in
