@@ -497,6 +497,102 @@ fn a_person_approves_a_call_to_the_second_server_and_it_runs_there_once() {
     assert_eq!(record["outcome"], "forwarded", "{record:#}");
 }
 
+/// A 2025-03-26 batch whose members belong to three servers (one answering with an
+/// event stream, one with JSON, one over stdio): each member is decided and routed on
+/// its own and the answers come back as one array. A member that needs a person is
+/// refused (a batch answers at once) and never reaches its server; so is a member
+/// that is an `initialize` or not a request at all.
+#[test]
+fn a_batch_is_answered_member_by_member_by_the_servers_that_own_them() {
+    let op = start_op();
+    let stack = Stack::launch(
+        Layout {
+            notes_naming: Some("tool_prefix: notes_"),
+            ..Layout::default()
+        },
+        |_| approvals_yaml(&op, "hold"),
+    );
+    let url = format!("http://127.0.0.1:{}/mcp", stack.port);
+    let http = reqwest::blocking::Client::new();
+    let post = |body: Value, session: Option<&str>| {
+        let mut req = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        req.send().unwrap()
+    };
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "batch-agent", "version": "1"}}}),
+        None,
+    );
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        init.json::<Value>().unwrap()["result"]["protocolVersion"],
+        "2025-03-26"
+    );
+    let initialized = post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(&session),
+    );
+    assert_eq!(initialized.status(), 202);
+    let call = |id: u64, name: &str, arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": name, "arguments": arguments}})
+    };
+    let resp = post(
+        json!([
+            call(1, "east_list_deployments", json!({})),
+            call(2, "ship", json!({"service": "payments", "env": "prod"})),
+            {"jsonrpc": "2.0", "id": 3, "method": "prompts/get",
+             "params": {"name": "notes_deploy_checklist", "arguments": {"service": "search"}}},
+            {"jsonrpc": "2.0", "method": "notifications/progress",
+             "params": {"progressToken": "t", "progress": 1}},
+            call(4, "west_delete_repository", json!({"repo": "payments"})),
+            {"jsonrpc": "2.0", "id": 5, "method": "initialize", "params": {}},
+            {"jsonrpc": "2.0", "id": 6},
+        ]),
+        Some(&session),
+    );
+    assert_eq!(resp.status(), 200);
+    let answers: Value = resp.json().unwrap();
+    let answers = answers.as_array().unwrap();
+    let by_id = |id: u64| -> &Value {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id}: {answers:#?}"))
+    };
+    assert_eq!(answers.len(), 6, "{answers:#?}");
+    assert!(text(by_id(1)).contains("deployments:"), "{answers:#?}");
+    assert_eq!(
+        by_id(2)["result"]["_meta"]["ciba-gate/reason"],
+        "approval_unsupported",
+        "{answers:#?}"
+    );
+    assert_eq!(
+        by_id(3)["result"]["messages"][0]["content"]["text"],
+        "checklist for search"
+    );
+    assert_eq!(
+        by_id(4)["result"]["_meta"]["ciba-gate/reason"],
+        "no_deletes"
+    );
+    for id in [5, 6] {
+        assert_eq!(by_id(id)["error"]["code"], -32600, "{answers:#?}");
+    }
+    assert_eq!(stack.east.tools_called(), ["list_deployments"]);
+    assert!(stack.west.tools_called().is_empty(), "a refused member ran");
+    assert_eq!(stack.evidence_for("ship")["reason"], "approval_unsupported");
+}
+
 /// Three servers behind one URL: one over HTTPS (a private CA), one over plain HTTP,
 /// and one the gateway starts itself and speaks to over stdio. The agent sees one
 /// catalogue, calls a tool of each, a person approves the stdio server's deploy; the

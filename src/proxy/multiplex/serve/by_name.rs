@@ -99,6 +99,7 @@ pub(super) async fn by_name(
     revision: Option<String>,
     session: Option<std::sync::Arc<Session>>,
     named: Named,
+    single: bool,
 ) -> Response<BoxBody> {
     let kind = named.kind;
     let shown = msg
@@ -126,7 +127,7 @@ pub(super) async fn by_name(
         });
     }
     let base = call.base_input(&head);
-    let mut unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
+    let mut unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), single) {
         Ok(u) => u,
         Err((reason, shape)) => return render::answer(&reason, &shape),
     };

@@ -5,6 +5,7 @@
 //! to the server that owns it through the shared phases (`flow::one`: decide →
 //! approve → forward), under the server's own name.
 
+mod batch;
 mod by_name;
 mod lists;
 
@@ -48,19 +49,20 @@ pub async fn request(
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             r
         }
-        McpRequest::Messages { batch: true, .. } => call.reject(
-            Reason::BatchNotAllowed(
-                "a virtual server takes one message per request (its members may differ)".into(),
-            ),
-            &Shape::Post { id: Value::Null },
-        ),
+        McpRequest::Messages {
+            batch: true,
+            head,
+            members,
+            revision,
+            ..
+        } => batch::batch(call, vs, head, members, revision).await,
         McpRequest::Messages {
             head,
             members,
             revision,
             ..
         } => match members.into_iter().next() {
-            Some(Ok(msg)) => message(call, vs, head, msg, revision).await,
+            Some(Ok(msg)) => message(call, vs, head, msg, revision, true).await,
             _ => call.reject(
                 Reason::InvalidRequest("no message".into()),
                 &Shape::Post { id: Value::Null },
@@ -82,12 +84,15 @@ fn session_of(
     vs.sessions.get(id).map(Some).ok_or(Reason::UnknownSession)
 }
 
+/// One message (`single`: the request's only one; a batch member cannot wait for a
+/// person).
 async fn message(
     call: &mut Call<'_>,
     vs: &VirtualServer,
     head: http::request::Parts,
     msg: Message,
     revision: Option<String>,
+    single: bool,
 ) -> Response<BoxBody> {
     let stateless = mcp::is_stateless(revision.as_deref());
     let method = msg.method.clone().unwrap_or_default();
@@ -105,10 +110,10 @@ async fn message(
     if msg.kind == MessageKind::Request
         && let Some(named) = Named::of(&method, msg.value.get("params"), stateless)
     {
-        return by_name(call, vs, head, msg, revision, session, named).await;
+        return by_name(call, vs, head, msg, revision, session, named, single).await;
     }
     let base = call.base_input(&head);
-    let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), true) {
+    let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), single) {
         Ok(u) => u,
         Err((reason, shape)) => return render::answer(&reason, &shape),
     };
