@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::super::catalogue::{self, Kind};
 use super::super::sessions::Session;
 use super::super::{Routed, VirtualServer};
+use super::Incoming;
 use super::lists::ask;
 use crate::outcome::{Disposition, Reason};
 use crate::proxy::call::Call;
@@ -94,13 +95,16 @@ async fn owner_of(
 pub(super) async fn by_name(
     call: &mut Call<'_>,
     vs: &VirtualServer,
-    mut head: http::request::Parts,
-    msg: Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
+    incoming: Incoming,
     named: Named,
-    single: bool,
 ) -> Response<BoxBody> {
+    let Incoming {
+        mut head,
+        msg,
+        revision,
+        session,
+        single,
+    } = incoming;
     let kind = named.kind;
     let shown = msg
         .value

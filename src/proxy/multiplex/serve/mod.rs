@@ -71,6 +71,16 @@ pub async fn request(
     }
 }
 
+/// A message on the virtual server's mount and what came with it.
+struct Incoming {
+    head: http::request::Parts,
+    msg: Message,
+    revision: Option<String>,
+    session: Option<std::sync::Arc<Session>>,
+    /// The request's only message (a batch member cannot wait for a person).
+    single: bool,
+}
+
 /// The agent's session, for revisions that have one (`initialize` opens it).
 fn session_of(
     vs: &VirtualServer,
@@ -110,7 +120,14 @@ async fn message(
     if msg.kind == MessageKind::Request
         && let Some(named) = Named::of(&method, msg.value.get("params"), stateless)
     {
-        return by_name(call, vs, head, msg, revision, session, named, single).await;
+        let incoming = Incoming {
+            head,
+            msg,
+            revision,
+            session,
+            single,
+        };
+        return by_name(call, vs, incoming, named).await;
     }
     let base = call.base_input(&head);
     let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), single) {
