@@ -593,6 +593,101 @@ fn a_batch_is_answered_member_by_member_by_the_servers_that_own_them() {
     assert_eq!(stack.evidence_for("ship")["reason"], "approval_unsupported");
 }
 
+/// In 2026-07-28 an agent cancels a call over Streamable HTTP by closing its response
+/// stream (no `notifications/cancelled` is sent); a stdio server, which has no stream
+/// to close, is told with `notifications/cancelled` under the gateway's id, and the
+/// evidence says the call was cancelled.
+#[test]
+fn a_2026_07_28_agent_that_closes_its_stream_cancels_the_call_at_the_stdio_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen.jsonl");
+    // A stdio server whose one tool never answers; it logs every message it reads.
+    let server = dir.path().join("slow.py");
+    std::fs::write(
+        &server,
+        r#"import json, sys
+log = open(sys.argv[1], "a")
+for line in sys.stdin:
+    m = json.loads(line)
+    log.write(line); log.flush()
+    if m.get("method") == "initialize":
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "slow", "version": "1"}}}), flush=True)
+    elif m.get("method") == "tools/list":
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"tools": [{"name": "wait_forever", "inputSchema": {"type": "object"}}]}}), flush=True)
+"#,
+    )
+    .unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("policy.rego"),
+        "package ciba_gate\nimport rego.v1\nallow if true\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let evidence = dir.path().join("evidence.jsonl");
+    let config = dir.path().join("gate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nadmin: {{listen: \"127.0.0.1:0\"}}\nagent: {{id: a}}\n\
+             policy: {{dir: {policies:?}, reload_interval: 0s}}\n\
+             evidence: {{sink: file, path: {evidence:?}}}\nupstreams:\n\
+             \x20 - {{name: tools, kind: mcp, mount: /mcp, servers: [{{upstream: slow}}]}}\n\
+             \x20 - {{name: slow, kind: mcp, command: [python3, {server:?}, {seen:?}]}}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
+    cmd.arg("serve").arg("--config").arg(&config);
+    let mut gateway = ChildGuard::spawn("ciba-gate", cmd, dir.path(), false);
+    wait_for_port(port, Duration::from_secs(30), Some(&mut gateway));
+
+    let abandoned = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/mcp"))
+        .timeout(Duration::from_secs(2))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "wait_forever")
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "wait_forever", "arguments": {}}}))
+        .send();
+    assert!(abandoned.is_err(), "the call was answered: {abandoned:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (own, cancelled) = loop {
+        let lines = json_lines(&seen);
+        let own = lines
+            .iter()
+            .find(|m| m["method"] == "tools/call")
+            .map(|m| m["id"].clone());
+        let cancelled = lines
+            .iter()
+            .find(|m| m["method"] == "notifications/cancelled")
+            .cloned();
+        if let (Some(own), Some(cancelled)) = (own, cancelled) {
+            break (own, cancelled);
+        }
+        assert!(Instant::now() < deadline, "{lines:#?}\n{}", gateway.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(cancelled["params"]["requestId"], own);
+    assert_ne!(own, 7, "the server saw the agent's id");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = json_lines(&evidence)
+            .into_iter()
+            .find(|r| r["tool"] == "wait_forever")
+        {
+            assert_eq!(r["outcome"], "cancelled", "{r:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no evidence for the call");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Three servers behind one URL: one over HTTPS (a private CA), one over plain HTTP,
 /// and one the gateway starts itself and speaks to over stdio. The agent sees one
 /// catalogue, calls a tool of each, a person approves the stdio server's deploy; the
