@@ -23,7 +23,7 @@ const POLICY: &str = r#"package ciba_gate
 
 import rego.v1
 
-allow if input.mcp.method in {"initialize", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read", "resources/subscribe", "resources/unsubscribe", "resources/templates/list", "completion/complete"}
+allow if input.mcp.method in {"initialize", "server/discover", "subscriptions/listen", "notifications/initialized", "notifications/cancelled", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/read", "resources/subscribe", "resources/unsubscribe", "resources/templates/list", "completion/complete"}
 
 # DELETE (the end of a session) has no method.
 allow if input.mcp.method == null
@@ -992,6 +992,65 @@ fn a_2026_07_28_client_gets_validated_results_and_an_approved_call() {
     // The second server was asked for its list, statelessly.
     let west_bodies = std::fs::read_to_string(&stack.west.http).unwrap_or_default();
     assert!(west_bodies.contains("tools/list"), "{west_bodies}");
+}
+
+/// 2026-07-28 has no sessions and no event stream of its own: an agent opens a
+/// `subscriptions/listen` stream instead. An official Python SDK client listens on
+/// the virtual server for tool list changes and the updates of a stdio server's
+/// resource: the first come from a Python SDK server's own listen stream (the
+/// gateway opens one there), the second from the stdio server (which the gateway
+/// subscribes to the resource); a resource no server owns is not honored.
+#[test]
+fn a_2026_07_28_agent_listens_for_changes_from_an_http_and_a_stdio_server() {
+    let stack = Stack::launch(
+        Layout {
+            east_args: &["py"],
+            west_args: &["py"],
+            east_naming: "aliases: {}",
+            west_naming: "tool_prefix: b_",
+            notes_naming: Some("tool_prefix: notes_"),
+            ..Layout::default()
+        },
+        |_| String::new(),
+    );
+    let (notes_calls, _) = stack.notes.clone().unwrap();
+    let mut cmd = Command::new(python_sdk());
+    cmd.current_dir(ensure_node_peers().join("py"))
+        .arg("mcp_listen.py")
+        .args(["--url", &format!("http://127.0.0.1:{}/mcp", stack.port)])
+        .args(["--resource", "deploy://notes/deployments"])
+        .args(["--resource", "deploy://nowhere/else"])
+        .args(["--call", "list_deployments"]);
+    let mut client = ChildGuard::spawn("py-listen", cmd, stack.dir.path(), false);
+    let status = client
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("client did not finish\n{}", client.logs()));
+    assert!(status.success(), "{}", client.logs());
+    let out: Value = serde_json::from_str(client.stdout_text().trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", client.logs()));
+    assert!(
+        out["errors"].as_object().unwrap().is_empty(),
+        "{out:#}\n{}",
+        stack.gateway.logs()
+    );
+    assert_eq!(
+        out["honored"],
+        json!({"toolsListChanged": true, "resourceSubscriptions": ["deploy://notes/deployments"]}),
+        "{out:#}"
+    );
+    let events = out["events"].as_array().unwrap();
+    assert!(events.contains(&json!({"kind": "tools"})), "{out:#}");
+    assert!(
+        events.contains(&json!({"kind": "updated", "uri": "deploy://notes/deployments"})),
+        "{out:#}"
+    );
+    assert!(text_of(&out["calls"]["list_deployments"]).starts_with("deployments:"));
+    // The tool list change came from the HTTP server (the stdio server ran no tool).
+    assert_eq!(stack.east.tools_called(), ["list_deployments"]);
+    let notes = json_lines(&notes_calls);
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert_eq!(notes[0]["tool"], "resources/subscribe");
+    assert_eq!(notes[0]["args"]["uri"], "deploy://notes/deployments");
 }
 
 fn text_of(result: &Value) -> &str {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::catalogue::Kind;
-use super::sessions::Session;
+use super::sessions::{self, Session};
 use super::{VirtualServer, exchange};
 use crate::proxy::BoxBody;
 
@@ -98,7 +98,16 @@ pub fn kind_of(method: &str) -> Option<Kind> {
 }
 
 fn event(change: Change) -> Bytes {
-    let message = match change {
+    sse_event(&message_of(change))
+}
+
+fn sse_event(message: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {message}\n\n"))
+}
+
+/// The notification that tells an agent of `change`.
+fn message_of(change: Change) -> Value {
+    match change {
         Change::Listed(kind) => {
             let method = match kind {
                 Kind::Tools => "notifications/tools/list_changed",
@@ -110,8 +119,7 @@ fn event(change: Change) -> Bytes {
         Change::Updated { params, .. } => {
             json!({"jsonrpc": "2.0", "method": UPDATED, "params": params})
         }
-    };
-    Bytes::from(format!("event: message\ndata: {message}\n\n"))
+    }
 }
 
 type Changed = Pin<Box<dyn Stream<Item = Change> + Send>>;
@@ -181,11 +189,16 @@ pub async fn stream(vs: &VirtualServer, session: &Arc<Session>, limit: usize) ->
     let mut sources: Vec<Changed> = opened.into_iter().flatten().collect();
     sources.push(published(&vs.changes, session.clone()));
     let changes = futures_util::stream::select_all(sources).map(event);
+    event_stream(changes)
+}
+
+/// An event stream of `events`, with keep-alive comments between them.
+fn event_stream(events: impl Stream<Item = Bytes> + Send + 'static) -> Response<BoxBody> {
     let keepalive = futures_util::stream::unfold((), |()| async {
         tokio::time::sleep(KEEPALIVE).await;
         Some((Bytes::from_static(b": keep-alive\n\n"), ()))
     });
-    let frames = futures_util::stream::select(changes, keepalive)
+    let frames = futures_util::stream::select(events, keepalive)
         .map(|b| Ok::<_, crate::proxy::BoxError>(Frame::data(b)));
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     *resp.status_mut() = StatusCode::OK;
@@ -210,6 +223,182 @@ async fn server_events(
     let s = vs.server_session(session, i, limit).await.ok()?;
     s.id.as_ref()?;
     let resp = exchange::events(up, &super::envelope(&s)).await.ok()?;
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    (resp.status().is_success() && is_sse)
+        .then(|| from_events(resp.into_body(), limit, up.name.clone()))
+}
+
+/// What a `subscriptions/listen` request opts in to (2026-07-28), in its
+/// `params.notifications`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+    /// `resourceSubscriptions`: the resources whose updates it wants.
+    pub uris: Vec<String>,
+}
+
+/// The key that ties a notification to the `subscriptions/listen` request whose
+/// stream carries it (the value is that request's id).
+const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+impl Filter {
+    pub fn of(notifications: Option<&Value>) -> Filter {
+        let flag = |k: &str| {
+            notifications
+                .and_then(|n| n.get(k))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let uris = notifications
+            .and_then(|n| n.get("resourceSubscriptions"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Filter {
+            tools: flag("toolsListChanged"),
+            prompts: flag("promptsListChanged"),
+            resources: flag("resourcesListChanged"),
+            uris,
+        }
+    }
+
+    /// The filter as the wire has it (only what is opted in to).
+    fn to_wire(&self) -> Value {
+        let mut n = serde_json::Map::new();
+        for (key, on) in [
+            ("toolsListChanged", self.tools),
+            ("promptsListChanged", self.prompts),
+            ("resourcesListChanged", self.resources),
+        ] {
+            if on {
+                n.insert(key.into(), Value::Bool(true));
+            }
+        }
+        if !self.uris.is_empty() {
+            n.insert("resourceSubscriptions".into(), json!(self.uris));
+        }
+        Value::Object(n)
+    }
+
+    fn wants(&self, change: &Change) -> bool {
+        match change {
+            Change::Listed(Kind::Tools) => self.tools,
+            Change::Listed(Kind::Prompts) => self.prompts,
+            Change::Listed(Kind::Resources | Kind::Templates) => self.resources,
+            Change::Updated { params, .. } => params
+                .get("uri")
+                .and_then(Value::as_str)
+                .is_some_and(|uri| self.uris.iter().any(|u| u == uri)),
+        }
+    }
+}
+
+/// A `subscriptions/listen` request (2026-07-28) as the gateway honors it.
+pub struct Listen {
+    /// The request's id, which tags every message on its stream.
+    pub id: Value,
+    /// The request's params (its `_meta` goes to the servers too).
+    pub params: Value,
+    /// What it asked for, less the resources no server is known to own.
+    pub honored: Filter,
+    /// The owner (member index) of each honored resource.
+    pub owners: Vec<(usize, String)>,
+    /// Its record of what it follows at stdio servers, registered while it lives.
+    pub session: Arc<Session>,
+    pub held: sessions::Held,
+}
+
+/// The stream of a `subscriptions/listen` request: acknowledged with what is honored
+/// (the list changes asked for, and the resources whose server is known), then every
+/// change it opted in to, each tagged with the request's id. The changes come from
+/// each HTTP server's own `subscriptions/listen` stream (asked for the part of the
+/// filter that server can honor: its own resources) and from the stdio servers. A
+/// server without such a stream, or one not open within `STREAM_OPEN`, is left out.
+pub async fn listen(vs: &VirtualServer, listen: Listen, limit: usize) -> Response<BoxBody> {
+    let Listen {
+        id,
+        params,
+        honored,
+        owners,
+        session,
+        held,
+    } = listen;
+    let opened = futures_util::future::join_all((0..vs.members.len()).map(|i| {
+        let own = Filter {
+            uris: owners
+                .iter()
+                .filter(|(o, _)| *o == i)
+                .map(|(_, u)| u.clone())
+                .collect(),
+            ..honored.clone()
+        };
+        let params = params.clone();
+        async move {
+            tokio::time::timeout(STREAM_OPEN, server_listen(vs, i, own, params, limit))
+                .await
+                .ok()
+                .flatten()
+        }
+    }))
+    .await;
+    let mut sources: Vec<Changed> = opened.into_iter().flatten().collect();
+    sources.push(published(&vs.changes, session));
+    let ack = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": honored.to_wire(), "_meta": {SUBSCRIPTION_ID: id}},
+    });
+    let changes = futures_util::stream::select_all(sources)
+        .filter(move |change| std::future::ready(honored.wants(change)))
+        .map(move |change| {
+            // The registration ends with the stream.
+            let _registered = &held;
+            let mut message = message_of(change);
+            message["params"]["_meta"][SUBSCRIPTION_ID] = id.clone();
+            sse_event(&message)
+        });
+    event_stream(futures_util::stream::once(async move { sse_event(&ack) }).chain(changes))
+}
+
+/// `server`'s own `subscriptions/listen` stream with `filter` (and the agent's
+/// `params` otherwise), when it is an HTTP server that has one.
+async fn server_listen(
+    vs: &VirtualServer,
+    i: usize,
+    filter: Filter,
+    mut params: Value,
+    limit: usize,
+) -> Option<Changed> {
+    let up = vs.members[i].http()?;
+    params["notifications"] = filter.to_wire();
+    let request = json!({
+        "jsonrpc": "2.0",
+        "id": "ciba-gate-listen",
+        "method": "subscriptions/listen",
+        "params": params,
+    });
+    let mut extra = http::HeaderMap::new();
+    extra.insert(
+        "mcp-method",
+        http::HeaderValue::from_static("subscriptions/listen"),
+    );
+    let envelope = exchange::Envelope {
+        revision: Some(crate::proxy::mcp::REV_STATELESS.to_string()),
+        session: None,
+        extra,
+    };
+    let resp = exchange::listen(up, &request, &envelope).await.ok()?;
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)

@@ -81,6 +81,16 @@ async fn post(
         .await
 }
 
+/// Opens a `subscriptions/listen` stream of the gateway's own (2026-07-28): a POST
+/// whose answer, when the server has one, is the event stream.
+pub async fn listen(
+    upstream: &Upstream,
+    request: &Value,
+    envelope: &Envelope,
+) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    post(upstream, request, envelope).await
+}
+
 /// Sends `request` (a JSON-RPC request with an id) and reads its response, at most
 /// `limit` bytes and `timeout` long, whether the server answers with JSON or SSE.
 pub async fn ask(

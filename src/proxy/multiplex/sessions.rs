@@ -109,18 +109,45 @@ fn now_secs() -> u64 {
     crate::clock::now_ms() / 1000
 }
 
+type Map = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+
 /// The sessions of one virtual server.
 pub struct Sessions {
     servers: usize,
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    map: Map,
+}
+
+/// Keeps a session of the gateway's own registered while it lives (a 2026-07-28
+/// `subscriptions/listen` stream's record of what it follows at stdio servers).
+pub struct Held {
+    map: Map,
+    id: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.id);
+    }
 }
 
 impl Sessions {
     pub fn new(servers: usize) -> Sessions {
         Sessions {
             servers,
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Opens a session that lives as long as the `Held` returned with it.
+    pub fn hold(&self, revision: &str) -> Option<(Arc<Session>, Held)> {
+        let id = self.open(revision, Value::Null);
+        let session = self.get(&id)?;
+        let held = Held {
+            map: self.map.clone(),
+            id,
+        };
+        Some((session, held))
     }
 
     /// Opens a session; returns its id (128 random bits, hex).
@@ -207,5 +234,10 @@ mod tests {
         assert!(s.close(&id).is_some());
         assert!(s.get(&id).is_none());
         assert!(s.is_empty());
+        let (held, guard) = s.hold("2026-07-28").unwrap();
+        held.follow("notes", "deploy://a", true);
+        assert!(s.followed("notes", "deploy://a"));
+        drop(guard);
+        assert!(!s.followed("notes", "deploy://a") && s.is_empty());
     }
 }

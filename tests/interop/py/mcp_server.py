@@ -7,6 +7,8 @@ upstream behind ciba-gate in tests/mcp_sdk_interop.rs.
 --calls-log  every tool run, one JSON line {tool, args}
 --bodies-log every POST body the server receives, one JSON line {body} (the text
              exactly as received), to show what the gateway forwarded
+list_deployments also tells the subscriptions/listen streams open on the server that
+its tool list changed.
 Prints "READY <port>" once listening.
 """
 
@@ -15,7 +17,7 @@ import json
 import sys
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
@@ -33,8 +35,14 @@ server = MCPServer("interop-py-tools")
 
 
 @server.tool(description="List the current deployments")
-def list_deployments() -> str:
+async def list_deployments(ctx: Context) -> str:
     log(opts.calls_log, {"tool": "list_deployments", "args": {}})
+    # Heard on every open subscriptions/listen stream that asked for tool changes
+    # (2026-07-28); an older connection has no such streams.
+    try:
+        await ctx.notify_tools_changed()
+    except ValueError:
+        pass
     return "deployments:\npayments prod v1.42.0"
 
 

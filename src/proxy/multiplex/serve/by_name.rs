@@ -57,7 +57,7 @@ impl Named {
 /// The server that owns `shown`, and its own name for it: by the naming rules or the
 /// last merged list, else by a fresh one (and a resource's URI by the templates too).
 #[allow(clippy::too_many_arguments)]
-async fn owner_of(
+pub(super) async fn owner_of(
     call: &Call<'_>,
     vs: &VirtualServer,
     head: &http::request::Parts,

@@ -44,6 +44,7 @@ pub(super) fn ask<'a>(
         p.remove("cursor");
         p.remove("name");
         p.remove("arguments");
+        p.remove("notifications");
     }
     Ask {
         session,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::catalogue::Kind;
 use super::exchange::SESSION_HEADER;
 use super::sessions::Session;
-use super::{Routed, VirtualServer};
+use super::{Link, Routed, VirtualServer, changes};
 use crate::outcome::{Disposition, Reason};
 use crate::proxy::call::{Call, Unit};
 use crate::proxy::classify::McpRequest;
@@ -153,13 +153,16 @@ async fn message(
         "initialize" => return initialize(vs, unit, &msg, id),
         "server/discover" => json!({
             "supportedVersions": REVISIONS,
-            "capabilities": capabilities(false),
+            "capabilities": capabilities(),
             "_meta": {"io.modelcontextprotocol/serverInfo": server_info(vs)},
             "ttlMs": 0,
             "cacheScope": "private",
         }),
         "ping" => json!({}),
         "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
+        "subscriptions/listen" if stateless => {
+            return listen(call, vs, unit, &head, &msg, revision).await;
+        }
         "prompts/list" | "resources/list" | "resources/templates/list" => {
             let kind = match method.as_str() {
                 "prompts/list" => Kind::Prompts,
@@ -199,14 +202,15 @@ fn reply(id: Value, mut result: Value, stateless: bool) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
-/// What the virtual server offers; resource updates need the session's event stream
-/// (`subscribe`: a revision with sessions).
-fn capabilities(subscribe: bool) -> Value {
+/// What the virtual server offers. Changes reach the agent on its session's event
+/// stream (`resources/subscribe` for updates), or in 2026-07-28 on a
+/// `subscriptions/listen` stream.
+fn capabilities() -> Value {
     json!({
         "completions": {},
         "tools": {"listChanged": true},
         "prompts": {"listChanged": true},
-        "resources": {"listChanged": true, "subscribe": subscribe},
+        "resources": {"listChanged": true, "subscribe": true},
     })
 }
 
@@ -229,7 +233,7 @@ fn initialize(vs: &VirtualServer, unit: Unit, msg: &Message, id: Value) -> Respo
         .unwrap_or(LATEST_WITH_SESSIONS);
     let result = json!({
         "protocolVersion": revision,
-        "capabilities": capabilities(!mcp::is_stateless(Some(revision))),
+        "capabilities": capabilities(),
         "serverInfo": server_info(vs),
     });
     let mut resp = render::json(
@@ -290,6 +294,55 @@ async fn cancelled(
         Err(e) => record.conclude(Disposition::UpstreamFailed, &e.reason(), None),
     }
     render::accepted()
+}
+
+/// `subscriptions/listen` (2026-07-28): the agent's stream of the changes it opts in
+/// to (`changes::listen`). Each resource it names goes to the server that owns it
+/// (found as for `resources/read`); a stdio server is subscribed to it first (one the
+/// server refuses, or no server owns, is not honored).
+async fn listen(
+    call: &Call<'_>,
+    vs: &VirtualServer,
+    unit: Unit,
+    head: &http::request::Parts,
+    msg: &Message,
+    revision: Option<String>,
+) -> Response<BoxBody> {
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+    let mut honored = changes::Filter::of(params.get("notifications"));
+    let Some((session, held)) = vs.sessions.hold(mcp::REV_STATELESS) else {
+        let reason = Reason::InvalidRequest("no stream could be opened".into());
+        unit.record.conclude(Disposition::Rejected, &reason, None);
+        return render::answer(&reason, &Shape::JsonRpc { id });
+    };
+    let mut owners = Vec::new();
+    for uri in std::mem::take(&mut honored.uris) {
+        let owner =
+            by_name::owner_of(call, vs, head, msg, &revision, None, Kind::Resources, &uri).await;
+        let Some((i, _)) = owner else { continue };
+        if let Link::Stdio(s) = &vs.members[i].link {
+            let subscribe = json!({"jsonrpc": "2.0", "id": 0,
+                "method": "resources/subscribe", "params": {"uri": uri}});
+            match s.ask(subscribe, &session.id).await {
+                Ok(answer) if answer.get("result").is_some() => session.follow(&s.name, &uri, true),
+                _ => continue,
+            }
+        }
+        owners.push((i, uri.clone()));
+        honored.uris.push(uri);
+    }
+    unit.record
+        .conclude(Disposition::Answered, &Reason::Allowed, Some(200));
+    let listen = changes::Listen {
+        id,
+        params,
+        honored,
+        owners,
+        session,
+        held,
+    };
+    changes::listen(vs, listen, call.gw.limits.max_inspected_response_bytes).await
 }
 
 /// GET: policy decides it like a direct mount's; then, in the agent's session, the
