@@ -120,13 +120,9 @@ fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ClientAuthConfig {
-    ClientSecretBasic { secret: SecretSource },
-    ClientSecretPost { secret: SecretSource },
-    PrivateKeyJwt { key: KeyConfig },
-}
+/// `approvals.op.client_auth`: the method (`ClientAuth`, the one place a method is
+/// defined) with where its secret or key is read from.
+pub type ClientAuthConfig = ClientAuth<SecretSource, KeyConfig>;
 
 /// A signing key: PEM file and algorithm.
 #[derive(Debug, Clone, Deserialize)]
@@ -252,12 +248,10 @@ impl ApprovalsConfig {
             }
             Err(e) => return Err(FieldError::new("op.issuer", format!("not a URL: {e}"))),
         }
-        match &self.op.client_auth {
-            ClientAuthConfig::ClientSecretBasic { secret }
-            | ClientAuthConfig::ClientSecretPost { secret } => secret
+        if let Some(secret) = self.op.client_auth.secret() {
+            secret
                 .validate()
-                .map_err(|e| e.under("op.client_auth.secret"))?,
-            ClientAuthConfig::PrivateKeyJwt { .. } => {}
+                .map_err(|e| e.under("op.client_auth.secret"))?;
         }
         let given = [
             self.user.value.is_some(),
@@ -334,21 +328,14 @@ impl ApprovalsConfig {
             SigningKey::from_pem(k.alg.into(), k.kid.clone(), &pem)
                 .map_err(|e| FieldError::new(format!("{key}.file"), e.to_string()))
         };
-        let auth = match &self.op.client_auth {
-            ClientAuthConfig::ClientSecretBasic { secret } => ClientAuth::SecretBasic {
-                secret: secret
+        let auth = self.op.client_auth.load(
+            |secret| {
+                secret
                     .read(base)
-                    .map_err(|e| e.under("op.client_auth.secret"))?,
+                    .map_err(|e| e.under("op.client_auth.secret"))
             },
-            ClientAuthConfig::ClientSecretPost { secret } => ClientAuth::SecretPost {
-                secret: secret
-                    .read(base)
-                    .map_err(|e| e.under("op.client_auth.secret"))?,
-            },
-            ClientAuthConfig::PrivateKeyJwt { key } => ClientAuth::PrivateKeyJwt {
-                key: load_key(key, "op.client_auth.key")?,
-            },
-        };
+            |key| load_key(key, "op.client_auth.key"),
+        )?;
         let mut client = ClientConfig::new(
             self.op.issuer.clone(),
             self.op.client_id.clone(),

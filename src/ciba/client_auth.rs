@@ -1,11 +1,12 @@
 //! Client authentication at the OP's endpoints: `client_secret_basic`, `client_secret_post`
-//! and `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9). The one place for a method on
-//! the protocol side: its variant, its registered name and what it adds to a request
-//! (the config's `approvals.op.client_auth` maps onto it in `approval/config.rs`).
+//! and `private_key_jwt` (RFC 7523 §2.2, OIDC Core §9). The one place for a method:
+//! its variant (which is also the config file's `approvals.op.client_auth`, read
+//! with the secret's and key's sources in place of the secret and key), its
+//! registered name and what it adds to a request.
 
 use base64::Engine;
 use secrecy::ExposeSecret;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::fmt;
 
@@ -18,18 +19,24 @@ pub(crate) const JWT_BEARER_ASSERTION: &str =
 /// Lifetime of a client assertion.
 const ASSERTION_LIFETIME: u64 = 60;
 
-/// Client authentication at the backchannel and token endpoints.
-#[derive(Clone)]
-pub enum ClientAuth {
+/// Client authentication at the backchannel and token endpoints: with the secret and
+/// the key themselves (`S`, `K` by default), or with where to read them (the config
+/// file's form; `load` turns one into the other). The variant names are the
+/// registered `token_endpoint_auth_method` names, the config's `method`.
+#[derive(Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientAuth<S = secrecy::SecretString, K = SigningKey> {
     /// `client_secret_basic` (id and secret form-urlencoded before Base64, RFC 6749 §2.3.1).
-    SecretBasic { secret: secrecy::SecretString },
+    #[serde(rename = "client_secret_basic")]
+    SecretBasic { secret: S },
     /// `client_secret_post`.
-    SecretPost { secret: secrecy::SecretString },
+    #[serde(rename = "client_secret_post")]
+    SecretPost { secret: S },
     /// `private_key_jwt` (RFC 7523), `aud` = the OP issuer.
-    PrivateKeyJwt { key: SigningKey },
+    PrivateKeyJwt { key: K },
 }
 
-impl ClientAuth {
+impl<S, K> ClientAuth<S, K> {
     /// The registered `token_endpoint_auth_method` name.
     pub fn method(&self) -> &'static str {
         match self {
@@ -38,9 +45,31 @@ impl ClientAuth {
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
         }
     }
+
+    /// The shared secret, for the methods that have one.
+    pub fn secret(&self) -> Option<&S> {
+        match self {
+            ClientAuth::SecretBasic { secret } | ClientAuth::SecretPost { secret } => Some(secret),
+            ClientAuth::PrivateKeyJwt { .. } => None,
+        }
+    }
+
+    /// The same method with its secret and key read (`secret`, `key`: how).
+    pub fn load<S2, K2, E>(
+        &self,
+        secret: impl FnOnce(&S) -> Result<S2, E>,
+        key: impl FnOnce(&K) -> Result<K2, E>,
+    ) -> Result<ClientAuth<S2, K2>, E> {
+        Ok(match self {
+            ClientAuth::SecretBasic { secret: s } => ClientAuth::SecretBasic { secret: secret(s)? },
+            ClientAuth::SecretPost { secret: s } => ClientAuth::SecretPost { secret: secret(s)? },
+            ClientAuth::PrivateKeyJwt { key: k } => ClientAuth::PrivateKeyJwt { key: key(k)? },
+        })
+    }
 }
 
-impl fmt::Debug for ClientAuth {
+/// A secret never shows in a debug print, whichever form it has.
+impl<S, K: fmt::Debug> fmt::Debug for ClientAuth<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientAuth::SecretBasic { .. } => f.write_str("SecretBasic { secret: <redacted> }"),

@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_secrets() {
-        let auth = ClientAuth::SecretBasic {
+        let auth: ClientAuth = ClientAuth::SecretBasic {
             secret: "s3cr3t-value".into(),
         };
         assert!(!format!("{auth:?}").contains("s3cr3t"));
