@@ -20,10 +20,14 @@ use crate::proxy::forward::Outbound;
 use crate::proxy::mcp::results;
 use crate::proxy::{BoxBody, BoxError};
 
-type FrameTx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+/// The frames of a held call's answer, boxed: the channel allocates its slots in
+/// blocks of 32 up front, and an unboxed frame (with room for trailers) made that
+/// 3 KB of every held call.
+type Queued = Box<Result<Frame<Bytes>, BoxError>>;
+type FrameTx = mpsc::Sender<Queued>;
 
 async fn send_event(tx: &FrameTx, event: Bytes) -> bool {
-    tx.send(Ok(Frame::data(event))).await.is_ok()
+    tx.send(Box::new(Ok(Frame::data(event)))).await.is_ok()
 }
 
 /// Answers with an SSE stream at once and runs the wait in a task of its own.
@@ -35,7 +39,7 @@ pub(super) fn over_sse(
     caller: Caller,
     out: Outbound,
 ) -> Response<BoxBody> {
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    let (tx, rx) = mpsc::channel::<Queued>(16);
     let binding = ticket.params.binding_message.clone();
     let owned = call.to_owned();
     // The held call stays in the request's trace (its span ends with the answer).
@@ -97,7 +101,10 @@ pub(super) fn over_sse(
     .instrument(span);
     tokio::spawn(hold);
     let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|f| (*f, rx)) },
+        );
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -120,7 +127,7 @@ async fn relay(call: &Call<'_>, resp: Response<BoxBody>, id: Value, tx: &FrameTx
     if is_sse {
         while let Some(frame) = body.frame().await {
             let stop = frame.is_err();
-            if tx.send(frame).await.is_err() || stop {
+            if tx.send(Box::new(frame)).await.is_err() || stop {
                 return;
             }
         }
