@@ -223,13 +223,7 @@ async fn server_events(
     let s = vs.server_session(session, i, limit).await.ok()?;
     s.id.as_ref()?;
     let resp = exchange::events(up, &super::envelope(&s)).await.ok()?;
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    (resp.status().is_success() && is_sse)
-        .then(|| from_events(resp.into_body(), limit, up.name.clone()))
+    changes_in(resp, limit, &up.name)
 }
 
 /// What a `subscriptions/listen` request opts in to (2026-07-28), in its
@@ -399,11 +393,20 @@ async fn server_listen(
         extra,
     };
     let resp = exchange::listen(up, &request, &envelope).await.ok()?;
+    changes_in(resp, limit, &up.name)
+}
+
+/// The changes on a server's answer, when it is a successful event stream.
+fn changes_in(
+    resp: http::Response<hyper::body::Incoming>,
+    limit: usize,
+    server: &str,
+) -> Option<Changed> {
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     (resp.status().is_success() && is_sse)
-        .then(|| from_events(resp.into_body(), limit, up.name.clone()))
+        .then(|| from_events(resp.into_body(), limit, server.to_string()))
 }
