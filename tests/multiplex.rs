@@ -328,6 +328,15 @@ upstreams:
     }
 }
 
+/// Sends `sig` (`-KILL`, `-TERM`, `-0`) to a process; false when it is gone.
+fn signal(sig: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success()
+}
+
 /// The strings of a JSON array, sorted.
 fn sorted_names(list: &Value) -> Vec<&str> {
     let mut names: Vec<&str> = list
@@ -769,13 +778,7 @@ fn three_servers_one_over_https_and_one_over_stdio_serve_one_catalogue() {
 
     // Killed mid-session: the gateway sees it go, and the next call starts it again.
     let pid = std::fs::read_to_string(&notes_pid).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal("-KILL", pid.trim()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stack.gateway.logs().contains("stdio server stopped") {
         assert!(Instant::now() < deadline, "{}", stack.gateway.logs());
@@ -799,24 +802,12 @@ fn three_servers_one_over_https_and_one_over_stdio_serve_one_catalogue() {
     // SIGTERM: the gateway closes the stdio server's stdin and it exits.
     let mut stack = stack;
     let gateway_pid = stack.gateway.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &gateway_pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal("-TERM", &gateway_pid));
     stack
         .gateway
         .wait_timeout(Duration::from_secs(40))
         .expect("the gateway stopped");
-    let alive = || {
-        Command::new("kill")
-            .args(["-0", restarted.trim()])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let alive = || signal("-0", restarted.trim());
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive() {
         assert!(
@@ -1324,11 +1315,7 @@ fn check_takes_a_stdio_server_only_behind_a_virtual_server() {
     );
     // The server check started is stopped again.
     let started = std::fs::read_to_string(&pid).unwrap();
-    let alive = Command::new("kill")
-        .args(["-0", started.trim()])
-        .status()
-        .unwrap()
-        .success();
+    let alive = signal("-0", started.trim());
     assert!(!alive, "check left the stdio server running");
 }
 

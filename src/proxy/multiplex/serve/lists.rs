@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use super::super::VirtualServer;
 use super::super::catalogue::{self, Ask, Kind};
 use super::super::sessions::Session;
-use super::reply;
+use super::{Incoming, reply};
 use crate::outcome::Disposition;
 use crate::outcome::Reason;
 use crate::proxy::BoxBody;
 use crate::proxy::call::{Call, Unit};
 use crate::proxy::decide;
-use crate::proxy::mcp::{self, Message};
+use crate::proxy::mcp;
 use crate::proxy::render::{self, Shape};
 
 /// The agent's MCP headers a 2026-07-28 request mirrors, for the gateway's own
@@ -55,6 +55,22 @@ pub(super) fn ask<'a>(
     }
 }
 
+/// Where a merged list starts: the agent's request id, whether its revision is
+/// 2026-07-28, and how the servers are asked for their lists.
+fn asking<'a>(call: &Call<'_>, incoming: &'a Incoming) -> (Value, bool, Ask<'a>) {
+    let msg = &incoming.msg;
+    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
+    let how = ask(
+        call,
+        &incoming.head,
+        params,
+        incoming.revision.clone(),
+        incoming.session.as_deref(),
+    );
+    let stateless = mcp::is_stateless(incoming.revision.as_deref());
+    (msg.id.clone().unwrap_or(Value::Null), stateless, how)
+}
+
 /// A merged list's result: 2026-07-28 says how long it may be cached and by whom;
 /// `_meta` names what is missing.
 fn list_result(
@@ -81,15 +97,9 @@ pub(super) async fn list(
     call: &Call<'_>,
     vs: &VirtualServer,
     unit: Unit,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
+    incoming: &Incoming,
 ) -> Response<BoxBody> {
-    let stateless = mcp::is_stateless(revision.as_deref());
-    let id = msg.id.clone().unwrap_or(Value::Null);
-    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision, session.as_deref());
+    let (id, stateless, how) = asking(call, incoming);
     let merged = catalogue::tools(vs, &how).await;
     if merged.unavailable.len() == vs.members.len()
         && let Some((_, reason)) = merged.unavailable.first()
@@ -125,21 +135,14 @@ pub(super) async fn list(
 
 /// The merged `prompts/list` or `resources/list` (the request itself was put to
 /// policy; entries are not filtered one by one).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn list_plain(
     call: &Call<'_>,
     vs: &VirtualServer,
     unit: Unit,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: Option<String>,
-    session: Option<std::sync::Arc<Session>>,
+    incoming: &Incoming,
     kind: Kind,
 ) -> Response<BoxBody> {
-    let stateless = mcp::is_stateless(revision.as_deref());
-    let id = msg.id.clone().unwrap_or(Value::Null);
-    let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision, session.as_deref());
+    let (id, stateless, how) = asking(call, incoming);
     let merged = catalogue::list(vs, &how, kind).await;
     let entries: Vec<Value> = merged.tools.iter().map(|(_, _, p)| p.clone()).collect();
     let result = list_result(vs, kind, entries, &merged, stateless);

@@ -117,20 +117,22 @@ async fn message(
             }
         }
     };
-    if msg.kind == MessageKind::Request
-        && let Some(named) = Named::of(&method, msg.value.get("params"), stateless)
-    {
-        let incoming = Incoming {
-            head,
-            msg,
-            revision,
-            session,
-            single,
-        };
+    let named = Named::of(&method, msg.value.get("params"), stateless)
+        .filter(|_| msg.kind == MessageKind::Request);
+    let incoming = Incoming {
+        head,
+        msg,
+        revision,
+        session,
+        single,
+    };
+    if let Some(named) = named {
         return by_name(call, vs, incoming, named).await;
     }
-    let base = call.base_input(&head);
-    let unit = match flow::message_unit(call, &base, &head, &msg, revision.as_deref(), single) {
+    let (head, msg) = (&incoming.head, &incoming.msg);
+    let base = call.base_input(head);
+    let revision = incoming.revision.as_deref();
+    let unit = match flow::message_unit(call, &base, head, msg, revision, single) {
         Ok(u) => u,
         Err((reason, shape)) => return render::answer(&reason, &shape),
     };
@@ -139,7 +141,7 @@ async fn message(
         Err(resp) => return resp,
     };
     if msg.kind == MessageKind::Notification && method == "notifications/cancelled" {
-        return cancelled(call, vs, unit, head, msg, session).await;
+        return cancelled(call, vs, unit, incoming).await;
     }
     if msg.kind != MessageKind::Request {
         // Other notifications and responses end here: the gateway's own requests to
@@ -150,7 +152,7 @@ async fn message(
     }
     let id = msg.id.clone().unwrap_or(Value::Null);
     let result = match method.as_str() {
-        "initialize" => return initialize(vs, unit, &msg, id),
+        "initialize" => return initialize(vs, unit, msg, id),
         "server/discover" => json!({
             "supportedVersions": REVISIONS,
             "capabilities": capabilities(),
@@ -159,17 +161,15 @@ async fn message(
             "cacheScope": "private",
         }),
         "ping" => json!({}),
-        "tools/list" => return list(call, vs, unit, &head, &msg, revision, session).await,
-        "subscriptions/listen" if stateless => {
-            return listen(call, vs, unit, &head, &msg, revision).await;
-        }
+        "tools/list" => return list(call, vs, unit, &incoming).await,
+        "subscriptions/listen" if stateless => return listen(call, vs, unit, &incoming).await,
         "prompts/list" | "resources/list" | "resources/templates/list" => {
             let kind = match method.as_str() {
                 "prompts/list" => Kind::Prompts,
                 "resources/list" => Kind::Resources,
                 _ => Kind::Templates,
             };
-            return list_plain(call, vs, unit, &head, &msg, revision, session, kind).await;
+            return list_plain(call, vs, unit, &incoming, kind).await;
         }
         other => {
             let reason = Reason::MethodNotOffered(other.to_string());
@@ -261,10 +261,11 @@ async fn cancelled(
     call: &Call<'_>,
     vs: &VirtualServer,
     unit: Unit,
-    head: http::request::Parts,
-    msg: Message,
-    session: Option<std::sync::Arc<Session>>,
+    incoming: Incoming,
 ) -> Response<BoxBody> {
+    let Incoming {
+        head, msg, session, ..
+    } = incoming;
     let server = session.as_ref().and_then(|s| {
         let id = msg.value.pointer("/params/requestId")?;
         s.server_of(id)
@@ -304,10 +305,9 @@ async fn listen(
     call: &Call<'_>,
     vs: &VirtualServer,
     unit: Unit,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: Option<String>,
+    incoming: &Incoming,
 ) -> Response<BoxBody> {
+    let (head, msg, revision) = (&incoming.head, &incoming.msg, &incoming.revision);
     let id = msg.id.clone().unwrap_or(Value::Null);
     let params = msg.value.get("params").cloned().unwrap_or(json!({}));
     let mut honored = changes::Filter::of(params.get("notifications"));
@@ -319,7 +319,7 @@ async fn listen(
     let mut owners = Vec::new();
     for uri in std::mem::take(&mut honored.uris) {
         let owner =
-            by_name::owner_of(call, vs, head, msg, &revision, None, Kind::Resources, &uri).await;
+            by_name::owner_of(call, vs, head, msg, revision, None, Kind::Resources, &uri).await;
         let Some((i, _)) = owner else { continue };
         if let Link::Stdio(s) = &vs.members[i].link {
             let subscribe = json!({"jsonrpc": "2.0", "id": 0,
