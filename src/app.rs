@@ -173,6 +173,7 @@ impl Builder<'_> {
             approvals: approvals.zip(slot),
             listen: c.listen,
             admin_listen: c.admin.listen,
+            admin_listener: None,
             drain: c.shutdown.drain,
             reload_interval: c.policy.reload_interval,
             bundle,
@@ -189,6 +190,8 @@ pub struct App {
     approvals: Option<(ResolvedApprovals, Arc<OnceLock<Arc<Approvals>>>)>,
     listen: SocketAddr,
     admin_listen: SocketAddr,
+    /// A listener bound before the app was built, taking the place of `admin_listen`.
+    admin_listener: Option<std::net::TcpListener>,
     drain: Duration,
     reload_interval: Duration,
     /// The bundle server the policy comes from (instead of a directory).
@@ -209,6 +212,14 @@ impl App {
     /// `App::builder(cfg).build()`.
     pub fn build(cfg: &LoadedConfig) -> anyhow::Result<App> {
         Self::builder(cfg).build()
+    }
+
+    /// Serves the admin endpoints on a listener already bound (`ciba-gate dev` binds its
+    /// port, or a free one, before it writes the configuration: binding it again later
+    /// would race any other process after the same port).
+    pub fn with_admin_listener(mut self, listener: std::net::TcpListener) -> App {
+        self.admin_listener = Some(listener);
+        self
     }
 
     /// Binds the proxy, admin and callback listeners (so a bad address fails here),
@@ -247,14 +258,18 @@ impl App {
             }
             None => None,
         };
-        let admin_listener = TcpListener::bind(self.admin_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding the admin listener (admin.listen) on {}",
-                    self.admin_listen
-                )
-            })?;
+        let admin_listener = match self.admin_listener.take() {
+            Some(bound) => bound
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(bound)),
+            None => TcpListener::bind(self.admin_listen).await,
+        }
+        .with_context(|| {
+            format!(
+                "binding the admin listener (admin.listen) on {}",
+                self.admin_listen
+            )
+        })?;
         let listener = TcpListener::bind(self.listen)
             .await
             .with_context(|| format!("binding {}", self.listen))?;

@@ -6,6 +6,9 @@
 
 use http::StatusCode;
 
+use crate::policy::codes;
+use crate::store::Failure;
+
 /// Who a failure belongs to: decides 4xx against 5xx and what an operator looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
@@ -179,9 +182,9 @@ impl Reason {
         use Reason::*;
         match self {
             Policy { code, .. } | BlockedAfterApproval { code, .. } => match code.as_str() {
-                "no_matching_rule" => "no_matching_rule",
-                "policy_error" => "policy_error",
-                "policy_unavailable" => "policy_unavailable",
+                codes::NO_MATCHING_RULE => codes::NO_MATCHING_RULE,
+                codes::POLICY_ERROR => codes::POLICY_ERROR,
+                codes::POLICY_UNAVAILABLE => codes::POLICY_UNAVAILABLE,
                 _ => "policy",
             },
             AmbiguousJson { code, .. } => code,
@@ -191,8 +194,10 @@ impl Reason {
                     .unwrap_or(match code.as_str() {
                         "op_unreachable" => "op_unreachable",
                         "op_error" => "op_error",
-                        "invalid_id_token" => "invalid_id_token",
-                        _ => "approval_failed",
+                        _ => match code.parse::<Failure>() {
+                            Ok(f) => f.code(),
+                            Err(_) => Failure::ApprovalFailed.code(),
+                        },
                     })
             }
             other => other.static_code(),
@@ -241,14 +246,14 @@ impl Reason {
             ApprovalDenied => "approval_denied",
             ApprovalExpired => "approval_expired",
             ApprovalAlreadyUsed => "approval_already_used",
-            ApprovalLost => "approval_lost",
-            ApproversNotDistinct => "approvers_not_distinct",
+            ApprovalLost => Failure::ApprovalLost.code(),
+            ApproversNotDistinct => Failure::ApproversNotDistinct.code(),
             ApproverMismatch => "approver_mismatch",
             ApprovalTokenMissing => "approval_token_missing",
             ApprovalRateLimited { .. } => "approval_rate_limited",
             DenialCooldown => "denial_cooldown",
-            RequestLost => "request_lost",
-            StoreUnavailable(_) => "store_unavailable",
+            RequestLost => Failure::RequestLost.code(),
+            StoreUnavailable(_) => Failure::StoreUnavailable.code(),
             ShuttingDown => "shutting_down",
             EvidenceUnavailable => "evidence_unavailable",
             UpstreamUnreachable(_) => "upstream_unreachable",
@@ -472,15 +477,25 @@ impl Reason {
         }
     }
 
-    /// The reason for a failed approval record (its stored failure code).
-    pub fn from_failure(code: &str) -> Reason {
-        match code {
-            "request_lost" => Reason::RequestLost,
-            "approval_lost" => Reason::ApprovalLost,
-            "approvers_not_distinct" => Reason::ApproversNotDistinct,
-            "store_unavailable" => Reason::StoreUnavailable("the approval store failed".into()),
-            "invalid_binding_message" => Reason::InvalidBindingMessage("the OP rejected it".into()),
-            other => Reason::ApprovalFailed(other.to_string()),
+    /// The reason for a failed approval record: the gateway's own `Failure` codes, or
+    /// the OP's code as it was stored.
+    pub fn from_failure(code: Option<&str>) -> Reason {
+        let code = code.unwrap_or(Failure::ApprovalFailed.code());
+        match code.parse::<Failure>() {
+            Ok(Failure::RequestLost) => Reason::RequestLost,
+            Ok(Failure::ApprovalLost) => Reason::ApprovalLost,
+            Ok(Failure::ApproversNotDistinct) => Reason::ApproversNotDistinct,
+            Ok(Failure::StoreUnavailable) => {
+                Reason::StoreUnavailable("the approval store failed".into())
+            }
+            Ok(Failure::InvalidIdToken | Failure::ApprovalFailed) | Err(_) => {
+                match crate::ciba::ErrorCode::parse(code) {
+                    crate::ciba::ErrorCode::InvalidBindingMessage => {
+                        Reason::InvalidBindingMessage("the OP rejected it".into())
+                    }
+                    _ => Reason::ApprovalFailed(code.to_string()),
+                }
+            }
         }
     }
 
@@ -496,7 +511,7 @@ impl Reason {
                     .join("; "),
             },
             None => Reason::Policy {
-                code: "policy_denied".into(),
+                code: codes::POLICY_DENIED.into(),
                 message: "denied by policy".into(),
             },
         }
@@ -533,6 +548,21 @@ impl Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_the_gateway_stores_reads_back_as_the_same_code() {
+        use strum::IntoEnumIterator;
+        for failure in Failure::iter() {
+            let reason = Reason::from_failure(Some(failure.code()));
+            assert_eq!(reason.code(), failure.code(), "{failure:?}");
+            assert_eq!(reason.metric_label(), failure.code(), "{failure:?}");
+        }
+        assert_eq!(Reason::from_failure(None).code(), "approval_failed");
+        assert_eq!(
+            Reason::from_failure(Some("invalid_binding_message")),
+            Reason::InvalidBindingMessage("the OP rejected it".into())
+        );
+    }
 
     #[test]
     fn the_agent_gets_4xx_and_the_tool_server_5xx() {

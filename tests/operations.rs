@@ -20,14 +20,17 @@ struct Dev {
 }
 
 fn start_dev(name: &str, drain: &str) -> Dev {
+    let dev = spawn_dev(name, drain, free_port());
+    let (mut child, gw, admin) = (dev.child, dev.gw, dev.admin);
+    wait_for_port(gw, Duration::from_secs(30), Some(&mut child));
+    wait_for_port(admin, Duration::from_secs(10), Some(&mut child));
+    Dev { child, ..dev }
+}
+
+/// `ciba-gate dev` asked for admin port `admin`, not yet waited for.
+fn spawn_dev(name: &str, drain: &str, admin: u16) -> Dev {
     let dir = tempfile::tempdir().unwrap();
-    let (gw, tools, op, cb, admin) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let (gw, tools, op, cb) = (free_port(), free_port(), free_port(), free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ciba-gate"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("RUST_LOG")
@@ -38,9 +41,7 @@ fn start_dev(name: &str, drain: &str) -> Dev {
         .args(["--op-listen", &format!("127.0.0.1:{op}")])
         .args(["--callback-listen", &format!("127.0.0.1:{cb}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
-    let mut child = ChildGuard::spawn(name, cmd, dir.path(), false);
-    wait_for_port(gw, Duration::from_secs(30), Some(&mut child));
-    wait_for_port(admin, Duration::from_secs(10), Some(&mut child));
+    let child = ChildGuard::spawn(name, cmd, dir.path(), false);
     Dev {
         child,
         gw,
@@ -421,4 +422,41 @@ async fn sigterm_answers_a_held_call_shutting_down_within_the_drain_and_exits_0(
         .wait_timeout(Duration::from_secs(10))
         .expect("the gateway did not exit");
     assert_eq!(status.code(), Some(0), "{}", dev.child.logs());
+}
+
+/// Two `ciba-gate dev` asked for the same admin port at the same moment both come up:
+/// one serves it, the other says it is taken and serves a free one (the port each
+/// announces is the one it holds from the start, so neither can lose it to the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dev_gateways_asked_for_one_admin_port_both_serve_admin_endpoints() {
+    let port = free_port();
+    let mut devs = [
+        spawn_dev("dev-admin-a", "1s", port),
+        spawn_dev("dev-admin-b", "1s", port),
+    ];
+    for dev in &mut devs {
+        wait_for_port(dev.gw, Duration::from_secs(30), Some(&mut dev.child));
+    }
+    let mut announced = Vec::new();
+    for dev in &mut devs {
+        assert!(dev.child.try_status().is_none(), "{}", dev.child.logs());
+        let logs = dev.child.stderr_text();
+        let metrics = logs
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("metrics:"))
+            .unwrap_or_else(|| panic!("no metrics line\n{logs}"));
+        let url = metrics
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .replace("/metrics", "/healthz");
+        let status = client().get(&url).send().await.unwrap().status();
+        assert_eq!(status, 200, "{url}\n{logs}");
+        announced.push(url);
+    }
+    assert_ne!(announced[0], announced[1]);
+    assert!(
+        announced.contains(&format!("http://127.0.0.1:{port}/healthz")),
+        "{announced:?}"
+    );
 }

@@ -26,6 +26,9 @@
 #   KEEP_TMP=0            1 = keep the temp dir (configs, logs, wrk outputs, evidence)
 #   TLS=1                 0 = skip (e)-(g)
 #   VIRTUAL=1             0 = skip (h)
+#   BASELINE_BIN=         another ciba-gate binary (e.g. an earlier commit's release build),
+#                         measured as (c0) beside (c) in every round, memory store
+#   BASELINE_POLICIES=    the policy directory (c0) loads (default: this checkout's)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -270,6 +273,20 @@ GWR_PID=$!; PIDS+=("$GWR_PID")
 wait_up ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp"
 wait_up ciba-gate-redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp"
 
+BASELINE_BIN=${BASELINE_BIN:-}
+PORT_GATEWAY_BASE=${PORT_GATEWAY_BASE:-19202}
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
+    # The same configuration, without the keys an earlier build may not know.
+    gateway_config "$PORT_GATEWAY_BASE" "{kind: memory}" "$TMP/evidence-base.jsonl" 19203 |
+        sed -e '/state_key/d' -e "s#dir: $ROOT/policies#dir: ${BASELINE_POLICIES:-$ROOT/policies}#" \
+        >"$TMP/gateway-base.yaml"
+    log "starting the baseline ciba-gate ($BASELINE_BIN) on 127.0.0.1:$PORT_GATEWAY_BASE"
+    "$BASELINE_BIN" serve --config "$TMP/gateway-base.yaml" >"$TMP/gateway-base.log" 2>&1 &
+    GW_BASE_PID=$!; PIDS+=("$GW_BASE_PID")
+    wait_up ciba-gate-baseline "http://127.0.0.1:$PORT_GATEWAY_BASE/mcp"
+fi
+
 PORT_GATEWAY_VIA=${PORT_GATEWAY_VIA:-19194}
 PORT_GATEWAY_TLS=${PORT_GATEWAY_TLS:-19195}
 PORT_GATEWAY_H2=${PORT_GATEWAY_H2:-19196}
@@ -369,6 +386,9 @@ for round in $(seq 1 "$ROUNDS"); do
     run_one direct "http://127.0.0.1:$PORT_UPSTREAM/mcp" "" "$round"
     run_one nginx "http://127.0.0.1:$PORT_NGINX/mcp" "$NGX_PID" "$round"
     run_one ciba-gate "http://127.0.0.1:$PORT_GATEWAY/mcp" "$GW_PID" "$round"
+    if [ -n "$BASELINE_BIN" ]; then
+        run_one ciba-gate@baseline "http://127.0.0.1:$PORT_GATEWAY_BASE/mcp" "$GW_BASE_PID" "$round" "$TMP/evidence-base.jsonl"
+    fi
     run_one ciba-gate+redis "http://127.0.0.1:$PORT_GATEWAY_REDIS/mcp" "$GWR_PID" "$round" "$TMP/evidence-redis.jsonl"
     if [ "$TLS" = 1 ]; then
         run_one ciba-gate→nginx "http://127.0.0.1:$PORT_GATEWAY_VIA/mcp" "$GW_VIA_PID $NGX_PID" "$round" "$TMP/evidence-via.jsonl"

@@ -222,7 +222,9 @@ pub async fn handle(
                         // not issue for this request: refused, and the approval stays as it
                         // was (pending until the OP's real answer or the deadline).
                         Err(e) => {
-                            crate::telemetry::metrics::op_error("invalid_id_token");
+                            crate::telemetry::metrics::op_error(
+                                crate::store::Failure::InvalidIdToken.code(),
+                            );
                             tracing::warn!(code = e.code(), error = %e, "push with an invalid ID token refused; the approval stays pending");
                             return reply(
                                 StatusCode::BAD_REQUEST,

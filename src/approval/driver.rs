@@ -18,7 +18,7 @@ use super::Approvals;
 use crate::ciba::{
     AuthRequest, CibaError, DeliveryMode, ErrorCode, IdTokenCheck, Poller, TokenPoll, TokenSet,
 };
-use crate::store::{Approver, Claim, Resolution, Status, now_ms};
+use crate::store::{Approver, Claim, Failure, Resolution, Status, now_ms};
 
 /// Extra life of a poll lease beyond the next planned poll: covers a slow token
 /// request. A dead holder is replaced at most this long after its poll was due.
@@ -125,7 +125,7 @@ pub async fn drive(
         let _ = resolve_counted(
             &approvals,
             &fingerprint,
-            Resolution::Failed("store_unavailable".into()),
+            Failure::StoreUnavailable.into(),
             None,
         )
         .await;
@@ -304,7 +304,7 @@ pub(crate) async fn redeem(
         Err(e) => {
             // No claim, no token request: fail closed (the next attempt tries again).
             tracing::warn!(error = %e, "approval store unavailable; no token request made");
-            return Attempt::Transport("store_unavailable".into());
+            return Attempt::Transport(Failure::StoreUnavailable.code().into());
         }
     }
     let out = match token_request(approvals, auth_req_id, poller).await {
@@ -460,9 +460,9 @@ async fn validate(
     match check_id_token(approvals, auth_req_id, tokens, push).await {
         Ok(approver) => Resolution::Granted(approver),
         Err(e) => {
-            crate::telemetry::metrics::op_error("invalid_id_token");
+            crate::telemetry::metrics::op_error(Failure::InvalidIdToken.code());
             tracing::warn!(code = e.code(), error = %e, "ID token rejected; the call fails closed");
-            Resolution::Failed("invalid_id_token".into())
+            Failure::InvalidIdToken.into()
         }
     }
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{Approvals, Ticket, delivery_name, quorum};
+use crate::ciba::ErrorCode;
 use crate::store::{ApprovalRecord, Status};
 
 /// What the evidence record says about the approval (no tokens, hints or user codes).
@@ -122,8 +123,16 @@ pub(super) fn decision(rec: Option<&ApprovalRecord>) -> &'static str {
 pub(super) fn token_outcome(r: &ApprovalRecord) -> Option<String> {
     match r.status {
         Status::Granted | Status::Consumed => Some("granted".to_string()),
-        Status::Denied => Some(r.failure.clone().unwrap_or_else(|| "access_denied".into())),
-        Status::Expired => Some(r.failure.clone().unwrap_or_else(|| "expired_token".into())),
+        Status::Denied => Some(
+            r.failure
+                .clone()
+                .unwrap_or_else(|| ErrorCode::AccessDenied.as_str().into()),
+        ),
+        Status::Expired => Some(
+            r.failure
+                .clone()
+                .unwrap_or_else(|| ErrorCode::ExpiredToken.as_str().into()),
+        ),
         Status::Failed => r.failure.clone(),
         Status::Pending => None,
     }

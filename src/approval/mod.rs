@@ -34,7 +34,7 @@ use sha2::Sha256;
 
 use crate::ciba::{AuthRequest, CibaClient, DeliveryMode, UserHint};
 use crate::outcome::Reason;
-use crate::store::{ApprovalRecord, ApprovalStore, Joined, Status, now_ms};
+use crate::store::{ApprovalRecord, ApprovalStore, Failure, Joined, Status, now_ms};
 use binding::Profile;
 
 /// A call that policy says needs approval.
@@ -308,10 +308,10 @@ impl Approvals {
         // A lost request (its creator died before the OP acknowledged) is forgotten,
         // only if it still is that record, so this call starts a fresh one.
         if existing.as_ref().is_some_and(|r| {
-            r.status == Status::Failed && r.failure.as_deref() == Some("request_lost")
+            r.status == Status::Failed && r.failure.as_deref() == Some(Failure::RequestLost.code())
         }) && self
             .store
-            .remove_failed(&fingerprint, "request_lost")
+            .remove_failed(&fingerprint, Failure::RequestLost.code())
             .await
             .map_err(unavailable)?
         {
@@ -448,11 +448,8 @@ impl Approvals {
                     return Settled::Blocked(Reason::ApprovalExpired, vec![rec]);
                 }
                 Status::Failed => {
-                    let code = rec
-                        .failure
-                        .clone()
-                        .unwrap_or_else(|| "approval_failed".into());
-                    return Settled::Blocked(Reason::from_failure(&code), vec![rec]);
+                    let reason = Reason::from_failure(rec.failure.as_deref());
+                    return Settled::Blocked(reason, vec![rec]);
                 }
                 Status::Pending => {
                     let now = now_ms();

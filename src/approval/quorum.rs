@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{ApprovalParams, Approvals, CallForApproval, Member, Settled, Throttle, Ticket};
 use crate::outcome::Reason;
-use crate::store::{ApprovalRecord, Joined, Resolution, Status, StoreError, now_ms};
+use crate::store::{ApprovalRecord, Failure, Joined, Resolution, Status, StoreError, now_ms};
 
 fn unavailable(e: StoreError) -> Reason {
     Reason::StoreUnavailable(e.to_string())
@@ -188,17 +188,13 @@ pub(super) async fn settle(approvals: &Arc<Approvals>, ticket: &Ticket, until_ms
             Status::Denied => return Settled::Blocked(Reason::ApprovalDenied, records),
             Status::Expired => return Settled::Blocked(Reason::ApprovalExpired, records),
             Status::Failed => {
-                let code = quorum.failure.as_deref().unwrap_or("approval_failed");
-                return Settled::Blocked(Reason::from_failure(code), records);
+                return Settled::Blocked(Reason::from_failure(quorum.failure.as_deref()), records);
             }
         }
         if missing {
             // A person's pending approval is gone from the store: never met on a guess.
             let _ = store
-                .resolve(
-                    &ticket.fingerprint,
-                    Resolution::Failed("approval_lost".into()),
-                )
+                .resolve(&ticket.fingerprint, Failure::ApprovalLost.into())
                 .await;
             return Settled::Blocked(Reason::ApprovalLost, records);
         }
@@ -274,10 +270,10 @@ fn unreachable_reason(records: &[ApprovalRecord], now: u64) -> (Reason, Resoluti
         .map(|r| {
             r.failure
                 .clone()
-                .unwrap_or_else(|| "approval_failed".into())
+                .unwrap_or_else(|| Failure::ApprovalFailed.code().into())
         })
     {
-        return (Reason::from_failure(&code), Resolution::Failed(code));
+        return (Reason::from_failure(Some(&code)), Resolution::Failed(code));
     }
     if records.iter().any(|r| {
         r.status == Status::Expired || (r.status == Status::Pending && now >= r.deadline_ms)
@@ -286,7 +282,7 @@ fn unreachable_reason(records: &[ApprovalRecord], now: u64) -> (Reason, Resoluti
     }
     (
         Reason::ApproversNotDistinct,
-        Resolution::Failed(Reason::ApproversNotDistinct.code().into()),
+        Failure::ApproversNotDistinct.into(),
     )
 }
 
@@ -483,11 +479,11 @@ mod tests {
     #[test]
     fn a_failed_request_says_why_the_quorum_cannot_be_met() {
         let mut failed = person("b", Status::Failed, None, 10);
-        failed.failure = Some("invalid_id_token".into());
+        failed.failure = Some(Failure::InvalidIdToken.code().into());
         let records = [person("a", Status::Expired, None, 10), failed];
         assert_eq!(
             unreachable_reason(&records, 20).1,
-            Resolution::Failed("invalid_id_token".into())
+            Failure::InvalidIdToken.into()
         );
     }
 

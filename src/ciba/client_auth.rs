@@ -19,6 +19,10 @@ pub(crate) const JWT_BEARER_ASSERTION: &str =
 /// Lifetime of a client assertion.
 const ASSERTION_LIFETIME: u64 = 60;
 
+/// The method an OP supports when its metadata lists none (OpenID Connect Discovery 1.0,
+/// `token_endpoint_auth_methods_supported`).
+pub const DISCOVERY_DEFAULT_METHOD: &str = "client_secret_basic";
+
 /// Client authentication at the backchannel and token endpoints: with the secret and
 /// the key themselves (`S`, `K` by default), or with where to read them (the config
 /// file's form; `load` turns one into the other). The variant names are the
@@ -40,7 +44,7 @@ impl<S, K> ClientAuth<S, K> {
     /// The registered `token_endpoint_auth_method` name.
     pub fn method(&self) -> &'static str {
         match self {
-            ClientAuth::SecretBasic { .. } => "client_secret_basic",
+            ClientAuth::SecretBasic { .. } => DISCOVERY_DEFAULT_METHOD,
             ClientAuth::SecretPost { .. } => "client_secret_post",
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
         }

@@ -5,7 +5,7 @@ use url::Url;
 
 use super::error::CibaError;
 use super::http;
-use super::{CIBA_GRANT_TYPE, ClientAuth, ClientConfig, alg_name};
+use super::{CIBA_GRANT_TYPE, ClientConfig, alg_name, client_auth};
 
 /// The parts of the OP's discovery document the CIBA client uses, after checking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,13 +48,12 @@ pub(crate) fn check_config(cfg: &ClientConfig) -> Result<(), CibaError> {
     if cfg.client_id.trim().is_empty() {
         return Err(CibaError::Config("client_id is empty".into()));
     }
-    match &cfg.auth {
-        ClientAuth::SecretBasic { secret } | ClientAuth::SecretPost { secret }
-            if secrecy::ExposeSecret::expose_secret(secret).is_empty() =>
-        {
-            return Err(CibaError::Config("the client secret is empty".into()));
-        }
-        _ => {}
+    if cfg
+        .auth
+        .secret()
+        .is_some_and(|s| secrecy::ExposeSecret::expose_secret(s).is_empty())
+    {
+        return Err(CibaError::Config("the client secret is empty".into()));
     }
     let url = Url::parse(&cfg.issuer)
         .map_err(|_| CibaError::Config(format!("issuer {:?} is not a URL", cfg.issuer)))?;
@@ -162,7 +161,7 @@ fn check(raw: RawMetadata, cfg: &ClientConfig) -> Result<ProviderMetadata, CibaE
         .unwrap_or_default();
     let method = cfg.auth.method();
     let method_ok = if auth_methods.is_empty() {
-        method == "client_secret_basic"
+        method == client_auth::DISCOVERY_DEFAULT_METHOD
     } else {
         auth_methods.iter().any(|m| m == method)
     };
@@ -204,7 +203,7 @@ fn check(raw: RawMetadata, cfg: &ClientConfig) -> Result<ProviderMetadata, CibaE
 
 #[cfg(test)]
 mod tests {
-    use super::super::DeliveryMode;
+    use super::super::{ClientAuth, DeliveryMode};
     use super::*;
 
     fn cfg() -> ClientConfig {

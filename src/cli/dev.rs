@@ -74,19 +74,21 @@ pub async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
             opts.callback_listen
         )
     };
-    // The admin port: the one asked for, or any free one when it is taken.
-    let admin = match std::net::TcpListener::bind(opts.admin_listen) {
-        Ok(l) => l.local_addr()?,
+    // The admin port: the one asked for, or any free one when it is taken. The
+    // listener is kept and handed to the app.
+    let admin_listener = match std::net::TcpListener::bind(opts.admin_listen) {
+        Ok(l) => l,
         Err(_) => {
             let l = std::net::TcpListener::bind((opts.admin_listen.ip(), 0))?;
-            let addr = l.local_addr()?;
             eprintln!(
-                "  {} is taken; admin endpoints on {addr} instead",
-                opts.admin_listen
+                "  {} is taken; admin endpoints on {} instead",
+                opts.admin_listen,
+                l.local_addr()?
             );
-            addr
+            l
         }
     };
+    let admin = admin_listener.local_addr()?;
     let yaml = format!(
         "listen: \"{listen}\"\n\
          admin: {{listen: \"{admin}\"}}\n\
@@ -128,6 +130,7 @@ pub async fn dev(opts: DevOptions, policies: &Path) -> anyhow::Result<()> {
     eprintln!("  metrics:        http://{admin}/metrics   (probes: /healthz, /readyz)");
     eprintln!();
     crate::app::App::build(&cfg)?
+        .with_admin_listener(admin_listener)
         .start()
         .await?
         .until_signal()

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{ApprovalRecord, ApprovalStore, Claim, Joined, Resolution, Status, StoreError, now_ms};
+use super::{
+    ApprovalRecord, ApprovalStore, Claim, Failure, Joined, Resolution, Status, StoreError, now_ms,
+};
 
 /// Shortest time a consumed approval is remembered (`recently_consumed`).
 pub(crate) const CONSUMED_MARK_MS: u64 = 10_000;
@@ -344,7 +346,7 @@ impl ApprovalStore for MemoryStore {
         {
             return Ok(false);
         }
-        resolve_in_place(rec, expires, now, Resolution::Failed("request_lost".into()));
+        resolve_in_place(rec, expires, now, Failure::RequestLost.into());
         g.leases.remove(fingerprint);
         g.claims.remove(fingerprint);
         g.notify(fingerprint);

@@ -94,7 +94,42 @@ pub enum Resolution {
     Granted(Approver),
     Denied(String),
     Expired,
+    /// With a `Failure` code, or the OP's own error code as the OP sent it.
     Failed(String),
+}
+
+/// The failure codes the gateway itself stores on a Failed record (an OP's error code
+/// is stored as the OP sent it). `outcome::Reason::from_failure` reads them back.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Failure {
+    /// The record's creator died before the OP acknowledged it (also written by
+    /// `redis/lua/fail_unack.lua`).
+    RequestLost,
+    /// A quorum member's record vanished from the store.
+    ApprovalLost,
+    /// A quorum's approvals came from fewer distinct people than it needs.
+    ApproversNotDistinct,
+    /// The store failed while the request was being recorded.
+    StoreUnavailable,
+    /// The ID token from the OP's token endpoint failed validation.
+    InvalidIdToken,
+    /// Failed without a code.
+    ApprovalFailed,
+}
+
+impl Failure {
+    pub fn code(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl From<Failure> for Resolution {
+    fn from(f: Failure) -> Resolution {
+        Resolution::Failed(f.code().to_owned())
+    }
 }
 
 /// What `create_or_join` found.
@@ -227,7 +262,7 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// A record still pending without an `auth_req_id` that was created before
     /// `created_before_ms` (its creator died before the OP acknowledged) becomes
-    /// Failed(`request_lost`). True if this call did it.
+    /// Failed(`Failure::RequestLost`). True if this call did it.
     async fn fail_unacknowledged(
         &self,
         fingerprint: &str,

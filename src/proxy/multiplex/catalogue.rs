@@ -17,49 +17,7 @@ use super::{VirtualServer, envelope};
 use crate::outcome::Reason;
 use crate::proxy::upstream::UpstreamError;
 
-/// What is listed: tools and prompts (named, and routed, by the naming rules) or
-/// resources and resource templates (routed by URI, never renamed: a URI names itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Tools,
-    Prompts,
-    Resources,
-    Templates,
-}
-
-impl Kind {
-    pub fn method(self) -> &'static str {
-        match self {
-            Kind::Tools => "tools/list",
-            Kind::Prompts => "prompts/list",
-            Kind::Resources => "resources/list",
-            Kind::Templates => "resources/templates/list",
-        }
-    }
-
-    /// The result's array of entries.
-    pub fn key(self) -> &'static str {
-        match self {
-            Kind::Tools => "tools",
-            Kind::Prompts => "prompts",
-            Kind::Resources => "resources",
-            Kind::Templates => "resourceTemplates",
-        }
-    }
-
-    /// The member that names an entry, in a list and in the request that uses it.
-    pub fn name_key(self) -> &'static str {
-        match self {
-            Kind::Tools | Kind::Prompts => "name",
-            Kind::Resources => "uri",
-            Kind::Templates => "uriTemplate",
-        }
-    }
-
-    pub fn renamed(self) -> bool {
-        matches!(self, Kind::Tools | Kind::Prompts)
-    }
-}
+pub use crate::proxy::mcp::methods::Kind;
 
 /// Pages followed per server; a server paging further is listed up to here.
 pub const MAX_PAGES: usize = 32;

@@ -41,3 +41,15 @@ pub(super) fn scripts() -> Scripts {
         unclaim: lua(include_str!("lua/unclaim.lua")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Failure;
+
+    #[test]
+    fn a_lost_request_is_failed_with_the_code_the_codec_reads() {
+        let script = include_str!("lua/fail_unack.lua");
+        let code = Failure::RequestLost.code();
+        assert!(script.contains(&format!("'f', '{code}'")), "{script}");
+    }
+}

@@ -1,6 +1,7 @@
-//! Requests that name what they use (`tools/call`, `prompts/get`, `resources/read`,
-//! `resources/(un)subscribe`, `completion/complete`): the server that owns the name is
-//! found, and the request goes through the shared phases to it, under its own name.
+//! Requests that name what they use (the method table's `names`: `tools/call`,
+//! `prompts/get`, `resources/read`, `resources/(un)subscribe`, `completion/complete`):
+//! the server that owns the name is found, and the request goes through the shared
+//! phases to it, under its own name.
 
 use http::{HeaderValue, Response};
 use serde_json::{Value, json};
@@ -14,6 +15,7 @@ use crate::outcome::{Disposition, Reason};
 use crate::proxy::call::Call;
 use crate::proxy::classify::OutBody;
 use crate::proxy::forward::{Outbound, Plan};
+use crate::proxy::mcp::methods::Names;
 use crate::proxy::mcp::{self, Message};
 use crate::proxy::render::{self, Shape};
 use crate::proxy::{BoxBody, flow};
@@ -29,26 +31,19 @@ pub(super) struct Named {
 impl Named {
     /// `stateless`: 2026-07-28, where no event stream could carry a resource's updates.
     pub(super) fn of(method: &str, params: Option<&Value>, stateless: bool) -> Option<Named> {
-        let (kind, at) = match method {
-            m if m == mcp::methods::name_of(mcp::methods::Role::ToolCall) => {
-                (Kind::Tools, "/params/name")
-            }
-            "prompts/get" => (Kind::Prompts, "/params/name"),
-            "resources/read" => (Kind::Resources, "/params/uri"),
-            "resources/subscribe" | "resources/unsubscribe" if !stateless => {
-                (Kind::Resources, "/params/uri")
-            }
-            // A completion goes to the server of the prompt or template it completes.
-            "completion/complete" => {
-                match params
-                    .and_then(|p| p.pointer("/ref/type"))
-                    .and_then(Value::as_str)
-                {
-                    Some("ref/resource") => (Kind::Templates, "/params/ref/uri"),
-                    _ => (Kind::Prompts, "/params/ref/name"),
-                }
-            }
-            _ => return None,
+        let spec = mcp::methods::lookup(method);
+        if spec.needs_stream && stateless {
+            return None;
+        }
+        let (kind, at) = match spec.names? {
+            Names::Entry(kind, at) => (kind, at),
+            Names::Completed => match params
+                .and_then(|p| p.pointer("/ref/type"))
+                .and_then(Value::as_str)
+            {
+                Some("ref/resource") => (Kind::Templates, "/params/ref/uri"),
+                _ => (Kind::Prompts, "/params/ref/name"),
+            },
         };
         Some(Named { kind, at })
     }

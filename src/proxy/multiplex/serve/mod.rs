@@ -161,17 +161,13 @@ async fn message(
             "cacheScope": "private",
         }),
         "ping" => json!({}),
-        "tools/list" => return list(call, vs, unit, &incoming).await,
         "subscriptions/listen" if stateless => return listen(call, vs, unit, &incoming).await,
-        "prompts/list" | "resources/list" | "resources/templates/list" => {
-            let kind = match method.as_str() {
-                "prompts/list" => Kind::Prompts,
-                "resources/list" => Kind::Resources,
-                _ => Kind::Templates,
-            };
-            return list_plain(call, vs, unit, &incoming, kind).await;
-        }
         other => {
+            match mcp::methods::lookup(other).lists {
+                Some(Kind::Tools) => return list(call, vs, unit, &incoming).await,
+                Some(kind) => return list_plain(call, vs, unit, &incoming, kind).await,
+                None => {}
+            }
             let reason = Reason::MethodNotOffered(other.to_string());
             unit.record.conclude(Disposition::Rejected, &reason, None);
             return render::answer(&reason, &Shape::JsonRpc { id });
