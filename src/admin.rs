@@ -146,7 +146,13 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 use crate::telemetry::metrics;
-                let text = metrics::render(Some(&self.gateway.policy));
+                let policy = &self.gateway.policy;
+                let revision = policy.revision();
+                let text = metrics::render(Some(metrics::PolicyState {
+                    reloads: policy.reloads(),
+                    reload_failures: policy.reload_failures(),
+                    revision: &revision,
+                }));
                 // OpenMetrics when asked for (Prometheus does), else the classic format.
                 let openmetrics = req
                     .headers()

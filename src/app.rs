@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin};
@@ -21,27 +20,6 @@ use crate::policy::PolicyEngine;
 use crate::policy::bundle::source::BundleSource;
 use crate::proxy::{Gateway, GatewayParts, server};
 use crate::store::{ApprovalStore, memory::MemoryStore, redis::RedisStore};
-
-/// `shutdown:` — on SIGTERM the gateway stops accepting, lets held calls run until
-/// `drain`, then answers the rest "shutting down, retry" and exits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    #[serde(default = "default_drain", with = "humantime_serde")]
-    pub drain: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            drain: default_drain(),
-        }
-    }
-}
-
-fn default_drain() -> Duration {
-    Duration::from_secs(20)
-}
 
 /// After the drain deadline, how long the answers given to the calls still held may
 /// take to be written before the process exits anyway.

@@ -19,8 +19,6 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::approval::{ApprovalParams, CallForApproval};
-
 /// The `authorization_details` type the gateway sends.
 pub const DETAIL_TYPE: &str = "ciba_gate_tool_call";
 
@@ -35,16 +33,28 @@ pub fn call_digest(tool: &str, arguments: &Value) -> String {
     crate::fingerprint::of_json(&json!({"name": tool, "arguments": arguments}))
 }
 
-/// The `authorization_details` of an authentication request for `call`.
-pub(crate) fn authorization_details(call: &CallForApproval<'_>, params: &ApprovalParams) -> Value {
-    json!([{
-        "type": DETAIL_TYPE,
-        "actions": [params.action],
-        "tool": call.tool,
-        "upstream": call.upstream,
-        "call_digest": call.call_digest,
-        "binding_message": params.binding_message,
-    }])
+/// The one call an authentication request asks about, as its `authorization_details`
+/// entry names it.
+pub struct ToolCallDetail<'a> {
+    pub action: &'a str,
+    pub tool: &'a str,
+    pub upstream: &'a str,
+    pub call_digest: &'a str,
+    pub binding_message: &'a str,
+}
+
+impl ToolCallDetail<'_> {
+    /// The request's `authorization_details` (RFC 9396): this one entry.
+    pub fn to_value(&self) -> Value {
+        json!([{
+            "type": DETAIL_TYPE,
+            "actions": [self.action],
+            "tool": self.tool,
+            "upstream": self.upstream,
+            "call_digest": self.call_digest,
+            "binding_message": self.binding_message,
+        }])
+    }
 }
 
 /// Why a tool server must not run the call.

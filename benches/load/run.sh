@@ -26,6 +26,8 @@
 #   KEEP_TMP=0            1 = keep the temp dir (configs, logs, wrk outputs, evidence)
 #   TLS=1                 0 = skip (e)-(g)
 #   VIRTUAL=1             0 = skip (h)
+#   BIN=target/release/ciba-gate   the gateway measured as (c), (d), ...
+#   GATEWAY_POLICIES=policies      the policy directory those gateways load
 #   BASELINE_BIN=         another ciba-gate binary (e.g. an earlier commit's release build),
 #                         measured as (c0) beside (c) in every round, memory store
 #   BASELINE_POLICIES=    the policy directory (c0) loads (default: this checkout's)
@@ -33,7 +35,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LUA="$ROOT/benches/load/tools_call.lua"
-BIN="$ROOT/target/release/ciba-gate"
+BIN=${BIN:-$ROOT/target/release/ciba-gate}
+GATEWAY_POLICIES=${GATEWAY_POLICIES:-$ROOT/policies}
 
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
@@ -245,7 +248,7 @@ gateway_config() { # port store evidence-file admin-port [upstream-url [upstream
     cat <<YAML
 listen: "127.0.0.1:$1"
 agent: {id: bench-agent, namespace: agents}
-policy: {dir: $ROOT/policies, reload_interval: 0s}
+policy: {dir: $GATEWAY_POLICIES, reload_interval: 0s}
 evidence: {sink: file, path: $3}
 admin: {listen: "127.0.0.1:$4"}
 store: $2
@@ -279,7 +282,7 @@ if [ -n "$BASELINE_BIN" ]; then
     [ -x "$BASELINE_BIN" ] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
     # The same configuration, without the keys an earlier build may not know.
     gateway_config "$PORT_GATEWAY_BASE" "{kind: memory}" "$TMP/evidence-base.jsonl" 19203 |
-        sed -e '/state_key/d' -e "s#dir: $ROOT/policies#dir: ${BASELINE_POLICIES:-$ROOT/policies}#" \
+        sed -e '/state_key/d' -e "s#dir: $GATEWAY_POLICIES#dir: ${BASELINE_POLICIES:-$GATEWAY_POLICIES}#" \
         >"$TMP/gateway-base.yaml"
     log "starting the baseline ciba-gate ($BASELINE_BIN) on 127.0.0.1:$PORT_GATEWAY_BASE"
     "$BASELINE_BIN" serve --config "$TMP/gateway-base.yaml" >"$TMP/gateway-base.log" 2>&1 &

@@ -374,10 +374,16 @@ impl Approvals {
                             .unwrap_or(u64::MAX)
                             .min(self.settings.max_wait.as_secs().max(1)),
                     ),
-                    authorization_details: self
-                        .settings
-                        .send_authorization_details
-                        .then(|| crate::verify::authorization_details(call, params)),
+                    authorization_details: self.settings.send_authorization_details.then(|| {
+                        crate::verify::ToolCallDetail {
+                            action: &params.action,
+                            tool: call.tool,
+                            upstream: call.upstream,
+                            call_digest: &call.call_digest,
+                            binding_message: &params.binding_message,
+                        }
+                        .to_value()
+                    }),
                     resource: call.resource.map(str::to_string),
                     client_notification_token: notification_token,
                 };

@@ -6,11 +6,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
-use crate::app::ShutdownConfig;
 use crate::approval::config::ApprovalsConfig;
 use crate::audit::EvidenceConfig;
 use crate::policy::config::PolicyConfig;
@@ -163,6 +163,27 @@ fn base_dir(file: &Path) -> PathBuf {
     file.parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `shutdown:` — on SIGTERM the gateway stops accepting, lets held calls run until
+/// `drain`, then answers the rest "shutting down, retry" and exits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(20)
 }
 
 #[cfg(test)]

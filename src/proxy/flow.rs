@@ -19,10 +19,14 @@ use super::{BoxBody, Gateway, approve, path};
 use crate::outcome::{Disposition, Reason};
 use crate::policy::input::{self, BodyFacts, PolicyInput};
 
-/// Handles one request from the agent. Never fails: every problem is an answer.
-pub async fn run(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<BoxBody> {
+/// Handles one request from the agent (`mount`: the one its path is under). Never
+/// fails: every problem is an answer.
+pub async fn run<'g>(
+    gw: &'g Arc<Gateway>,
+    mount: Option<&'g super::Mount>,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
     let path = req.uri().path().to_string();
-    let mount = gw.mount_for(&path);
     let is_mcp = mount.is_some_and(|m| m.kind == super::config::UpstreamKind::Mcp);
     if let Err(e) = path::check(&path) {
         let reason = Reason::BadPath(e.to_string());

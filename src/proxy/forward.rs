@@ -30,28 +30,6 @@ pub struct Outbound {
     pub body: OutBody,
 }
 
-impl Outbound {
-    /// The same request owning its bytes. hyper parses a request in place, so its URI,
-    /// header values and a small body are slices of the connection's read buffer; a
-    /// call that waits for a person would keep that whole buffer alive (beside the one
-    /// the connection reads into next) for as long as it waits.
-    pub fn detached(mut self) -> Self {
-        if let Ok(uri) = self.head.uri.to_string().parse() {
-            self.head.uri = uri;
-        }
-        for value in self.head.headers.values_mut() {
-            if let Ok(mut copy) = http::HeaderValue::from_bytes(value.as_bytes()) {
-                copy.set_sensitive(value.is_sensitive());
-                *value = copy;
-            }
-        }
-        if let OutBody::Held(bytes) = &self.body {
-            self.body = OutBody::Held(Bytes::copy_from_slice(bytes));
-        }
-        self
-    }
-}
-
 /// How the tool server's answer must be shaped.
 #[derive(Default)]
 pub struct Plan {
@@ -330,57 +308,5 @@ impl Drop for ConcludeOnDrop {
             }
             r.conclude(Disposition::Forwarded, &self.reason, Some(self.status));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request parsed in place: its URI, header value and body share one buffer.
-    fn parsed_in_place() -> (Bytes, Outbound) {
-        let buffer = Bytes::copy_from_slice(b"/mcp?x=1 Bearer abc {\"jsonrpc\":\"2.0\"}");
-        let uri = http::Uri::from_maybe_shared(buffer.slice(0..8)).unwrap();
-        let mut auth = http::HeaderValue::from_maybe_shared(buffer.slice(9..19)).unwrap();
-        auth.set_sensitive(true);
-        let (mut head, ()) = http::Request::builder()
-            .uri(uri)
-            .body(())
-            .unwrap()
-            .into_parts();
-        head.headers.insert(header::AUTHORIZATION, auth);
-        let body = OutBody::Held(buffer.slice(20..));
-        let out = Outbound {
-            head,
-            rest: String::new(),
-            body,
-        };
-        (buffer, out)
-    }
-
-    fn inside(buffer: &Bytes, bytes: &[u8]) -> bool {
-        buffer.as_ptr_range().contains(&bytes.as_ptr())
-    }
-
-    #[test]
-    fn a_request_that_waits_for_a_person_keeps_none_of_the_connection_buffer() {
-        let (buffer, out) = parsed_in_place();
-        let OutBody::Held(body) = &out.body else {
-            unreachable!()
-        };
-        assert!(inside(&buffer, body), "the fixture shares the buffer");
-
-        let out = out.detached();
-
-        assert_eq!(out.head.uri, "/mcp?x=1");
-        let auth = &out.head.headers[header::AUTHORIZATION];
-        assert_eq!(auth, "Bearer abc");
-        assert!(auth.is_sensitive(), "sensitivity survives the copy");
-        assert!(!inside(&buffer, auth.as_bytes()));
-        let OutBody::Held(body) = &out.body else {
-            unreachable!()
-        };
-        assert_eq!(&body[..], br#"{"jsonrpc":"2.0"}"#);
-        assert!(!inside(&buffer, body));
     }
 }

@@ -281,12 +281,11 @@ impl Gateway {
     /// `traceparent`, if any), its root span named after the mount.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
         use tracing::Instrument;
+        let found = self.mount_for(req.uri().path());
         if !crate::telemetry::traces::enabled() {
-            return flow::run(&self, req).await;
+            return flow::run(&self, found, req).await;
         }
-        let mount = self
-            .mount_for(req.uri().path())
-            .map(|m| (m.prefix.as_str(), m.name()));
+        let mount = found.map(|m| (m.prefix.as_str(), m.name()));
         let span = tracing::info_span!(
             "request",
             otel.name = %format_args!("{} {}", req.method(), mount.map(|m| m.0).unwrap_or("-")),
@@ -305,7 +304,7 @@ impl Gateway {
             ciba_gate.decision = tracing::field::Empty,
         );
         crate::telemetry::traces::adopt_remote_parent(&span, req.headers());
-        let resp = flow::run(&self, req).instrument(span.clone()).await;
+        let resp = flow::run(&self, found, req).instrument(span.clone()).await;
         // tracing-opentelemetry exports u64 fields as strings; i64 as integers.
         span.record(
             "http.response.status_code",

@@ -13,8 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::policy::PolicyEngine;
-
 /// Content type of the OpenMetrics exposition (what Prometheus asks for when scraping).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the classic Prometheus text format (for clients that do not accept
@@ -324,7 +322,7 @@ impl PendingApproval {
 impl Drop for PendingApproval {
     fn drop(&mut self) {
         METRICS.approvals_pending.dec();
-        let ms = crate::store::now_ms().saturating_sub(self.created_at_ms);
+        let ms = crate::clock::now_ms().saturating_sub(self.created_at_ms);
         METRICS.approval_duration.observe(ms as f64 / 1000.0);
     }
 }
@@ -399,9 +397,17 @@ pub fn op_error(code: &'static str) {
     METRICS.op_errors.get_or_create(&CodeLabels { code }).inc();
 }
 
-/// The exposition: the process-wide registry plus what is read from the policy engine
-/// at scrape time (reload counters, the revision in force).
-pub fn render(policy: Option<&PolicyEngine>) -> String {
+/// What the policy engine reports at scrape time (read by the caller: metrics knows
+/// nothing of the engine).
+pub struct PolicyState<'a> {
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// The revision in force.
+    pub revision: &'a str,
+}
+
+/// The exposition: the process-wide registry plus the policy engine's state.
+pub fn render(policy: Option<PolicyState<'_>>) -> String {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut out = String::with_capacity(8 * 1024);
     let _ = encode_registry(&mut out, &METRICS.registry);
@@ -410,10 +416,10 @@ pub fn render(policy: Option<&PolicyEngine>) -> String {
         let reloads = Family::<ResultLabels, Counter>::default();
         reloads
             .get_or_create(&ResultLabels { result: "success" })
-            .inc_by(policy.reloads());
+            .inc_by(policy.reloads);
         reloads
             .get_or_create(&ResultLabels { result: "failure" })
-            .inc_by(policy.reload_failures());
+            .inc_by(policy.reload_failures);
         scrape.register(
             "ciba_gate_policy_reloads",
             "Policy reloads since start, by result (a failed reload keeps the previous policy in force)",
@@ -422,7 +428,7 @@ pub fn render(policy: Option<&PolicyEngine>) -> String {
         let revision = Family::<RevisionLabels, Gauge>::default();
         revision
             .get_or_create(&RevisionLabels {
-                revision: policy.revision().to_string(),
+                revision: policy.revision.to_string(),
             })
             .set(1);
         scrape.register(

@@ -190,13 +190,8 @@ pub async fn run(
     let mode = ticket.params.mode.unwrap_or(approvals.settings.mode);
     let remaining = Duration::from_millis(ticket.deadline_ms.saturating_sub(now_ms()));
     let until = match wait::how(mode, &caller, remaining, approvals.settings.max_plain_wait) {
-        wait::Wait::OverSse => {
-            return hold::over_sse(call, approvals, ticket, unit, caller, out.detached());
-        }
-        wait::Wait::Plain => {
-            out = out.detached();
-            ticket.deadline_ms
-        }
+        wait::Wait::OverSse => return hold::over_sse(call, approvals, ticket, unit, caller, out),
+        wait::Wait::Plain => ticket.deadline_ms,
         wait::Wait::Park => now_ms(),
     };
     let settled = wait_or_shutdown(call, &approvals, &ticket, until)
