@@ -5,7 +5,9 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ciba_gate::store::memory::MemoryStore;
 use ciba_gate::store::redis::{RedisSettings, RedisStore};
@@ -602,43 +604,64 @@ async fn unacknowledged_records_become_request_lost(s: Subject) {
     assert!(!s.a.fail_unacknowledged("fp-acked", now_ms()).await.unwrap());
 }
 
+/// Each contract test against each store. `timed` tests wait for leases, expiries and
+/// timeouts: against the in-memory store they run on tokio's paused clock (which the
+/// store reads through `crate::clock`), so their waits take no real time; Redis keeps
+/// time on its server, so against it they wait for real. `raced` tests run on four
+/// worker threads against every store, for real parallel contention.
 macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
+    (timed: [$($timed:ident),* $(,)?], raced: [$($raced:ident),* $(,)?] $(,)?) => {
         mod memory_store {
             use super::*;
             $(
+                #[tokio::test(start_paused = true)]
+                async fn $timed() { super::$timed(memory()).await }
+            )*
+            $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(memory()).await }
+                async fn $raced() { super::$raced(memory()).await }
             )*
         }
         mod redis_store {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(redis()).await }
+                async fn $timed() { super::$timed(redis()).await }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $raced() { super::$raced(redis()).await }
             )*
         }
         mod redis_cluster_store {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() { super::$name(redis_cluster()).await }
+                async fn $timed() { super::$timed(redis_cluster()).await }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $raced() { super::$raced(redis_cluster()).await }
             )*
         }
     };
 }
 
 contract!(
-    create_or_join_race_has_one_creator,
-    resolve_once_first_answer_wins,
-    consume_exactly_once_under_concurrency,
-    records_expire_at_deadline_plus_grace,
-    indexes_find_the_record,
-    rate_limits_and_denials_expire,
-    wait_change_wakes_on_another_connections_change,
-    poll_lease_has_one_holder,
-    redemption_claim_has_one_holder_and_ends_with_the_result,
-    unacknowledged_records_become_request_lost,
+    timed: [
+        records_expire_at_deadline_plus_grace,
+        rate_limits_and_denials_expire,
+        wait_change_wakes_on_another_connections_change,
+        poll_lease_has_one_holder,
+        redemption_claim_has_one_holder_and_ends_with_the_result,
+        unacknowledged_records_become_request_lost,
+    ],
+    raced: [
+        create_or_join_race_has_one_creator,
+        resolve_once_first_answer_wins,
+        consume_exactly_once_under_concurrency,
+        indexes_find_the_record,
+    ],
 );
 
 // --- Redis only ------------------------------------------------------------------------
