@@ -9,6 +9,9 @@ pub enum Role {
     ToolCall,
     /// `tools/list`: the answer is filtered (phase `list`) so denied tools stay hidden.
     ToolList,
+    /// `resources/subscribe` (`true`) and `resources/unsubscribe`: a virtual server
+    /// keeps which agent session follows which resource, to pass on only its updates.
+    Follow(bool),
     /// Anything else: the method name (and kind) goes to policy.
     Plain,
 }
@@ -79,9 +82,14 @@ pub struct Method {
     pub lists: Option<Kind>,
     /// A request on one entry: a virtual server routes it to the entry's server.
     pub names: Option<Names>,
+}
+
+impl Method {
     /// Means something only beside an event stream (resource subscriptions): not
     /// routed in 2026-07-28, which has none.
-    pub needs_stream: bool,
+    pub fn needs_stream(&self) -> bool {
+        matches!(self.role, Role::Follow(_))
+    }
 }
 
 const fn row(name: &'static str, role: Role) -> Method {
@@ -91,7 +99,6 @@ const fn row(name: &'static str, role: Role) -> Method {
         mirrored_param: None,
         lists: None,
         names: None,
-        needs_stream: false,
     }
 }
 
@@ -125,14 +132,18 @@ const TABLE: &[Method] = &[
     list("resources/templates/list", Role::Plain, Kind::Templates),
     on_entry("prompts/get", Role::Plain, Kind::Prompts, false),
     on_entry("resources/read", Role::Plain, Kind::Resources, true),
-    Method {
-        needs_stream: true,
-        ..on_entry("resources/subscribe", Role::Plain, Kind::Resources, true)
-    },
-    Method {
-        needs_stream: true,
-        ..on_entry("resources/unsubscribe", Role::Plain, Kind::Resources, true)
-    },
+    on_entry(
+        "resources/subscribe",
+        Role::Follow(true),
+        Kind::Resources,
+        true,
+    ),
+    on_entry(
+        "resources/unsubscribe",
+        Role::Follow(false),
+        Kind::Resources,
+        true,
+    ),
     Method {
         names: Some(Names::Completed),
         ..row("completion/complete", Role::Plain)
@@ -182,7 +193,8 @@ mod tests {
             lookup("tools/call").names,
             Some(Names::Entry(Kind::Tools, "/params/name"))
         );
-        assert!(lookup("resources/subscribe").needs_stream);
+        assert!(lookup("resources/subscribe").needs_stream());
+        assert_eq!(lookup("resources/unsubscribe").role, Role::Follow(false));
         assert_eq!(lookup("made/up").names, None);
     }
 }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response};
 use serde_json::{Value, json};
 
+use super::mcp::methods::{self, Role};
 use super::upstream::{Upstream, UpstreamError};
 use super::{BoxBody, render};
 use exchange::{Envelope, REVISION_HEADER, SESSION_HEADER};
@@ -475,10 +476,8 @@ struct Follow {
 
 impl Follow {
     fn of(message: &Value) -> Option<Follow> {
-        let on = match message.get("method")?.as_str()? {
-            "resources/subscribe" => true,
-            "resources/unsubscribe" => false,
-            _ => return None,
+        let Role::Follow(on) = methods::lookup(message.get("method")?.as_str()?).role else {
+            return None;
         };
         let uri = message.pointer("/params/uri")?.as_str()?.to_string();
         Some(Follow { on, uri })

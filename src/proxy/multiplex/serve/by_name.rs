@@ -32,7 +32,7 @@ impl Named {
     /// `stateless`: 2026-07-28, where no event stream could carry a resource's updates.
     pub(super) fn of(method: &str, params: Option<&Value>, stateless: bool) -> Option<Named> {
         let spec = mcp::methods::lookup(method);
-        if spec.needs_stream && stateless {
+        if spec.needs_stream() && stateless {
             return None;
         }
         let (kind, at) = match spec.names? {
