@@ -7,7 +7,6 @@ use http::{HeaderValue, Response};
 use serde_json::{Value, json};
 
 use super::super::catalogue::{self, Kind};
-use super::super::sessions::Session;
 use super::super::{Routed, VirtualServer};
 use super::Incoming;
 use super::lists::ask;
@@ -15,8 +14,8 @@ use crate::outcome::{Disposition, Reason};
 use crate::proxy::call::Call;
 use crate::proxy::classify::OutBody;
 use crate::proxy::forward::{Outbound, Plan};
+use crate::proxy::mcp;
 use crate::proxy::mcp::methods::Names;
-use crate::proxy::mcp::{self, Message};
 use crate::proxy::render::{self, Shape};
 use crate::proxy::{BoxBody, flow};
 
@@ -51,17 +50,20 @@ impl Named {
 
 /// The server that owns `shown`, and its own name for it: by the naming rules or the
 /// last merged list, else by a fresh one (and a resource's URI by the templates too).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn owner_of(
     call: &Call<'_>,
     vs: &VirtualServer,
-    head: &http::request::Parts,
-    msg: &Message,
-    revision: &Option<String>,
-    session: Option<&Session>,
+    incoming: &Incoming,
     kind: Kind,
     shown: &str,
 ) -> Option<(usize, String)> {
+    let Incoming {
+        head,
+        msg,
+        revision,
+        session,
+        ..
+    } = incoming;
     if let Some(owner) = vs.resolve_known(kind, shown) {
         return Some(owner);
     }
@@ -69,7 +71,7 @@ pub(super) async fn owner_of(
         return None;
     }
     let params = msg.value.get("params").cloned().unwrap_or(json!({}));
-    let how = ask(call, head, params, revision.clone(), session);
+    let how = ask(call, head, params, revision.clone(), session.as_deref());
     catalogue::list(vs, &how, kind).await;
     if let Some(owner) = vs.resolve_known(kind, shown) {
         return Some(owner);
@@ -93,6 +95,15 @@ pub(super) async fn by_name(
     incoming: Incoming,
     named: Named,
 ) -> Response<BoxBody> {
+    let kind = named.kind;
+    let shown = incoming
+        .msg
+        .value
+        .pointer(named.at)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let owner = owner_of(call, vs, &incoming, kind, &shown).await;
     let Incoming {
         mut head,
         msg,
@@ -100,24 +111,6 @@ pub(super) async fn by_name(
         session,
         single,
     } = incoming;
-    let kind = named.kind;
-    let shown = msg
-        .value
-        .pointer(named.at)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let owner = owner_of(
-        call,
-        vs,
-        &head,
-        &msg,
-        &revision,
-        session.as_deref(),
-        kind,
-        &shown,
-    )
-    .await;
     if let Some((server, own)) = &owner {
         call.routed = Some(Routed {
             server: *server,

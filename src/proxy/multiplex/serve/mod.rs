@@ -303,7 +303,7 @@ async fn listen(
     unit: Unit,
     incoming: &Incoming,
 ) -> Response<BoxBody> {
-    let (head, msg, revision) = (&incoming.head, &incoming.msg, &incoming.revision);
+    let msg = &incoming.msg;
     let id = msg.id.clone().unwrap_or(Value::Null);
     let params = msg.value.get("params").cloned().unwrap_or(json!({}));
     let mut honored = changes::Filter::of(params.get("notifications"));
@@ -314,8 +314,7 @@ async fn listen(
     };
     let mut owners = Vec::new();
     for uri in std::mem::take(&mut honored.uris) {
-        let owner =
-            by_name::owner_of(call, vs, head, msg, revision, None, Kind::Resources, &uri).await;
+        let owner = by_name::owner_of(call, vs, incoming, Kind::Resources, &uri).await;
         let Some((i, _)) = owner else { continue };
         if let Link::Stdio(s) = &vs.members[i].link {
             let subscribe = json!({"jsonrpc": "2.0", "id": 0,
